@@ -1,0 +1,9 @@
+//! Purrify's inference crate: the enhancement engine (ONNX Runtime through `ort`), the worker
+//! HTTP server that runs it, and the typed client plus fleet logic that dispatchers use.
+//!
+//! Features: `client` (protocol, client, fleet; no ONNX Runtime) and `engine` (everything).
+
+pub mod protocol;
+
+#[cfg(feature = "client")]
+pub mod client;

