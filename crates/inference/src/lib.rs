@@ -7,3 +7,14 @@ pub mod protocol;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "engine")]
+pub mod pipeline;
+#[cfg(feature = "engine")]
+pub mod runtime;
+#[cfg(feature = "storage")]
+pub mod storage;
+#[cfg(feature = "engine")]
+pub mod server;
+#[cfg(feature = "engine")]
+pub mod cli;

