@@ -49,7 +49,7 @@ test: models venv check-features test-rust
 check-features:
 	# The client side must build without ONNX Runtime or image codecs.
 	$(CARGO) build $(CARGO_FLAGS) -q -p purrify-inference --no-default-features --features client
-	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '^.*(ort|image) v' 
+	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '(^|[ ─])(ort|ort-sys|image|purrify-imaging) v[0-9]'
 
 test-rust:
 	PURRIFY_PYTHON="$$($(PYTHON_VENV))" $(CARGO) test $(CARGO_FLAGS) --workspace

@@ -306,17 +306,3 @@ fn restore_faces_changes_the_face_and_nothing_else() {
     assert_eq!(n, 1);
     assert!(untouched == before);
 }
-
-#[test]
-fn tmp_profile() {
-    let det = detector(DetectorKind::Scrfd);
-    let x = ndarray::Array4::<f32>::zeros((1, 3, 640, 640));
-    det.models()[0].run_all(x.view()).unwrap();
-    let t = Instant::now();
-    for _ in 0..5 { det.models()[0].run_all(x.view()).unwrap(); }
-    println!("scrfd model only {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 5.0);
-    let img = photo("coffee.png");
-    let t = Instant::now();
-    for _ in 0..5 { det.detect(&img).unwrap(); }
-    println!("scrfd detect coffee {:.1} ms", t.elapsed().as_secs_f64() * 1e3 / 5.0);
-}

@@ -509,8 +509,8 @@ impl<'a> Converter<'a> {
         let align_corner = p.int(6, 0) != 0;
         let sampling = if align_corner { "align_corners" } else { "half_pixel" };
         let mut attrs = match resize_type {
-            // ncnn nearest: src = floor(dst * (1/scale)), which is ONNX `asymmetric` + floor;
-            // ncnn ignores align_corner for nearest.
+            // ncnn nearest: src = floor(dst / scale), i.e. ONNX `asymmetric` + floor (for
+            // power-of-two scales; see below); ncnn ignores align_corner for nearest.
             1 => vec![
                 Attribute::String("mode".into(), "nearest".into()),
                 Attribute::String("coordinate_transformation_mode".into(), "asymmetric".into()),
@@ -533,8 +533,20 @@ impl<'a> Converter<'a> {
         let x = self.source(l, &l.inputs[0])?;
         let y = self.target(&l.outputs[0]);
         let empty = String::new();
+        let fixed = out_h != 0 && out_w != 0;
 
-        if out_h != 0 && out_w != 0 {
+        if resize_type == 1 && (fixed || !is_power_of_two(height_scale) || !is_power_of_two(width_scale)) {
+            // ncnn picks src = int(dst * ratio) with ratio = 1/scale or in/out, a float
+            // product; ONNX Resize divides instead, and the two land on different sides of
+            // an integer for some positions (9 * (1/0.6f) = 15 but 9 / 0.6f < 15). Only
+            // exact gathers reproduce ncnn then. Power-of-two scales divide exactly.
+            let shape = self.fresh(&format!("{}_shape", l.name));
+            self.b.named_node(&format!("{}/shape", l.name), "Shape", &[&x], &[&shape], vec![]);
+            let (th, tw) = if fixed { (Target::Size(out_h), Target::Size(out_w)) } else { (Target::Scale(height_scale), Target::Scale(width_scale)) };
+            let rows = self.fresh(&format!("{}_rows", l.name));
+            self.nearest_axis(l, &x, &shape, 2, th, &rows);
+            self.nearest_axis(l, &rows, &shape, 3, tw, &y);
+        } else if fixed {
             // Fixed output size: ncnn then samples at in/out, as ONNX does with `sizes`.
             // Keep N and C from the input, replace H and W.
             let shape = self.fresh(&format!("{}_shape", l.name));
@@ -549,15 +561,61 @@ impl<'a> Converter<'a> {
             self.b.named_node(&l.name, "Resize", &[&x, &empty, &empty, &sizes], &[&y], attrs);
         } else {
             // With scale factors ncnn makes out = int(in * scale) and samples at
-            // dst / scale (half-pixel for bilinear/bicubic), which is precisely ONNX
-            // `scales` semantics; sampling at in/out instead would differ whenever
-            // in * scale is not an integer.
+            // dst / scale (half-pixel for bilinear/bicubic), which is ONNX `scales`
+            // semantics; sampling at in/out instead would differ whenever in * scale is
+            // not an integer. Linear and cubic weights are continuous in the sample
+            // position, so float rounding differences there stay far below tolerance.
             let scales = self.f32_const(&format!("{}.scales", l.name), &[4], &[1.0, 1.0, height_scale, width_scale]);
             self.b.named_node(&l.name, "Resize", &[&x, &empty, &scales], &[&y], attrs);
         }
         let c = self.channels.get(&x).copied();
         self.produce(&l.outputs[0], y, c);
         Ok(())
+    }
+
+    /// Nearest resize along one axis exactly as ncnn computes it:
+    /// `src = min(int(float(dst) * ratio), len - 1)`, gathered from `x` into `out`.
+    fn nearest_axis(&mut self, l: &LayerDef, x: &str, shape: &str, axis: i64, target: Target, out: &str) {
+        use crate::onnx::proto::data_type::{FLOAT, INT64};
+        let tag = if axis == 2 { "h" } else { "w" };
+        let name = |what: &str| format!("{}/{tag}_{what}", l.name);
+        let to_float = vec![Attribute::Int("to".into(), FLOAT.into())];
+        let to_int = vec![Attribute::Int("to".into(), INT64.into())];
+
+        let axis_index = self.i64_const(&format!("{}.{tag}_axis", l.name), &[], &[axis]);
+        let len = self.fresh(&format!("{}_{tag}_len", l.name));
+        let len_f = self.fresh(&format!("{}_{tag}_len_f", l.name));
+        self.b.named_node(&name("len"), "Gather", &[shape, &axis_index], &[&len], vec![Attribute::Int("axis".into(), 0)]);
+        self.b.named_node(&name("len_f"), "Cast", &[&len], &[&len_f], to_float.clone());
+        let (out_len, ratio) = match target {
+            Target::Scale(s) => {
+                let s_c = self.f32_const(&format!("{}.{tag}_scale", l.name), &[], &[s]);
+                let scaled = self.fresh(&format!("{}_{tag}_scaled_len", l.name));
+                let out_len = self.fresh(&format!("{}_{tag}_out_len", l.name));
+                self.b.named_node(&name("scaled_len"), "Mul", &[&len_f, &s_c], &[&scaled], vec![]);
+                self.b.named_node(&name("out_len"), "Cast", &[&scaled], &[&out_len], to_int.clone());
+                (out_len, self.f32_const(&format!("{}.{tag}_ratio", l.name), &[], &[1.0 / s]))
+            }
+            Target::Size(n) => {
+                let out_len = self.i64_const(&format!("{}.{tag}_out_len", l.name), &[], &[n.into()]);
+                let n_f = self.f32_const(&format!("{}.{tag}_out_len_f", l.name), &[], &[n as f32]);
+                let ratio = self.fresh(&format!("{}_{tag}_ratio", l.name));
+                self.b.named_node(&name("ratio"), "Div", &[&len_f, &n_f], &[&ratio], vec![]);
+                (out_len, ratio)
+            }
+        };
+        let zero = self.i64_const(&format!("{}.{tag}_zero", l.name), &[], &[0]);
+        let one = self.i64_const(&format!("{}.{tag}_one", l.name), &[], &[1]);
+        let [dst, dst_f, src_f, src, last, src_clamped] =
+            ["dst", "dst_f", "src_f", "src", "last", "src_clamped"].map(|what| self.fresh(&format!("{}_{tag}_{what}", l.name)));
+        self.b.named_node(&name("dst"), "Range", &[&zero, &out_len, &one], &[&dst], vec![]);
+        self.b.named_node(&name("dst_f"), "Cast", &[&dst], &[&dst_f], to_float);
+        self.b.named_node(&name("src_f"), "Mul", &[&dst_f, &ratio], &[&src_f], vec![]);
+        // Cast truncates toward zero, like C's (int) on these non-negative positions.
+        self.b.named_node(&name("src"), "Cast", &[&src_f], &[&src], to_int);
+        self.b.named_node(&name("last"), "Sub", &[&len, &one], &[&last], vec![]);
+        self.b.named_node(&name("clamp"), "Min", &[&src, &last], &[&src_clamped], vec![]);
+        self.b.named_node(&name("gather"), "Gather", &[x, &src_clamped], &[out], vec![Attribute::Int("axis".into(), axis)]);
     }
 
     fn pixel_shuffle(&mut self, l: &LayerDef) -> Result<(), ConvertError> {
@@ -635,6 +693,17 @@ impl<'a> Converter<'a> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Scale(f32),
+    Size(i32),
+}
+
+/// True for 2^k: then 1/scale is exact and ncnn's multiply equals ONNX's divide.
+fn is_power_of_two(v: f32) -> bool {
+    v.is_normal() && v > 0.0 && v.to_bits() & 0x007f_ffff == 0
+}
+
 /// Blobs no layer consumes, in production order: the graph outputs. Unused Split
 /// branches are just copies and are not outputs.
 fn terminal_blobs(layers: &[LayerDef]) -> Vec<String> {
@@ -662,4 +731,145 @@ fn arity(l: &LayerDef, inputs: usize, outputs: Option<usize>) -> Result<(), Conv
 
 fn layer_err(l: &LayerDef, msg: impl Into<String>) -> ConvertError {
     ConvertError::Layer { layer: l.name.clone(), kind: l.kind.clone(), line: l.line, msg: msg.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::onnx::proto::{ModelProto, NodeProto, tensor_shape_proto::dimension::Value as DimValue, type_proto};
+
+    const FP16: u32 = 0x0130_6B47;
+
+    /// Input -> 3x3 conv (fp16, bias, leaky ReLU) -> Split -> PReLU / PixelShuffle -> Concat.
+    fn tiny() -> (String, Vec<u8>) {
+        let param = "7767517
+7 8
+Input        in      0 1 data
+Convolution  conv    1 1 data c 0=4 1=3 4=1 5=1 6=108 9=2 -23310=1,1.000000e-01
+Split        split   1 2 c c0 c1
+PReLU        prelu   1 1 c0 p 0=4
+Interp       up      1 1 p u 0=1 1=2.000000e+00 2=2.000000e+00
+PixelShuffle ps      1 1 c1 s 0=2
+Concat       cat     2 1 u s out 0=0
+"
+        .to_owned();
+        let mut bin = FP16.to_le_bytes().to_vec();
+        bin.extend((0..108).flat_map(|i| (0x3c00u16 + i).to_le_bytes())); // 108 halves, already 4-aligned
+        bin.extend((0..4).flat_map(|i| (i as f32).to_le_bytes())); // bias
+        bin.extend((0..4).flat_map(|_| 0.25f32.to_le_bytes())); // slopes
+        (param, bin)
+    }
+
+    fn decode(bytes: &[u8]) -> ModelProto {
+        ModelProto::decode(bytes).unwrap()
+    }
+
+    fn dims(v: &crate::onnx::proto::ValueInfoProto) -> Vec<DimValue> {
+        let Some(type_proto::Value::TensorType(t)) = v.r#type.clone().unwrap().value else { panic!("not a tensor") };
+        t.shape.unwrap().dim.into_iter().map(|d| d.value.unwrap()).collect()
+    }
+
+    fn node<'m>(m: &'m ModelProto, name: &str) -> &'m NodeProto {
+        m.graph.as_ref().unwrap().node.iter().find(|n| n.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    #[test]
+    fn lowers_a_small_graph() {
+        let (param, bin) = tiny();
+        let (bytes, summary) = convert_with_summary(&param, &bin).unwrap();
+        let m = decode(&bytes);
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(summary.inputs, ["input"]);
+        assert_eq!(summary.outputs, ["output"]);
+        assert_eq!(summary.weights, 108 + 4 + 4);
+
+        // Channel counts are inferred: 3 in (from the conv weights), 4 + 4/4 = 5 out.
+        let sym = |s: &str| DimValue::DimParam(s.into());
+        assert_eq!(dims(&g.input[0]), [DimValue::DimValue(1), DimValue::DimValue(3), sym("height"), sym("width")]);
+        assert_eq!(dims(&g.output[0]), [DimValue::DimValue(1), DimValue::DimValue(5), sym("out_height"), sym("out_width")]);
+
+        let conv = node(&m, "conv");
+        assert_eq!(conv.op_type.as_deref(), Some("Conv"));
+        assert_eq!(conv.input[0], "input");
+        let w = g.initializer.iter().find(|t| Some(t.name.as_deref().unwrap()) == conv.input.get(1).map(String::as_str)).unwrap();
+        assert_eq!(w.dims, [4, 3, 3, 3]);
+        let raw = w.raw_data.as_ref().unwrap();
+        assert_eq!(f32::from_le_bytes(raw[4..8].try_into().unwrap()), crate::weights::f16_to_f32(0x3c01));
+        let pads = conv.attribute.iter().find(|a| a.name.as_deref() == Some("pads")).unwrap();
+        assert_eq!(pads.ints, [1, 1, 1, 1]);
+        let act = node(&m, "conv/act");
+        assert_eq!(act.op_type.as_deref(), Some("LeakyRelu"));
+        assert_eq!(act.attribute[0].f, Some(0.1));
+
+        // The Split disappears: both branches read the activation's output directly.
+        assert_eq!(node(&m, "prelu").input[0], act.output[0]);
+        assert_eq!(node(&m, "ps").input[0], act.output[0]);
+        let slope = g.initializer.iter().find(|t| t.name.as_deref() == Some("prelu.slope")).unwrap();
+        assert_eq!(slope.dims, [4, 1, 1]);
+
+        let ps = node(&m, "ps");
+        assert_eq!(ps.op_type.as_deref(), Some("DepthToSpace"));
+        assert!(ps.attribute.iter().any(|a| a.name.as_deref() == Some("mode") && a.s.as_deref() == Some(&b"CRD"[..])));
+        let up = node(&m, "up");
+        assert_eq!(up.op_type.as_deref(), Some("Resize"));
+        assert!(up.attribute.iter().any(|a| a.s.as_deref() == Some(&b"asymmetric"[..])));
+        let cat = node(&m, "cat");
+        assert_eq!(cat.attribute[0].i, Some(1), "ncnn axis 0 is the channel axis");
+        assert_eq!(cat.output, ["output"]);
+    }
+
+    #[test]
+    fn unknown_layer_is_named() {
+        let (param, bin) = tiny();
+        let param = param.replace("PReLU        prelu", "Swish        prelu");
+        let e = convert(&param, &bin).unwrap_err().to_string();
+        assert!(e.contains("`prelu`") && e.contains("`Swish`") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn truncated_bin_names_blob_and_layer() {
+        let (param, bin) = tiny();
+        let e = convert(&param, &bin[..bin.len() - 3]).unwrap_err().to_string();
+        assert!(e.contains("slope of layer `prelu`") && e.contains("truncated"), "{e}");
+        let e = convert(&param, &bin[..50]).unwrap_err().to_string();
+        assert!(e.contains("weight of layer `conv`"), "{e}");
+    }
+
+    #[test]
+    fn trailing_bin_bytes_are_an_error() {
+        let (param, mut bin) = tiny();
+        bin.extend([0; 8]);
+        let e = convert(&param, &bin).unwrap_err().to_string();
+        assert!(e.contains("8 bytes left"), "{e}");
+    }
+
+    #[test]
+    fn dangling_blob_is_reported() {
+        let (param, bin) = tiny();
+        let param = param.replace("Split        split   1 2 c c0 c1", "Split        split   1 2 nope c0 c1");
+        let e = convert(&param, &bin).unwrap_err().to_string();
+        assert!(e.contains("`split`") && e.contains("`nope`"), "{e}");
+    }
+
+    #[test]
+    fn blob_already_named_output_steps_aside() {
+        // The ncnn blob `output` is internal here; the real graph output is `z`.
+        let param = "7767517\n3 3\nInput in 0 1 output\nBinaryOp a 1 1 output y 0=2 1=1 2=2.0\nBinaryOp b 1 1 y z 0=7 1=1 2=1.0\n";
+        let m = decode(&convert(param, &[]).unwrap());
+        let g = m.graph.unwrap();
+        assert_eq!(g.input[0].name.as_deref(), Some("input"));
+        assert_eq!(g.output[0].name.as_deref(), Some("output"));
+        let b = g.node.iter().find(|n| n.name.as_deref() == Some("b")).unwrap();
+        // Reversed subtraction: 1.0 - y.
+        assert_eq!(b.input[1], "y");
+        assert_eq!(b.output, ["output"]);
+    }
+
+    #[test]
+    fn power_of_two_detection() {
+        assert!(is_power_of_two(2.0) && is_power_of_two(4.0) && is_power_of_two(0.5));
+        assert!(!is_power_of_two(3.0) && !is_power_of_two(0.75) && !is_power_of_two(0.0) && !is_power_of_two(-2.0));
+    }
 }

@@ -308,7 +308,6 @@ fn synthetic_layer_zoo_matches_ncnn() -> Result<()> {
     let bin = work.path().join("zoo.bin");
     std::fs::write(&param, s.param_text())?;
     std::fs::write(&bin, &s.bin)?;
-    std::fs::write("/tmp/n2o/zoo.param", s.param_text())?; std::fs::write("/tmp/n2o/zoo.bin", &s.bin)?; // DEBUG
     let onnx_bytes = purrify_ncnn2onnx::convert(&s.param_text(), &s.bin)?;
 
     let input = photo_crop("chelsea.png", 140, 60, 18, 13);

@@ -132,12 +132,8 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, ConfigError> {
 }
 
 /// Lenient form for lookups: an unparsable string cannot match any stored key anyway.
-fn lookup_key(endpoint: &str) -> String {
+pub(super) fn lookup_key(endpoint: &str) -> String {
     normalize_endpoint(endpoint).unwrap_or_else(|_| endpoint.to_owned())
-}
-
-pub(super) fn lookup_key_for_prober(endpoint: &str) -> String {
-    lookup_key(endpoint)
 }
 
 /// Per-worker view for status pages and `GpuPool.status.workers`.

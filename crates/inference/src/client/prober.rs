@@ -1,6 +1,7 @@
 //! Health probing: the only part of the fleet that performs I/O on its own.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -10,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
 use super::WorkerClient;
-use super::fleet::{Fleet, ProbeResult, lookup_key_for_prober};
+use super::fleet::{Fleet, ProbeResult, lookup_key};
 
 /// What one probing round found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +56,7 @@ impl Fleet {
     /// Probes one worker now (e.g. right after adding it, so it need not wait for the next
     /// round). `None` if the endpoint is not in the fleet; otherwise whether it is healthy.
     pub async fn probe_worker(&self, endpoint: &str) -> Option<bool> {
-        let key = lookup_key_for_prober(endpoint);
+        let key = lookup_key(endpoint);
         let (uid, client) = {
             let st = self.shared.lock();
             let w = st.workers.get(&key)?;
@@ -99,7 +100,7 @@ impl Fleet {
 
     fn count_probe(&self, result: &ProbeResult, summary: &mut ProbeSummary) {
         let c = &self.shared.counters;
-        c.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.probes.fetch_add(1, Ordering::Relaxed);
         match result {
             ProbeResult::Ready(_) => summary.ready += 1,
             ProbeResult::NotReady(_) => summary.not_ready += 1,

@@ -727,7 +727,15 @@ mod tests {
         is_send(&c.events("j"));
         let c2 = c.clone();
         is_send(&async move { c2.wait("j", |_| {}).await });
-        is_send(&async move { c.submit(&JobRequest { id: "j".into(), input_uri: String::new(), output_uri: String::new(), params: Default::default() }).await });
+        is_send(&async move {
+            c.submit(&JobRequest {
+                id: "j".into(),
+                input_uri: String::new(),
+                output_uri: String::new(),
+                params: Default::default(),
+            })
+            .await
+        });
     }
 
     #[test]

@@ -10,9 +10,9 @@
 use std::path::Path;
 
 use image::RgbImage;
-use ndarray::{Array4, ArrayD, Axis};
+use ndarray::{Array4, ArrayD};
 
-use super::resample::{FloatImage, Source, resize_region};
+use super::resample::{Dst, FloatImage, resize_region};
 use super::{Face, nms, nms_keep};
 use crate::runtime::{Model, Runtime, RuntimeError};
 
@@ -24,6 +24,9 @@ const MIN_FACE: f32 = 20.0;
 /// SCRFD's 640-px input resolves): P-Net at 12/20 of a 24-megapixel photo would take seconds and
 /// hundreds of MB for faces too small to restore anyway.
 const MIN_FACE_FRACTION: f32 = 1.0 / 64.0;
+/// Pixels to network input: (p - 127.5) / 128.
+const NORM_SCALE: f32 = 1.0 / 128.0;
+const NORM_OFFSET: f32 = -127.5 / 128.0;
 /// R-Net/O-Net batch size; bounds memory when P-Net proposes thousands of windows.
 const BATCH: usize = 256;
 
@@ -90,23 +93,17 @@ impl Mtcnn {
         // care about.
         let Some(&first) = scales.first() else { return Ok(vec![]) };
         let (bw, bh) = level_dims(first);
-        let mut base = FloatImage { width: bw, height: bh, data: vec![[0.0; 3]; (bw * bh) as usize] };
-        resize_region(img, (0, 0, w, h), (bw, bh), |x, y, p| base.data[(y * bw + x) as usize] = p);
+        let mut base = FloatImage { width: bw, height: bh, data: vec![0.0; (bw * bh * 3) as usize] };
+        let row = bw as usize * 3;
+        resize_region(img, (0, 0, w, h), (bw, bh), &mut Dst { data: &mut base.data, col: 3, row, plane: 1, scale: 1.0, offset: 0.0 });
 
         let mut all = Vec::new();
-        for (i, &scale) in scales.iter().enumerate() {
+        for &scale in &scales {
             let (lw, lh) = level_dims(scale);
             let mut input = Array4::<f32>::zeros((1, lw as usize, lh as usize, 3));
-            let mut fill = |x: u32, y: u32, p: [f32; 3]| {
-                for c in 0..3 {
-                    input[[0, x as usize, y as usize, c]] = (p[c] - 127.5) * 0.0078125;
-                }
-            };
-            if i == 0 {
-                (0..bh).for_each(|y| (0..bw).for_each(|x| fill(x, y, base.get(x, y))));
-            } else {
-                resize_region(&base, (0, 0, bw, bh), (lw, lh), fill);
-            }
+            let data = input.as_slice_mut().expect("a fresh array is contiguous");
+            let mut dst = Dst { data, col: lh as usize * 3, row: 3, plane: 1, scale: NORM_SCALE, offset: NORM_OFFSET };
+            resize_region(&base, (0, 0, bw, bh), (lw, lh), &mut dst);
             let out = self.pnet.run_all(input.view())?;
             let reg = pick(&self.pnet, &out, 4, 4)?;
             let prob = pick(&self.pnet, &out, 2, 4)?;
@@ -194,21 +191,14 @@ impl Mtcnn {
 /// Square crops of `boxes` resized to `side`, in the networks' `[n, x, y, c]` layout. A box
 /// `(x1, ..)` covers 0-based pixels `x1 - 1 ..= x2 - 1` (MATLAB heritage), black outside.
 fn crops(img: &RgbImage, boxes: &[Cand], side: usize) -> Array4<f32> {
-    let mut input = Array4::<f32>::zeros((boxes.len(), side, side, 3));
-    for (i, c) in boxes.iter().enumerate() {
+    let mut input = Array4::<f32>::from_elem((boxes.len(), side, side, 3), NORM_OFFSET);
+    let data = input.as_slice_mut().expect("a fresh array is contiguous");
+    for (c, slot) in boxes.iter().zip(data.chunks_exact_mut(side * side * 3)) {
         let (x1, y1) = (c.b[0] as i64, c.b[1] as i64);
         let bw = (c.b[2] as i64 - x1 + 1).max(0) as u32;
         let bh = (c.b[3] as i64 - y1 + 1).max(0) as u32;
-        let mut slot = input.index_axis_mut(Axis(0), i);
-        if bw == 0 || bh == 0 {
-            slot.fill(-127.5 * 0.0078125);
-            continue;
-        }
-        resize_region(img, (x1 - 1, y1 - 1, bw, bh), (side as u32, side as u32), |x, y, p| {
-            for ch in 0..3 {
-                slot[[x as usize, y as usize, ch]] = (p[ch] - 127.5) * 0.0078125;
-            }
-        });
+        let mut dst = Dst { data: slot, col: side * 3, row: 3, plane: 1, scale: NORM_SCALE, offset: NORM_OFFSET };
+        resize_region(img, (x1 - 1, y1 - 1, bw, bh), (side as u32, side as u32), &mut dst);
     }
     input
 }

@@ -1,22 +1,27 @@
 //! Resizing for the detectors' inputs: area averaging when shrinking (OpenCV's INTER_AREA,
 //! which MTCNN was tuned with, and what keeps a 3000-px photo from aliasing at 640 px),
 //! bilinear when enlarging. Results go straight into the caller's tensor layout.
+//!
+//! Separable and streaming: each source row is resampled horizontally once and accumulated
+//! into the output row(s) it covers, so the cost is about one multiply-add per source pixel
+//! and tap, and memory is a few output rows whatever the photo's size.
 
 use image::RgbImage;
 
-/// Pixels the resampler can read.
+/// Interleaved RGB pixels the resampler can read.
 pub(crate) trait Source {
+    type Px: Copy + Into<f32>;
     fn dims(&self) -> (u32, u32);
-    fn get(&self, x: u32, y: u32) -> [f32; 3];
+    fn raw(&self) -> &[Self::Px];
 }
 
 impl Source for RgbImage {
+    type Px = u8;
     fn dims(&self) -> (u32, u32) {
         self.dimensions()
     }
-    #[inline]
-    fn get(&self, x: u32, y: u32) -> [f32; 3] {
-        self.get_pixel(x, y).0.map(f32::from)
+    fn raw(&self) -> &[u8] {
+        self.as_raw()
     }
 }
 
@@ -24,28 +29,54 @@ impl Source for RgbImage {
 pub(crate) struct FloatImage {
     pub width: u32,
     pub height: u32,
-    pub data: Vec<[f32; 3]>,
+    /// Interleaved RGB, row-major.
+    pub data: Vec<f32>,
 }
 
 impl Source for FloatImage {
+    type Px = f32;
     fn dims(&self) -> (u32, u32) {
         (self.width, self.height)
     }
-    #[inline]
-    fn get(&self, x: u32, y: u32) -> [f32; 3] {
-        self.data[y as usize * self.width as usize + x as usize]
+    fn raw(&self) -> &[f32] {
+        &self.data
     }
 }
 
-/// Source taps of each output coordinate along one axis: `taps[starts[o]..starts[o + 1]]`.
-struct Taps {
-    starts: Vec<usize>,
-    taps: Vec<(i64, f32)>,
+/// Where output pixel `(x, y)`, channel `c` goes: `data[x * col + y * row + c * plane]`,
+/// written as `value * scale + offset` (the networks' normalisation).
+pub(crate) struct Dst<'a> {
+    pub data: &'a mut [f32],
+    pub col: usize,
+    pub row: usize,
+    pub plane: usize,
+    pub scale: f32,
+    pub offset: f32,
 }
 
-fn axis_taps(origin: i64, len: u32, out: u32) -> Taps {
+/// Source taps of each output coordinate along one axis: `taps[starts[o]..starts[o + 1]]`.
+/// Taps outside `0..bound` are dropped, which makes the padding black without a branch in
+/// the inner loops.
+struct Taps {
+    starts: Vec<usize>,
+    taps: Vec<(usize, f32)>,
+}
+
+impl Taps {
+    fn of(&self, o: usize) -> &[(usize, f32)] {
+        &self.taps[self.starts[o]..self.starts[o + 1]]
+    }
+}
+
+fn axis_taps(origin: i64, len: u32, out: u32, bound: u32) -> Taps {
     let mut starts = Vec::with_capacity(out as usize + 1);
     let mut taps = Vec::new();
+    let push = |taps: &mut Vec<(usize, f32)>, i: i64, w: f32| {
+        let s = origin + i;
+        if s >= 0 && s < i64::from(bound) && w > 0.0 {
+            taps.push((s as usize, w));
+        }
+    };
     let ratio = f64::from(len) / f64::from(out);
     for o in 0..out {
         starts.push(taps.len());
@@ -56,7 +87,7 @@ fn axis_taps(origin: i64, len: u32, out: u32) -> Taps {
             while (i as f64) < hi {
                 let w = hi.min(i as f64 + 1.0) - lo.max(i as f64);
                 if w > 1e-9 {
-                    taps.push((origin + i, (w / ratio) as f32));
+                    push(&mut taps, i, (w / ratio) as f32);
                 }
                 i += 1;
             }
@@ -65,51 +96,70 @@ fn axis_taps(origin: i64, len: u32, out: u32) -> Taps {
             let i0 = s.floor();
             let f = (s - i0) as f32;
             let i0 = i0 as i64;
-            let i1 = (i0 + 1).min(i64::from(len) - 1);
-            taps.push((origin + i0, 1.0 - f));
-            if f > 0.0 {
-                taps.push((origin + i1, f));
-            }
+            push(&mut taps, i0, 1.0 - f);
+            push(&mut taps, (i0 + 1).min(i64::from(len) - 1), f);
         }
     }
     starts.push(taps.len());
     Taps { starts, taps }
 }
 
-/// Resizes the `w`x`h` region of `src` at `(x0, y0)` to `out_w`x`out_h` and hands each output
-/// pixel (0..255 floats) to `put(ox, oy, rgb)`. The region may extend past the image: those
-/// pixels count as black, which is how MTCNN pads boxes at the border.
+/// Resizes the `w`x`h` region of `src` at `(x0, y0)` to `out_w`x`out_h` into `dst`. The region
+/// may extend past the image: those pixels count as black, which is how MTCNN pads boxes at
+/// the border.
 pub(crate) fn resize_region<S: Source>(
     src: &S,
     (x0, y0, w, h): (i64, i64, u32, u32),
     (out_w, out_h): (u32, u32),
-    mut put: impl FnMut(u32, u32, [f32; 3]),
+    dst: &mut Dst<'_>,
 ) {
     if w == 0 || h == 0 || out_w == 0 || out_h == 0 {
         return;
     }
     let (iw, ih) = src.dims();
-    let tx = axis_taps(x0, w, out_w);
-    let ty = axis_taps(y0, h, out_h);
+    let raw = src.raw();
+    let stride = iw as usize * 3;
+    let tx = axis_taps(x0, w, out_w, iw);
+    let ty = axis_taps(y0, h, out_h, ih);
+    let ow = out_w as usize;
+
+    // Two horizontally resampled source rows: enough for bilinear (rows i, i+1) and for area
+    // averaging (a boundary row shared by two output rows).
+    let mut cache: [(usize, Vec<f32>); 2] = [(usize::MAX, vec![0.0; ow * 3]), (usize::MAX, vec![0.0; ow * 3])];
+    let mut acc = vec![0.0f32; ow * 3];
     for oy in 0..out_h as usize {
-        for ox in 0..out_w as usize {
-            let mut acc = [0.0f32; 3];
-            for &(sy, wy) in &ty.taps[ty.starts[oy]..ty.starts[oy + 1]] {
-                if sy < 0 || sy >= i64::from(ih) {
-                    continue;
-                }
-                for &(sx, wx) in &tx.taps[tx.starts[ox]..tx.starts[ox + 1]] {
-                    if sx < 0 || sx >= i64::from(iw) {
-                        continue;
+        acc.fill(0.0);
+        for &(sy, wy) in ty.of(oy) {
+            let slot = match cache.iter().position(|(y, _)| *y == sy) {
+                Some(i) => i,
+                None => {
+                    // Rows arrive in increasing order: the smaller cached row is done with.
+                    let i = if cache[0].0 == usize::MAX || (cache[1].0 != usize::MAX && cache[0].0 < cache[1].0) { 0 } else { 1 };
+                    let row = &raw[sy * stride..(sy + 1) * stride];
+                    let out = &mut cache[i].1;
+                    for (ox, o) in out.chunks_exact_mut(3).enumerate() {
+                        let mut px = [0.0f32; 3];
+                        for &(sx, wx) in tx.of(ox) {
+                            let p = &row[sx * 3..sx * 3 + 3];
+                            px[0] += p[0].into() * wx;
+                            px[1] += p[1].into() * wx;
+                            px[2] += p[2].into() * wx;
+                        }
+                        o.copy_from_slice(&px);
                     }
-                    let p = src.get(sx as u32, sy as u32);
-                    let wgt = wx * wy;
-                    acc[0] += p[0] * wgt;
-                    acc[1] += p[1] * wgt;
-                    acc[2] += p[2] * wgt;
+                    cache[i].0 = sy;
+                    i
                 }
+            };
+            for (a, v) in acc.iter_mut().zip(&cache[slot].1) {
+                *a += v * wy;
             }
-            put(ox as u32, oy as u32, acc);
+        }
+        for (ox, px) in acc.chunks_exact(3).enumerate() {
+            let base = ox * dst.col + oy * dst.row;
+            for (c, v) in px.iter().enumerate() {
+                dst.data[base + c * dst.plane] = v * dst.scale + dst.offset;
+            }
         }
     }
 }
@@ -118,30 +168,56 @@ pub(crate) fn resize_region<S: Source>(
 mod tests {
     use super::*;
 
+    /// Resizes into an interleaved `[y][x][c]` buffer.
+    fn resize(img: &RgbImage, region: (i64, i64, u32, u32), out: (u32, u32)) -> Vec<f32> {
+        let mut data = vec![f32::NAN; (out.0 * out.1 * 3) as usize];
+        let mut dst = Dst { data: &mut data, col: 3, row: out.0 as usize * 3, plane: 1, scale: 1.0, offset: 0.0 };
+        resize_region(img, region, out, &mut dst);
+        data
+    }
+
     #[test]
     fn area_average_of_halving() {
         let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([(x * 10) as u8, 0, 0]));
-        let mut out = vec![];
-        resize_region(&img, (0, 0, 4, 2), (2, 1), |x, y, p| out.push((x, y, p[0])));
-        assert_eq!(out, vec![(0, 0, 5.0), (1, 0, 25.0)]);
+        assert_eq!(resize(&img, (0, 0, 4, 2), (2, 1)), vec![5.0, 0.0, 0.0, 25.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn area_average_of_a_fractional_ratio() {
+        // 3 -> 2: output 0 covers source 0 and half of 1.
+        let img = RgbImage::from_fn(3, 1, |x, _| image::Rgb([[0, 30, 60][x as usize]; 3]));
+        let out = resize(&img, (0, 0, 3, 1), (2, 1));
+        assert!((out[0] - 10.0).abs() < 1e-4 && (out[3] - 50.0).abs() < 1e-4, "{out:?}");
     }
 
     #[test]
     fn padding_outside_the_image_is_black() {
         let img = RgbImage::from_pixel(2, 2, image::Rgb([100, 100, 100]));
-        let mut out = vec![];
-        resize_region(&img, (-2, 0, 4, 2), (2, 1), |_, _, p| out.push(p[0]));
-        assert_eq!(out, vec![0.0, 100.0]);
+        let out = resize(&img, (-2, 0, 4, 2), (2, 1));
+        assert_eq!([out[0], out[3]], [0.0, 100.0]);
+        let out = resize(&img, (1, 1, 2, 2), (1, 1));
+        assert_eq!(out[0], 25.0);
     }
 
     #[test]
     fn enlarging_is_bilinear_and_keeps_constants() {
         let img = RgbImage::from_pixel(3, 3, image::Rgb([7, 8, 9]));
-        let mut n = 0;
-        resize_region(&img, (0, 0, 3, 3), (10, 7), |_, _, p| {
-            n += 1;
-            assert!((p[0] - 7.0).abs() < 1e-4 && (p[2] - 9.0).abs() < 1e-4, "{p:?}");
-        });
-        assert_eq!(n, 70);
+        let out = resize(&img, (0, 0, 3, 3), (10, 7));
+        for px in out.chunks(3) {
+            assert!((px[0] - 7.0).abs() < 1e-4 && (px[2] - 9.0).abs() < 1e-4, "{px:?}");
+        }
+        let ramp = RgbImage::from_fn(2, 1, |x, _| image::Rgb([(x * 100) as u8; 3]));
+        let out = resize(&ramp, (0, 0, 2, 1), (4, 1));
+        let reds: Vec<f32> = out.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, vec![0.0, 25.0, 75.0, 100.0]);
+    }
+
+    #[test]
+    fn planar_layout_and_normalisation() {
+        let img = RgbImage::from_pixel(2, 2, image::Rgb([0, 128, 255]));
+        let mut data = vec![0.0; 12];
+        let mut dst = Dst { data: &mut data, col: 1, row: 2, plane: 4, scale: 0.5, offset: -1.0 };
+        resize_region(&img, (0, 0, 2, 2), (2, 2), &mut dst);
+        assert_eq!(data, [[-1.0; 4], [63.0; 4], [126.5; 4]].concat());
     }
 }

@@ -3,7 +3,7 @@
 //! No reachable package ships such weights, so the model is whatever file the admin supplies
 //! and its signature is checked before the first job can fail on it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::RgbImage;
 use ndarray::Array4;
@@ -79,8 +79,8 @@ impl FaceRestorer {
         &self.model
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.model.path().to_path_buf()
+    pub fn path(&self) -> &Path {
+        self.model.path()
     }
 
     /// Restores one aligned `FACE_SIZE`² face.

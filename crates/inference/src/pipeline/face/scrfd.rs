@@ -10,7 +10,7 @@ use std::path::Path;
 use image::RgbImage;
 use ndarray::{Array4, ArrayD};
 
-use super::resample::resize_region;
+use super::resample::{Dst, resize_region};
 use super::{Face, nms};
 use crate::runtime::{Model, Runtime, RuntimeError};
 
@@ -69,16 +69,12 @@ impl Scrfd {
         let (sx, sy) = (w as f32 / new_w as f32, h as f32 / new_h as f32);
 
         // Black padding, normalised like the image: (0 - 127.5) / 128.
-        let t0 = std::time::Instant::now();
-        let mut input = Array4::<f32>::from_elem((1, 3, SIDE as usize, SIDE as usize), -127.5 / 128.0);
-        resize_region(img, (0, 0, w, h), (new_w, new_h), |x, y, p| {
-            for c in 0..3 {
-                input[[0, c, y as usize, x as usize]] = (p[c] - 127.5) / 128.0;
-            }
-        });
-        let t1 = t0.elapsed();
+        let side = SIDE as usize;
+        let mut input = Array4::<f32>::from_elem((1, 3, side, side), -127.5 / 128.0);
+        let data = input.as_slice_mut().expect("a fresh array is contiguous");
+        let mut dst = Dst { data, col: 1, row: side, plane: side * side, scale: 1.0 / 128.0, offset: -127.5 / 128.0 };
+        resize_region(img, (0, 0, w, h), (new_w, new_h), &mut dst);
         let outputs = self.model.run_all(input.view())?;
-        let t2 = t0.elapsed();
 
         let mut faces = Vec::new();
         for (s, &stride) in STRIDES.iter().enumerate() {
@@ -115,9 +111,7 @@ impl Scrfd {
                 });
             }
         }
-        let r = nms(faces, NMS_THRESHOLD, false);
-        eprintln!("PROFILE pre {:?} run {:?} post {:?}", t1, t2 - t1, t0.elapsed() - t2);
-        Ok(r)
+        Ok(nms(faces, NMS_THRESHOLD, false))
     }
 }
 
