@@ -43,7 +43,7 @@ run: models build
 	$(CARGO) run $(CARGO_FLAGS) -q -p purrify-inference -- enhance $(PHOTO) $(OUT) --quality $(QUALITY) --scale 2
 	@echo "wrote $(OUT)"
 
-## test: every test, with real models and runtimes.
+## test: every test, with real models, runtimes and a started PostgreSQL.
 test: models venv check-features test-rust
 
 check-features:
@@ -52,7 +52,8 @@ check-features:
 	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '(^|[ ─])(ort|ort-sys|image|purrify-imaging) v[0-9]'
 
 test-rust:
-	PURRIFY_PYTHON="$$($(PYTHON_VENV))" $(CARGO) test $(CARGO_FLAGS) --workspace
+	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
+	  $(CARGO) test $(CARGO_FLAGS) --workspace
 
 ## bench: engine benchmark against the Python reference (release build).
 bench: models venv

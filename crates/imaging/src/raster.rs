@@ -38,10 +38,6 @@ pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Resu
     {
         check_limits(w, h, limits)?;
     }
-    if format == Format::Jpeg && jpeg_is_truncated(bytes) {
-        return Err(ImageError::malformed("the JPEG data ends early; the file was probably cut off"));
-    }
-
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(alloc_budget(limits));
     let cursor = Cursor::new(bytes);
@@ -77,7 +73,12 @@ pub(crate) struct RasterImage {
     pub bit_depth: u8,
 }
 
-pub(crate) fn decode(opened: Opened<'_>) -> Result<RasterImage, ImageError> {
+/// `bytes` must be what `opened` was opened from.
+pub(crate) fn decode(bytes: &[u8], format: Format, opened: Opened<'_>) -> Result<RasterImage, ImageError> {
+    // Checked here, not in `open`: a header read may legitimately see only a prefix.
+    if format == Format::Jpeg && jpeg_is_truncated(bytes) {
+        return Err(ImageError::malformed("the JPEG data ends early; the file was probably cut off"));
+    }
     let Opened { decoder, orientation } = opened;
     let mut img = DynamicImage::from_decoder(decoder).map_err(from_image)?;
     img.apply_orientation(orientation);

@@ -3,6 +3,7 @@
 //!
 //! Features: `client` (protocol, client, fleet; no ONNX Runtime) and `engine` (everything).
 
+pub mod cache;
 pub mod protocol;
 
 #[cfg(feature = "client")]

@@ -1,3 +1,4 @@
+#![cfg(feature = "engine")]
 //! The `purrify-inference enhance` command as a user runs it: real files, exit codes, one-line
 //! errors, no panics.
 

@@ -1,3 +1,4 @@
+#![cfg(feature = "engine")]
 //! The enhancement engine with the real fast models on small crops of real photos.
 
 mod common;

@@ -1,3 +1,4 @@
+#![cfg(feature = "engine")]
 //! Face detection, alignment and restoration against the real detector models and photos
 //! fetched by `make models`, and restoration models generated here.
 //!
@@ -17,13 +18,14 @@ use std::time::Instant;
 use image::RgbImage;
 use purrify_inference::pipeline::face::{
     DetectorKind, FACE_SIZE, Face, FaceDetector, FaceError, FaceRestorer, estimate_similarity, ffhq_template,
-    input_to_output, restore_faces,
+    input_to_output, paste_back, paste_face, restore_faces, warp_to_face,
 };
 use purrify_inference::runtime::{Runtime, RuntimeConfig, paths};
 use purrify_ncnn2onnx::onnx::{Attribute, GraphBuilder};
 
 fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig::default()).unwrap_or_else(|e| panic!("cannot start ONNX Runtime: {e} (run `make models`)"))
+    Runtime::new(RuntimeConfig::default())
+        .unwrap_or_else(|e| panic!("cannot start ONNX Runtime: {e} (run `make models`)"))
 }
 
 fn require(path: PathBuf) -> PathBuf {
@@ -189,7 +191,8 @@ fn restorer_signature_is_checked() {
     let r = FaceRestorer::load(&rt, &good).unwrap();
     assert_eq!(r.model().name(), "good");
 
-    let dynamic = shift_model(dir.path(), "dynamic", &[Some(1), Some(3), None, None], &[None, Some(3), None, None], 0.2);
+    let dynamic =
+        shift_model(dir.path(), "dynamic", &[Some(1), Some(3), None, None], &[None, Some(3), None, None], 0.2);
     FaceRestorer::load(&rt, &dynamic).expect("symbolic dims that work at 512 are fine");
 
     let small = [Some(1), Some(3), Some(256), Some(256)];
@@ -239,7 +242,9 @@ fn restorer_round_trips_pixels() {
     let dir = tempfile::tempdir().unwrap();
     let identity = shift_model(dir.path(), "identity", &FACE_SHAPE, &FACE_SHAPE, 0.0);
     let r = FaceRestorer::load(&runtime(), &identity).unwrap();
-    let img = RgbImage::from_fn(FACE_SIZE, FACE_SIZE, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]));
+    let img = RgbImage::from_fn(FACE_SIZE, FACE_SIZE, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
     let t = Instant::now();
     let out = r.restore(&img).unwrap();
     println!("identity restorer, one 512x512 face: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
@@ -255,12 +260,15 @@ fn restore_faces_changes_the_face_and_nothing_else() {
     let det = FaceDetector::load(&rt, DetectorKind::Scrfd, &models_dir()).unwrap();
     let input = photo("astronaut.png");
     let scale = 2.0;
-    let before = image::imageops::resize(&input, input.width() * 2, input.height() * 2, image::imageops::FilterType::Triangle);
+    let before =
+        image::imageops::resize(&input, input.width() * 2, input.height() * 2, image::imageops::FilterType::Triangle);
     let mut output = before.clone();
 
     let mut progress = vec![];
     let t = Instant::now();
-    let n = restore_faces(&det, Some(&restorer), &input, &mut output, scale, |done, total| progress.push((done, total))).unwrap();
+    let n =
+        restore_faces(&det, Some(&restorer), &input, &mut output, scale, |done, total| progress.push((done, total)))
+            .unwrap();
     println!("restore_faces on astronaut.png x2: {n} face(s), {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     assert_eq!(n, 1);
     assert_eq!(progress, vec![(1, 1)]);
@@ -302,7 +310,61 @@ fn restore_faces_changes_the_face_and_nothing_else() {
 
     // No restorer: faces are counted, nothing is painted.
     let mut untouched = before.clone();
-    let n = restore_faces(&det, None, &input, &mut untouched, scale, |_, _| panic!("no progress without a restorer")).unwrap();
+    let n = restore_faces(&det, None, &input, &mut untouched, scale, |_, _| panic!("no progress without a restorer"))
+        .unwrap();
     assert_eq!(n, 1);
     assert!(untouched == before);
+}
+
+/// With an identity "restorer", pasting must reproduce the upscaled image where the face is:
+/// any misregistration between the input->face and face->output transforms shows up as a
+/// difference along every edge of the face.
+#[test]
+fn identity_restoration_is_registered_with_the_upscaled_output() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let restorer =
+        FaceRestorer::load(&rt, &shift_model(dir.path(), "identity", &FACE_SHAPE, &FACE_SHAPE, 0.0)).unwrap();
+    let det = FaceDetector::load(&rt, DetectorKind::Scrfd, &models_dir()).unwrap();
+    let input = photo("astronaut.png");
+    let scale = 4u32;
+    let before = image::imageops::resize(
+        &input,
+        input.width() * scale,
+        input.height() * scale,
+        image::imageops::FilterType::Triangle,
+    );
+    let face = &det.detect(&input).unwrap()[0];
+    let to_face = estimate_similarity(&face.landmarks, &ffhq_template());
+    let restored = restorer.restore(&warp_to_face(&input, &to_face)).unwrap();
+
+    // Mean absolute difference over the face's centre, where the mask is fully opaque.
+    let error = |out: &RgbImage| {
+        let out_to_face = to_face.invert().then(&input_to_output(scale as f32)).invert();
+        let (mut sum, mut n) = (0.0f64, 0u32);
+        for (x, y, p) in out.enumerate_pixels() {
+            let [u, v] = out_to_face.apply([x as f32, y as f32]);
+            if (u - 256.0).abs() < 120.0 && (v - 280.0).abs() < 120.0 {
+                let q = before.get_pixel(x, y);
+                sum += p.0.iter().zip(q.0).map(|(a, b)| f64::from(a.abs_diff(b))).sum::<f64>() / 3.0;
+                n += 1;
+            }
+        }
+        sum / f64::from(n)
+    };
+
+    let mut out = before.clone();
+    paste_face(&mut out, &restored, &to_face, scale as f32);
+    let registered = error(&out);
+
+    // The same paste without the half-pixel correction, for comparison.
+    let mut naive = before.clone();
+    let naive_to_out = to_face.invert().scaled(scale as f32);
+    paste_back(&mut naive, &restored, &naive_to_out, 512.0 * naive_to_out.scale_factor() / 10.0);
+    let shifted = error(&naive);
+    println!(
+        "x{scale} identity paste, mean |diff| in the face: registered {registered:.2}, without half-pixel shift {shifted:.2}"
+    );
+    assert!(registered < 3.0, "registered paste differs by {registered:.2} on average");
+    assert!(registered < shifted, "the half-pixel correction should help: {registered:.2} vs {shifted:.2}");
 }

@@ -1,3 +1,4 @@
+#![cfg(feature = "engine")]
 //! The worker's HTTP API over real HTTP on loopback, with the real fast models.
 
 mod common;

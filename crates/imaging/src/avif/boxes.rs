@@ -168,6 +168,14 @@ pub(crate) fn parse(file: &[u8]) -> Result<AvifProps> {
     parse_meta(meta)
 }
 
+/// Checks that the top-level boxes tile the whole file, i.e. it was not cut off.
+pub(crate) fn check_complete(file: &[u8]) -> Result<()> {
+    for b in Boxes::new(file) {
+        b.map_err(|_| BoxError("the file ends early; it was probably cut off"))?;
+    }
+    Ok(())
+}
+
 fn parse_meta(meta: &[u8]) -> Result<AvifProps> {
     let mut r = Reader::new(meta);
     r.full_box()?;

@@ -38,6 +38,10 @@ const EAGAIN: i32 = -libc::EAGAIN;
 /// or three, so hitting this means a stream that never yields a frame.
 const MAX_ROUNDS: usize = 64;
 
+/// `get_picture` calls returning EAGAIN after all data was sent before giving up; one arms
+/// the drain, one more per frame context is ample.
+const MAX_DRAINS: usize = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Layout {
     I400,
@@ -90,15 +94,19 @@ fn check(res: Dav1dResult, what: &str) -> Result<(), Av1Error> {
     }
 }
 
-/// An open decoder. Single-threaded on purpose: with worker threads a panic in one would leave
-/// the caller waiting forever, and a still photo gains little from frame threading.
+/// An open decoder.
+///
+/// Two threads and two frame contexts, although a still image needs neither: rav1d 1.1 with a
+/// single frame context (`n_fc == 1`) panics in its error path on *any* corrupt frame data
+/// (memorysafety/rav1d#1497, fix pending in #1496/#1503), and that panic aborts the process
+/// (see the module docs). With `n_fc == 2` errors take the delayed-output path, which returns
+/// them; the price is that the picture only comes out on a draining `dav1d_get_picture`.
+/// `n_fc = min(max_frame_delay, n_threads)`, so both must be 2.
 pub(crate) struct Decoder {
     ctx: Option<Dav1dContext>,
 }
 
 impl Decoder {
-    /// `max_frame_pixels` makes rav1d refuse frames larger than the caller's limit before it
-    /// allocates them (0 would mean "no limit", so it is clamped to at least 1).
     pub(crate) fn new(max_frame_pixels: u64) -> Result<Self, Av1Error> {
         let mut settings = MaybeUninit::<Dav1dSettings>::uninit();
         // SAFETY: `dav1d_default_settings` writes a complete `Dav1dSettings` to the pointer,
@@ -107,8 +115,8 @@ impl Decoder {
             dav1d_default_settings(NonNull::new_unchecked(settings.as_mut_ptr()));
             settings.assume_init()
         };
-        settings.n_threads = 1;
-        settings.max_frame_delay = 1;
+        settings.n_threads = 2;
+        settings.max_frame_delay = 2;
         // A layered still image: we want the highest-quality layer only, as libavif does.
         settings.all_layers = 0;
         settings.frame_size_limit = max_frame_pixels.clamp(1, u64::from(u32::MAX)) as u32;
@@ -145,6 +153,9 @@ impl Decoder {
         unsafe { ptr::copy_nonoverlapping(obus.as_ptr(), buf, obus.len()) };
 
         let mut pic = PictureGuard(Dav1dPicture::default());
+        // With frame threading the first `get_picture` after the data is consumed only arms
+        // the drain; the next ones return the frame.
+        let mut drains = 0;
         for _ in 0..MAX_ROUNDS {
             if data.0.sz > 0 {
                 // SAFETY: `self.ctx` is open (closed only in Drop); `data.0` is valid for reads
@@ -158,6 +169,10 @@ impl Decoder {
             let res = unsafe { dav1d_get_picture(self.ctx, Some(NonNull::from(&mut pic.0))) };
             if res.0 == EAGAIN {
                 if data.0.sz > 0 {
+                    continue;
+                }
+                drains += 1;
+                if drains <= MAX_DRAINS {
                     continue;
                 }
                 return Err(Av1Error("the AV1 data holds no displayable frame".into()));

@@ -6,6 +6,8 @@ mod dav1d;
 mod yuv;
 
 use std::io::Read;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use image::{GrayImage, ImageBuffer, Pixel, RgbImage, imageops};
 
@@ -60,13 +62,59 @@ pub(crate) struct AvifImage {
     pub transformed: bool,
 }
 
+/// Longest an AV1 decode may take. A 50 MP still takes seconds; this only catches a decoder
+/// that will never return (see `decode`).
+const AV1_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageError> {
     let probe = probe(bytes, limits)?;
+    boxes::check_complete(bytes).map_err(|e| ImageError::malformed(format!("AVIF: {}", e.0)))?;
     let data = read_items(bytes)?;
-    let (w, h) = (probe.width as usize, probe.height as usize);
 
-    let (rgb, bit_depth) = {
-        let mut decoder = dav1d::Decoder::new(limits.max_pixels).map_err(av1_err)?;
+    // AV1 runs on a thread of its own that we can walk away from: should one of rav1d's
+    // worker threads panic, the thread waiting for it would block forever. Losing a thread
+    // beats losing the caller.
+    let (tx, rx) = mpsc::sync_channel(1);
+    let (width, height, primary, max_pixels) = (probe.width, probe.height, probe.props.primary.nclx, limits.max_pixels);
+    let spawned = std::thread::Builder::new().name("purrify-av1".into()).spawn(move || {
+        let _ = tx.send(decode_planes(&data, width, height, primary, max_pixels));
+    });
+    if spawned.is_err() {
+        return Err(ImageError::malformed("AVIF: could not start the AV1 decoder"));
+    }
+    let planes = match rx.recv_timeout(AV1_TIMEOUT) {
+        Ok(result) => result?,
+        Err(RecvTimeoutError::Timeout) => {
+            return Err(ImageError::malformed("AVIF: the AV1 decoder did not finish"));
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            return Err(ImageError::malformed("AVIF: the AV1 decoder failed on this file"));
+        }
+    };
+
+    let p = &probe.props.primary;
+    let transformed = p.rotation != 0 || p.mirror.is_some();
+    let rgb = transform(planes.rgb, p.rotation, p.mirror);
+    let alpha = planes.alpha.map(|a| transform(a, p.rotation, p.mirror));
+    Ok(AvifImage { rgb, alpha, bit_depth: planes.bit_depth, transformed })
+}
+
+struct Planes {
+    rgb: RgbImage,
+    alpha: Option<GrayImage>,
+    bit_depth: u8,
+}
+
+fn decode_planes(
+    data: &avif_parse::AvifData,
+    width: u32,
+    height: u32,
+    nclx: Option<boxes::Nclx>,
+    max_pixels: u64,
+) -> Result<Planes, ImageError> {
+    let (w, h) = (width as usize, height as usize);
+    let (mut rgb, bit_depth) = {
+        let mut decoder = dav1d::Decoder::new(max_pixels).map_err(av1_err)?;
         let pic = decoder.decode_still(&data.primary_item).map_err(av1_err)?;
         if (pic.width(), pic.height()) != (w, h) {
             return Err(ImageError::malformed(format!(
@@ -76,7 +124,8 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
             )));
         }
         let seq = pic.seq_color();
-        let cp = match probe.props.primary.nclx {
+        // The container's colour description wins over the bitstream's (MIAF).
+        let cp = match nclx {
             Some(n) => yuv::ColorParams { matrix: n.matrix, primaries: n.primaries, full_range: n.full_range },
             None => yuv::ColorParams { matrix: seq.matrix, primaries: seq.primaries, full_range: seq.full_range },
         };
@@ -85,7 +134,7 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
 
     let mut alpha = None;
     if let Some(alpha_obus) = data.alpha_item.as_deref() {
-        let mut decoder = dav1d::Decoder::new(limits.max_pixels).map_err(av1_err)?;
+        let mut decoder = dav1d::Decoder::new(max_pixels).map_err(av1_err)?;
         let pic = decoder.decode_still(alpha_obus).map_err(av1_err)?;
         if (pic.width(), pic.height()) != (w, h) {
             return Err(ImageError::malformed("AVIF: the alpha channel's size differs from the image's"));
@@ -93,17 +142,10 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
         // The range of an alpha plane is the AV1 stream's own; colour `nclx` does not apply.
         alpha = Some(yuv::to_alpha(&pic, pic.seq_color().full_range));
     }
-
-    let mut rgb = rgb;
     if let (Some(a), true) = (&alpha, data.premultiplied_alpha) {
         unpremultiply(&mut rgb, a);
     }
-
-    let p = &probe.props.primary;
-    let transformed = p.rotation != 0 || p.mirror.is_some();
-    let rgb = transform(rgb, p.rotation, p.mirror);
-    let alpha = alpha.map(|a| transform(a, p.rotation, p.mirror));
-    Ok(AvifImage { rgb, alpha, bit_depth, transformed })
+    Ok(Planes { rgb, alpha, bit_depth })
 }
 
 fn av1_err(e: dav1d::Av1Error) -> ImageError {

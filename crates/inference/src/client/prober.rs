@@ -106,8 +106,7 @@ impl Fleet {
             ProbeResult::NotReady(_) => summary.not_ready += 1,
             ProbeResult::Down(_) => {
                 summary.down += 1;
-                c.probe_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.probe_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -342,8 +342,7 @@ impl Engine {
         })?;
         let scale = params.scale as f32;
         for (to_face, face_img) in &restored {
-            let face_to_out = to_face.invert().scaled(scale);
-            face::paste_back(&mut out, face_img, &face_to_out, face::FACE_SIZE as f32 / 32.0);
+            face::paste_face(&mut out, face_img, to_face, scale);
         }
         timings.tiles = t.elapsed();
         timings.sr_model = stats.model_time;

@@ -62,3 +62,31 @@ pub fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
     DynamicImage::ImageRgb8(img.clone()).write_to(&mut out, ImageFormat::Jpeg).unwrap();
     out.into_inner()
 }
+
+/// A face-restoration model with the GFPGAN/CodeFormer signature (`[1,3,512,512]` in [-1, 1]
+/// in and out) that adds `shift` to every channel: a 1x1 convolution generated here, so tests
+/// can predict exactly what restoration does to a face.
+pub fn shift_restoration_model(
+    dir: &std::path::Path,
+    name: &str,
+    input: &[Option<i64>],
+    output: &[Option<i64>],
+    shift: f32,
+) -> PathBuf {
+    use purrify_ncnn2onnx::onnx::{Attribute, GraphBuilder};
+    let mut weight = vec![0.0f32; 9];
+    for c in 0..3 {
+        weight[c * 3 + c] = 1.0;
+    }
+    let mut g = GraphBuilder::new(name);
+    g.input("input", input)
+        .output("output", output)
+        .initializer_f32("w", &[3, 3, 1, 1], &weight)
+        .initializer_f32("b", &[3], &[shift; 3])
+        .node("Conv", &["input", "w", "b"], &["output"], vec![Attribute::Ints("kernel_shape".into(), vec![1, 1])]);
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, g.to_model_bytes()).unwrap();
+    path
+}
+
+pub const FACE_SHAPE: [Option<i64>; 4] = [Some(1), Some(3), Some(512), Some(512)];

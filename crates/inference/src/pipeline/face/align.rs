@@ -186,7 +186,8 @@ pub fn paste_back(target: &mut RgbImage, face: &RgbImage, face_to_target: &Affin
     if tw == 0 || th == 0 || fw == 0.0 || fh == 0.0 {
         return;
     }
-    let corners = [[-0.5, -0.5], [fw - 0.5, -0.5], [-0.5, fh - 0.5], [fw - 0.5, fh - 0.5]].map(|p| face_to_target.apply(p));
+    let corners =
+        [[-0.5, -0.5], [fw - 0.5, -0.5], [-0.5, fh - 0.5], [fw - 0.5, fh - 0.5]].map(|p| face_to_target.apply(p));
     let bound = |f: fn(f32, f32) -> f32, k: usize| corners.iter().map(|p| p[k]).fold(corners[0][k], f);
     let x0 = (bound(f32::min, 0).floor() as i64).max(0);
     let y0 = (bound(f32::min, 1).floor() as i64).max(0);
@@ -336,10 +337,17 @@ mod tests {
     #[test]
     fn warp_downscaling_does_not_alias() {
         // A 1-px checkerboard shrunk 4x must come out as flat grey, not as moire.
-        let img = RgbImage::from_fn(2048, 2048, |x, y| if (x + y) % 2 == 0 { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) });
+        let img =
+            RgbImage::from_fn(
+                2048,
+                2048,
+                |x, y| if (x + y) % 2 == 0 { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) },
+            );
         let crop = warp_to_face(&img, &Affine([0.25, 0.0, 0.0, 0.0, 0.25, 0.0]));
         // The outermost ring replicates the source's border and is not a mean of both colours.
-        for (u, v, p) in crop.enumerate_pixels().filter(|(u, v, _)| (1..FACE_SIZE - 1).contains(u) && (1..FACE_SIZE - 1).contains(v)) {
+        for (u, v, p) in
+            crop.enumerate_pixels().filter(|(u, v, _)| (1..FACE_SIZE - 1).contains(u) && (1..FACE_SIZE - 1).contains(v))
+        {
             assert!((i32::from(p.0[0]) - 128).abs() <= 2, "({u},{v}): {:?}", p.0);
         }
     }

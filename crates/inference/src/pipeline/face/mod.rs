@@ -97,8 +97,8 @@ impl FromStr for DetectorKind {
 }
 
 enum Detector {
-    Scrfd(scrfd::Scrfd),
-    Mtcnn(mtcnn::Mtcnn),
+    Scrfd(Box<scrfd::Scrfd>),
+    Mtcnn(Box<mtcnn::Mtcnn>),
 }
 
 pub struct FaceDetector {
@@ -110,8 +110,8 @@ impl FaceDetector {
     /// Loads `scrfd.onnx` or `mtcnn/{pnet,rnet,onet}.onnx` from `models_dir`.
     pub fn load(rt: &Runtime, kind: DetectorKind, models_dir: &Path) -> Result<Self, RuntimeError> {
         let inner = match kind {
-            DetectorKind::Scrfd => Detector::Scrfd(scrfd::Scrfd::load(rt, models_dir)?),
-            DetectorKind::Mtcnn => Detector::Mtcnn(mtcnn::Mtcnn::load(rt, models_dir)?),
+            DetectorKind::Scrfd => Detector::Scrfd(Box::new(scrfd::Scrfd::load(rt, models_dir)?)),
+            DetectorKind::Mtcnn => Detector::Mtcnn(Box::new(mtcnn::Mtcnn::load(rt, models_dir)?)),
         };
         Ok(Self { kind, inner })
     }
@@ -188,6 +188,16 @@ pub fn input_to_output(scale: f32) -> Affine {
     Affine([scale, 0.0, t, 0.0, scale, t])
 }
 
+/// Pastes a face restored from the crop `warp_to_face(input, input_to_face)` into `output`
+/// (= `input` upscaled by `scale`), feathered over a tenth of the pasted square as facexlib
+/// does; the face itself sits well inside the template's margins, so the blend stays in hair
+/// and background.
+pub fn paste_face(output: &mut RgbImage, restored: &RgbImage, input_to_face: &Affine, scale: f32) {
+    let face_to_output = input_to_face.invert().then(&input_to_output(scale));
+    let side = FACE_SIZE as f32 * face_to_output.scale_factor();
+    paste_back(output, restored, &face_to_output, (side / 10.0).max(2.0));
+}
+
 /// Detects faces on `input` and restores them into `output` (= `input` upscaled by `scale`);
 /// see [`restore_detected`]. Returns the number of faces found.
 pub fn restore_faces(
@@ -218,16 +228,11 @@ pub fn restore_detected(
     mut on_face: impl FnMut(usize, usize),
 ) -> Result<usize, FaceError> {
     let template = ffhq_template();
-    let to_output = input_to_output(scale);
     for (i, face) in faces.iter().enumerate() {
         let to_face = estimate_similarity(&face.landmarks, &template);
         let aligned = warp_to_face(input, &to_face);
         let restored = restorer.restore(&aligned)?;
-        let face_to_output = to_face.invert().then(&to_output);
-        // facexlib feathers over about a tenth of the pasted square; the face itself sits well
-        // inside the template's margins, so the blend stays in hair and background.
-        let side = FACE_SIZE as f32 * face_to_output.scale_factor();
-        paste_back(output, &restored, &face_to_output, (side / 10.0).max(2.0));
+        paste_face(output, &restored, &to_face, scale);
         on_face(i + 1, faces.len());
     }
     Ok(faces.len())

@@ -134,7 +134,11 @@ pub(crate) fn resize_region<S: Source>(
                 Some(i) => i,
                 None => {
                     // Rows arrive in increasing order: the smaller cached row is done with.
-                    let i = if cache[0].0 == usize::MAX || (cache[1].0 != usize::MAX && cache[0].0 < cache[1].0) { 0 } else { 1 };
+                    let i = if cache[0].0 == usize::MAX || (cache[1].0 != usize::MAX && cache[0].0 < cache[1].0) {
+                        0
+                    } else {
+                        1
+                    };
                     let row = &raw[sy * stride..(sy + 1) * stride];
                     let out = &mut cache[i].1;
                     for (ox, o) in out.chunks_exact_mut(3).enumerate() {

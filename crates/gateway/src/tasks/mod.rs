@@ -1,0 +1,1 @@
+//! Task lifecycle (being written).
