@@ -55,10 +55,13 @@ test-rust:
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
 	  $(CARGO) test $(CARGO_FLAGS) --workspace
 
-## bench: engine benchmark against the Python reference (release build).
+## bench: engine (Rust vs the Python reference) and gateway (vs FastAPI+uvicorn) benchmarks,
+## release builds, printed side by side.
 bench: models venv
-	$(CARGO) build $(CARGO_FLAGS) --release -p purrify-inference --bins
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(CARGO) build $(CARGO_FLAGS) --release -p purrify-inference -p purrify-gateway --bins
 	"$$($(PYTHON_VENV))" tools/bench/engine_bench.py --binary $(TARGET_DIR)/release/purrify-inference
+	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 
 clean-cache:
 	rm -rf $(PURRIFY_CACHE)

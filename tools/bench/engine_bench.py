@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--tile-size", type=int, default=400)
     p.add_argument("--pad", type=int, default=10)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--repeat", type=int, default=3, help="runs per side, interleaved; the fastest counts")
     # Internal: run the reference in this process.
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -125,25 +126,35 @@ def main() -> None:
             crop = Path(tmp) / f"crop_{mp}mp.png"
             src.crop((left, top, left + w, top + h)).save(crop)
 
-            rust_out = Path(tmp) / f"rust_{mp}.jpg"
-            out, _, rust_rss = run_measured([
-                args.binary, "enhance", str(crop), str(rust_out),
+            rust_cmd = [
+                args.binary, "enhance", str(crop), str(Path(tmp) / f"rust_{mp}.jpg"),
                 "--quality", args.quality, "--scale", str(args.scale),
                 "--tile-size", str(args.tile_size), "--tile-pad", str(args.pad),
                 "--threads", str(args.threads), "--json",
-            ])
-            r = json.loads(out.strip().splitlines()[-1])
-            py_out = Path(tmp) / f"py_{mp}.jpg"
-            out, _, py_rss = run_measured([
+            ]
+            py_cmd = [
                 sys.executable, __file__, "--reference", "--model", str(model),
-                "--input", str(crop), "--output", str(py_out), "--scale", str(args.scale),
+                "--input", str(crop), "--output", str(Path(tmp) / f"py_{mp}.jpg"), "--scale", str(args.scale),
                 "--tile-size", str(args.tile_size), "--pad", str(args.pad), "--threads", str(args.threads),
-            ])
-            py = json.loads(out.strip().splitlines()[-1])
+            ]
+            # Interleaved runs, fastest of each: background load hits both sides alike.
+            r = py = None
+            rust_rss = py_rss = 0
+            for _ in range(max(1, args.repeat)):
+                out, _, rss = run_measured(rust_cmd)
+                cand = json.loads(out.strip().splitlines()[-1])
+                if r is None or cand["total_s"] < r["total_s"]:
+                    r = cand
+                rust_rss = max(rust_rss, rss)
+                out, _, rss = run_measured(py_cmd)
+                cand = json.loads(out.strip().splitlines()[-1])
+                if py is None or cand["total_s"] < py["total_s"]:
+                    py = cand
+                py_rss = max(py_rss, rss)
             rows.append((mp, w, h, r, rust_rss, py, py_rss))
 
     print(f"engine bench: model {args.model_name}, scale x{args.scale}, tile {args.tile_size}, pad {args.pad}, "
-          f"{args.threads} threads, photo {Path(args.photo).name} (centred crops)")
+          f"{args.threads} threads, photo {Path(args.photo).name} (centred crops), fastest of {args.repeat}")
     print(f"{'size':>12} {'rust s':>8} {'python s':>9} {'rust/py':>8} {'rust ovh':>9} {'py ovh':>8} {'rust RSS':>9} {'py RSS':>8}")
     for mp, w, h, r, rr, py, pr in rows:
         r_ovh = (r["total_s"] - r["model_s"]) / r["model_s"] * 100

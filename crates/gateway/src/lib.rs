@@ -1,4 +1,57 @@
 //! Purrify's gateway: the public REST API the mini-program speaks (seed 000), turning each
 //! upload into a task and reporting its status back.
+//!
+//! Layout: `routes/` has one module per resource (each a `router()`), `middleware/` the
+//! cross-cutting layers, `tasks/` the task store and dispatcher, `service.rs` what handlers
+//! call on them, `app.rs` the assembly.
 
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod routes;
+pub mod service;
 pub mod tasks;
+
+use clap::Parser;
+
+/// Entry point of the binary.
+pub fn run() -> anyhow::Result<()> {
+    let config = config::Config::parse();
+    init_tracing(config.log_format);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let gateway = app::start(config, shutdown_signal()).await?;
+        gateway.handle.await?
+    })
+}
+
+fn init_tracing(format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

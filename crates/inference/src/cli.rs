@@ -253,6 +253,9 @@ fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
     let mut config = args.engine.config(vec![args.quality]);
     config.tile_pad = args.tile_pad;
     let engine = Engine::load(config)?;
+    // As the worker does before it reports ready: the first real run should not pay for
+    // lazy initialisation (and the benchmark's Python reference warms up too).
+    engine.warm_up()?;
 
     let tty = std::io::stderr().is_terminal();
     let mut last_shown = -1i32;

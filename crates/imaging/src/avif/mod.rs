@@ -75,9 +75,9 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
     // worker threads panic, the thread waiting for it would block forever. Losing a thread
     // beats losing the caller.
     let (tx, rx) = mpsc::sync_channel(1);
-    let (width, height, primary, max_pixels) = (probe.width, probe.height, probe.props.primary.nclx, limits.max_pixels);
+    let (width, height, nclx) = (probe.width, probe.height, probe.props.primary.nclx);
     let spawned = std::thread::Builder::new().name("purrify-av1".into()).spawn(move || {
-        let _ = tx.send(decode_planes(&data, width, height, primary, max_pixels));
+        let _ = tx.send(decode_planes(&data, width, height, nclx));
     });
     if spawned.is_err() {
         return Err(ImageError::malformed("AVIF: could not start the AV1 decoder"));
@@ -110,12 +110,17 @@ fn decode_planes(
     width: u32,
     height: u32,
     nclx: Option<boxes::Nclx>,
-    max_pixels: u64,
 ) -> Result<Planes, ImageError> {
     let (w, h) = (width as usize, height as usize);
+    // Anything other than exactly `ispe` is refused below, so rav1d need never allocate a
+    // larger frame, whatever a corrupt sequence header claims. `ispe` passed the limits.
+    let max_pixels = 50_000_000u64;
     let (mut rgb, bit_depth) = {
+        let t = std::time::Instant::now();
         let mut decoder = dav1d::Decoder::new(max_pixels).map_err(av1_err)?;
+        eprintln!("open {:?}", t.elapsed());
         let pic = decoder.decode_still(&data.primary_item).map_err(av1_err)?;
+        eprintln!("decoded {:?}", t.elapsed());
         if (pic.width(), pic.height()) != (w, h) {
             return Err(ImageError::malformed(format!(
                 "AVIF: the coded image is {}x{} but the file says {w}x{h}",
@@ -129,7 +134,11 @@ fn decode_planes(
             Some(n) => yuv::ColorParams { matrix: n.matrix, primaries: n.primaries, full_range: n.full_range },
             None => yuv::ColorParams { matrix: seq.matrix, primaries: seq.primaries, full_range: seq.full_range },
         };
-        (yuv::to_rgb(&pic, cp), pic.bit_depth())
+        let r = (yuv::to_rgb(&pic, cp), pic.bit_depth());
+        eprintln!("converted {:?}", t.elapsed());
+        drop(pic); drop(decoder);
+        eprintln!("closed {:?}", t.elapsed());
+        r
     };
 
     let mut alpha = None;

@@ -1,0 +1,138 @@
+//! Every option is a flag with an environment variable.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// One machine: SQLite or PostgreSQL, local or S3 storage, an in-process worker and GPU
+    /// servers registered by webhook.
+    Standalone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "purrify-gateway", version, about = "Purrify's public REST API gateway")]
+pub struct Config {
+    /// Listen address. Default 127.0.0.1:8080; the PORT variable changes only the port.
+    #[arg(long, env = "PURRIFY_ADDR")]
+    pub addr: Option<SocketAddr>,
+    /// Task backend.
+    #[arg(long, env = "PURRIFY_BACKEND", default_value = "standalone")]
+    pub backend: Backend,
+    /// Directory for the default SQLite database and local storage.
+    #[arg(long, env = "PURRIFY_DATA_DIR", default_value = "purrify-data")]
+    pub data_dir: PathBuf,
+    /// Object storage root for uploads and results: file:///srv/purrify or s3://bucket/prefix.
+    /// Default: file://<data-dir>/storage.
+    #[arg(long, env = "PURRIFY_STORAGE")]
+    pub storage: Option<String>,
+    /// S3-compatible endpoint (credentials from AWS_* variables).
+    #[arg(long, env = "PURRIFY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "PURRIFY_S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "PURRIFY_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+    /// sqlite://path/to/db or postgres://user:pass@host/db. Default: SQLite in <data-dir>.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Shared secret GPU servers present to /webhook/*. No default: without it the webhooks
+    /// are disabled.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Bearer token for admin endpoints (/api/v1/config/*). Without it they are disabled.
+    #[arg(long, env = "PURRIFY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest upload in bytes.
+    #[arg(long, env = "PURRIFY_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Largest image in pixels (checked from the header at upload and again by the worker).
+    #[arg(long, env = "PURRIFY_MAX_PIXELS", default_value_t = purrify_imaging::Limits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Allowed CORS origins, comma-separated; `*` allows any.
+    #[arg(long, env = "PURRIFY_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
+    pub cors_origins: Vec<String>,
+    /// Sustained requests per second per client (0 disables rate limiting).
+    #[arg(long, env = "PURRIFY_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+    /// Burst size per client.
+    #[arg(long, env = "PURRIFY_RATE_BURST", default_value_t = 100.0)]
+    pub rate_burst: f64,
+    /// Uploads per minute per client (an upload costs a GPU job).
+    #[arg(long, env = "PURRIFY_UPLOADS_PER_MINUTE", default_value_t = 30.0)]
+    pub uploads_per_minute: f64,
+    /// Identify clients by the first X-Forwarded-For address (only behind a trusted proxy).
+    #[arg(long, env = "PURRIFY_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Seconds a task may take from upload to result before it fails (seed: 5 minutes).
+    #[arg(long, env = "PURRIFY_TASK_DEADLINE_SECONDS", default_value_t = 300)]
+    pub task_deadline_seconds: u64,
+    /// Attempts per task across workers.
+    #[arg(long, env = "PURRIFY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Accept GPU-server registrations on loopback, link-local and cloud-metadata addresses
+    /// (development only: otherwise the webhook could make the gateway call internal services).
+    #[arg(long, env = "PURRIFY_ALLOW_PRIVATE_WORKERS")]
+    pub allow_private_workers: bool,
+    /// Worker health-probe interval in seconds.
+    #[arg(long, env = "PURRIFY_PROBE_INTERVAL", default_value_t = 5)]
+    pub probe_interval_seconds: u64,
+    /// Run an inference worker inside the gateway (standalone mode).
+    #[arg(long, env = "PURRIFY_EMBEDDED_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub embedded_worker: bool,
+    /// Quality levels the embedded worker serves.
+    #[arg(long, env = "PURRIFY_QUALITY_LEVELS", value_delimiter = ',', default_value = "high,medium,fast")]
+    pub quality_levels: Vec<String>,
+    /// Jobs the embedded worker accepts at once.
+    #[arg(long, env = "PURRIFY_WORKER_CAPACITY", default_value_t = 2)]
+    pub worker_capacity: usize,
+    /// Intra-op threads of the embedded worker (0 = all cores).
+    #[arg(long, env = "PURRIFY_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Face restoration model for the embedded worker (GFPGAN/CodeFormer ONNX signature).
+    #[arg(long, env = "PURRIFY_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
+    /// Seconds in-flight requests and jobs get after SIGTERM.
+    #[arg(long, env = "PURRIFY_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// Swagger UI assets for /docs (default: the cache filled by `make models`).
+    #[arg(long, env = "PURRIFY_SWAGGER_UI_DIR")]
+    pub swagger_ui_dir: Option<PathBuf>,
+    #[arg(long, env = "PURRIFY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.addr.unwrap_or_else(|| {
+            let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+        })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}/purrify.db", self.data_dir.display()))
+    }
+
+    pub fn storage_root(&self) -> String {
+        self.storage.clone().unwrap_or_else(|| {
+            let dir = std::path::absolute(self.data_dir.join("storage")).unwrap_or_else(|_| self.data_dir.join("storage"));
+            format!("file://{}", dir.display())
+        })
+    }
+
+    /// A configuration with every default, for tests and embedding.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut c = Config::parse_from(["purrify-gateway"]);
+        c.data_dir = data_dir;
+        c
+    }
+}

@@ -1,0 +1,153 @@
+//! The one error envelope of the public API (seed 002):
+//! `{"success": false, "message": ..., "error_code": ..., "details": {...}}`.
+//!
+//! Internal errors are logged with their cause and answered with a generic message: clients
+//! never see database or storage internals.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Error codes: the seed 002 catalogue plus the few the upload contract needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidCredentials,
+    AccessDenied,
+    ResourceNotFound,
+    ValidationError,
+    FileTooLarge,
+    UnsupportedMediaType,
+    InvalidImage,
+    TaskNotFinished,
+    TaskLimitExceeded,
+    RateLimitExceeded,
+    ServerUnavailable,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied => StatusCode::FORBIDDEN,
+            Self::ResourceNotFound => StatusCode::NOT_FOUND,
+            Self::ValidationError | Self::InvalidImage => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TaskNotFinished => StatusCode::CONFLICT,
+            Self::TaskLimitExceeded | Self::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::AccessDenied => "ACCESS_DENIED",
+            Self::ResourceNotFound => "RESOURCE_NOT_FOUND",
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::FileTooLarge => "FILE_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::InvalidImage => "INVALID_IMAGE",
+            Self::TaskNotFinished => "TASK_NOT_FINISHED",
+            Self::TaskLimitExceeded => "TASK_LIMIT_EXCEEDED",
+            Self::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            Self::ServerUnavailable => "SERVER_UNAVAILABLE",
+            Self::InternalError => "INTERNAL_ERROR",
+        }
+    }
+}
+
+/// The envelope as sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    pub message: String,
+    pub error_code: ErrorCode,
+    /// Structured context, e.g. `{"field_errors": {"scale": ["must be 2 or 4"]}}`.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Value,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: Value::Object(Default::default()), retry_after: None }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// A 422 naming the offending field, in seed 002's `field_errors` shape.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::new(ErrorCode::ValidationError, format!("{field}: {message}"))
+            .with_details(serde_json::json!({ "field_errors": { field: [message] } }))
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ResourceNotFound, what)
+    }
+
+    /// Logs `cause` and answers with a message that reveals nothing internal.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::InternalError, "internal error; the request id identifies it in the logs")
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ServerUnavailable, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let body = ErrorBody { success: false, message: self.message, error_code: self.code, details: self.details };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialise_as_the_catalogue_spells_them() {
+        for code in [ErrorCode::ValidationError, ErrorCode::ResourceNotFound, ErrorCode::TaskLimitExceeded] {
+            assert_eq!(serde_json::to_value(code).unwrap(), Value::String(code.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn field_errors_follow_seed_002() {
+        let e = ApiError::field("scale", "must be 2 or 4");
+        assert_eq!(e.code.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.details["field_errors"]["scale"][0], "must be 2 or 4");
+    }
+}

@@ -1,0 +1,321 @@
+//! The public API through the real router (`oneshot`), on real SQLite and PostgreSQL.
+
+mod support;
+#[allow(dead_code, unused_macros, unused_imports)]
+mod tasks_common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use purrify_gateway::app::{self, Stack};
+use serde_json::{Value, json};
+use support::*;
+use tower::ServiceExt;
+
+struct Api {
+    stack: Stack,
+    _dir: tempfile::TempDir,
+    _pg: Option<tasks_common::TestDb>,
+}
+
+async fn api_with(backend: Backend, tweak: impl FnOnce(&mut purrify_gateway::config::Config)) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(tasks_common::TestDb::postgres().await),
+    };
+    let mut c = config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
+    tweak(&mut c);
+    let stack = app::build(c).await.expect("gateway stack builds");
+    Api { stack, _dir: dir, _pg: pg }
+}
+
+async fn api(backend: Backend) -> Api {
+    api_with(backend, |_| {}).await
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    raw: Vec<u8>,
+}
+
+impl Api {
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = app::router(self.stack.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Reply { status, headers, body, raw }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    async fn post_json(&self, uri: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Body::from(body.to_string())).unwrap()).await
+    }
+
+    async fn upload(&self, parts: &[(&str, Option<&str>, &[u8])]) -> Reply {
+        let body = multipart(parts);
+        let req = Request::post("/api/v1/enhance")
+            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body))
+            .unwrap();
+        self.send(req).await
+    }
+
+    fn stored_uploads(&self) -> usize {
+        let dir = self._dir.path().join("storage").join("uploads");
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+fn assert_envelope(r: &Reply, status: StatusCode, code: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.raw));
+    assert_eq!(r.body["success"], false, "{what}");
+    assert_eq!(r.body["error_code"], code, "{what}: {}", r.body);
+    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+    assert!(r.body["details"].is_object(), "{what}");
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
+        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
+    };
+}
+
+on_both!(
+    upload_queues_a_task_and_status_reports_it,
+    hostile_requests_get_clear_errors_and_leave_nothing_behind,
+    webhook_registration_is_idempotent_and_checked,
+    config_endpoints_need_the_admin_token,
+    request_ids_cors_docs_and_metrics,
+);
+
+async fn upload_queues_a_task_and_status_reports_it(backend: Backend) {
+    let api = api(backend).await;
+    let photo = small_photo_png(64, 48);
+    let r = api.upload(&[("file", Some("cat.png"), &photo), ("tile_size", None, b"200"), ("scale", None, b"4")]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["status"], "queued");
+    let id = r.body["task_id"].as_str().unwrap().to_string();
+
+    // No worker in this configuration: the task stays queued, durably.
+    let s = api.get(&format!("/api/v1/status/{id}")).await;
+    assert_eq!(s.status, StatusCode::OK);
+    assert_eq!(s.body["task_id"], id);
+    assert_eq!(s.body["status"], "queued");
+    assert_eq!(s.body["progress"], 0.0);
+    assert!(s.body.get("download_url").is_none());
+    let row = api.stack.state.tasks.db().get_task(&id).await.unwrap().expect("persisted before the 202");
+    assert_eq!(row.params.tile_size, 200);
+    assert_eq!(row.params.scale, 4);
+    assert_eq!(row.input_bytes, photo.len() as u64);
+    assert_eq!(api.stored_uploads(), 1);
+
+    let d = api.get(&format!("/api/v1/download/{id}")).await;
+    assert_envelope(&d, StatusCode::CONFLICT, "TASK_NOT_FINISHED", "download while queued");
+}
+
+async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Backend) {
+    let api = api_with(backend, |c| c.max_upload_bytes = 256 * 1024).await;
+    let photo = small_photo_png(32, 32);
+    let gif = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8)).write_to(&mut out, image::ImageFormat::Gif).unwrap();
+        out.into_inner()
+    };
+    let mut big = small_photo_png(32, 32);
+    big.resize(400 * 1024, 0);
+    let mut bad_jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10];
+    bad_jpeg.extend_from_slice(&[0x13; 200]);
+
+    type Case<'a> = (&'a str, Reply, StatusCode, &'a str);
+    let mut cases: Vec<Case> = Vec::new();
+    let raw_post = |ct: &'static str, body: &'static [u8]| {
+        Request::post("/api/v1/enhance").header(header::CONTENT_TYPE, ct).body(Body::from(body)).unwrap()
+    };
+    cases.push(("json instead of multipart", api.send(raw_post("application/json", b"{}")).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("no body", api.send(Request::post("/api/v1/enhance").body(Body::empty()).unwrap()).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("no file field", api.upload(&[("tile_size", None, b"400")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("empty file", api.upload(&[("file", Some("a.jpg"), b"")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("text named .jpg", api.upload(&[("file", Some("a.jpg"), b"just some text, really")]).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
+    cases.push(("GIF", api.upload(&[("file", Some("a.gif"), &gif)]).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
+    cases.push(("PNG claiming 100000x100000", api.upload(&[("file", Some("a.png"), &png_header_claiming(100_000, 100_000))]).await, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"));
+    cases.push(("JPEG header then garbage", api.upload(&[("file", Some("a.jpg"), &bad_jpeg)]).await, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"));
+    cases.push(("file over the limit", api.upload(&[("file", Some("a.png"), &big)]).await, StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"));
+    cases.push(("two files", api.upload(&[("file", Some("a.png"), &photo), ("file", Some("b.png"), &photo)]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("tile_size not a number", api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, b"abc")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("tile_size too small", api.upload(&[("tile_size", None, b"5"), ("file", Some("a.png"), &photo)]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("quality_level unknown", api.upload(&[("file", Some("a.png"), &photo), ("quality_level", None, b"ultra")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("scale 3", api.upload(&[("file", Some("a.png"), &photo), ("scale", None, b"3")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("face_enhance maybe", api.upload(&[("file", Some("a.png"), &photo), ("face_enhance", None, b"maybe")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    let declared_huge = Request::post("/api/v1/enhance")
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(header::CONTENT_LENGTH, 10 * 1024 * 1024)
+        .body(Body::from(multipart(&[("file", Some("a.png"), &photo)])))
+        .unwrap();
+    cases.push(("Content-Length over the limit", api.send(declared_huge).await, StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"));
+    cases.push(("status of unknown task", api.get("/api/v1/status/doesnotexist").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("status with a strange id", api.get("/api/v1/status/..%2F..%2Fetc").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("download of unknown task", api.get("/api/v1/download/doesnotexist").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("events of unknown task", api.get("/api/v1/status/doesnotexist/events").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("unknown endpoint", api.get("/api/v2/everything").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("config without token", api.post_json("/api/v1/config/backend", json!({"backend_url": "http://10.0.0.1:8000"}), &[]).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+    cases.push(("config with wrong token", api.post_json("/api/v1/config/multi-backend", json!({"enabled": true}), &[("authorization", "Bearer nope")]).await, StatusCode::FORBIDDEN, "ACCESS_DENIED"));
+    cases.push(("config with a bad URL", api.post_json("/api/v1/config/backend", json!({"backend_url": "ftp://x"}), &[("authorization", "Bearer admin-token")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register without secret", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000}), &[]).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+    cases.push(("register with wrong secret", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000, "secret": "guess"}), &[]).await, StatusCode::FORBIDDEN, "ACCESS_DENIED"));
+    cases.push(("register loopback", api.post_json("/webhook/register", json!({"ip": "127.0.0.1", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register metadata address", api.post_json("/webhook/register", json!({"ip": "169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register port out of range", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 70000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register not an ip", api.post_json("/webhook/register", json!({"ip": "gpu.example.com", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register with broken JSON", api.send(Request::post("/webhook/register").header(header::CONTENT_TYPE, "application/json").body(Body::from("{")).unwrap()).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("unregister unknown server", api.post_json("/webhook/unregister", json!({"ip": "203.0.113.77", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push(("servers without secret", api.get("/webhook/servers").await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+
+    assert!(cases.len() >= 20);
+    for (what, reply, status, code) in &cases {
+        assert_envelope(reply, *status, code, what);
+    }
+    let field = |i: usize| cases[i].1.body["details"]["field_errors"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(field(10), Some(vec!["tile_size".to_string()]));
+    assert_eq!(field(12), Some(vec!["quality_level".to_string()]));
+    assert_eq!(field(13), Some(vec!["scale".to_string()]));
+
+    // Nothing half-written: no stored upload, no task row; and the service still serves.
+    assert_eq!(api.stored_uploads(), 0, "refused uploads must not leave files");
+    let counts = api.stack.state.tasks.db().count_by_status().await.unwrap();
+    assert_eq!(counts, Default::default(), "refused uploads must not leave tasks");
+    let ok = api.upload(&[("file", Some("a.png"), &photo)]).await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+}
+
+async fn webhook_registration_is_idempotent_and_checked(backend: Backend) {
+    let api = api(backend).await;
+    let body = json!({"ip": "203.0.113.9", "port": 8000, "secret": "test-secret"});
+    let first = api.post_json("/webhook/register", body.clone(), &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["success"], true);
+    let id = first.body["server_id"].as_str().unwrap().to_string();
+    // The secret is also accepted as a header, and re-registering keeps the id.
+    let again = api
+        .post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": "8000"}), &[("x-webhook-secret", "test-secret")])
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["server_id"], id);
+
+    let list = api.get("/webhook/servers?secret=test-secret").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["data"]["total_servers"], 1);
+    assert_eq!(list.body["data"]["servers"][0]["server_id"], id);
+    assert_eq!(list.body["data"]["servers"][0]["healthy"], false, "nothing listens at 203.0.113.9");
+    assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9:8000")), "the fleet knows it");
+
+    let gone = api.post_json("/webhook/unregister", body.clone(), &[]).await;
+    assert_eq!(gone.status, StatusCode::OK);
+    assert_eq!(gone.body["server_id"], id);
+    assert!(!api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9")));
+    let list = api.get("/webhook/servers").await;
+    assert_eq!(list.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn config_endpoints_need_the_admin_token(backend: Backend) {
+    let api = api(backend).await;
+    let c = api.get("/api/v1/config").await;
+    assert_eq!(c.status, StatusCode::OK);
+    assert_eq!(c.body["max_file_size"], 100 * 1024 * 1024);
+    assert_eq!(c.body["timeout"], 300);
+    assert_eq!(c.body["multi_backend"]["enabled"], true);
+
+    let auth = [("authorization", "Bearer admin-token")];
+    let r = api.post_json("/api/v1/config/backend", json!({"backend_url": "http://10.1.2.3:8000"}), &auth).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["new_backend_url"], "http://10.1.2.3:8000");
+    let c = api.get("/api/v1/config").await;
+    assert_eq!(c.body["backend_url"], "http://10.1.2.3:8000");
+    assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("10.1.2.3:8000")));
+
+    let r = api.post_json("/api/v1/config/multi-backend", json!({"enabled": false, "fallback_to_default": true}), &auth).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["details"]["enabled"]["before"], true);
+    assert_eq!(r.body["details"]["enabled"]["after"], false);
+    assert_eq!(api.get("/api/v1/config").await.body["multi_backend"]["enabled"], false);
+
+    let info = api.get("/api/v1/info").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert!(info.body["endpoints"].as_array().unwrap().iter().any(|e| e == "POST /api/v1/enhance"));
+    let health = api.get("/api/v1/health").await;
+    assert_eq!(health.body["backend_status"]["database"], "connected");
+    assert!(health.body["timestamp"].is_string());
+}
+
+async fn request_ids_cors_docs_and_metrics(backend: Backend) {
+    let api = api(backend).await;
+    let r = api.send(Request::get("/api/v1/info").header("x-request-id", "abc-123").body(Body::empty()).unwrap()).await;
+    assert_eq!(r.headers["x-request-id"], "abc-123");
+    let r = api.get("/api/v1/info").await;
+    assert_eq!(r.headers["x-request-id"].len(), 36, "a UUID is generated");
+    let e = api.get("/api/v1/status/nope").await;
+    assert!(e.headers.contains_key("x-request-id"), "errors carry it too");
+
+    let pre = api
+        .send(
+            Request::builder()
+                .method(Method::OPTIONS)
+                .uri("/api/v1/enhance")
+                .header("origin", "https://servicewechat.com")
+                .header("access-control-request-method", "POST")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(pre.status.is_success());
+    assert_eq!(pre.headers["access-control-allow-origin"], "*");
+
+    let spec = api.get("/api/v1/openapi.json").await;
+    assert_eq!(spec.status, StatusCode::OK);
+    assert!(spec.body["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/enhance", "/api/v1/status/{task_id}", "/api/v1/download/{task_id}", "/webhook/register"] {
+        assert!(spec.body["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    let docs = api.get("/docs").await;
+    assert!(String::from_utf8_lossy(&docs.raw).contains("swagger-ui"), "the docs page loads Swagger UI");
+
+    let m = api.get("/metrics").await;
+    let text = String::from_utf8_lossy(&m.raw);
+    assert!(text.contains(r#"purrify_gateway_http_requests_total{route="/api/v1/status/{task_id}",method="GET",status="404"} 1"#), "{text}");
+    assert!(text.contains("purrify_gateway_queue_depth"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_with_retry_after() {
+    let api = api_with(Backend::Sqlite, |c| {
+        c.rate_limit = 1.0;
+        c.rate_burst = 3.0;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(api.get("/api/v1/info").await.status, StatusCode::OK);
+    }
+    let r = api.get("/api/v1/info").await;
+    assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", "burst exceeded");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(api.get("/healthz").await.status, StatusCode::OK, "probes are never limited");
+
+    let api = api_with(Backend::Sqlite, |c| c.uploads_per_minute = 1.0).await;
+    let photo = small_photo_png(16, 16);
+    assert_eq!(api.upload(&[("file", Some("a.png"), &photo)]).await.status, StatusCode::ACCEPTED);
+    let r = api.upload(&[("file", Some("a.png"), &photo)]).await;
+    assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "upload limit");
+}
