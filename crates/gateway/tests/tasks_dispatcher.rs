@@ -4,12 +4,11 @@
 
 mod tasks_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use purrify_gateway::tasks::{
     CancelOutcome, Db, DispatchConfig, Dispatcher, NewTask, ProgressHub, Task, TaskErrorCode,
-    TaskStatus, TaskView, now_ms,
+    TaskStatus, now_ms,
 };
 use purrify_inference::client::Fleet;
 use purrify_inference::protocol::{EnhanceParams, ErrorReason};
@@ -97,7 +96,7 @@ async fn two_workers(first: Behavior, second: Behavior) -> (FakeWorker, FakeWork
     (first_w, second_w)
 }
 
-tasks_common::on_both_databases!(
+crate::on_both_databases!(
     happy_path,
     retryable_error_moves_to_another_worker,
     worker_killed_mid_job_completes_elsewhere,
@@ -451,11 +450,4 @@ async fn graceful_shutdown_leaves_jobs_for_the_next_start(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(worker.started(), ["calm-1"]);
     second.shutdown().await;
-}
-
-#[tokio::test]
-async fn hub_views_survive_without_the_database_for_polls() {
-    let hub = ProgressHub::default();
-    let view: Option<Arc<TaskView>> = hub.get("x");
-    assert!(view.is_none());
 }

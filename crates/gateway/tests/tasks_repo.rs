@@ -52,7 +52,7 @@ async fn status_of(db: &Db, id: &str) -> TaskStatus {
     db.get_task(id).await.unwrap().unwrap().status
 }
 
-tasks_common::on_both_databases!(
+crate::on_both_databases!(
     insert_is_read_back_whole,
     duplicate_ids_are_refused,
     claim_only_moves_a_queued_task_once,

@@ -38,22 +38,16 @@ fn corrupted_fixtures_never_panic() {
     ];
     for name in names {
         let f = fixture(name);
-        let t = std::time::Instant::now();
         for len in (0..f.len()).step_by(7) {
             let _ = read_header(&f[..len], &limits);
             let _ = decode(&f[..len], &limits);
         }
-        eprintln!("{name} prefixes {:?}", t.elapsed());
-        let flips = noise(1500, name.len() as u64);
+        let flips = noise(450, name.len() as u64);
         for pair in flips.chunks_exact(3) {
             let mut g = f.clone();
             let at = (usize::from(pair[0]) << 8 | usize::from(pair[1])) % g.len();
             g[at] ^= pair[2] | 1;
-            let t = std::time::Instant::now();
-            let r = decode(&g, &limits);
-            let el = t.elapsed();
-            if el.as_millis() > 30 { eprintln!("SLOW {name} at {at} {:?} -> {:?}", el, r.as_ref().map(|d| d.rgb.dimensions()).map_err(|e| e.to_string())); }
-            if let Ok(d) = r {
+            if let Ok(d) = decode(&g, &limits) {
                 // Whatever decodes must still be within limits and consistent.
                 assert!(d.rgb.width() > 0 && d.rgb.height() > 0);
                 if let Some(a) = &d.alpha {

@@ -107,6 +107,12 @@ fn avif_with_ispe(w: u32, h: u32) -> Vec<u8> {
     f
 }
 
+fn avif_flipped(at: usize, xor: u8) -> Vec<u8> {
+    let mut f = fixture("avif8_420.avif");
+    f[at] ^= xor;
+    f
+}
+
 fn text_named_jpg() -> Vec<u8> {
     // Written to and read back from a file named like a photo: the name must not matter.
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +170,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             err("too_large", "image is 100000x100000 = 10000000000 pixels; the limit is 50000000"),
         ),
         ("AVIF ispe disagreeing with the AV1 data", avif_with_ispe(16, 16), err("malformed", "the file says 16x16")),
+        (
+            // With rav1d's single-frame-context settings this aborted the process
+            // (memorysafety/rav1d#1497); see avif::dav1d.
+            "AVIF with corrupt tile data",
+            avif_flipped(935, 0xFF),
+            err("malformed", "AV1 decoding failed: the data is corrupt"),
+        ),
         ("AVIF grid", fixture("avif_grid.avif"), err("unsupported_feature", "tiled (grid) AVIF images are not supported")),
     ]
 }

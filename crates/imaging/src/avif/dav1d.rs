@@ -88,7 +88,12 @@ pub(crate) struct Av1Error(pub String);
 
 fn check(res: Dav1dResult, what: &str) -> Result<(), Av1Error> {
     if res.0 < 0 {
-        Err(Av1Error(format!("AV1 {what} failed (error {})", -res.0)))
+        let why = match -res.0 {
+            libc::ENOMEM => "out of memory",
+            libc::EINVAL | libc::ERANGE => "the data is corrupt or unsupported",
+            _ => "internal error",
+        };
+        Err(Av1Error(format!("AV1 {what} failed: {why} (code {})", -res.0)))
     } else {
         Ok(())
     }

@@ -114,13 +114,10 @@ fn decode_planes(
     let (w, h) = (width as usize, height as usize);
     // Anything other than exactly `ispe` is refused below, so rav1d need never allocate a
     // larger frame, whatever a corrupt sequence header claims. `ispe` passed the limits.
-    let max_pixels = 50_000_000u64;
+    let max_pixels = u64::from(width) * u64::from(height);
     let (mut rgb, bit_depth) = {
-        let t = std::time::Instant::now();
         let mut decoder = dav1d::Decoder::new(max_pixels).map_err(av1_err)?;
-        eprintln!("open {:?}", t.elapsed());
         let pic = decoder.decode_still(&data.primary_item).map_err(av1_err)?;
-        eprintln!("decoded {:?}", t.elapsed());
         if (pic.width(), pic.height()) != (w, h) {
             return Err(ImageError::malformed(format!(
                 "AVIF: the coded image is {}x{} but the file says {w}x{h}",
@@ -134,11 +131,7 @@ fn decode_planes(
             Some(n) => yuv::ColorParams { matrix: n.matrix, primaries: n.primaries, full_range: n.full_range },
             None => yuv::ColorParams { matrix: seq.matrix, primaries: seq.primaries, full_range: seq.full_range },
         };
-        let r = (yuv::to_rgb(&pic, cp), pic.bit_depth());
-        eprintln!("converted {:?}", t.elapsed());
-        drop(pic); drop(decoder);
-        eprintln!("closed {:?}", t.elapsed());
-        r
+        (yuv::to_rgb(&pic, cp), pic.bit_depth())
     };
 
     let mut alpha = None;

@@ -1,0 +1,312 @@
+//! End to end with real processes: the gateway binary, inference worker binaries, real models,
+//! real photos over real HTTP. Processes are killed with SIGKILL to show nothing is lost.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::*;
+
+/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
+struct Proc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn target_dir() -> PathBuf {
+    // target/<profile>/deps/e2e-xxxx -> target/<profile>
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    Proc { child: Some(child), name: name.into(), log }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), http: reqwest::Client::new() }
+    }
+
+    fn storage(&self) -> String {
+        format!("file://{}", self.dir.path().join("storage").display())
+    }
+
+    fn gateway(&self, port: u16, embedded_worker: bool) -> Proc {
+        let args = vec![
+            "--addr".into(), format!("127.0.0.1:{port}"),
+            "--data-dir".into(), self.dir.path().join("gw").display().to_string(),
+            "--storage".into(), self.storage(),
+            "--webhook-secret".into(), "e2e-secret".into(),
+            "--allow-private-workers".into(),
+            "--embedded-worker".into(), embedded_worker.to_string(),
+            "--quality-levels".into(), "fast".into(),
+            "--probe-interval-seconds".into(), "1".into(),
+            "--rate-limit".into(), "0".into(),
+        ];
+        spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &args, self.dir.path())
+    }
+
+    fn worker(&self, name: &str, port: u16) -> Proc {
+        let bin = target_dir().join("purrify-inference");
+        assert!(bin.exists(), "{} is missing: build it with `cargo build -p purrify-inference` (make test does)", bin.display());
+        let args = vec![
+            "serve".into(), "--addr".into(), format!("127.0.0.1:{port}"),
+            "--storage".into(), self.storage(),
+            "--quality-levels".into(), "fast".into(),
+            "--threads".into(), "1".into(),
+        ];
+        spawn(name, &bin, &args, self.dir.path())
+    }
+
+    async fn wait_ready(&self, url: &str, p: &Proc) {
+        for _ in 0..1200 {
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} never became ready at {url}:\n{}", p.name, p.log());
+    }
+
+    async fn register(&self, gw: u16, worker: u16) -> String {
+        let r: Value = self
+            .http
+            .post(format!("http://127.0.0.1:{gw}/webhook/register"))
+            .json(&json!({"ip": "127.0.0.1", "port": worker, "secret": "e2e-secret"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["success"], true, "{r}");
+        r["server_id"].as_str().unwrap().to_string()
+    }
+
+    async fn upload(&self, gw: u16, bytes: Vec<u8>, tile: u32) -> String {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(bytes).file_name("photo.png"))
+            .text("quality_level", "fast")
+            .text("tile_size", tile.to_string());
+        let r = self.http.post(format!("http://127.0.0.1:{gw}/api/v1/enhance")).multipart(form).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        body["task_id"].as_str().unwrap().to_string()
+    }
+
+    async fn status(&self, gw: u16, id: &str) -> Value {
+        match self.http.get(format!("http://127.0.0.1:{gw}/api/v1/status/{id}")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn wait_for(&self, gw: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool, procs: &[&Proc]) -> Value {
+        for _ in 0..2400 {
+            let s = self.status(gw, id).await;
+            if done(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log())).collect();
+        panic!("task {id} never reached {what}; last status {}\n{}", self.status(gw, id).await, logs.join("\n"));
+    }
+
+    async fn metric(&self, port: u16, needle: &str) -> f64 {
+        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    }
+
+    async fn in_flight(&self, port: u16) -> u64 {
+        match self.http.get(format!("http://127.0.0.1:{port}/v1/info")).send().await {
+            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["in_flight"].as_u64()).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// A photo large enough, cut in small tiles, that a kill lands mid-job.
+fn slow_photo() -> Vec<u8> {
+    let img = image::load_from_memory(&photo_bytes("solvay_conference_1927.jpg")).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&img, 1000, 600, 640, 480).to_image();
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(crop).write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn completed(s: &Value) -> bool {
+    s["status"] == "completed"
+}
+
+fn processing_started(s: &Value) -> bool {
+    s["status"] == "processing" && s["progress"].as_f64().unwrap_or(0.0) > 0.05
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_gateway_enhances_a_real_photo_with_live_progress() {
+    let c = Cluster::new();
+    let port = free_port();
+    let gw = c.gateway(port, true);
+    c.wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &gw).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    let photo = small_photo_png(120, 90);
+    let id = c.upload(port, photo, 32).await;
+
+    // Live progress over WebSocket (seed 001/003 message shapes) and SSE at the same time.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(json!({"type": "subscribe", "taskId": id}).to_string().into()))
+        .await
+        .unwrap();
+    let sse = c.http.get(format!("{base}/api/v1/status/{id}/events")).send().await.unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let sse_body = tokio::time::timeout(Duration::from_secs(120), sse.text()).await.expect("SSE ends at completion").unwrap();
+    let sse_events: Vec<&str> = sse_body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(sse_events.last(), Some(&"task_complete"), "{sse_body}");
+
+    let mut ws_types = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            let ty = v["type"].as_str().unwrap().to_string();
+            if ty.starts_with("task_") {
+                assert_eq!(v["taskId"], id);
+            }
+            let done = ty == "task_complete";
+            ws_types.push(ty);
+            if done {
+                break;
+            }
+        }
+    }
+    assert!(ws_types.contains(&"subscribed".to_string()), "{ws_types:?}");
+    assert_eq!(ws_types.last().map(String::as_str), Some("task_complete"), "{ws_types:?}");
+
+    let s = c.status(port, &id).await;
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["progress"], 1.0);
+    assert_eq!(s["download_url"], format!("/api/v1/download/{id}"));
+    let d = c.http.get(format!("{base}{}", s["download_url"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(d.status(), 200);
+    assert_eq!(d.headers()["content-type"], "image/jpeg");
+    assert!(d.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    let img = image::load_from_memory(&d.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (240, 180));
+
+    let h: Value = c.http.get(format!("{base}/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(h["status"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_replaced_and_the_task_completes() {
+    let c = Cluster::new();
+    let (gp, w1p, w2p) = (free_port(), free_port(), free_port());
+    let gw = c.gateway(gp, false);
+    let mut w1 = c.worker("worker-1", w1p);
+    let mut w2 = c.worker("worker-2", w2p);
+    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    c.wait_ready(&format!("http://127.0.0.1:{w1p}/readyz"), &w1).await;
+    c.wait_ready(&format!("http://127.0.0.1:{w2p}/readyz"), &w2).await;
+    c.register(gp, w1p).await;
+    c.register(gp, w2p).await;
+
+    let id = c.upload(gp, slow_photo(), 32).await;
+    c.wait_for(gp, &id, "processing", processing_started, &[&gw, &w1, &w2]).await;
+    let (victim, survivor) = if c.in_flight(w1p).await > 0 { (&mut w1, w2p) } else { (&mut w2, w1p) };
+    victim.kill();
+
+    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w1, &w2]).await;
+    assert_eq!(s["status"], "completed");
+    let succeeded = c.metric(survivor, r#"purrify_worker_jobs_total{outcome="succeeded""#).await;
+    assert_eq!(succeeded, 1.0, "the surviving worker ran the retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_task_reattaches_after_restart_without_rerunning() {
+    let c = Cluster::new();
+    let (gp, wp) = (free_port(), free_port());
+    let mut gw = c.gateway(gp, false);
+    let w = c.worker("worker", wp);
+    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    c.wait_ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    c.register(gp, wp).await;
+
+    let id = c.upload(gp, slow_photo(), 32).await;
+    c.wait_for(gp, &id, "processing", processing_started, &[&gw, &w]).await;
+    gw.kill();
+
+    // Same data directory, same database: the registered worker and the running task are
+    // remembered; the job is still running on the worker.
+    let gw = c.gateway(gp, false);
+    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w]).await;
+    assert_eq!(s["status"], "completed");
+    let succeeded = c.metric(wp, r#"purrify_worker_jobs_total{outcome="succeeded""#).await;
+    assert_eq!(succeeded, 1.0, "re-attached to the running job instead of running it again");
+    let d = c.http.get(format!("http://127.0.0.1:{gp}/api/v1/download/{id}")).send().await.unwrap();
+    assert_eq!(d.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_tasks_survive_a_restart_and_run_when_a_worker_appears() {
+    let c = Cluster::new();
+    let (gp, wp) = (free_port(), free_port());
+    let mut gw = c.gateway(gp, false);
+    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    let id = c.upload(gp, small_photo_png(64, 64), 400).await;
+    assert_eq!(c.status(gp, &id).await["status"], "queued");
+    gw.kill();
+
+    let gw = c.gateway(gp, false);
+    let w = c.worker("worker", wp);
+    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    c.wait_ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    assert_eq!(c.status(gp, &id).await["status"], "queued", "still queued after the restart");
+    c.register(gp, wp).await;
+    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w]).await;
+    assert_eq!(s["status"], "completed");
+}
