@@ -12,10 +12,9 @@ SR_MODELS := realesr-animevideov3-x2 realesr-animevideov3-x4 realesrgan-x4plus
 ONNX := $(foreach m,$(SR_MODELS),$(MODELS)/$(m).onnx)
 PYTHON_VENV := tools/python/venv.sh
 
-# Standalone demo input/output for `make run`.
-PHOTO ?= $(PURRIFY_CACHE)/photos/astronaut.png
-OUT ?= enhanced.jpg
-QUALITY ?= fast
+# `make run`: the standalone gateway on 127.0.0.1:$(PORT), state in $(DATA_DIR).
+PORT ?= 8080
+DATA_DIR ?= purrify-data
 
 .PHONY: all models venv build run test test-rust check-features bench clean-cache
 all: build
@@ -38,10 +37,10 @@ venv:
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-## run: enhance a real photo with the real model (the gateway will take this over).
+## run: the standalone stack (gateway + in-process worker, SQLite, local storage) with the
+## real models on 127.0.0.1:$(PORT). Ctrl-C stops it; tasks survive in $(DATA_DIR).
 run: models build
-	$(CARGO) run $(CARGO_FLAGS) -q -p purrify-inference -- enhance $(PHOTO) $(OUT) --quality $(QUALITY) --scale 2
-	@echo "wrote $(OUT)"
+	PORT=$(PORT) $(TARGET_DIR)/debug/purrify-gateway --data-dir $(DATA_DIR)
 
 ## test: every test, with real models, runtimes and a started PostgreSQL.
 test: models venv check-features test-rust

@@ -16,6 +16,13 @@ CREATE TABLE tasks (
     params         TEXT NOT NULL,
     priority       BIGINT NOT NULL DEFAULT 0,
     user_id        TEXT,
+    -- Fair queuing within a priority (start-time fair queuing, unit cost per task): the
+    -- group is the user ('' for anonymous uploads); the tag is assigned at insert as
+    -- max(virtual time, the group's last tag + 1), where the virtual time is the smallest
+    -- tag still queued. Dispatch goes by tag, so a burst gets consecutive tags while other
+    -- users' tasks slot in between instead of waiting behind it.
+    fair_group     TEXT NOT NULL DEFAULT '',
+    fair_tag       BIGINT NOT NULL DEFAULT 0,
     worker         TEXT,
     job_id         TEXT,
     attempts       BIGINT NOT NULL DEFAULT 0,
@@ -31,8 +38,11 @@ CREATE TABLE tasks (
     deadline_at    BIGINT NOT NULL
 );
 
--- Dispatch order (queued by priority, then age) and the processing/deadline scans.
-CREATE INDEX tasks_status_priority_created ON tasks (status, priority, created_at);
+-- Dispatch order (queued by priority, then fair tag, then age), the virtual time of a
+-- priority, a group's last tag, and the processing/deadline scans.
+CREATE INDEX tasks_status_priority_tag ON tasks (status, priority, fair_tag, created_at);
+CREATE INDEX tasks_priority_tag ON tasks (priority, fair_tag);
+CREATE INDEX tasks_group_priority_tag ON tasks (fair_group, priority, fair_tag);
 CREATE INDEX tasks_status_deadline ON tasks (status, deadline_at);
 -- Housekeeping of finished tasks.
 CREATE INDEX tasks_status_finished ON tasks (status, finished_at);

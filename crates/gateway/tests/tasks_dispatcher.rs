@@ -112,7 +112,7 @@ crate::on_both_databases!(
 );
 
 async fn happy_path(t: TestDb) {
-    let worker = FakeWorker::start(2, Behavior::Succeed).await;
+    let worker = FakeWorker::start(2, Behavior::Hold).await;
     let fleet = test_fleet();
     add_workers(&fleet, &[&worker.url]).await;
     let run = Running::start(t.db.clone(), fleet, config());
@@ -120,6 +120,18 @@ async fn happy_path(t: TestDb) {
 
     let queued = run.enqueue("happy").await;
     assert_eq!(queued.status, TaskStatus::Queued);
+    // Live progress reaches the hub (and, coarsely, the database) while the job runs.
+    eventually("live progress in the hub", || async {
+        let v = run.hub.get("happy")?;
+        (v.progress == 0.5 && v.stage.as_deref() == Some("tiles")).then_some(())
+    })
+    .await;
+    eventually("coarse progress in the database", || async {
+        let row = run.db.get_task("happy").await.unwrap()?;
+        (row.progress == 0.5).then_some(())
+    })
+    .await;
+    worker.release(1);
     let row = run.finished("happy").await;
 
     assert_eq!(row.status, TaskStatus::Completed);

@@ -60,6 +60,7 @@ crate::on_both_databases!(
     requeue_counts_or_refunds_the_attempt,
     fail_and_cancel_follow_their_guard,
     dispatch_order_is_priority_then_round_robin_by_user,
+    a_late_user_waits_behind_one_task_of_a_burst,
     scans_find_processing_and_overdue_tasks,
     counts_and_housekeeping,
     gpu_server_registration_is_idempotent,
@@ -270,6 +271,41 @@ async fn dispatch_order_is_priority_then_round_robin_by_user(t: TestDb) {
         .map(|t| t.id)
         .collect();
     assert_eq!(first_two, ["v1", "w1"]);
+}
+
+async fn a_late_user_waits_behind_one_task_of_a_burst(t: TestDb) {
+    let db = &t.db;
+    let base = now_ms() - 60_000;
+    for (i, id) in ["a1", "a2", "a3", "a4", "a5"].iter().enumerate() {
+        db.insert_task_at(&new_task(id, Some("alice"), 0), DEADLINE, base + i as i64)
+            .await
+            .unwrap();
+    }
+    // Two of the burst ran (and finished) before bob showed up.
+    for id in ["a1", "a2"] {
+        let job = job_id_for(id, 1);
+        assert!(db.claim_task(id, 0, "http://w", &job).await.unwrap());
+        assert!(db.complete_task(id, &job, &result()).await.unwrap());
+    }
+    db.insert_task_at(&new_task("b1", Some("bob"), 0), DEADLINE, base + 10)
+        .await
+        .unwrap();
+    db.insert_task_at(&new_task("b2", Some("bob"), 0), DEADLINE, base + 11)
+        .await
+        .unwrap();
+    let order: Vec<String> = db
+        .queued_tasks(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(order, ["a3", "b1", "a4", "b2", "a5"]);
+
+    // A retried task keeps its place at the front.
+    assert!(db.claim_task("a3", 0, "http://w", "a3-1").await.unwrap());
+    assert!(db.requeue_task("a3", "a3-1", true).await.unwrap());
+    assert_eq!(db.queued_tasks(1).await.unwrap()[0].id, "a3");
 }
 
 async fn scans_find_processing_and_overdue_tasks(t: TestDb) {

@@ -169,7 +169,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             avif_with_ispe(100_000, 100_000),
             err("too_large", "image is 100000x100000 = 10000000000 pixels; the limit is 50000000"),
         ),
-        ("AVIF ispe disagreeing with the AV1 data", avif_with_ispe(16, 16), err("malformed", "the file says 16x16")),
+        (
+            "AVIF ispe smaller than the AV1 frame",
+            avif_with_ispe(16, 16),
+            err("malformed", "the coded frame is larger than the image size the file declares"),
+        ),
+        ("AVIF ispe larger than the AV1 frame", avif_with_ispe(64, 64), err("malformed", "the file says 64x64")),
         (
             // With rav1d's single-frame-context settings this aborted the process
             // (memorysafety/rav1d#1497); see avif::dav1d.

@@ -178,12 +178,12 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(cli.log_format, "info");
+            init_tracing(cli.log_format, "info,ort=warn");
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(serve(args))
         }
         Command::Enhance(args) => {
-            init_tracing(cli.log_format, "warn");
+            init_tracing(cli.log_format, "warn,ort=error");
             enhance(args)
         }
     }

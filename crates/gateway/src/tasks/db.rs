@@ -288,11 +288,20 @@ impl Db {
         let input_bytes = i64::try_from(task.input_bytes)
             .map_err(|_| DbError::Invalid("input_bytes out of range".into()))?;
         let deadline_at = now.saturating_add(duration_ms(task.deadline.unwrap_or(deadline)));
+        // The fair tag is computed in the same statement (see the migration): the virtual
+        // time of this priority is its smallest queued tag, or its largest tag when nothing
+        // is queued, so an idle group cannot bank credit and a busy one cannot jump ahead.
         let inserted = sqlx::query(
             "INSERT INTO tasks (id, status, progress, input_uri, output_uri, content_type, \
-             input_bytes, params, priority, user_id, attempts, request_id, created_at, \
-             updated_at, deadline_at) \
-             VALUES ($1, 'queued', 0, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $10, $11)",
+             input_bytes, params, priority, user_id, fair_group, fair_tag, attempts, request_id, \
+             created_at, updated_at, deadline_at) \
+             SELECT $1, 'queued', 0, $2, $3, $4, $5, $6, $7, $8, $12, \
+                    CASE WHEN v.vt > v.ut THEN v.vt ELSE v.ut END, 0, $9, $10, $10, $11 \
+             FROM (SELECT \
+                 COALESCE((SELECT MIN(fair_tag) FROM tasks WHERE status = 'queued' AND priority = $7), \
+                          (SELECT MAX(fair_tag) FROM tasks WHERE priority = $7), 0) AS vt, \
+                 COALESCE((SELECT MAX(fair_tag) FROM tasks \
+                           WHERE fair_group = $12 AND priority = $7), -1) + 1 AS ut) AS v",
         )
         .bind(&task.id)
         .bind(&task.input_uri)
@@ -305,6 +314,7 @@ impl Db {
         .bind(task.request_id.as_deref())
         .bind(now)
         .bind(deadline_at)
+        .bind(task.user_id.as_deref().unwrap_or(""))
         .execute(&self.pool)
         .await;
         match inserted {
@@ -348,20 +358,16 @@ impl Db {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    /// Queued tasks in dispatch order: priority (highest first); within a priority,
-    /// round-robin across users (every user's oldest task, then every user's second
-    /// oldest, ...), each round in age order. One user's burst therefore waits behind
-    /// other users' first tasks instead of in front of them.
+    /// Queued tasks in dispatch order: priority (highest first), then fair tag, then age.
+    /// Within a priority this interleaves users: each group's tasks carry consecutive tags
+    /// from where the queue stood when they arrived, so one user's burst waits behind other
+    /// users' tasks instead of in front of them, while a retried task keeps its place.
     pub async fn queued_tasks(&self, limit: u32) -> Result<Vec<Task>, DbError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM (SELECT ",
-            task_columns!(),
-            ", ROW_NUMBER() OVER (PARTITION BY priority, COALESCE(user_id, '') \
-               ORDER BY created_at, id) AS user_rank \
-             FROM tasks WHERE status = 'queued') AS q \
-             ORDER BY priority DESC, user_rank, created_at, id LIMIT $1"
+            " FROM tasks WHERE status = 'queued' \
+             ORDER BY priority DESC, fair_tag, created_at, id LIMIT $1"
         ))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

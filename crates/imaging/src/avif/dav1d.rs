@@ -90,7 +90,9 @@ fn check(res: Dav1dResult, what: &str) -> Result<(), Av1Error> {
     if res.0 < 0 {
         let why = match -res.0 {
             libc::ENOMEM => "out of memory",
-            libc::EINVAL | libc::ERANGE => "the data is corrupt or unsupported",
+            libc::EINVAL => "the data is corrupt or unsupported",
+            // Only raised for `frame_size_limit`.
+            libc::ERANGE => "the coded frame is larger than the image size the file declares",
             _ => "internal error",
         };
         Err(Av1Error(format!("AV1 {what} failed: {why} (code {})", -res.0)))
