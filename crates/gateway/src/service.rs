@@ -88,6 +88,9 @@ pub struct NewUpload {
     pub bytes: u64,
     pub params: EnhanceParams,
     pub request_id: String,
+    /// Fairness group: one client's burst must not starve others. Accounts (a later
+    /// issue) will replace the client address with the user id.
+    pub client: String,
 }
 
 /// Where jobs may go (`/api/v1/config`).
@@ -258,6 +261,7 @@ impl AppState {
         task.content_type = upload.content_type;
         task.input_bytes = upload.bytes;
         task.request_id = Some(upload.request_id);
+        task.user_id = Some(upload.client);
         task.deadline = Some(Duration::from_secs(self.config.task_deadline_seconds));
         self.tasks.dispatcher().enqueue(task).await.map_err(db_error)?;
         Ok(())

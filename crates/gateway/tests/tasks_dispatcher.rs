@@ -2,9 +2,13 @@
 //! happy path, retries on another worker, a worker killed mid-job, bad input, 429s,
 //! deadlines, cancellation, per-user fairness and re-attachment after a restart.
 
+#[allow(dead_code)]
 mod tasks_common;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use purrify_gateway::tasks::{
     CancelOutcome, Db, DispatchConfig, Dispatcher, NewTask, ProgressHub, Task, TaskErrorCode,
@@ -12,6 +16,7 @@ use purrify_gateway::tasks::{
 };
 use purrify_inference::client::Fleet;
 use purrify_inference::protocol::{EnhanceParams, ErrorReason};
+use purrify_inference::storage::{S3Options, Storage};
 use tasks_common::{Behavior, FakeWorker, TestDb, add_workers, eventually, test_fleet};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -109,6 +114,9 @@ crate::on_both_databases!(
     fairness_across_users,
     restart_reattaches_to_the_same_job,
     graceful_shutdown_leaves_jobs_for_the_next_start,
+    housekeeping_deletes_old_tasks_and_their_objects,
+    restart_with_an_unknown_worker_requeues,
+    cancel_reaches_a_job_nobody_follows,
 );
 
 async fn happy_path(t: TestDb) {
@@ -157,13 +165,19 @@ async fn happy_path(t: TestDb) {
     assert!(seen.contains(&(TaskStatus::Processing, 0.5)), "{seen:?}");
 
     let stats = run.dispatcher.stats();
-    assert_eq!((stats.dispatched, stats.completed, stats.retries), (1, 1, 0));
+    assert_eq!(
+        (stats.dispatched, stats.completed, stats.retries),
+        (1, 1, 0)
+    );
     run.shutdown().await;
 }
 
 async fn retryable_error_moves_to_another_worker(t: TestDb) {
     let (flaky, good) = two_workers(
-        Behavior::Fail(ErrorReason::Inference, "CUDA error: out of memory at /opt/x"),
+        Behavior::Fail(
+            ErrorReason::Inference,
+            "CUDA error: out of memory at /opt/x",
+        ),
         Behavior::Succeed,
     )
     .await;
@@ -176,7 +190,11 @@ async fn retryable_error_moves_to_another_worker(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(row.attempts, 2);
     assert_eq!(flaky.started(), ["retry-1"]);
-    assert_eq!(good.started(), ["retry-2"], "the retry went to the other worker");
+    assert_eq!(
+        good.started(),
+        ["retry-2"],
+        "the retry went to the other worker"
+    );
     assert_eq!(row.worker.as_deref(), Some(good.url.as_str()));
     assert_eq!(run.dispatcher.stats().retries, 1);
     run.shutdown().await;
@@ -206,8 +224,14 @@ async fn worker_killed_mid_job_completes_elsewhere(t: TestDb) {
 
 async fn bad_input_fails_once_without_retry(t: TestDb) {
     let (a, b) = two_workers(
-        Behavior::Fail(ErrorReason::BadInput, "cannot decode the image: not a JPEG, PNG, WebP or AVIF"),
-        Behavior::Fail(ErrorReason::BadInput, "cannot decode the image: not a JPEG, PNG, WebP or AVIF"),
+        Behavior::Fail(
+            ErrorReason::BadInput,
+            "cannot decode the image: not a JPEG, PNG, WebP or AVIF",
+        ),
+        Behavior::Fail(
+            ErrorReason::BadInput,
+            "cannot decode the image: not a JPEG, PNG, WebP or AVIF",
+        ),
     )
     .await;
     let fleet = test_fleet();
@@ -228,7 +252,9 @@ async fn bad_input_fails_once_without_retry(t: TestDb) {
     let view = run.hub.get("garbage").unwrap();
     assert_eq!(view.error.as_ref().unwrap().code, "BAD_INPUT");
     assert_eq!(
-        run.dispatcher.metrics().failed_count(TaskErrorCode::BadInput),
+        run.dispatcher
+            .metrics()
+            .failed_count(TaskErrorCode::BadInput),
         1
     );
     run.shutdown().await;
@@ -252,7 +278,10 @@ async fn attempts_are_bounded(t: TestDb) {
     assert_eq!(worker.started(), ["doomed-1", "doomed-2", "doomed-3"]);
     assert_eq!(row.error_code.as_deref(), Some("INTERNAL_ERROR"));
     let message = row.error_message.unwrap();
-    assert!(!message.contains("/srv"), "internal details stay in the logs: {message}");
+    assert!(
+        !message.contains("/srv"),
+        "internal details stay in the logs: {message}"
+    );
     run.shutdown().await;
 }
 
@@ -435,7 +464,10 @@ async fn restart_reattaches_to_the_same_job(t: TestDb) {
     assert_eq!(worker.submits(), ["phoenix-1", "phoenix-1"]);
     assert_eq!(worker.started(), ["phoenix-1"], "the job ran once");
     let stats = second.dispatcher.stats();
-    assert_eq!((stats.reattached, stats.completed, stats.dispatched), (1, 1, 0));
+    assert_eq!(
+        (stats.reattached, stats.completed, stats.dispatched),
+        (1, 1, 0)
+    );
     assert_eq!(first_stats.snapshot().completed, 0);
     second.shutdown().await;
 }
@@ -453,7 +485,10 @@ async fn graceful_shutdown_leaves_jobs_for_the_next_start(t: TestDb) {
         TaskStatus::Processing,
         "shutdown neither fails nor re-runs the task"
     );
-    assert!(worker.deletes().is_empty(), "the job keeps running on its worker");
+    assert!(
+        worker.deletes().is_empty(),
+        "the job keeps running on its worker"
+    );
 
     // Finished while no gateway was watching; the next start collects the result.
     worker.release(1);
@@ -462,4 +497,119 @@ async fn graceful_shutdown_leaves_jobs_for_the_next_start(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(worker.started(), ["calm-1"]);
     second.shutdown().await;
+}
+
+async fn housekeeping_deletes_old_tasks_and_their_objects(t: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage =
+        Arc::new(Storage::new(dir.path().to_str().unwrap(), S3Options::default()).unwrap());
+    let mut objects = Vec::new();
+    for id in ["old", "active"] {
+        let input = storage.uri_for(&format!("in/{id}.jpg"));
+        let output = storage.uri_for(&format!("out/{id}.jpg"));
+        storage
+            .put(&input, Bytes::from_static(b"in"))
+            .await
+            .unwrap();
+        storage
+            .put(&output, Bytes::from_static(b"out"))
+            .await
+            .unwrap();
+        let mut nt = NewTask::new(id, &input, &output, EnhanceParams::default());
+        nt.user_id = None;
+        t.db.insert_task(&nt, Duration::from_secs(300))
+            .await
+            .unwrap();
+        objects.push((input, output));
+    }
+    assert!(
+        t.db.claim_task("old", 0, "http://w", "old-1")
+            .await
+            .unwrap()
+    );
+    let result = tasks_common::result_for(&purrify_inference::protocol::JobRequest {
+        id: "old-1".into(),
+        input_uri: objects[0].0.clone(),
+        output_uri: objects[0].1.clone(),
+        params: EnhanceParams::default(),
+    });
+    assert!(t.db.complete_task("old", "old-1", &result).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let dispatcher = Dispatcher::new(
+        t.db.clone(),
+        test_fleet(),
+        Some(storage.clone()),
+        ProgressHub::default(),
+        DispatchConfig {
+            retention: Some(Duration::ZERO),
+            ..config()
+        },
+    );
+    assert_eq!(dispatcher.housekeep().await.unwrap(), 1);
+    assert!(t.db.get_task("old").await.unwrap().is_none());
+    assert!(t.db.get_task("active").await.unwrap().is_some());
+    let exists = |uri: &str| {
+        let path = url::Url::parse(uri).unwrap().to_file_path().unwrap();
+        path.exists()
+    };
+    assert!(
+        !exists(&objects[0].0) && !exists(&objects[0].1),
+        "old objects deleted"
+    );
+    assert!(
+        exists(&objects[1].0) && exists(&objects[1].1),
+        "active objects kept"
+    );
+    assert_eq!(dispatcher.housekeep().await.unwrap(), 0);
+}
+
+async fn restart_with_an_unknown_worker_requeues(t: TestDb) {
+    let gone = FakeWorker::start(4, Behavior::Hold).await;
+    let fleet = test_fleet();
+    add_workers(&fleet, &[&gone.url]).await;
+    let first = Running::start(t.db.clone(), fleet, config());
+    first.enqueue("moved").await;
+    gone.wait_started(1).await;
+    first.handle.abort();
+    let _ = first.handle.await;
+
+    // The next gateway knows only another worker (the first was unregistered meanwhile).
+    let other = FakeWorker::start(4, Behavior::Succeed).await;
+    let fleet = test_fleet();
+    add_workers(&fleet, &[&other.url]).await;
+    let second = Running::start(t.db.clone(), fleet, config());
+    let row = second.finished("moved").await;
+
+    assert_eq!(row.status, TaskStatus::Completed);
+    assert_eq!(row.attempts, 2);
+    assert_eq!(other.started(), ["moved-2"]);
+    eventually(
+        "the orphaned job to be cancelled on its old worker",
+        || async { (gone.deletes() == ["moved-1"]).then_some(()) },
+    )
+    .await;
+    second.shutdown().await;
+}
+
+async fn cancel_reaches_a_job_nobody_follows(t: TestDb) {
+    let worker = FakeWorker::start(4, Behavior::Hold).await;
+    let fleet = test_fleet();
+    add_workers(&fleet, &[&worker.url]).await;
+    let first = Running::start(t.db.clone(), fleet.clone(), config());
+    first.enqueue("adrift").await;
+    worker.wait_started(1).await;
+    first.shutdown().await;
+
+    // A dispatcher whose loop is not running (e.g. still starting) can still cancel it.
+    let idle = Dispatcher::new(t.db.clone(), fleet, None, ProgressHub::default(), config());
+    assert_eq!(
+        idle.cancel("adrift").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(worker.deletes(), ["adrift-1"]);
+    assert_eq!(
+        t.db.get_task("adrift").await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
 }

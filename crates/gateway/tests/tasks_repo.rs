@@ -1,6 +1,7 @@
 //! Repository semantics of `tasks::db` on SQLite and on PostgreSQL: conditional transitions,
 //! dispatch order, idempotent GPU-server registration, settings, housekeeping.
 
+#[allow(dead_code)]
 mod tasks_common;
 
 use std::time::Duration;
@@ -123,7 +124,11 @@ async fn claim_only_moves_a_queued_task_once(t: TestDb) {
     assert_eq!(row.job_id.as_deref(), Some("c-1"));
     assert_eq!(row.attempts, 1);
     assert!(row.started_at.is_some());
-    assert!(!db.claim_task("missing", 0, "http://w1", "missing-1").await.unwrap());
+    assert!(
+        !db.claim_task("missing", 0, "http://w1", "missing-1")
+            .await
+            .unwrap()
+    );
 }
 
 async fn finishing_needs_the_current_attempt(t: TestDb) {
@@ -186,14 +191,24 @@ async fn fail_and_cancel_follow_their_guard(t: TestDb) {
     }
     // Queued: only the queued guard applies.
     assert!(
-        !db.fail_task("q", Guard::Job("q-1"), TaskErrorCode::ProcessingTimeout, "late")
-            .await
-            .unwrap()
+        !db.fail_task(
+            "q",
+            Guard::Job("q-1"),
+            TaskErrorCode::ProcessingTimeout,
+            "late"
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        db.fail_task("q", Guard::Queued, TaskErrorCode::ProcessingTimeout, "no worker in time")
-            .await
-            .unwrap()
+        db.fail_task(
+            "q",
+            Guard::Queued,
+            TaskErrorCode::ProcessingTimeout,
+            "no worker in time"
+        )
+        .await
+        .unwrap()
     );
     let row = db.get_task("q").await.unwrap().unwrap();
     assert_eq!(row.status, TaskStatus::Failed);
@@ -241,7 +256,11 @@ async fn dispatch_order_is_priority_then_round_robin_by_user(t: TestDb) {
     db.insert_task_at(&new_task("gone", Some("dave"), 9), DEADLINE, base)
         .await
         .unwrap();
-    assert!(db.claim_task("gone", 0, "http://w", "gone-1").await.unwrap());
+    assert!(
+        db.claim_task("gone", 0, "http://w", "gone-1")
+            .await
+            .unwrap()
+    );
 
     let order: Vec<String> = db
         .queued_tasks(100)
@@ -256,10 +275,8 @@ async fn dispatch_order_is_priority_then_round_robin_by_user(t: TestDb) {
             // priority 5: bob's first, alice's first, bob's second
             "v1", "w1", "v2",
             // priority 0, round 1: each group's oldest, by age (anonymous tasks are one group)
-            "a1", "b1", "n1", "c1",
-            // round 2
-            "a2", "b2", "n2",
-            // alice's burst waits for everyone else
+            "a1", "b1", "n1", "c1", // round 2
+            "a2", "b2", "n2", // alice's burst waits for everyone else
             "a3", "a4",
         ]
     );
@@ -311,12 +328,20 @@ async fn a_late_user_waits_behind_one_task_of_a_burst(t: TestDb) {
 async fn scans_find_processing_and_overdue_tasks(t: TestDb) {
     let db = &t.db;
     let now = now_ms();
-    for (id, at) in [("old", now - 400_000), ("old2", now - 350_000), ("new", now)] {
+    for (id, at) in [
+        ("old", now - 400_000),
+        ("old2", now - 350_000),
+        ("new", now),
+    ] {
         db.insert_task_at(&new_task(id, None, 0), DEADLINE, at)
             .await
             .unwrap();
     }
-    assert!(db.claim_task("old2", 0, "http://w1", "old2-1").await.unwrap());
+    assert!(
+        db.claim_task("old2", 0, "http://w1", "old2-1")
+            .await
+            .unwrap()
+    );
     assert!(db.claim_task("new", 0, "http://w1", "new-1").await.unwrap());
     let processing: Vec<String> = db
         .processing_tasks()
@@ -363,11 +388,20 @@ async fn counts_and_housekeeping(t: TestDb) {
 
     let all = db.count_by_status().await.unwrap();
     assert_eq!(
-        (all.queued, all.processing, all.completed, all.failed, all.cancelled),
+        (
+            all.queued,
+            all.processing,
+            all.completed,
+            all.failed,
+            all.cancelled
+        ),
         (1, 1, 1, 1, 1)
     );
     let active = db.count_active().await.unwrap();
-    assert_eq!((active.queued, active.processing, active.completed), (1, 1, 0));
+    assert_eq!(
+        (active.queued, active.processing, active.completed),
+        (1, 1, 0)
+    );
     assert_eq!(active.get(TaskStatus::Queued), 1);
 
     // Recent ones stay.
@@ -381,9 +415,15 @@ async fn counts_and_housekeeping(t: TestDb) {
     let mut old_ids: Vec<String> = old.iter().map(|o| o.id.clone()).collect();
     old_ids.sort();
     assert_eq!(old_ids, ["k3", "k4", "k5"]);
-    assert_eq!(old[0].input_uri, format!("file:///data/in/{}.jpg", old[0].id));
+    assert_eq!(
+        old[0].input_uri,
+        format!("file:///data/in/{}.jpg", old[0].id)
+    );
     assert!(db.delete_finished_task("k3").await.unwrap());
-    assert!(!db.delete_finished_task("k2").await.unwrap(), "active tasks are never deleted");
+    assert!(
+        !db.delete_finished_task("k2").await.unwrap(),
+        "active tasks are never deleted"
+    );
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
@@ -391,7 +431,10 @@ async fn counts_and_housekeeping(t: TestDb) {
         2
     );
     let left = db.count_by_status().await.unwrap();
-    assert_eq!((left.queued, left.processing, left.completed, left.failed), (1, 1, 0, 0));
+    assert_eq!(
+        (left.queued, left.processing, left.completed, left.failed),
+        (1, 1, 0, 0)
+    );
 }
 
 async fn gpu_server_registration_is_idempotent(t: TestDb) {
@@ -400,7 +443,11 @@ async fn gpu_server_registration_is_idempotent(t: TestDb) {
         .upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000")
         .await
         .unwrap();
-    assert!(first.id.starts_with("gpu-") && first.id.len() == 12, "{}", first.id);
+    assert!(
+        first.id.starts_with("gpu-") && first.id.len() == 12,
+        "{}",
+        first.id
+    );
     assert_eq!((first.ip.as_str(), first.port), ("10.0.0.1", 8000));
     assert_eq!(first.registered_at, first.last_seen);
 
@@ -457,10 +504,18 @@ async fn settings_round_trip(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        db.get_setting(settings::BACKEND_URL).await.unwrap().as_deref(),
+        db.get_setting(settings::BACKEND_URL)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("http://gpu-b:8000")
     );
-    assert_eq!(db.get_bool_setting(settings::MULTI_BACKEND_ENABLED).await.unwrap(), None);
+    assert_eq!(
+        db.get_bool_setting(settings::MULTI_BACKEND_ENABLED)
+            .await
+            .unwrap(),
+        None
+    );
     db.set_bool_setting(settings::MULTI_BACKEND_ENABLED, false)
         .await
         .unwrap();
@@ -468,7 +523,9 @@ async fn settings_round_trip(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        db.get_bool_setting(settings::MULTI_BACKEND_ENABLED).await.unwrap(),
+        db.get_bool_setting(settings::MULTI_BACKEND_ENABLED)
+            .await
+            .unwrap(),
         Some(false)
     );
     assert_eq!(
@@ -486,8 +543,16 @@ async fn settings_round_trip(t: TestDb) {
         db.get_bool_setting(settings::FALLBACK_TO_DEFAULT).await,
         Err(DbError::Corrupt(_))
     ));
-    assert!(db.delete_setting(settings::FALLBACK_TO_DEFAULT).await.unwrap());
-    assert!(!db.delete_setting(settings::FALLBACK_TO_DEFAULT).await.unwrap());
+    assert!(
+        db.delete_setting(settings::FALLBACK_TO_DEFAULT)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.delete_setting(settings::FALLBACK_TO_DEFAULT)
+            .await
+            .unwrap()
+    );
 }
 
 async fn reopening_keeps_data_and_migrations_are_idempotent(t: TestDb) {
@@ -503,7 +568,10 @@ async fn reopening_keeps_data_and_migrations_are_idempotent(t: TestDb) {
         .unwrap()
         .try_get("n")
         .unwrap();
-    assert_eq!(applied, purrify_gateway::tasks::migrator().iter().count() as i64);
+    assert_eq!(
+        applied,
+        purrify_gateway::tasks::migrator().iter().count() as i64
+    );
     if again.kind() == DbKind::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(again.pool())

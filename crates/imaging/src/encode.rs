@@ -76,7 +76,8 @@ pub fn encode(
         OutputFormat::Png => {
             // Fast deflate: the outputs are large upscaled photos where the default level
             // costs several times the time for a few percent of size.
-            let enc = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+            let enc =
+                PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
             match alpha {
                 Some(a) => enc.write_image(&interleave(rgb, a), w, h, ExtendedColorType::Rgba8),
                 None => enc.write_image(rgb.as_raw(), w, h, ExtendedColorType::Rgb8),

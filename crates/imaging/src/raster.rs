@@ -20,18 +20,29 @@ impl Opened<'_> {
     /// Size as displayed, i.e. after the EXIF orientation.
     pub(crate) fn display_size(&self) -> (u32, u32) {
         let (w, h) = self.decoder.dimensions();
-        if swaps_axes(self.orientation) { (h, w) } else { (w, h) }
+        if swaps_axes(self.orientation) {
+            (h, w)
+        } else {
+            (w, h)
+        }
     }
 }
 
 fn swaps_axes(o: Orientation) -> bool {
     matches!(
         o,
-        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
     )
 }
 
-pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Result<Opened<'a>, ImageError> {
+pub(crate) fn open<'a>(
+    bytes: &'a [u8],
+    format: Format,
+    limits: &Limits,
+) -> Result<Opened<'a>, ImageError> {
     // The PNG size sits at a fixed offset: refuse bombs before any decoder exists.
     if format == Format::Png
         && let Some((w, h)) = png_ihdr_size(bytes)
@@ -39,11 +50,13 @@ pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Resu
         check_limits(w, h, limits)?;
     }
     let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(alloc_budget(limits));
+    image_limits.max_alloc = Some(METADATA_ALLOC_BUDGET);
     let cursor = Cursor::new(bytes);
     let mut decoder: Box<dyn ImageDecoder + 'a> = match format {
         Format::Jpeg => Box::new(JpegDecoder::new(cursor).map_err(from_image)?),
-        Format::Png => Box::new(PngDecoder::with_limits(cursor, image_limits.clone()).map_err(from_image)?),
+        Format::Png => {
+            Box::new(PngDecoder::with_limits(cursor, image_limits.clone()).map_err(from_image)?)
+        }
         Format::Webp => {
             let d = WebPDecoder::new(cursor).map_err(from_image)?;
             // Only the first frame would come out; silently enhancing one frame of an
@@ -55,7 +68,11 @@ pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Resu
             }
             Box::new(d)
         }
-        other => return Err(ImageError::UnsupportedFormat { format: Some(other) }),
+        other => {
+            return Err(ImageError::UnsupportedFormat {
+                format: Some(other),
+            });
+        }
     };
     let (w, h) = decoder.dimensions();
     check_limits(w, h, limits)?;
@@ -64,7 +81,10 @@ pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Resu
     decoder.set_limits(image_limits).map_err(from_image)?;
     // Broken EXIF must not sink an otherwise fine photo: fall back to "as stored".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    Ok(Opened { decoder, orientation })
+    Ok(Opened {
+        decoder,
+        orientation,
+    })
 }
 
 pub(crate) struct RasterImage {
@@ -74,12 +94,21 @@ pub(crate) struct RasterImage {
 }
 
 /// `bytes` must be what `opened` was opened from.
-pub(crate) fn decode(bytes: &[u8], format: Format, opened: Opened<'_>) -> Result<RasterImage, ImageError> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    format: Format,
+    opened: Opened<'_>,
+) -> Result<RasterImage, ImageError> {
     // Checked here, not in `open`: a header read may legitimately see only a prefix.
     if format == Format::Jpeg && jpeg_is_truncated(bytes) {
-        return Err(ImageError::malformed("the JPEG data ends early; the file was probably cut off"));
+        return Err(ImageError::malformed(
+            "the JPEG data ends early; the file was probably cut off",
+        ));
     }
-    let Opened { decoder, orientation } = opened;
+    let Opened {
+        decoder,
+        orientation,
+    } = opened;
     let mut img = DynamicImage::from_decoder(decoder).map_err(from_image)?;
     img.apply_orientation(orientation);
     let bit_depth = match img {
@@ -91,7 +120,11 @@ pub(crate) fn decode(bytes: &[u8], format: Format, opened: Opened<'_>) -> Result
         _ => 8,
     };
     let (rgb, alpha) = split(img);
-    Ok(RasterImage { rgb, alpha, bit_depth })
+    Ok(RasterImage {
+        rgb,
+        alpha,
+        bit_depth,
+    })
 }
 
 /// 16-bit to 8-bit with round-to-nearest (65535 / 255 = 257 exactly, and no value lands on a
@@ -111,18 +144,24 @@ fn split(img: DynamicImage) -> (RgbImage, Option<GrayImage>) {
     };
     match img {
         DynamicImage::ImageRgb8(i) => (i, None),
-        DynamicImage::ImageLuma8(g) => build(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(), None),
+        DynamicImage::ImageLuma8(g) => {
+            build(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(), None)
+        }
         DynamicImage::ImageLumaA8(la) => {
             let raw = la.as_raw();
             build(
-                raw.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+                raw.chunks_exact(2)
+                    .flat_map(|p| [p[0], p[0], p[0]])
+                    .collect(),
                 Some(raw.chunks_exact(2).map(|p| p[1]).collect()),
             )
         }
         DynamicImage::ImageRgba8(rgba) => {
             let raw = rgba.as_raw();
             build(
-                raw.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+                raw.chunks_exact(4)
+                    .flat_map(|p| [p[0], p[1], p[2]])
+                    .collect(),
                 Some(raw.chunks_exact(4).map(|p| p[3]).collect()),
             )
         }
@@ -140,24 +179,31 @@ fn split(img: DynamicImage) -> (RgbImage, Option<GrayImage>) {
         DynamicImage::ImageRgba16(rgba) => {
             let raw = rgba.as_raw();
             build(
-                raw.chunks_exact(4).flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])]).collect(),
+                raw.chunks_exact(4)
+                    .flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])])
+                    .collect(),
                 Some(raw.chunks_exact(4).map(|p| to8(p[3])).collect()),
             )
         }
         // Float images do not come out of the decoders we use; keep a correct fallback.
         other => {
             let alpha = other.color().has_alpha().then(|| {
-                other.to_rgba8().as_raw().chunks_exact(4).map(|p| p[3]).collect()
+                other
+                    .to_rgba8()
+                    .as_raw()
+                    .chunks_exact(4)
+                    .map(|p| p[3])
+                    .collect()
             });
             build(other.to_rgb8().into_raw(), alpha)
         }
     }
 }
 
-/// Room for the largest decoded buffer we allow (RGBA, 16 bits per channel) plus metadata.
-fn alloc_budget(limits: &Limits) -> u64 {
-    limits.max_pixels.saturating_mul(8).saturating_add(64 << 20)
-}
+/// What a decoder may allocate besides the output pixels (bounded by `Limits` instead): row
+/// buffers and metadata. Only the PNG decoder honours it, which matters for compressed
+/// metadata: an iCCP chunk of a few KB can inflate to gigabytes.
+const METADATA_ALLOC_BUDGET: u64 = 64 << 20;
 
 fn png_ihdr_size(bytes: &[u8]) -> Option<(u32, u32)> {
     // signature (8) + chunk length (4) + "IHDR" (4) + width (4) + height (4)

@@ -17,7 +17,10 @@ pub enum Format {
 
 impl Format {
     pub fn is_supported(self) -> bool {
-        matches!(self, Format::Jpeg | Format::Png | Format::Webp | Format::Avif)
+        matches!(
+            self,
+            Format::Jpeg | Format::Png | Format::Webp | Format::Avif
+        )
     }
 
     /// Short user-facing name.
@@ -75,7 +78,11 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
         return Some(Format::Gif);
     }
-    if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") || b.starts_with(b"II+\0") || b.starts_with(b"MM\0+") {
+    if b.starts_with(b"II*\0")
+        || b.starts_with(b"MM\0*")
+        || b.starts_with(b"II+\0")
+        || b.starts_with(b"MM\0+")
+    {
         return Some(Format::Tiff);
     }
     if let Some(f) = sniff_ftyp(b) {
@@ -103,8 +110,7 @@ fn sniff_ftyp(b: &[u8]) -> Option<Format> {
     }
     let end = box_len.min(b.len());
     // Major brand at 8..12, minor version at 12..16, compatible brands from 16.
-    let brands = std::iter::once(&b[8..12])
-        .chain(b.get(16..end).unwrap_or(&[]).chunks_exact(4));
+    let brands = std::iter::once(&b[8..12]).chain(b.get(16..end).unwrap_or(&[]).chunks_exact(4));
     let mut heif = false;
     for brand in brands {
         match brand {
@@ -131,9 +137,18 @@ mod tests {
         assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
         assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Some(Format::Gif));
         assert_eq!(sniff(b"II*\0\x08\0\0\0"), Some(Format::Tiff));
-        assert_eq!(sniff(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"), Some(Format::Avif));
-        assert_eq!(sniff(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf"), Some(Format::Avif));
-        assert_eq!(sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"), Some(Format::Heic));
+        assert_eq!(
+            sniff(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"),
+            Some(Format::Avif)
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf"),
+            Some(Format::Avif)
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"),
+            Some(Format::Heic)
+        );
         assert_eq!(sniff(b"\0\0\0\x18ftypisom\0\0\0\0isommp42"), None);
         let mut bmp = b"BM\0\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0".to_vec();
         assert_eq!(sniff(&bmp), Some(Format::Bmp));

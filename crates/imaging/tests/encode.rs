@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use image::{ExtendedColorType, GrayImage, Luma};
 use purrify_imaging::{
-    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, decode, encode, resize_gray, resize_rgb,
-    resize_rgb_alpha, sniff,
+    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, decode, encode, resize_gray,
+    resize_rgb, resize_rgb_alpha, sniff,
 };
 
 #[test]
@@ -28,7 +28,11 @@ fn jpeg_round_trip_and_quality() {
 fn jpeg_with_alpha_is_composited_over_white() {
     let img = image::RgbImage::from_pixel(16, 16, image::Rgb([0, 0, 0]));
     let alpha = GrayImage::from_fn(16, 16, |x, _| Luma([if x < 8 { 255 } else { 0 }]));
-    let d = decode(&encode(&img, Some(&alpha), OutputFormat::Jpeg, 95).unwrap(), &Limits::default()).unwrap();
+    let d = decode(
+        &encode(&img, Some(&alpha), OutputFormat::Jpeg, 95).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert!(d.alpha.is_none());
     assert!(d.rgb.get_pixel(2, 8).0.iter().all(|&c| c < 10));
     assert!(d.rgb.get_pixel(13, 8).0.iter().all(|&c| c > 245));
@@ -60,7 +64,10 @@ fn rgba_png_decode_resize_encode() {
     let d = decode(&bytes, &Limits::default()).unwrap();
     let alpha = d.alpha.expect("source has transparency");
     let (rgb2, alpha2) = resize_rgb_alpha(&d.rgb, &alpha, 96, 64);
-    assert_eq!((rgb2.dimensions(), alpha2.dimensions()), ((96, 64), (96, 64)));
+    assert_eq!(
+        (rgb2.dimensions(), alpha2.dimensions()),
+        ((96, 64), (96, 64))
+    );
     // Opaque left edge stays opaque, transparent right edge stays transparent.
     assert!(alpha2.get_pixel(1, 30).0[0] > 250);
     assert!(alpha2.get_pixel(94, 30).0[0] < 5);
@@ -96,8 +103,18 @@ fn encode_rejects_bad_arguments() {
 
 #[test]
 fn sixteen_bit_source_encodes_as_8_bit() {
-    let native: Vec<u8> = [1000u16, 40000, 65535].iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let d = decode(&png_bytes(&native, 1, 1, ExtendedColorType::Rgb16), &Limits::default()).unwrap();
+    let native: Vec<u8> = [1000u16, 40000, 65535]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    let d = decode(
+        &png_bytes(&native, 1, 1, ExtendedColorType::Rgb16),
+        &Limits::default(),
+    )
+    .unwrap();
     let png = encode(&d.rgb, None, OutputFormat::Png, 0).unwrap();
-    assert_eq!(decode(&png, &Limits::default()).unwrap().source_bit_depth, 8);
+    assert_eq!(
+        decode(&png, &Limits::default()).unwrap().source_bit_depth,
+        8
+    );
 }

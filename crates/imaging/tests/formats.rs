@@ -22,14 +22,25 @@ fn check_avif(name: &str, depth: u8) {
     assert_eq!(d.format, Format::Avif);
     assert_eq!(d.source_bit_depth, depth, "{name}");
     let h = read_header(&bytes, &limits()).unwrap();
-    assert_eq!((h.width, h.height), d.rgb.dimensions(), "{name}: header vs pixels");
+    assert_eq!(
+        (h.width, h.height),
+        d.rgb.dimensions(),
+        "{name}: header vs pixels"
+    );
 
     let exact_name = name.replace(".avif", "_exact.png");
-    if std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(&exact_name).exists() {
+    if std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(&exact_name)
+        .exists()
+    {
         let (exact, _) = reference(&exact_name);
         let (max, mean) = diff(d.rgb.as_raw(), exact.as_raw());
         eprintln!("{name}: vs exact: max {max} mean {mean:.3}");
-        assert!(max <= 1 && mean <= 0.05, "{name}: differs from the exact conversion: max {max}, mean {mean:.3}");
+        assert!(
+            max <= 1 && mean <= 0.05,
+            "{name}: differs from the exact conversion: max {max}, mean {mean:.3}"
+        );
     }
 
     let (ref_rgb, ref_alpha) = reference(&name.replace(".avif", "_ref.png"));
@@ -37,21 +48,33 @@ fn check_avif(name: &str, depth: u8) {
     let (w, _) = ref_rgb.dimensions();
     let cols = if w % 2 == 1 { w - 1 } else { w };
     let crop = |img: &RgbImage| -> Vec<u8> {
-        img.rows().flat_map(|r| r.take(cols as usize).flat_map(|p| p.0)).collect()
+        img.rows()
+            .flat_map(|r| r.take(cols as usize).flat_map(|p| p.0))
+            .collect()
     };
     let (max, _) = diff(&crop(&d.rgb), &crop(&ref_rgb));
     let (_, mean) = diff(d.rgb.as_raw(), ref_rgb.as_raw());
     eprintln!("{name}: vs Pillow: max {max} mean {mean:.3}");
-    assert!(max <= 6 && mean <= 1.2, "{name}: rgb differs from Pillow: max {max}, mean {mean:.3}");
+    assert!(
+        max <= 6 && mean <= 1.2,
+        "{name}: rgb differs from Pillow: max {max}, mean {mean:.3}"
+    );
 
     match (d.alpha, ref_alpha) {
         (Some(a), Some(r)) => {
             let (max, mean) = diff(a.as_raw(), r.as_raw());
             eprintln!("{name}: alpha max {max} mean {mean:.3}");
-            assert!(max <= 1 && mean <= 0.05, "{name}: alpha max {max}, mean {mean:.3}");
+            assert!(
+                max <= 1 && mean <= 0.05,
+                "{name}: alpha max {max}, mean {mean:.3}"
+            );
         }
         (None, None) => {}
-        (a, r) => panic!("{name}: alpha presence differs: ours {} reference {}", a.is_some(), r.is_some()),
+        (a, r) => panic!(
+            "{name}: alpha presence differs: ours {} reference {}",
+            a.is_some(),
+            r.is_some()
+        ),
     }
 }
 
@@ -106,8 +129,9 @@ fn cmyk_jpeg_matches_pillow() {
     let (r, _) = reference("cmyk_ref.png");
     let (max, mean) = diff(d.rgb.as_raw(), r.as_raw());
     eprintln!("cmyk: max {max} mean {mean:.3}");
-    // Different IDCTs and upsampling; an un-inverted CMYK decode would be off by ~200.
-    assert!(max <= 12 && mean <= 2.0, "max {max} mean {mean:.3}");
+    // zune-jpeg and libjpeg agree to within IDCT rounding; an un-inverted CMYK decode would be
+    // off by ~200.
+    assert!(max <= 3 && mean <= 0.5, "max {max} mean {mean:.3}");
     assert_eq!(d.source_bit_depth, 8);
     assert!(d.alpha.is_none());
 }
@@ -129,7 +153,8 @@ fn webp_lossy_close_to_libwebp() {
     let (r, _) = reference("webp_lossy_ref.png");
     let (max, mean) = diff(d.rgb.as_raw(), r.as_raw());
     eprintln!("webp lossy: max {max} mean {mean:.3}");
-    assert!(max <= 24 && mean <= 3.0, "max {max} mean {mean:.3}");
+    // image-webp reproduces libwebp (fancy upsampling included) exactly today; allow rounding.
+    assert!(max <= 2 && mean <= 0.1, "max {max} mean {mean:.3}");
 }
 
 #[test]
@@ -164,7 +189,11 @@ fn exif_rotated_jpeg() {
     assert_eq!(d.rgb.dimensions(), (32, 64));
     let red = |p: &Rgb<u8>| p.0[0] > 180 && p.0[1] < 80 && p.0[2] < 80;
     // Top-left goes to top-right under a clockwise quarter turn.
-    assert!(red(d.rgb.get_pixel(32 - 4, 3)), "{:?}", d.rgb.get_pixel(28, 3));
+    assert!(
+        red(d.rgb.get_pixel(32 - 4, 3)),
+        "{:?}",
+        d.rgb.get_pixel(28, 3)
+    );
     assert!(!red(d.rgb.get_pixel(3, 3)));
     assert!(!red(d.rgb.get_pixel(32 - 4, 64 - 4)));
 
@@ -181,7 +210,12 @@ fn exif_orientation_in_png() {
     img.put_pixel(0, 0, Rgb([255, 255, 255]));
     let png = png_bytes(img.as_raw(), 10, 6, ExtendedColorType::Rgb8);
     let ihdr_end = 8 + 25;
-    let png = [&png[..ihdr_end], &png_chunk(b"eXIf", &exif_tiff(3)), &png[ihdr_end..]].concat();
+    let png = [
+        &png[..ihdr_end],
+        &png_chunk(b"eXIf", &exif_tiff(3)),
+        &png[ihdr_end..],
+    ]
+    .concat();
     let d = decode(&png, &limits()).unwrap();
     assert!(d.orientation_applied);
     assert_eq!(d.rgb.get_pixel(9, 5).0, [255, 255, 255]);
@@ -197,7 +231,10 @@ fn sixteen_bit_png_rounds() {
     let png = png_bytes(&native, 2, 1, ExtendedColorType::Rgb16);
     let d = decode(&png, &limits()).unwrap();
     assert_eq!(d.source_bit_depth, 16);
-    let expect: Vec<u8> = samples.iter().map(|&v| (f64::from(v) / 257.0).round() as u8).collect();
+    let expect: Vec<u8> = samples
+        .iter()
+        .map(|&v| (f64::from(v) / 257.0).round() as u8)
+        .collect();
     assert_eq!(d.rgb.as_raw(), &expect);
     assert_eq!(expect, vec![0, 1, 127, 128, 255, 255]);
 }
@@ -206,7 +243,11 @@ fn sixteen_bit_png_rounds() {
 fn sixteen_bit_rgba_png_keeps_alpha() {
     let samples: [u16; 8] = [65535, 0, 0, 32896, 0, 65535, 0, 65535];
     let native: Vec<u8> = samples.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let d = decode(&png_bytes(&native, 2, 1, ExtendedColorType::Rgba16), &limits()).unwrap();
+    let d = decode(
+        &png_bytes(&native, 2, 1, ExtendedColorType::Rgba16),
+        &limits(),
+    )
+    .unwrap();
     assert_eq!(d.source_bit_depth, 16);
     assert_eq!(d.rgb.as_raw(), &vec![255, 0, 0, 0, 255, 0]);
     assert_eq!(d.alpha.unwrap().as_raw(), &vec![128, 255]);
@@ -215,7 +256,11 @@ fn sixteen_bit_rgba_png_keeps_alpha() {
 #[test]
 fn grayscale_png_becomes_rgb() {
     let g = GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 50 + y) as u8]));
-    let d = decode(&png_bytes(g.as_raw(), 5, 3, ExtendedColorType::L8), &limits()).unwrap();
+    let d = decode(
+        &png_bytes(g.as_raw(), 5, 3, ExtendedColorType::L8),
+        &limits(),
+    )
+    .unwrap();
     assert!(d.alpha.is_none());
     for (p, q) in d.rgb.pixels().zip(g.pixels()) {
         assert_eq!(p.0, [q.0[0]; 3]);
@@ -232,7 +277,10 @@ fn gray_alpha_png() {
 
 #[test]
 fn opaque_alpha_is_dropped() {
-    let rgba: Vec<u8> = test_image(6, 4).pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
+    let rgba: Vec<u8> = test_image(6, 4)
+        .pixels()
+        .flat_map(|p| [p.0[0], p.0[1], p.0[2], 255])
+        .collect();
     let d = decode(&png_bytes(&rgba, 6, 4, ExtendedColorType::Rgba8), &limits()).unwrap();
     assert!(d.alpha.is_none());
     assert_eq!(d.rgb, test_image(6, 4));
@@ -249,8 +297,14 @@ fn real_photos_if_present() {
     for e in entries.flatten() {
         let bytes = std::fs::read(e.path()).unwrap();
         let h = read_header(&bytes, &limits()).unwrap();
-        let d = decode(&bytes, &limits()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
-        assert_eq!((h.width, h.height), d.rgb.dimensions(), "{}", e.path().display());
+        let d =
+            decode(&bytes, &limits()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+        assert_eq!(
+            (h.width, h.height),
+            d.rgb.dimensions(),
+            "{}",
+            e.path().display()
+        );
         assert!(matches!(d.format, Format::Png | Format::Jpeg));
     }
 }

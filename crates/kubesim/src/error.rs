@@ -154,6 +154,10 @@ impl ApiError {
         e
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         // The real server says "Expired" for compacted resource versions and continue tokens.
         Self::new(410, "Expired", message)

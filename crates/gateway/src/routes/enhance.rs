@@ -288,6 +288,7 @@ pub async fn enhance(
         bytes: file.bytes,
         params,
         request_id: request_id.0.clone(),
+        client: ip.to_string(),
     };
     if let Err(e) = state.create_task(upload).await {
         cleanup(&Some(file)).await;

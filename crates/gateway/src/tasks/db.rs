@@ -22,9 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row, SqlSafeStr};
 use tracing::{debug, info};
 
-use super::model::{
-    GpuServer, NewTask, Task, TaskErrorCode, TaskStatus, duration_ms, now_ms,
-};
+use super::model::{GpuServer, NewTask, Task, TaskErrorCode, TaskStatus, duration_ms, now_ms};
 
 /// Migrations compiled into the binary, in version order. `sqlx::migrate!` needs sqlx's
 /// `macros` feature (a second build of sqlx for the proc-macro), so the files are embedded
@@ -236,7 +234,9 @@ impl Db {
             pool_options = pool_options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     let pragma = format!("PRAGMA busy_timeout = {busy_ms}");
-                    sqlx::query(sqlx::AssertSqlSafe(pragma)).execute(conn).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(pragma))
+                        .execute(conn)
+                        .await?;
                     Ok(())
                 })
             });
@@ -351,10 +351,14 @@ impl Db {
     }
 
     pub async fn get_task(&self, id: &str) -> Result<Option<Task>, DbError> {
-        let row = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -436,8 +440,8 @@ impl Db {
         job_id: &str,
         result: &JobResult,
     ) -> Result<bool, DbError> {
-        let result = serde_json::to_string(result)
-            .map_err(|e| DbError::Invalid(format!("result: {e}")))?;
+        let result =
+            serde_json::to_string(result).map_err(|e| DbError::Invalid(format!("result: {e}")))?;
         let done = sqlx::query(
             "UPDATE tasks SET status = 'completed', progress = 1, result = $3, \
              error_code = NULL, error_message = NULL, finished_at = $4, updated_at = $4 \
@@ -891,8 +895,14 @@ mod tests {
     fn kinds_from_urls() {
         assert_eq!(DbKind::from_url("sqlite::memory:"), Some(DbKind::Sqlite));
         assert_eq!(DbKind::from_url("sqlite:///tmp/x.db"), Some(DbKind::Sqlite));
-        assert_eq!(DbKind::from_url("postgres://u@h/db"), Some(DbKind::Postgres));
-        assert_eq!(DbKind::from_url("postgresql://u@h/db"), Some(DbKind::Postgres));
+        assert_eq!(
+            DbKind::from_url("postgres://u@h/db"),
+            Some(DbKind::Postgres)
+        );
+        assert_eq!(
+            DbKind::from_url("postgresql://u@h/db"),
+            Some(DbKind::Postgres)
+        );
         assert_eq!(DbKind::from_url("mysql://u@h/db"), None);
     }
 }

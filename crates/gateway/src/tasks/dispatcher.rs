@@ -250,13 +250,17 @@ fn decide(end: End) -> Action {
         },
         End::Worker(Err((_, ClientError::Busy { retry_after }))) => Action::Busy(retry_after),
         // 409: the worker holds a different job under this id; a new attempt gets a new id.
-        End::Worker(Err((Phase::Submit, ClientError::Rejected { status: 409, message }))) => {
-            Action::Retry {
-                code: TaskErrorCode::InternalError,
-                detail: message,
-                worker_fault: false,
-            }
-        }
+        End::Worker(Err((
+            Phase::Submit,
+            ClientError::Rejected {
+                status: 409,
+                message,
+            },
+        ))) => Action::Retry {
+            code: TaskErrorCode::InternalError,
+            detail: message,
+            worker_fault: false,
+        },
         // The request itself was refused: no other worker would take it either.
         End::Worker(Err((Phase::Submit, ClientError::Rejected { message, .. }))) => Action::Fail {
             code: TaskErrorCode::InvalidParams,
@@ -386,7 +390,8 @@ impl Dispatcher {
         Ok(row)
     }
 
-    /// A task was queued by someone else (another handle on the database): look now.
+    /// Something changed that may let queued tasks run (a worker added or back, a task
+    /// inserted through the database directly): look now instead of at the next poll.
     pub fn notify(&self) {
         self.inner.wake.notify_one();
     }
@@ -507,7 +512,10 @@ impl Inner {
                 }
             }
         }
-        error!(what, "database write abandoned; the task is repaired on a later tick");
+        error!(
+            what,
+            "database write abandoned; the task is repaired on a later tick"
+        );
         None
     }
 
@@ -519,8 +527,11 @@ impl Inner {
     {
         let mut followers: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
-        info!(max_attempts = self.config.max_attempts, deadline_s = self.config.deadline.as_secs(),
-              "dispatcher starting");
+        info!(
+            max_attempts = self.config.max_attempts,
+            deadline_s = self.config.deadline.as_secs(),
+            "dispatcher starting"
+        );
         tokio::select! {
             biased;
             () = &mut shutdown => {
@@ -533,9 +544,13 @@ impl Inner {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.config.tick_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let hk_every = self.config.housekeeping_interval.max(Duration::from_secs(1));
+        let hk_every = self
+            .config
+            .housekeeping_interval
+            .max(Duration::from_secs(1));
         let mut housekeeping = tokio::time::interval_at(Instant::now() + hk_every, hk_every);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut hk: Option<JoinHandle<()>> = None;
         loop {
             self.dispatch_round(&mut followers).await;
             tokio::select! {
@@ -553,14 +568,29 @@ impl Inner {
                 _ = poll.tick() => {}
                 _ = tick.tick() => self.on_tick(&mut followers).await,
                 _ = housekeeping.tick() => {
-                    if let Err(e) = self.housekeep().await {
-                        warn!(error = %e, "housekeeping failed");
+                    // Beside the loop: deleting many objects from S3 must not pause dispatch.
+                    if hk.as_ref().is_none_or(JoinHandle::is_finished) {
+                        let this = self.clone();
+                        hk = Some(tokio::spawn(
+                            async move {
+                                if let Err(e) = this.housekeep().await {
+                                    warn!(error = %e, "housekeeping failed");
+                                }
+                            }
+                            .in_current_span(),
+                        ));
                     }
                 }
             }
         }
-        info!(following = followers.len(), "dispatcher stopping; running jobs stay on their workers");
+        info!(
+            following = followers.len(),
+            "dispatcher stopping; running jobs stay on their workers"
+        );
         self.shutdown.cancel();
+        if let Some(hk) = hk {
+            hk.abort();
+        }
         while followers.join_next().await.is_some() {}
     }
 
@@ -586,7 +616,11 @@ impl Inner {
             self.hub.fill(TaskView::from_task(task));
         }
         let processing = self.db.processing_tasks().await?;
-        info!(queued = queued.len(), processing = processing.len(), "resuming tasks");
+        info!(
+            queued = queued.len(),
+            processing = processing.len(),
+            "resuming tasks"
+        );
         for task in processing {
             self.hub.fill(TaskView::from_task(&task));
             self.adopt(task, followers).await;
@@ -651,7 +685,7 @@ impl Inner {
         let untried_healthy = snapshot
             .workers
             .iter()
-            .any(|w| w.healthy && !tried.iter().any(|t| *t == w.endpoint));
+            .any(|w| w.healthy && !tried.contains(&w.endpoint));
         if untried_healthy {
             None
         } else {
@@ -660,7 +694,12 @@ impl Inner {
     }
 
     /// Claims `task` for `lease`'s worker and spawns its follower.
-    async fn start(self: &Arc<Self>, task: Task, lease: Lease, followers: &mut JoinSet<()>) -> bool {
+    async fn start(
+        self: &Arc<Self>,
+        task: Task,
+        lease: Lease,
+        followers: &mut JoinSet<()>,
+    ) -> bool {
         let Some(guard) = self.register(&task.id) else {
             return false;
         };
@@ -849,7 +888,8 @@ impl Inner {
         let code = TaskErrorCode::ProcessingTimeout;
         let failed = self
             .db_write("fail", || {
-                self.db.fail_task(&task.id, Guard::Job(job_id), code, &message)
+                self.db
+                    .fail_task(&task.id, Guard::Job(job_id), code, &message)
             })
             .await;
         if failed == Some(true) {
@@ -909,8 +949,12 @@ impl Inner {
             .submit(&req)
             .await
             .map_err(|e| (Phase::Submit, e))?;
-        debug!(existing = accepted.existing, state = accepted.state.as_str(),
-               reattached = run.reattached, "job accepted");
+        debug!(
+            existing = accepted.existing,
+            state = accepted.state.as_str(),
+            reattached = run.reattached,
+            "job accepted"
+        );
         let (progress_tx, progress_rx) = watch::channel(run.task.progress as f32);
         spawn_progress_writer(
             self.db.clone(),
@@ -951,8 +995,13 @@ impl Inner {
                     .db_write("complete", || self.db.complete_task(&id, &job_id, &result))
                     .await;
                 if done == Some(true) {
-                    info!(elapsed_ms = result.elapsed_ms, width = result.width, height = result.height,
-                          faces = result.faces, "task completed");
+                    info!(
+                        elapsed_ms = result.elapsed_ms,
+                        width = result.width,
+                        height = result.height,
+                        faces = result.faces,
+                        "task completed"
+                    );
                     bump(&self.metrics.completed);
                     self.forget_tried(&id);
                     self.publish(&run.task, TaskStatus::Completed, 1.0, None, Some(result));
@@ -981,7 +1030,11 @@ impl Inner {
                 if worker_fault {
                     // The worker may be alive behind a broken connection: stop the job there
                     // so the retry does not run twice at once.
-                    spawn_cancel(run.client.clone(), job_id.clone(), self.config.cancel_timeout);
+                    spawn_cancel(
+                        run.client.clone(),
+                        job_id.clone(),
+                        self.config.cancel_timeout,
+                    );
                 }
                 drop(run.lease.take());
                 self.retry_or_fail(&run.task, &job_id, run.attempt, &run.worker, code, &detail)
@@ -996,8 +1049,10 @@ impl Inner {
                     .db_write("requeue", || self.db.requeue_task(&id, &job_id, false))
                     .await;
                 if requeued == Some(true) {
-                    debug!(retry_after_ms = retry_after.as_millis() as u64,
-                           "worker busy; task queued again without counting an attempt");
+                    debug!(
+                        retry_after_ms = retry_after.as_millis() as u64,
+                        "worker busy; task queued again without counting an attempt"
+                    );
                     bump(&self.metrics.busy_requeues);
                     self.publish(&run.task, TaskStatus::Queued, 0.0, None, None);
                     self.wake.notify_one();
@@ -1079,11 +1134,17 @@ impl Inner {
             let message = failure_message(code, detail, Some(attempt));
             let failed = self
                 .db_write("fail", || {
-                    self.db.fail_task(&task.id, Guard::Job(job_id), code, &message)
+                    self.db
+                        .fail_task(&task.id, Guard::Job(job_id), code, &message)
                 })
                 .await;
             if failed == Some(true) {
-                warn!(code = code.as_str(), detail, attempts = attempt, "task failed; attempts exhausted");
+                warn!(
+                    code = code.as_str(),
+                    detail,
+                    attempts = attempt,
+                    "task failed; attempts exhausted"
+                );
                 self.metrics.failed(code);
                 self.forget_tried(&task.id);
                 self.publish_failure(task, code, message);
@@ -1094,8 +1155,13 @@ impl Inner {
             .db_write("requeue", || self.db.requeue_task(&task.id, job_id, true))
             .await;
         if requeued == Some(true) {
-            warn!(code = code.as_str(), detail, attempt, max_attempts = self.config.max_attempts,
-                  "attempt failed; task queued again");
+            warn!(
+                code = code.as_str(),
+                detail,
+                attempt,
+                max_attempts = self.config.max_attempts,
+                "attempt failed; task queued again"
+            );
             bump(&self.metrics.retries);
             self.publish(task, TaskStatus::Queued, 0.0, None, None);
             self.wake.notify_one();
@@ -1124,7 +1190,13 @@ impl Inner {
             };
             match task.status {
                 TaskStatus::Cancelled => {
-                    self.publish(&task, TaskStatus::Cancelled, task.progress as f32, None, None);
+                    self.publish(
+                        &task,
+                        TaskStatus::Cancelled,
+                        task.progress as f32,
+                        None,
+                        None,
+                    );
                     return Ok(CancelOutcome::Cancelled);
                 }
                 s if s.is_finished() => {
@@ -1146,7 +1218,8 @@ impl Inner {
                     let Some(_guard) = self.register(task_id) else {
                         continue;
                     };
-                    let (Some(worker), Some(job_id)) = (task.worker.as_deref(), task.job_id.as_deref())
+                    let (Some(worker), Some(job_id)) =
+                        (task.worker.as_deref(), task.job_id.as_deref())
                     else {
                         continue;
                     };
@@ -1157,7 +1230,13 @@ impl Inner {
                         info!(task_id, job_id, "processing task cancelled");
                         bump(&self.metrics.cancelled);
                         self.forget_tried(task_id);
-                        self.publish(&task, TaskStatus::Cancelled, task.progress as f32, None, None);
+                        self.publish(
+                            &task,
+                            TaskStatus::Cancelled,
+                            task.progress as f32,
+                            None,
+                            None,
+                        );
                         return Ok(CancelOutcome::Cancelled);
                     }
                 }
@@ -1216,7 +1295,10 @@ impl Inner {
             }
         }
         if deleted > 0 {
-            info!(deleted, "housekeeping removed finished tasks and their objects");
+            info!(
+                deleted,
+                "housekeeping removed finished tasks and their objects"
+            );
         }
         Ok(deleted)
     }
@@ -1310,8 +1392,15 @@ mod tests {
 
     #[test]
     fn input_errors_fail_at_once_and_others_retry() {
-        for reason in [ErrorReason::BadInput, ErrorReason::TooLarge, ErrorReason::InvalidParams] {
-            assert!(matches!(decide(job_error(reason)), Action::Fail { .. }), "{reason:?}");
+        for reason in [
+            ErrorReason::BadInput,
+            ErrorReason::TooLarge,
+            ErrorReason::InvalidParams,
+        ] {
+            assert!(
+                matches!(decide(job_error(reason)), Action::Fail { .. }),
+                "{reason:?}"
+            );
         }
         assert_eq!(
             decide(job_error(ErrorReason::Storage)),
@@ -1323,7 +1412,11 @@ mod tests {
         );
         assert!(matches!(
             decide(job_error(ErrorReason::Inference)),
-            Action::Retry { code: TaskErrorCode::ProcessingFailed, worker_fault: true, .. }
+            Action::Retry {
+                code: TaskErrorCode::ProcessingFailed,
+                worker_fault: true,
+                ..
+            }
         ));
     }
 
@@ -1337,7 +1430,11 @@ mod tests {
             for phase in [Phase::Submit, Phase::Wait] {
                 assert!(matches!(
                     decide(End::Worker(Err((phase, e.clone())))),
-                    Action::Retry { code: TaskErrorCode::WorkerUnavailable, worker_fault: true, .. }
+                    Action::Retry {
+                        code: TaskErrorCode::WorkerUnavailable,
+                        worker_fault: true,
+                        ..
+                    }
                 ));
             }
         }
@@ -1359,8 +1456,14 @@ mod tests {
                 detail: "bad id".into()
             }
         );
-        assert_eq!(decide(End::Stopped(Some(StopReason::Cancel))), Action::Cancel);
-        assert_eq!(decide(End::Stopped(Some(StopReason::Timeout))), Action::Timeout);
+        assert_eq!(
+            decide(End::Stopped(Some(StopReason::Cancel))),
+            Action::Cancel
+        );
+        assert_eq!(
+            decide(End::Stopped(Some(StopReason::Timeout))),
+            Action::Timeout
+        );
         assert_eq!(decide(End::TimedOut), Action::Timeout);
         assert_eq!(decide(End::Stopped(None)), Action::Leave);
         assert_eq!(
@@ -1375,10 +1478,18 @@ mod tests {
             failure_message(TaskErrorCode::BadInput, "cannot decode: not a JPEG", None),
             "cannot decode: not a JPEG"
         );
-        let m = failure_message(TaskErrorCode::StorageError, "s3://bucket/secret: 500", Some(3));
+        let m = failure_message(
+            TaskErrorCode::StorageError,
+            "s3://bucket/secret: 500",
+            Some(3),
+        );
         assert!(!m.contains("secret"), "{m}");
         assert!(m.contains("3 attempts"), "{m}");
-        let m = failure_message(TaskErrorCode::WorkerUnavailable, "10.0.0.3 refused", Some(3));
+        let m = failure_message(
+            TaskErrorCode::WorkerUnavailable,
+            "10.0.0.3 refused",
+            Some(3),
+        );
         assert!(!m.contains("10.0.0.3"), "{m}");
     }
 

@@ -89,6 +89,8 @@ struct Slot {
     finished_seq: Option<u64>,
 }
 
+type Shard = RwLock<HashMap<Box<str>, Slot>>;
+
 struct Finished {
     at: Instant,
     id: Box<str>,
@@ -96,7 +98,7 @@ struct Finished {
 }
 
 struct Inner {
-    shards: Box<[RwLock<HashMap<Box<str>, Slot>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     finished: Mutex<VecDeque<Finished>>,
     seq: AtomicU64,
@@ -112,7 +114,9 @@ pub struct ProgressHub {
 
 impl std::fmt::Debug for ProgressHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressHub").field("len", &self.len()).finish()
+        f.debug_struct("ProgressHub")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -144,14 +148,17 @@ impl ProgressHub {
         }
     }
 
-    fn shard(&self, id: &str) -> &RwLock<HashMap<Box<str>, Slot>> {
+    fn shard(&self, id: &str) -> &Shard {
         let h = self.inner.hasher.hash_one(id) as usize;
         &self.inner.shards[h % SHARDS]
     }
 
     /// The current view, if the hub has it. Two uncontended read locks and an `Arc` clone.
     pub fn get(&self, id: &str) -> Option<Arc<TaskView>> {
-        let shard = self.shard(id).read().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(id).map(|s| s.tx.borrow().clone())
     }
 
@@ -176,7 +183,10 @@ impl ProgressHub {
     /// does not have it: call [`get_or_load`](Self::get_or_load) first. The channel closes
     /// when the view is evicted, which happens only after it is final.
     pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<Arc<TaskView>>> {
-        let shard = self.shard(id).read().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(id).map(|s| s.tx.subscribe())
     }
 
@@ -267,7 +277,9 @@ impl ProgressHub {
             if !expired && queue.len() <= max {
                 break;
             }
-            let Some(entry) = queue.pop_front() else { break };
+            let Some(entry) = queue.pop_front() else {
+                break;
+            };
             let mut shard = self
                 .shard(&entry.id)
                 .write()

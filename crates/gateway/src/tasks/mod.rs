@@ -38,12 +38,9 @@ pub mod metrics;
 pub mod model;
 
 pub use db::{Db, DbError, DbKind, DbOptions, FinishedObjects, Guard, StatusCounts, migrator};
-pub use dispatcher::{
-    CancelOutcome, DispatchConfig, Dispatcher, MAX_TASK_ID_LEN, valid_task_id,
-};
+pub use dispatcher::{CancelOutcome, DispatchConfig, Dispatcher, MAX_TASK_ID_LEN, valid_task_id};
 pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use metrics::{DispatchMetrics, DispatchStats};
 pub use model::{
-    GpuServer, NewTask, Task, TaskErrorCode, TaskFailure, TaskStatus, job_id_for, now_ms,
-    settings,
+    GpuServer, NewTask, Task, TaskErrorCode, TaskFailure, TaskStatus, job_id_for, now_ms, settings,
 };

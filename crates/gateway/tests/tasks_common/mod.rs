@@ -1,6 +1,5 @@
 //! Shared support of the `tasks_*` tests: throwaway SQLite and PostgreSQL databases, and a
 //! scriptable fake inference worker speaking the real worker protocol over real HTTP.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -17,8 +16,8 @@ use axum::{Json, Router};
 use purrify_gateway::tasks::{Db, DbKind};
 use purrify_inference::client::{ClientConfig, Fleet, FleetConfig, WorkerSpec};
 use purrify_inference::protocol::{
-    ErrorReason, FaceRestoration, JobAccepted, JobError, JobRequest, JobResult,
-    JobState, JobStatus, WorkerErrorBody, WorkerInfo,
+    ErrorReason, FaceRestoration, JobAccepted, JobError, JobRequest, JobResult, JobState,
+    JobStatus, WorkerErrorBody, WorkerInfo,
 };
 use sqlx::{Connection, Executor};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -34,11 +33,11 @@ macro_rules! on_both_databases {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(crate::tasks_common::TestDb::sqlite().await).await;
+                super::$name($crate::tasks_common::TestDb::sqlite().await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(crate::tasks_common::TestDb::postgres().await).await;
+                super::$name($crate::tasks_common::TestDb::postgres().await).await;
             }
         }
     )*};
@@ -79,7 +78,9 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_ENV} (run tools/postgres/start.sh): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot reach PostgreSQL at {PG_ENV} (run tools/postgres/start.sh): {e}")
+            });
         conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("CREATE DATABASE (the role needs CREATEDB)");
@@ -146,7 +147,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < give_up, "gave up waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -391,7 +395,11 @@ async fn submit(
         .pop_front()
         .unwrap_or_else(|| s.default.lock().unwrap().clone());
     if matches!(behavior, Behavior::Busy) {
-        let mut r = worker_error(StatusCode::TOO_MANY_REQUESTS, "full", "worker is at capacity");
+        let mut r = worker_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "full",
+            "worker is at capacity",
+        );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
         return r;
@@ -422,7 +430,12 @@ async fn submit(
         .into_response()
 }
 
-async fn run_job(s: Arc<FakeState>, tx: watch::Sender<JobStatus>, req: JobRequest, behavior: Behavior) {
+async fn run_job(
+    s: Arc<FakeState>,
+    tx: watch::Sender<JobStatus>,
+    req: JobRequest,
+    behavior: Behavior,
+) {
     let is_cancelled = |tx: &watch::Sender<JobStatus>| tx.borrow().state == JobState::Cancelled;
     tokio::time::sleep(Duration::from_millis(10)).await;
     if is_cancelled(&tx) {
@@ -507,23 +520,31 @@ async fn events(State(s): State<Arc<FakeState>>, Path(id): Path<String>) -> Resp
     let kill = s.kill.clone();
     // Current state first, then each change; a kill breaks the stream mid-way like a dead
     // process would.
-    let stream = futures::stream::unfold((rx, kill, true, false), |(mut rx, kill, first, ended)| async move {
-        if ended {
-            return None;
-        }
-        if !first {
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return None; },
-                () = kill.cancelled() => {
-                    return Some((Err(std::io::Error::other("killed")), (rx, kill, false, true)));
+    let stream = futures::stream::unfold(
+        (rx, kill, true, false),
+        |(mut rx, kill, first, ended)| async move {
+            if ended {
+                return None;
+            }
+            if !first {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return None; },
+                    () = kill.cancelled() => {
+                        return Some((Err(std::io::Error::other("killed")), (rx, kill, false, true)));
+                    }
                 }
             }
-        }
-        let st = rx.borrow_and_update().clone();
-        let ev = purrify_inference::server::event_for(&st);
-        let terminal = st.state.is_terminal();
-        let event = Event::default().event(ev.sse_name()).json_data(&ev).unwrap();
-        Some((Ok::<_, std::io::Error>(event), (rx, kill, false, terminal)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+            let st = rx.borrow_and_update().clone();
+            let ev = purrify_inference::server::event_for(&st);
+            let terminal = st.state.is_terminal();
+            let event = Event::default()
+                .event(ev.sse_name())
+                .json_data(&ev)
+                .unwrap();
+            Some((Ok::<_, std::io::Error>(event), (rx, kill, false, terminal)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

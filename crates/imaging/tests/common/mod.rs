@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, GrayImage, ImageEncoder, RgbImage, Rgb};
+use image::{ExtendedColorType, GrayImage, ImageEncoder, Rgb, RgbImage};
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -17,7 +19,12 @@ pub fn reference(name: &str) -> (RgbImage, Option<GrayImage>) {
     let img = image::load_from_memory(&fixture(name)).unwrap();
     let alpha = img.color().has_alpha().then(|| {
         let rgba = img.to_rgba8();
-        GrayImage::from_raw(rgba.width(), rgba.height(), rgba.pixels().map(|p| p.0[3]).collect()).unwrap()
+        GrayImage::from_raw(
+            rgba.width(),
+            rgba.height(),
+            rgba.pixels().map(|p| p.0[3]).collect(),
+        )
+        .unwrap()
     });
     (img.to_rgb8(), alpha)
 }
@@ -49,14 +56,21 @@ pub fn test_image(w: u32, h: u32) -> RgbImage {
 pub fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
     JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            ExtendedColorType::Rgb8,
+        )
         .unwrap();
     out
 }
 
 pub fn png_bytes(raw: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Vec<u8> {
     let mut out = Vec::new();
-    PngEncoder::new(&mut out).write_image(raw, w, h, color).unwrap();
+    PngEncoder::new(&mut out)
+        .write_image(raw, w, h, color)
+        .unwrap();
     out
 }
 
@@ -65,7 +79,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
