@@ -168,3 +168,27 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A raw HTTP/1.1 request (no client-side retries, unlike kube's client), returning
+/// the status code and body.
+pub async fn raw(method: &str, url: &str, body: Option<(&str, &str)>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let u = url::Url::parse(url).unwrap();
+    let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).await.unwrap();
+    let path = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: kubesim\r\nConnection: close\r\n");
+    if let Some((ct, b)) = body {
+        req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+    } else {
+        req.push_str("\r\n");
+    }
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
