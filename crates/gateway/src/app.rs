@@ -105,7 +105,11 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let fleet = Fleet::new(FleetConfig::default()).map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let embedded_worker = start_embedded_worker(&config, &storage, stop_rx.clone()).await?;
+    // In Kubernetes mode the operator's workers do the work.
+    let embedded_worker = match config.backend {
+        crate::config::Backend::Standalone => start_embedded_worker(&config, &storage, stop_rx.clone()).await?,
+        crate::config::Backend::Kubernetes => None,
+    };
     let tasks = crate::service::TaskService::start(
         config.clone(),
         storage.clone(),

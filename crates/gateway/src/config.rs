@@ -10,6 +10,8 @@ pub enum Backend {
     /// One machine: SQLite or PostgreSQL, local or S3 storage, an in-process worker and GPU
     /// servers registered by webhook.
     Standalone,
+    /// Uploads become EnhanceTask custom resources that the operator drives.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +29,13 @@ pub struct Config {
     /// Task backend.
     #[arg(long, env = "PURRIFY_BACKEND", default_value = "standalone")]
     pub backend: Backend,
+    /// Kubernetes backend: namespace of the EnhanceTasks and GpuPools.
+    #[arg(long, env = "PURRIFY_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Kubernetes backend: the operator's HTTP address for live progress
+    /// (e.g. http://purrify-operator:9090); without it progress moves in coarse steps.
+    #[arg(long, env = "PURRIFY_OPERATOR_URL")]
+    pub operator_url: Option<String>,
     /// Directory for the default SQLite database and local storage.
     #[arg(long, env = "PURRIFY_DATA_DIR", default_value = "purrify-data")]
     pub data_dir: PathBuf,

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod kubernetes;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;

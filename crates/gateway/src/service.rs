@@ -15,7 +15,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::AppState;
-use crate::config::Config;
+use crate::config::{Backend as BackendKind, Config};
+use crate::kubernetes::KubeBackend;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::tasks::db::{Db, DbError};
@@ -79,6 +80,19 @@ impl From<&TaskView> for TaskSnapshot {
     }
 }
 
+/// One worker as status pages show it.
+#[derive(Debug, Clone)]
+pub struct WorkerLine {
+    pub endpoint: String,
+    pub healthy: bool,
+    pub in_flight: u32,
+    pub capacity: u32,
+    pub circuit: Option<Value>,
+    pub last_heartbeat: Option<String>,
+    pub last_error: Option<String>,
+    pub gpu: Option<Value>,
+}
+
 /// An accepted upload, ready to become a task.
 #[derive(Debug, Clone)]
 pub struct NewUpload {
@@ -102,16 +116,25 @@ pub struct Routing {
     pub default_backend_url: Option<String>,
     pub multi_backend: bool,
     pub fallback_to_default: bool,
+    /// Kubernetes mode: the GpuPool new tasks go to.
+    pub pool: Option<String>,
+}
+
+/// Who drives tasks: the in-process dispatcher, or the operator through custom resources.
+enum Backend {
+    Standalone(Dispatcher),
+    Kubernetes(KubeBackend),
 }
 
 struct Inner {
     db: Db,
     hub: ProgressHub,
-    dispatcher: Dispatcher,
+    backend: Backend,
     embedded: Option<String>,
     fleet: Fleet,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    deadline: Duration,
 }
 
 #[derive(Clone)]
@@ -135,39 +158,58 @@ impl TaskService {
         let url = config.database_url();
         let db = Db::connect(&url).await.map_err(|e| anyhow::anyhow!("database {}: {e}", redact(&url)))?;
         let hub = ProgressHub::default();
-        let dispatch = DispatchConfig {
-            max_attempts: config.max_attempts.max(1),
-            deadline: Duration::from_secs(config.task_deadline_seconds),
-            ..DispatchConfig::default()
+        let deadline = Duration::from_secs(config.task_deadline_seconds);
+        let backend = match config.backend {
+            BackendKind::Standalone => {
+                let dispatch = DispatchConfig { max_attempts: config.max_attempts.max(1), deadline, ..DispatchConfig::default() };
+                Backend::Standalone(Dispatcher::new(db.clone(), fleet.clone(), Some(storage), hub.clone(), dispatch))
+            }
+            BackendKind::Kubernetes => {
+                Backend::Kubernetes(KubeBackend::connect(&config.namespace, db.clone(), hub.clone(), config.operator_url.clone()).await?)
+            }
         };
-        let dispatcher = Dispatcher::new(db.clone(), fleet.clone(), Some(storage), hub.clone(), dispatch);
         let service = Self {
             inner: Arc::new(Inner {
                 db,
                 hub,
-                dispatcher: dispatcher.clone(),
+                backend,
                 embedded,
                 fleet,
-                handle: Mutex::new(None),
+                handles: Mutex::new(Vec::new()),
                 metrics,
+                deadline,
             }),
         };
-        // Probe before dispatching: tasks recorded on a worker the fleet does not know yet
-        // would be re-queued instead of re-attached after a restart.
-        service.sync_fleet(true).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        let mut stop = stop;
-        let handle = dispatcher.spawn(async move {
-            let _ = stop.changed().await;
-        });
-        *service.inner.handle.lock().await = Some(handle);
+        let handles = match &service.inner.backend {
+            Backend::Standalone(dispatcher) => {
+                // Probe before dispatching: tasks recorded on a worker the fleet does not know
+                // yet would be re-queued instead of re-attached after a restart.
+                service.sync_fleet(true).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                let mut stop = stop;
+                vec![dispatcher.spawn(async move {
+                    let _ = stop.changed().await;
+                })]
+            }
+            Backend::Kubernetes(kube) => kube.spawn(stop),
+        };
+        *service.inner.handles.lock().await = handles;
         service.spawn_outcome_metrics();
         Ok(service)
     }
 
-    /// Resolves when the dispatcher has stopped.
+    /// Resolves when the dispatcher (or the Kubernetes watchers) stopped.
     pub async fn stopped(&self) {
-        if let Some(h) = self.inner.handle.lock().await.take() {
+        let handles = std::mem::take(&mut *self.inner.handles.lock().await);
+        for h in handles {
             let _ = h.await;
+        }
+    }
+
+    /// The Kubernetes backend, in Kubernetes mode.
+    pub fn kubernetes(&self) -> Option<&KubeBackend> {
+        match &self.inner.backend {
+            Backend::Kubernetes(k) => Some(k),
+            Backend::Standalone(_) => None,
         }
     }
 
@@ -196,8 +238,12 @@ impl TaskService {
         &self.inner.hub
     }
 
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.inner.dispatcher
+    /// The in-process dispatcher, in standalone mode.
+    pub fn dispatcher(&self) -> Option<&Dispatcher> {
+        match &self.inner.backend {
+            Backend::Standalone(d) => Some(d),
+            Backend::Kubernetes(_) => None,
+        }
     }
 
     async fn routing(&self) -> ApiResult<Routing> {
@@ -207,6 +253,12 @@ impl TaskService {
             default_backend_url: self.inner.embedded.clone(),
             multi_backend: db.get_bool_setting(settings::MULTI_BACKEND_ENABLED).await.map_err(db_error)?.unwrap_or(true),
             fallback_to_default: db.get_bool_setting(settings::FALLBACK_TO_DEFAULT).await.map_err(db_error)?.unwrap_or(true),
+            pool: match &self.inner.backend {
+                Backend::Kubernetes(_) => Some(
+                    db.get_setting(settings::POOL).await.map_err(db_error)?.unwrap_or_else(|| crate::kubernetes::default_pool().into()),
+                ),
+                Backend::Standalone(_) => None,
+            },
         })
     }
 
@@ -214,6 +266,10 @@ impl TaskService {
     /// else the in-process worker), plus registered GPU servers in multi-backend mode; with
     /// `fallback_to_default` off and servers registered, only the servers.
     async fn sync_fleet(&self, wait_for_probes: bool) -> ApiResult<()> {
+        let Backend::Standalone(dispatcher) = &self.inner.backend else {
+            // In Kubernetes mode the operator owns the workers.
+            return Ok(());
+        };
         let routing = self.routing().await?;
         let servers = self.inner.db.list_gpu_servers().await.map_err(db_error)?;
         let default = routing.backend_url.clone().or(routing.default_backend_url.clone());
@@ -238,7 +294,7 @@ impl TaskService {
         } else {
             tokio::spawn(probes);
         }
-        self.inner.dispatcher.notify();
+        dispatcher.notify();
         Ok(())
     }
 }
@@ -262,8 +318,19 @@ impl AppState {
         task.input_bytes = upload.bytes;
         task.request_id = Some(upload.request_id);
         task.user_id = Some(upload.client);
-        task.deadline = Some(Duration::from_secs(self.config.task_deadline_seconds));
-        self.tasks.dispatcher().enqueue(task).await.map_err(db_error)?;
+        task.deadline = Some(self.tasks.inner.deadline);
+        match &self.tasks.inner.backend {
+            Backend::Standalone(d) => {
+                d.enqueue(task).await.map_err(db_error)?;
+            }
+            Backend::Kubernetes(k) => {
+                let pool = self.routing().await?.pool.unwrap_or_else(|| crate::kubernetes::default_pool().into());
+                k.create(&task, &pool, self.tasks.inner.deadline).await.map_err(|e| {
+                    tracing::error!(error = %e, "cannot create the EnhanceTask");
+                    ApiError::unavailable("the cluster did not accept the task; try again shortly")
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -319,26 +386,84 @@ impl AppState {
             DbError::Duplicate(m) => ApiError::new(ErrorCode::ValidationError, m),
             other => db_error(other),
         })?;
-        self.tasks.sync_fleet(false).await?;
+        match self.tasks.kubernetes() {
+            Some(k) => {
+                let pool = crate::kubernetes::default_pool();
+                k.add_external(pool, &url, &server.id).await.map_err(ApiError::internal)?;
+            }
+            None => self.tasks.sync_fleet(false).await?,
+        }
         Ok((server.id.clone(), server.registered_at == server.last_seen))
     }
 
     pub async fn unregister_server(&self, ip: IpAddr, port: u16) -> ApiResult<Option<String>> {
         let removed = self.tasks.db().delete_gpu_server(&ip.to_string(), port).await.map_err(db_error)?;
         if removed.is_some() {
-            self.tasks.sync_fleet(false).await?;
+            match self.tasks.kubernetes() {
+                Some(k) => {
+                    let url = match ip {
+                        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+                        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+                    };
+                    k.remove_external(crate::kubernetes::default_pool(), &url).await.map_err(ApiError::internal)?;
+                }
+                None => self.tasks.sync_fleet(false).await?,
+            }
         }
         Ok(removed)
+    }
+
+    /// Every worker tasks can go to, with its health: the fleet in standalone mode, the
+    /// default GpuPool's status (kept by the operator) in Kubernetes mode.
+    pub async fn workers(&self) -> Vec<WorkerLine> {
+        match self.tasks.kubernetes() {
+            None => self
+                .fleet
+                .snapshot()
+                .workers
+                .into_iter()
+                .map(|w| WorkerLine {
+                    endpoint: w.endpoint,
+                    healthy: w.healthy,
+                    in_flight: w.in_flight,
+                    capacity: w.capacity,
+                    circuit: serde_json::to_value(w.breaker).ok(),
+                    last_heartbeat: w.last_heartbeat.map(purrify_inference::client::format_rfc3339),
+                    last_error: w.last_error,
+                    gpu: w.gpu.and_then(|g| serde_json::to_value(g).ok()),
+                })
+                .collect(),
+            Some(k) => k
+                .pool_status(crate::kubernetes::default_pool())
+                .await
+                .map(|st| {
+                    st.workers
+                        .into_iter()
+                        .map(|w| WorkerLine {
+                            endpoint: w.endpoint,
+                            healthy: w.healthy,
+                            in_flight: w.in_flight,
+                            capacity: 0,
+                            circuit: None,
+                            last_heartbeat: w.last_heartbeat,
+                            last_error: None,
+                            gpu: w.gpu.and_then(|g| serde_json::to_value(g).ok()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 
     /// The seed's `/webhook/servers` data.
     pub async fn servers_overview(&self) -> ApiResult<Value> {
         let registered = self.tasks.db().list_gpu_servers().await.map_err(db_error)?;
-        let snapshot = self.fleet.snapshot();
+        let workers = self.workers().await;
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
         let servers: Vec<Value> = registered
             .iter()
             .map(|s| {
-                let live = snapshot.workers.iter().find(|w| w.endpoint.trim_end_matches('/') == s.url.trim_end_matches('/'));
+                let live = workers.iter().find(|w| norm(&w.endpoint) == norm(&s.url));
                 json!({
                     "server_id": s.id,
                     "ip": s.ip,
@@ -347,7 +472,7 @@ impl AppState {
                     "healthy": live.map(|w| w.healthy).unwrap_or(false),
                     "in_flight": live.map(|w| w.in_flight).unwrap_or(0),
                     "capacity": live.map(|w| w.capacity).unwrap_or(0),
-                    "circuit": live.map(|w| serde_json::to_value(w.breaker).unwrap_or_default()),
+                    "circuit": live.and_then(|w| w.circuit.clone()),
                     "last_heartbeat": live.and_then(|w| w.last_heartbeat.clone()),
                     "last_error": live.and_then(|w| w.last_error.clone()),
                     "gpu": live.and_then(|w| w.gpu.clone()),
@@ -367,6 +492,24 @@ impl AppState {
 
     pub async fn routing(&self) -> ApiResult<Routing> {
         self.tasks.routing().await
+    }
+
+    /// Kubernetes mode: choose the GpuPool new tasks go to. It must exist.
+    pub async fn set_pool(&self, pool: &str) -> ApiResult<String> {
+        let Some(k) = self.tasks.kubernetes() else {
+            return Err(ApiError::field("pool", "pools exist only in Kubernetes mode; set backend_url instead"));
+        };
+        let valid = !pool.is_empty()
+            && pool.len() <= 253
+            && pool.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(ApiError::field("pool", format!("{pool:?} is not a valid GpuPool name")));
+        }
+        if k.pool(pool).await.map_err(ApiError::internal)?.is_none() {
+            return Err(ApiError::field("pool", format!("there is no GpuPool {pool} in namespace {}", k.namespace())));
+        }
+        self.tasks.db().set_setting(settings::POOL, pool).await.map_err(db_error)?;
+        Ok(pool.to_string())
     }
 
     pub async fn set_backend_url(&self, url: &str) -> ApiResult<String> {
@@ -393,6 +536,7 @@ impl AppState {
             self.metrics.queue_depth.set(counts.get(TaskStatus::Queued) as i64);
             self.metrics.processing.set(counts.get(TaskStatus::Processing) as i64);
         }
-        self.metrics.healthy_workers.set(self.fleet.snapshot().healthy_workers as i64);
+        let healthy = self.workers().await.iter().filter(|w| w.healthy).count();
+        self.metrics.healthy_workers.set(healthy as i64);
     }
 }

@@ -71,14 +71,15 @@ fn now_rfc3339() -> String {
               (status = 503, description = "`{status: unhealthy, ...}`: database down or no healthy worker")))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let db_ok = state.db_ping().await;
-    let fleet = state.fleet.snapshot();
-    let healthy = db_ok && fleet.healthy_workers > 0;
+    let workers = state.workers().await;
+    let healthy_workers = workers.iter().filter(|w| w.healthy).count();
+    let healthy = db_ok && healthy_workers > 0;
     let body = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "backend_status": {
             "database": if db_ok { "connected" } else { "unreachable" },
-            "healthy_servers": fleet.healthy_workers,
-            "total_servers": fleet.workers.len(),
+            "healthy_servers": healthy_workers,
+            "total_servers": workers.len(),
             "queue_depth": state.metrics.queue_depth.get(),
         },
         "timestamp": now_rfc3339(),
@@ -97,14 +98,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode()).into_response()
 }
 
-fn servers_summary(state: &AppState) -> Value {
-    let f = state.fleet.snapshot();
+async fn servers_summary(state: &AppState) -> Value {
+    let workers = state.workers().await;
+    let healthy = workers.iter().filter(|w| w.healthy).count();
     json!({
-        "total_servers": f.workers.len(),
-        "healthy_servers": f.healthy_workers,
-        "unhealthy_servers": f.workers.len() - f.healthy_workers.min(f.workers.len()),
-        "capacity": f.capacity,
-        "in_flight": f.in_flight,
+        "total_servers": workers.len(),
+        "healthy_servers": healthy,
+        "unhealthy_servers": workers.len() - healthy,
+        "capacity": workers.iter().map(|w| w.capacity).sum::<u32>(),
+        "in_flight": workers.iter().map(|w| w.in_flight).sum::<u32>(),
     })
 }
 
@@ -116,9 +118,9 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "description": "喵喵美颜 photo enhancement: face restoration and super-resolution",
         "endpoints": ENDPOINTS,
-        "backend_servers": servers_summary(&state),
+        "backend_servers": servers_summary(&state).await,
         "config_info": {
-            "backend": "standalone",
+            "backend": match state.config.backend { crate::config::Backend::Standalone => "standalone", crate::config::Backend::Kubernetes => "kubernetes" },
             "max_file_size": c.max_upload_bytes,
             "timeout": c.task_deadline_seconds,
             "supported_formats": ["jpeg", "png", "webp", "avif"],
@@ -138,14 +140,20 @@ pub async fn config(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "max_file_size": state.config.max_upload_bytes,
         "endpoints": ENDPOINTS,
         "multi_backend": { "enabled": routing.multi_backend, "fallback_to_default": routing.fallback_to_default },
-        "backend_servers": servers_summary(&state),
+        "pool": routing.pool,
+        "backend_servers": servers_summary(&state).await,
     })))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BackendRequest {
-    /// New default backend: the URL of an inference worker, e.g. `http://10.0.0.5:8000`.
-    pub backend_url: String,
+    /// Standalone mode: the URL of an inference worker, e.g. `http://10.0.0.5:8000`.
+    /// Kubernetes mode: the name of the GpuPool new tasks go to (or send `pool`).
+    #[serde(default)]
+    pub backend_url: Option<String>,
+    /// Kubernetes mode: the GpuPool new tasks go to.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/config/backend", tag = "system", request_body = BackendRequest,
@@ -159,7 +167,17 @@ pub async fn set_backend(
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers)?;
     let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::ValidationError, format!("invalid JSON body: {}", e.body_text())))?;
-    let url = url::Url::parse(body.backend_url.trim()).map_err(|e| ApiError::field("backend_url", e.to_string()))?;
+    if state.tasks.kubernetes().is_some() {
+        let Some(pool) = body.pool.or(body.backend_url) else {
+            return Err(ApiError::field("pool", "name the GpuPool new tasks go to"));
+        };
+        let pool = state.set_pool(pool.trim()).await?;
+        return Ok(Json(json!({ "message": "new tasks go to this GpuPool", "new_backend_url": pool, "pool": pool, "timestamp": now_rfc3339() })));
+    }
+    let Some(raw) = body.backend_url else {
+        return Err(ApiError::field("backend_url", "required: the URL of an inference worker"));
+    };
+    let url = url::Url::parse(raw.trim()).map_err(|e| ApiError::field("backend_url", e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ApiError::field("backend_url", "must be an http:// or https:// URL with a host"));
     }
@@ -200,7 +218,7 @@ pub async fn set_multi_backend(
             "enabled": { "before": before.multi_backend, "after": after.multi_backend },
             "fallback_to_default": { "before": before.fallback_to_default, "after": after.fallback_to_default },
         },
-        "config": { "enabled": after.multi_backend, "fallback_to_default": after.fallback_to_default, "backend_servers": servers_summary(&state) },
+        "config": { "enabled": after.multi_backend, "fallback_to_default": after.fallback_to_default, "backend_servers": servers_summary(&state).await },
         "timestamp": now_rfc3339(),
     })))
 }

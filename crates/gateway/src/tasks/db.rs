@@ -152,6 +152,20 @@ pub enum Guard<'a> {
     Job(&'a str),
 }
 
+/// A task's state as another system reports it (see [`Db::mirror_task`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mirror<'a> {
+    pub id: &'a str,
+    pub status: TaskStatus,
+    pub progress: f64,
+    pub worker: Option<&'a str>,
+    pub job_id: Option<&'a str>,
+    pub attempts: u32,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub result: Option<&'a JobResult>,
+}
+
 /// Tasks per status, from one `GROUP BY`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
@@ -632,6 +646,39 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// Records the state another system decided (Kubernetes mode: the operator drives tasks
+    /// and the gateway keeps their history). A finished row is never changed again, so a
+    /// late or replayed watch event cannot undo an outcome.
+    pub async fn mirror_task(&self, m: &Mirror<'_>) -> Result<bool, DbError> {
+        let result = match m.result {
+            Some(r) => Some(serde_json::to_string(r).map_err(|e| DbError::Invalid(format!("result: {e}")))?),
+            None => None,
+        };
+        let now = now_ms();
+        let finished = m.status.is_finished().then_some(now);
+        let done = sqlx::query(
+            "UPDATE tasks SET status = $2, progress = $3, worker = $4, job_id = $5, attempts = $6, \
+             error_code = $7, error_message = $8, result = $9, \
+             started_at = CASE WHEN $2 = 'processing' THEN COALESCE(started_at, $10) ELSE started_at END, \
+             finished_at = COALESCE($11, finished_at), updated_at = $10 \
+             WHERE id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')",
+        )
+        .bind(m.id)
+        .bind(m.status.as_str())
+        .bind(m.progress)
+        .bind(m.worker)
+        .bind(m.job_id)
+        .bind(i64::from(m.attempts))
+        .bind(m.error_code)
+        .bind(m.error_message)
+        .bind(result.as_deref())
+        .bind(now)
+        .bind(finished)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Deletes one task if it is finished.

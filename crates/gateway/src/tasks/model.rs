@@ -284,6 +284,8 @@ pub mod settings {
     pub const MULTI_BACKEND_ENABLED: &str = "multi_backend_enabled";
     /// `"true"`/`"false"`: fall back to the default backend when no registered server is up.
     pub const FALLBACK_TO_DEFAULT: &str = "fallback_to_default";
+    /// Kubernetes mode: the GpuPool new tasks go to (`POST /api/v1/config/backend`).
+    pub const POOL: &str = "pool";
 }
 
 #[cfg(test)]

@@ -1,0 +1,467 @@
+//! The Kubernetes backend (`--backend kubernetes`): an upload becomes an `EnhanceTask` custom
+//! resource that the operator drives; the gateway only watches.
+//!
+//! - Status polls are served from the progress hub, fed by a watch on the namespace's
+//!   EnhanceTasks (phases) and by the operator's progress stream (fine-grained progress, which
+//!   is deliberately not written to etcd). No API call per poll.
+//! - The task history stays in the gateway's database: the row is written at upload and the
+//!   outcome mirrored when the CR finishes, so finished CRs can be deleted quickly (TTL)
+//!   while `/status` and `/download` keep working.
+//! - `/webhook/register|unregister` edit `spec.external` of the default GpuPool.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use purrify_api::{
+    DEFAULT_POOL, EnhanceTask, EnhanceTaskSpec, ExternalEndpoint, GpuPool, GpuPoolSpec, GpuPoolStatus, OutputFormat,
+    QualityLevel, TaskInput, TaskOutput, TaskParams, TaskPhase,
+};
+use purrify_inference::protocol::{FaceRestoration, JobResult};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::tasks::db::{Db, DbError, Mirror};
+use crate::tasks::hub::{ProgressHub, TaskView};
+use crate::tasks::model::{NewTask, TaskFailure, TaskStatus, now_ms};
+
+/// The gateway's field manager for server-side apply on GpuPools.
+pub const FIELD_MANAGER: &str = "purrify-gateway";
+const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+const LABEL_POOL: &str = "purrify.io/pool";
+/// Annotation the operator reads to cancel a task (the spec is immutable).
+pub const CANCEL_ANNOTATION: &str = "purrify.io/cancel";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone)]
+pub struct KubeBackend {
+    client: kube::Client,
+    namespace: String,
+    tasks: Api<EnhanceTask>,
+    pools: Api<GpuPool>,
+    db: Db,
+    hub: ProgressHub,
+    operator_url: Option<String>,
+}
+
+/// Seed status of a CR phase.
+pub fn status_of(phase: TaskPhase) -> TaskStatus {
+    match phase {
+        TaskPhase::Queued => TaskStatus::Queued,
+        TaskPhase::Running => TaskStatus::Processing,
+        TaskPhase::Succeeded => TaskStatus::Completed,
+        TaskPhase::Failed => TaskStatus::Failed,
+        TaskPhase::Cancelled => TaskStatus::Cancelled,
+    }
+}
+
+/// The gateway's bounded task error codes for the operator's reasons.
+pub fn code_of(reason: &str) -> &'static str {
+    match reason {
+        "BadInput" => "BAD_INPUT",
+        "TooLarge" => "IMAGE_TOO_LARGE",
+        "InvalidParams" => "INVALID_PARAMS",
+        "StorageError" => "STORAGE_ERROR",
+        "InferenceFailed" => "PROCESSING_FAILED",
+        "WorkerUnavailable" => "WORKER_UNAVAILABLE",
+        "DeadlineExceeded" => "PROCESSING_TIMEOUT",
+        "Cancelled" => "CANCELLED",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+/// What clients see of a task CR.
+pub fn view_of(task: &EnhanceTask) -> Option<TaskView> {
+    let id = task.metadata.name.clone()?;
+    let st = task.status.clone().unwrap_or_default();
+    let status = status_of(st.phase);
+    let result = st.result.as_ref().map(|r| JobResult {
+        output_uri: r.uri.clone(),
+        content_type: "image/jpeg".into(),
+        width: r.width,
+        height: r.height,
+        bytes: r.bytes,
+        faces: r.faces,
+        // The CR records the face count only; zero faces covers "none found" and "not
+        // configured" alike.
+        face_restoration: if r.faces > 0 { FaceRestoration::Applied } else { FaceRestoration::NoFaces },
+        model: String::new(),
+        elapsed_ms: 0,
+    });
+    let error = match (status, st.error.as_ref()) {
+        (TaskStatus::Failed | TaskStatus::Cancelled, Some(e)) => {
+            Some(TaskFailure { code: code_of(&e.reason).to_string(), message: e.message.clone() })
+        }
+        _ => None,
+    };
+    Some(TaskView {
+        task_id: id,
+        status,
+        progress: if status == TaskStatus::Completed { 1.0 } else { st.progress },
+        stage: None,
+        error,
+        result,
+        user_id: task.spec.owner.as_ref().map(|o| o.user_id.clone()),
+        updated_at: now_ms(),
+    })
+}
+
+fn quality(q: purrify_inference::protocol::QualityLevel) -> QualityLevel {
+    match q {
+        purrify_inference::protocol::QualityLevel::High => QualityLevel::High,
+        purrify_inference::protocol::QualityLevel::Medium => QualityLevel::Medium,
+        purrify_inference::protocol::QualityLevel::Fast => QualityLevel::Fast,
+    }
+}
+
+fn format(f: purrify_inference::protocol::OutputFormat) -> OutputFormat {
+    match f {
+        purrify_inference::protocol::OutputFormat::Jpeg => OutputFormat::Jpeg,
+        purrify_inference::protocol::OutputFormat::Png => OutputFormat::Png,
+        purrify_inference::protocol::OutputFormat::Webp => OutputFormat::Webp,
+    }
+}
+
+/// The EnhanceTask for an accepted upload (pure).
+pub fn task_resource(task: &NewTask, pool: &str, deadline_seconds: u32) -> EnhanceTask {
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_MANAGED_BY.to_string(), "purrify-gateway".to_string());
+    labels.insert(LABEL_POOL.to_string(), pool.to_string());
+    let mut annotations = BTreeMap::new();
+    if let Some(rid) = &task.request_id {
+        annotations.insert("purrify.io/request-id".to_string(), rid.clone());
+    }
+    EnhanceTask {
+        metadata: ObjectMeta {
+            name: Some(task.id.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: EnhanceTaskSpec {
+            pool: pool.to_string(),
+            input: TaskInput {
+                uri: task.input_uri.clone(),
+                content_type: Some(task.content_type.clone()),
+                bytes: Some(task.input_bytes),
+            },
+            output: TaskOutput { uri: task.output_uri.clone() },
+            params: TaskParams {
+                tile_size: task.params.tile_size,
+                quality_level: quality(task.params.quality_level),
+                scale: task.params.scale,
+                face_enhance: task.params.face_enhance,
+                output_format: format(task.params.output_format),
+            },
+            priority: task.priority,
+            deadline_seconds,
+            // The gateway keeps the history; the CR can go soon after it finished.
+            ttl_seconds_after_finished: Some(300),
+            owner: task.user_id.clone().map(|user_id| purrify_api::TaskOwner { user_id }),
+        },
+        status: None,
+    }
+}
+
+/// `spec.external` with `url` added (or renamed), or `None` when nothing changes (pure).
+pub fn with_external(external: &[ExternalEndpoint], url: &str, name: &str) -> Option<Vec<ExternalEndpoint>> {
+    let norm = |u: &str| u.trim_end_matches('/').to_string();
+    let mut out = external.to_vec();
+    match out.iter_mut().find(|e| norm(&e.url) == norm(url)) {
+        Some(e) if e.name.as_deref() == Some(name) => return None,
+        Some(e) => e.name = Some(name.to_string()),
+        None => out.push(ExternalEndpoint { url: url.to_string(), name: Some(name.to_string()) }),
+    }
+    Some(out)
+}
+
+/// `spec.external` without `url`, or `None` when it was not there (pure).
+pub fn without_external(external: &[ExternalEndpoint], url: &str) -> Option<Vec<ExternalEndpoint>> {
+    let norm = |u: &str| u.trim_end_matches('/').to_string();
+    let out: Vec<_> = external.iter().filter(|e| norm(&e.url) != norm(url)).cloned().collect();
+    (out.len() != external.len()).then_some(out)
+}
+
+impl KubeBackend {
+    /// Connects with KUBECONFIG (or the in-cluster service account).
+    pub async fn connect(namespace: &str, db: Db, hub: ProgressHub, operator_url: Option<String>) -> anyhow::Result<Self> {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}"))?;
+        let tasks: Api<EnhanceTask> = Api::namespaced(client.clone(), namespace);
+        // Fail at start, not at the first upload, when the CRDs are missing or RBAC denies.
+        tasks
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list EnhanceTasks in namespace {namespace} (CRDs applied? RBAC?): {e}"))?;
+        Ok(Self {
+            pools: Api::namespaced(client.clone(), namespace),
+            tasks,
+            client,
+            namespace: namespace.to_string(),
+            db,
+            hub,
+            operator_url,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Starts the watch mirror and the progress follower.
+    pub fn spawn(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        let this = self.clone();
+        let mut stop1 = stop.clone();
+        handles.push(tokio::spawn(async move {
+            tokio::select! {
+                () = this.mirror_loop() => {}
+                _ = stop1.changed() => {}
+            }
+        }));
+        if let Some(url) = self.operator_url.clone() {
+            let this = self.clone();
+            handles.push(tokio::spawn(async move {
+                tokio::select! {
+                    () = this.progress_loop(url) => {}
+                    _ = stop.changed() => {}
+                }
+            }));
+        }
+        handles
+    }
+
+    /// Watches the namespace's EnhanceTasks: every change goes to the hub; finished ones into
+    /// the history database.
+    async fn mirror_loop(&self) {
+        let stream = watcher::watcher(self.tasks.clone(), watcher::Config::default()).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(Event::Apply(t) | Event::InitApply(t))) => self.mirror(&t).await,
+                Ok(Some(Event::Delete(t))) => debug!(task = t.metadata.name.as_deref().unwrap_or("-"), "task CR deleted"),
+                Ok(Some(Event::Init | Event::InitDone)) => {}
+                Ok(None) => break,
+                Err(e) => warn!(error = %e, "EnhanceTask watch error; retrying"),
+            }
+        }
+    }
+
+    async fn mirror(&self, t: &EnhanceTask) {
+        let Some(view) = view_of(t) else { return };
+        let st = t.status.clone().unwrap_or_default();
+        if view.status != TaskStatus::Queued {
+            let m = Mirror {
+                id: &view.task_id,
+                status: view.status,
+                progress: f64::from(view.progress),
+                worker: st.worker.as_deref(),
+                job_id: st.job_id.as_deref(),
+                attempts: st.attempts,
+                error_code: view.error.as_ref().map(|e| e.code.as_str()),
+                error_message: view.error.as_ref().map(|e| e.message.as_str()),
+                result: view.result.as_ref(),
+            };
+            if let Err(e) = self.db.mirror_task(&m).await {
+                warn!(task = %view.task_id, error = %e, "cannot record task state");
+            }
+        }
+        self.hub.publish(view);
+    }
+
+    /// Follows the operator's progress stream (SSE of `{namespace, name, phase, progress}`),
+    /// reconnecting with a pause; progress between CR writes comes only from here.
+    async fn progress_loop(&self, base: String) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/progress", base.trim_end_matches('/'));
+        loop {
+            match http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let mut parser = purrify_inference::client::SseParser::new();
+                    let mut body = resp.bytes_stream();
+                    while let Some(Ok(chunk)) = body.next().await {
+                        let Ok(events) = parser.feed(&chunk) else { break };
+                        for ev in events {
+                            self.progress_event(&ev.data);
+                        }
+                    }
+                }
+                Ok(resp) => debug!(status = %resp.status(), "operator progress stream refused"),
+                Err(e) => debug!(error = %e, "operator progress stream unreachable"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    fn progress_event(&self, data: &str) {
+        #[derive(serde::Deserialize)]
+        struct Update {
+            namespace: String,
+            name: String,
+            progress: f32,
+        }
+        let Ok(u) = serde_json::from_str::<Update>(data) else { return };
+        if u.namespace != self.namespace {
+            return;
+        }
+        if let Some(current) = self.hub.get(&u.name)
+            && current.status == TaskStatus::Processing
+            && (u.progress - current.progress).abs() > f32::EPSILON
+        {
+            let mut v = (*current).clone();
+            v.progress = u.progress.clamp(0.0, 1.0);
+            v.updated_at = now_ms();
+            self.hub.publish(v);
+        }
+    }
+
+    /// Persists the task (database row, then the CR) before the caller answers 2xx.
+    pub async fn create(&self, task: &NewTask, pool: &str, deadline: Duration) -> Result<(), KubeError> {
+        let row = self.db.insert_task(task, deadline).await?;
+        let cr = task_resource(task, pool, u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX).max(1));
+        if let Err(e) = self.tasks.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &cr).await {
+            // Nothing half-written: without its CR the row would stay queued forever.
+            let _ = self.db.mirror_task(&Mirror {
+                id: &task.id,
+                status: TaskStatus::Failed,
+                progress: 0.0,
+                worker: None,
+                job_id: None,
+                attempts: 0,
+                error_code: Some("INTERNAL_ERROR"),
+                error_message: Some("the task could not be handed to the cluster"),
+                result: None,
+            })
+            .await;
+            return Err(e.into());
+        }
+        self.hub.publish(TaskView::from_task(&row));
+        info!(task_id = %task.id, pool, "EnhanceTask created");
+        Ok(())
+    }
+
+    /// Asks the operator to cancel (annotation; the spec is immutable).
+    pub async fn cancel(&self, id: &str) -> Result<(), KubeError> {
+        let patch = serde_json::json!({"metadata": {"annotations": {CANCEL_ANNOTATION: "true"}}});
+        self.tasks.patch(id, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<Option<GpuPool>, KubeError> {
+        Ok(self.pools.get_opt(name).await?)
+    }
+
+    pub async fn pool_status(&self, name: &str) -> Option<GpuPoolStatus> {
+        self.pool(name).await.ok().flatten().and_then(|p| p.status)
+    }
+
+    /// Adds (or renames) an external endpoint of `pool`, creating an external-only pool when
+    /// there is none. Optimistic concurrency: re-read and retry on conflict. Returns whether
+    /// anything changed.
+    pub async fn add_external(&self, pool: &str, url: &str, name: &str) -> Result<bool, KubeError> {
+        for _ in 0..5 {
+            match self.pools.get_opt(pool).await? {
+                None => {
+                    let p = GpuPool {
+                        metadata: ObjectMeta { name: Some(pool.into()), ..Default::default() },
+                        spec: GpuPoolSpec {
+                            external: vec![ExternalEndpoint { url: url.into(), name: Some(name.into()) }],
+                            ..GpuPoolSpec::default()
+                        },
+                        status: None,
+                    };
+                    match self.pools.create(&PostParams::default(), &p).await {
+                        Ok(_) => return Ok(true),
+                        Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(mut p) => {
+                    let Some(external) = with_external(&p.spec.external, url, name) else { return Ok(false) };
+                    p.spec.external = external;
+                    match self.pools.replace(pool, &PostParams::default(), &p).await {
+                        Ok(_) => return Ok(true),
+                        Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(KubeError::Invalid(format!("GpuPool {pool} kept changing; try again")))
+    }
+
+    /// Removes an external endpoint of `pool`; whether it was there.
+    pub async fn remove_external(&self, pool: &str, url: &str) -> Result<bool, KubeError> {
+        for _ in 0..5 {
+            let Some(mut p) = self.pools.get_opt(pool).await? else { return Ok(false) };
+            let Some(external) = without_external(&p.spec.external, url) else { return Ok(false) };
+            p.spec.external = external;
+            match self.pools.replace(pool, &PostParams::default(), &p).await {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KubeError::Invalid(format!("GpuPool {pool} kept changing; try again")))
+    }
+}
+
+/// The pool uploads go to when none was chosen.
+pub fn default_pool() -> &'static str {
+    DEFAULT_POOL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use purrify_inference::protocol::EnhanceParams;
+
+    #[test]
+    fn phases_map_to_the_seed_words() {
+        assert_eq!(status_of(TaskPhase::Running).as_str(), "processing");
+        assert_eq!(status_of(TaskPhase::Succeeded).as_str(), "completed");
+        assert_eq!(code_of("DeadlineExceeded"), "PROCESSING_TIMEOUT");
+        assert_eq!(code_of("something new"), "INTERNAL_ERROR");
+    }
+
+    #[test]
+    fn uploads_become_task_resources() {
+        let mut t = NewTask::new("abc123", "file:///s/in.jpg", "file:///s/out.jpg", EnhanceParams::default());
+        t.user_id = Some("10.0.0.9".into());
+        t.request_id = Some("req-1".into());
+        let cr = task_resource(&t, "gpu-a", 300);
+        assert_eq!(cr.metadata.name.as_deref(), Some("abc123"));
+        assert_eq!(cr.spec.pool, "gpu-a");
+        assert_eq!(cr.spec.params.tile_size, 400);
+        assert_eq!(cr.spec.owner.unwrap().user_id, "10.0.0.9");
+        assert_eq!(cr.metadata.labels.unwrap()[LABEL_POOL], "gpu-a");
+        assert_eq!(cr.metadata.annotations.unwrap()["purrify.io/request-id"], "req-1");
+    }
+
+    #[test]
+    fn external_endpoints_are_added_once_and_removed() {
+        let e = with_external(&[], "http://203.0.113.7:8000", "gpu-1").unwrap();
+        assert_eq!(e.len(), 1);
+        assert!(with_external(&e, "http://203.0.113.7:8000/", "gpu-1").is_none(), "idempotent");
+        assert_eq!(with_external(&e, "http://203.0.113.7:8000", "gpu-9").unwrap()[0].name.as_deref(), Some("gpu-9"));
+        assert!(without_external(&e, "http://203.0.113.8:8000").is_none());
+        assert!(without_external(&e, "http://203.0.113.7:8000").unwrap().is_empty());
+    }
+}
