@@ -52,7 +52,7 @@ check-features:
 
 test-rust:
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
-	  $(CARGO) test $(CARGO_FLAGS) --workspace
+	  $(CARGO) test $(CARGO_FLAGS) --workspace --no-fail-fast
 
 ## bench: engine (Rust vs the Python reference) and gateway (vs FastAPI+uvicorn) benchmarks,
 ## release builds, printed side by side.
