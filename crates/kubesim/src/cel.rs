@@ -194,8 +194,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
     let mut out = Vec::new();
     let mut i = 0;
     const PUNCTS: [&str; 23] = [
-        "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", "?", ":",
-        "!", "-", "+", "*", "/", "%", "<",
+        "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", "?", ":", "!",
+        "-", "+", "*", "/", "%", "<",
     ];
     while i < chars.len() {
         let c = chars[i];
@@ -239,7 +239,9 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             }
             let s: String = chars[start..i].iter().collect();
             if is_double {
-                out.push(Tok::Double(s.parse().map_err(|_| format!("bad number {s}"))?));
+                out.push(Tok::Double(
+                    s.parse().map_err(|_| format!("bad number {s}"))?,
+                ));
             } else if i < chars.len() && (chars[i] == 'u' || chars[i] == 'U') {
                 i += 1;
                 out.push(Tok::UInt(s.parse().map_err(|_| format!("bad number {s}"))?));
@@ -264,7 +266,10 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     return Err("unterminated string literal".into());
                 }
                 if triple {
-                    if i + 2 < chars.len() && chars[i] == q && chars[i + 1] == q && chars[i + 2] == q
+                    if i + 2 < chars.len()
+                        && chars[i] == q
+                        && chars[i + 1] == q
+                        && chars[i + 2] == q
                     {
                         i += 3;
                         break;
@@ -579,7 +584,11 @@ fn make_method(target: Expr, name: String, args: Vec<Expr>) -> Result<Expr, Stri
         let mut args = args.into_iter();
         let var = match args.next() {
             Some(Expr::Ident(v)) => v,
-            _ => return Err(format!("{name}() needs a variable name as its first argument")),
+            _ => {
+                return Err(format!(
+                    "{name}() needs a variable name as its first argument"
+                ));
+            }
         };
         let body = args
             .next()
@@ -704,7 +713,10 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
         Expr::Ident(n) => env.lookup(n),
         Expr::Select(t, f) => match eval(t, env)? {
             CVal::Map(m) => m.get(f).cloned().ok_or_else(|| format!("no such key: {f}")),
-            other => Err(format!("cannot select field '{f}' from {}", other.type_name())),
+            other => Err(format!(
+                "cannot select field '{f}' from {}",
+                other.type_name()
+            )),
         },
         Expr::Has(t, f) => match eval(t, env)? {
             CVal::Map(m) => Ok(CVal::Bool(m.contains_key(f))),
@@ -726,10 +738,15 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
                     }
                     Ok(l[n as usize].clone())
                 }
-                (CVal::Map(m), CVal::Str(k)) => {
-                    m.get(&k).cloned().ok_or_else(|| format!("no such key: {k}"))
-                }
-                (t, i) => Err(format!("cannot index {} with {}", t.type_name(), i.type_name())),
+                (CVal::Map(m), CVal::Str(k)) => m
+                    .get(&k)
+                    .cloned()
+                    .ok_or_else(|| format!("no such key: {k}")),
+                (t, i) => Err(format!(
+                    "cannot index {} with {}",
+                    t.type_name(),
+                    i.type_name()
+                )),
             }
         }
         Expr::Not(x) => Ok(CVal::Bool(!as_bool(eval(x, env)?)?)),
@@ -883,8 +900,7 @@ fn values_equal(a: &CVal, b: &CVal) -> bool {
         }
         (CVal::Map(x), CVal::Map(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
         }
         _ => match (a.as_f64(), b.as_f64()) {
@@ -931,9 +947,7 @@ fn binary(op: BinOp, l: CVal, r: CVal) -> Result<CVal, String> {
         },
         BinOp::Add => match (l, r) {
             (CVal::Int(a), CVal::Int(b)) => CVal::Int(a.checked_add(b).ok_or("int overflow")?),
-            (CVal::UInt(a), CVal::UInt(b)) => {
-                CVal::UInt(a.checked_add(b).ok_or("uint overflow")?)
-            }
+            (CVal::UInt(a), CVal::UInt(b)) => CVal::UInt(a.checked_add(b).ok_or("uint overflow")?),
             (CVal::Str(a), CVal::Str(b)) => CVal::Str(a + &b),
             (CVal::List(mut a), CVal::List(b)) => {
                 a.extend(b);
@@ -943,16 +957,12 @@ fn binary(op: BinOp, l: CVal, r: CVal) -> Result<CVal, String> {
         },
         BinOp::Sub => match (l, r) {
             (CVal::Int(a), CVal::Int(b)) => CVal::Int(a.checked_sub(b).ok_or("int overflow")?),
-            (CVal::UInt(a), CVal::UInt(b)) => {
-                CVal::UInt(a.checked_sub(b).ok_or("uint overflow")?)
-            }
+            (CVal::UInt(a), CVal::UInt(b)) => CVal::UInt(a.checked_sub(b).ok_or("uint overflow")?),
             (a, b) => CVal::Double(num(&a)? - num(&b)?),
         },
         BinOp::Mul => match (l, r) {
             (CVal::Int(a), CVal::Int(b)) => CVal::Int(a.checked_mul(b).ok_or("int overflow")?),
-            (CVal::UInt(a), CVal::UInt(b)) => {
-                CVal::UInt(a.checked_mul(b).ok_or("uint overflow")?)
-            }
+            (CVal::UInt(a), CVal::UInt(b)) => CVal::UInt(a.checked_mul(b).ok_or("uint overflow")?),
             (a, b) => CVal::Double(num(&a)? * num(&b)?),
         },
         BinOp::Div => match (l, r) {
@@ -1023,11 +1033,17 @@ fn call(target: Option<CVal>, name: &str, args: Vec<CVal>) -> Result<CVal, Strin
             CVal::Int(i) => u64::try_from(i).map(CVal::UInt).map_err(|e| e.to_string()),
             CVal::UInt(u) => Ok(CVal::UInt(u)),
             CVal::Double(d) if d >= 0.0 => Ok(CVal::UInt(d.trunc() as u64)),
-            CVal::Str(s) => s.parse().map(CVal::UInt).map_err(|_| format!("uint({s:?})")),
+            CVal::Str(s) => s
+                .parse()
+                .map(CVal::UInt)
+                .map_err(|_| format!("uint({s:?})")),
             other => Err(format!("uint() of {}", other.type_name())),
         },
         "double" => match recv {
-            CVal::Str(s) => s.parse().map(CVal::Double).map_err(|_| format!("double({s:?})")),
+            CVal::Str(s) => s
+                .parse()
+                .map(CVal::Double)
+                .map_err(|_| format!("double({s:?})")),
             other => Ok(CVal::Double(num(&other)?)),
         },
         "string" => Ok(CVal::Str(recv.display())),
@@ -1141,8 +1157,14 @@ mod tests {
     fn functions_and_macros() {
         let v = json!({"name": "gpu-a", "items": [1, 2, 3], "tags": {"x": "y"}});
         for (rule, want) in [
-            ("self.name.startsWith('gpu-') && size(self.items) == 3", true),
-            ("self.items.all(i, i > 0) && self.items.exists(i, i == 2)", true),
+            (
+                "self.name.startsWith('gpu-') && size(self.items) == 3",
+                true,
+            ),
+            (
+                "self.items.all(i, i > 0) && self.items.exists(i, i == 2)",
+                true,
+            ),
             ("self.items.exists_one(i, i > 2)", true),
             ("self.items.map(i, i * 2) == [2, 4, 6]", true),
             ("self.items.filter(i, i % 2 == 1).size() == 2", true),

@@ -27,7 +27,8 @@ fn required(field: &str) -> Cause {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -35,9 +36,17 @@ fn is_dns_label(s: &str) -> bool {
 /// Compiles a CRD into one `ResourceInfo` per served version, or the causes of a 422.
 pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Vec<Cause>> {
     let mut errs = Vec::new();
-    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = crd
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
-    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |p: &str| {
+        spec.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let group = s("/group");
     let plural = s("/names/plural");
     let kind = s("/names/kind");
@@ -53,7 +62,10 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
     if group.is_empty() {
         errs.push(required("spec.group"));
     } else if !group.contains('.') {
-        errs.push(invalid("spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
+        errs.push(invalid(
+            "spec.group",
+            format!("Invalid value: {group:?}: should be a domain with at least one dot"),
+        ));
     }
     if plural.is_empty() {
         errs.push(required("spec.names.plural"));
@@ -82,28 +94,47 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
         other => {
             errs.push(Cause {
                 reason: "FieldValueNotSupported".into(),
-                message: format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""),
+                message: format!(
+                    "Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""
+                ),
                 field: "spec.scope".into(),
             });
             true
         }
     };
-    if let Some(old_scope) = old.and_then(|o| o.pointer("/spec/scope")).and_then(Value::as_str)
+    if let Some(old_scope) = old
+        .and_then(|o| o.pointer("/spec/scope"))
+        .and_then(Value::as_str)
         && old_scope != scope
     {
-        errs.push(invalid("spec.scope", format!("Invalid value: {scope:?}: field is immutable")));
+        errs.push(invalid(
+            "spec.scope",
+            format!("Invalid value: {scope:?}: field is immutable"),
+        ));
     }
     let short_names: Vec<String> = spec
         .pointer("/names/shortNames")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let categories: Vec<String> = spec
         .pointer("/names/categories")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if versions.is_empty() {
         errs.push(required("spec.versions"));
     }
@@ -119,7 +150,11 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
     }
     let mut out = Vec::new();
     for (i, v) in versions.iter().enumerate() {
-        let vname = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let vname = v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if vname.is_empty() {
             errs.push(required(&format!("spec.versions[{i}].name")));
             continue;
@@ -132,7 +167,10 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
             }
             Some(raw) => {
                 if raw.get("type").and_then(Value::as_str) != Some("object") {
-                    errs.push(invalid(&format!("{field}.type"), "Unsupported value: must be object at the root".into()));
+                    errs.push(invalid(
+                        &format!("{field}.type"),
+                        "Unsupported value: must be object at the root".into(),
+                    ));
                 }
                 match Schema::parse(raw, &field) {
                     Ok(s) => s,
@@ -182,7 +220,11 @@ pub fn status(crd: &Value, old_status: Option<&Value>, now: &str) -> Value {
     let mut stored: Vec<String> = old_status
         .and_then(|s| s.get("storedVersions"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(versions) = crd.pointer("/spec/versions").and_then(Value::as_array) {
         for v in versions {
@@ -199,7 +241,10 @@ pub fn status(crd: &Value, old_status: Option<&Value>, now: &str) -> Value {
         old_status
             .and_then(|s| s.get("conditions"))
             .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(t)))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.get("type").and_then(Value::as_str) == Some(t))
+            })
             .and_then(|c| c.get("lastTransitionTime"))
             .and_then(Value::as_str)
             .unwrap_or(now)

@@ -32,17 +32,23 @@ pub struct Cause {
     pub field: String,
 }
 
+/// `Status.details`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Details {
+    pub name: Option<String>,
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub causes: Vec<Cause>,
+}
+
 /// An error as the Kubernetes API reports it: an HTTP code plus a `Status` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    /// `details.name`, `details.group`, `details.kind`.
-    pub name: Option<String>,
-    pub group: Option<String>,
-    pub kind: Option<String>,
-    pub causes: Vec<Cause>,
+    /// Boxed: errors travel through every `Result` of the request path.
+    pub details: Box<Details>,
 }
 
 /// The "resource" part of messages like `deployments.apps "web" not found`.
@@ -68,19 +74,16 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: Vec::new(),
+            details: Box::default(),
         }
     }
 
     fn with_target(mut self, q: &Qualified<'_>, name: &str) -> Self {
-        self.name = Some(name.to_string());
+        self.details.name = Some(name.to_string());
         if !q.group.is_empty() {
-            self.group = Some(q.group.to_string());
+            self.details.group = Some(q.group.to_string());
         }
-        self.kind = Some(q.plural.to_string());
+        self.details.kind = Some(q.plural.to_string());
         self
     }
 
@@ -94,11 +97,20 @@ impl ApiError {
 
     /// 404 for a path the server has no handler for.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     pub fn already_exists(q: &Qualified<'_>, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{q} \"{name}\" already exists")).with_target(q, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{q} \"{name}\" already exists"),
+        )
+        .with_target(q, name)
     }
 
     pub fn conflict(q: &Qualified<'_>, name: &str, why: &str) -> Self {
@@ -145,12 +157,12 @@ impl ApiError {
             "Invalid",
             format!("{qualified_kind} \"{name}\" is invalid: {body}"),
         );
-        e.name = Some(name.to_string());
+        e.details.name = Some(name.to_string());
         if !group.is_empty() {
-            e.group = Some(group.to_string());
+            e.details.group = Some(group.to_string());
         }
-        e.kind = Some(kind.to_string());
-        e.causes = causes;
+        e.details.kind = Some(kind.to_string());
+        e.details.causes = causes;
         e
     }
 
@@ -168,7 +180,13 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(ct: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {ct:?}"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {ct:?}"
+            ),
+        )
     }
 
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
@@ -177,7 +195,7 @@ impl ApiError {
             "Timeout",
             format!("Too large resource version: {requested}, current: {current}"),
         );
-        e.causes.push(Cause {
+        e.details.causes.push(Cause {
             reason: "ResourceVersionTooLarge".into(),
             message: "Too large resource version".into(),
             field: String::new(),
@@ -185,7 +203,11 @@ impl ApiError {
         e
     }
 
-    pub fn apply_conflicts(q: &Qualified<'_>, name: &str, conflicts: Vec<(String, String)>) -> Self {
+    pub fn apply_conflicts(
+        q: &Qualified<'_>,
+        name: &str,
+        conflicts: Vec<(String, String)>,
+    ) -> Self {
         let message = if conflicts.len() == 1 {
             format!(
                 "Apply failed with 1 conflict: conflict with \"{}\": {}",
@@ -203,7 +225,7 @@ impl ApiError {
             )
         };
         let mut e = Self::new(409, "Conflict", message).with_target(q, name);
-        e.causes = conflicts
+        e.details.causes = conflicts
             .into_iter()
             .map(|(m, f)| Cause {
                 reason: "FieldManagerConflict".into(),
@@ -228,18 +250,19 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        let mut details = serde_json::Map::new();
-        if let Some(n) = &self.name {
-            details.insert("name".into(), json!(n));
+        let mut details_json = serde_json::Map::new();
+        if let Some(n) = &self.details.name {
+            details_json.insert("name".into(), json!(n));
         }
-        if let Some(g) = &self.group {
-            details.insert("group".into(), json!(g));
+        if let Some(g) = &self.details.group {
+            details_json.insert("group".into(), json!(g));
         }
-        if let Some(k) = &self.kind {
-            details.insert("kind".into(), json!(k));
+        if let Some(k) = &self.details.kind {
+            details_json.insert("kind".into(), json!(k));
         }
-        if !self.causes.is_empty() {
+        if !self.details.causes.is_empty() {
             let causes: Vec<Value> = self
+                .details
                 .causes
                 .iter()
                 .map(|c| {
@@ -252,10 +275,10 @@ impl ApiError {
                     Value::Object(m)
                 })
                 .collect();
-            details.insert("causes".into(), Value::Array(causes));
+            details_json.insert("causes".into(), Value::Array(causes));
         }
-        if !details.is_empty() {
-            status["details"] = Value::Object(details);
+        if !details_json.is_empty() {
+            status["details"] = Value::Object(details_json);
         }
         status
     }

@@ -36,7 +36,9 @@ pub type FieldSet = BTreeSet<Path>;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scope {
     /// The main resource; `status` excluded when the kind has a status subresource.
-    Main { exclude_status: bool },
+    Main {
+        exclude_status: bool,
+    },
     Status,
 }
 
@@ -132,7 +134,12 @@ pub fn scoped(v: &Value, scope: Scope) -> Value {
                 out.insert(k.clone(), val.clone());
             }
             (_, Scope::Status) => {}
-            ("status", Scope::Main { exclude_status: true }) => {}
+            (
+                "status",
+                Scope::Main {
+                    exclude_status: true,
+                },
+            ) => {}
             _ => {
                 out.insert(k.clone(), val.clone());
             }
@@ -223,7 +230,10 @@ fn get_mut<'a>(v: &'a mut Value, path: &[PE]) -> Option<&'a mut Value> {
     for pe in path {
         cur = match pe {
             PE::F(k) => cur.get_mut(k)?,
-            PE::K(kj) => cur.as_array_mut()?.iter_mut().find(|e| key_matches(e, kj))?,
+            PE::K(kj) => cur
+                .as_array_mut()?
+                .iter_mut()
+                .find(|e| key_matches(e, kj))?,
             PE::V(vj) => {
                 let want: Value = serde_json::from_str(vj).ok()?;
                 cur.as_array_mut()?.iter_mut().find(|e| **e == want)?
@@ -318,9 +328,7 @@ pub fn encode(set: &FieldSet) -> Value {
                 PE::K(k) => format!("k:{k}"),
                 PE::V(v) => format!("v:{v}"),
             };
-            let child = node
-                .entry(key)
-                .or_insert_with(|| Value::Object(Map::new()));
+            let child = node.entry(key).or_insert_with(|| Value::Object(Map::new()));
             let child = child.as_object_mut().expect("trie nodes are objects");
             if i + 1 == path.len() {
                 // A leaf that also has children is marked by ".".
@@ -347,9 +355,17 @@ pub fn decode(v: &Value) -> FieldSet {
                 PE::F(x.to_string())
             } else if let Some(x) = k.strip_prefix("k:") {
                 // Re-canonicalise: other writers may order keys differently.
-                PE::K(serde_json::from_str::<Value>(x).map(|v| canonical(&v)).unwrap_or_else(|_| x.to_string()))
+                PE::K(
+                    serde_json::from_str::<Value>(x)
+                        .map(|v| canonical(&v))
+                        .unwrap_or_else(|_| x.to_string()),
+                )
             } else if let Some(x) = k.strip_prefix("v:") {
-                PE::V(serde_json::from_str::<Value>(x).map(|v| canonical(&v)).unwrap_or_else(|_| x.to_string()))
+                PE::V(
+                    serde_json::from_str::<Value>(x)
+                        .map(|v| canonical(&v))
+                        .unwrap_or_else(|_| x.to_string()),
+                )
             } else {
                 continue;
             };
@@ -376,7 +392,12 @@ pub fn read_entries(obj: &Value) -> Vec<Entry> {
         .map(|list| {
             list.iter()
                 .filter_map(|e| {
-                    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    let s = |k: &str| {
+                        e.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
                     let manager = s("manager");
                     if manager.is_empty() && e.get("fieldsV1").is_none() {
                         return None;
@@ -455,9 +476,9 @@ pub struct Writer<'a> {
 }
 
 fn find_entry<'e>(entries: &'e mut Vec<Entry>, w: &Writer<'_>, op: &str) -> &'e mut Entry {
-    let pos = entries
-        .iter()
-        .position(|e| e.manager == w.manager && e.operation == op && e.subresource == w.subresource);
+    let pos = entries.iter().position(|e| {
+        e.manager == w.manager && e.operation == op && e.subresource == w.subresource
+    });
     match pos {
         Some(i) => &mut entries[i],
         None => {
@@ -499,7 +520,9 @@ pub fn apply(
     schema.prune(&mut applied_scoped, true);
     let applied_set = field_set(&applied_scoped, schema);
 
-    let is_self = |e: &Entry| e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource;
+    let is_self = |e: &Entry| {
+        e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource
+    };
     let mut conflicts = Vec::new();
     let mut forced: Vec<(usize, Path)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -570,7 +593,13 @@ pub fn apply(
 }
 
 /// Records a non-apply write: the writer's Update entry gains every changed path.
-pub fn record_update(old: Option<&Value>, new: &mut Value, schema: &Schema, scope: Scope, w: &Writer<'_>) {
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    schema: &Schema,
+    scope: Scope,
+    w: &Writer<'_>,
+) {
     let empty = json!({});
     let old_v = old.unwrap_or(&empty);
     let mut entries = read_entries(old_v);
@@ -626,10 +655,17 @@ mod tests {
     }
 
     fn w(m: &'static str) -> Writer<'static> {
-        Writer { manager: m, subresource: "", api_version: "v1", now: "2024-01-01T00:00:00Z" }
+        Writer {
+            manager: m,
+            subresource: "",
+            api_version: "v1",
+            now: "2024-01-01T00:00:00Z",
+        }
     }
 
-    const MAIN: Scope = Scope::Main { exclude_status: true };
+    const MAIN: Scope = Scope::Main {
+        exclude_status: true,
+    };
 
     #[test]
     fn fields_v1_round_trip() {
@@ -637,7 +673,10 @@ mod tests {
             "spec": {"replicas": 1, "containers": [{"name": "c", "image": "i"}], "empty": {}}});
         let set = field_set(&scoped(&v, MAIN), &schema());
         let enc = encode(&set);
-        assert_eq!(enc["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["."], json!({}));
+        assert_eq!(
+            enc["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["."],
+            json!({})
+        );
         assert_eq!(enc["f:metadata"]["f:finalizers"]["v:\"x\""], json!({}));
         assert_eq!(decode(&enc), set);
     }
@@ -660,7 +699,10 @@ mod tests {
         let a4 = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "x"},
             "spec": {"containers": [{"name": "c", "image": "i"}]}});
         let after = apply(Some(&forced), &a4, &s, MAIN, false, &w("one")).unwrap();
-        assert_eq!(after["spec"]["containers"], json!([{"name": "c", "image": "i"}]));
+        assert_eq!(
+            after["spec"]["containers"],
+            json!([{"name": "c", "image": "i"}])
+        );
         assert_eq!(after["spec"]["replicas"], 2);
     }
 
@@ -674,9 +716,17 @@ mod tests {
         record_update(Some(&live), &mut edited, &s, MAIN, &w("editor"));
         let entries = read_entries(&edited);
         let editor = entries.iter().find(|e| e.manager == "editor").unwrap();
-        assert!(editor.set.contains(&vec![PE::F("spec".into()), PE::F("replicas".into())]));
+        assert!(
+            editor
+                .set
+                .contains(&vec![PE::F("spec".into()), PE::F("replicas".into())])
+        );
         let applier = entries.iter().find(|e| e.manager == "applier").unwrap();
-        assert!(!applier.set.contains(&vec![PE::F("spec".into()), PE::F("replicas".into())]));
+        assert!(
+            !applier
+                .set
+                .contains(&vec![PE::F("spec".into()), PE::F("replicas".into())])
+        );
         // Re-applying the old value now conflicts with the editor.
         assert!(apply(Some(&edited), &a1, &s, MAIN, false, &w("applier")).is_err());
     }

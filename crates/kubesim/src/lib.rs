@@ -31,11 +31,12 @@
 //!   pagination; create/update/patch (merge, JSON, strategic for built-ins, apply)/
 //!   delete/deletecollection; status subresource; generation; no-op writes; finalizers;
 //!   owner-reference GC (Background, Foreground, Orphan); `dryRun=All`;
-//!   metadata-only (`PartialObjectMetadata`) responses; `GET /metrics`.
+//!   metadata-only (`PartialObjectMetadata`) responses; JSON or YAML bodies;
+//!   `GET /metrics`.
 //!
 //! # Not implemented
 //! Authentication and authorization, admission webhooks, protobuf and Table output,
-//! YAML request bodies (JSON only; kube-rs and kubectl send JSON), CRD conversion
+//! `fieldValidation=Strict` (unknown fields are always pruned silently), CRD conversion
 //! webhooks (versions differ only in `apiVersion`, like the `None` strategy), the
 //! `scale` and other subresources, controllers (Deployments never get pods, pods
 //! never run), GC of dependents whose owner never existed, validation ratcheting,
@@ -209,7 +210,11 @@ pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> Result<(), Error> {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "purrify-kubesim", version, about = "In-memory Kubernetes API server for tests and local runs")]
+#[command(
+    name = "purrify-kubesim",
+    version,
+    about = "In-memory Kubernetes API server for tests and local runs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -233,7 +238,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBESIM_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
     /// Seconds between BOOKMARK events on watches that allow them.
-    #[arg(long, env = "KUBESIM_BOOKMARK_INTERVAL_SECONDS", default_value_t = 30.0)]
+    #[arg(
+        long,
+        env = "KUBESIM_BOOKMARK_INTERVAL_SECONDS",
+        default_value_t = 30.0
+    )]
     pub bookmark_interval_seconds: f64,
     /// Allow a non-loopback address. The server has no authentication at all.
     #[arg(long, env = "KUBESIM_INSECURE_ALLOW_REMOTE", default_value_t = false)]

@@ -12,7 +12,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn record(&self, verb: &str, resource: &str, code: u16) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *c.entry((verb.to_string(), resource.to_string(), code)).or_default() += 1;
+        *c.entry((verb.to_string(), resource.to_string(), code))
+            .or_default() += 1;
     }
 
     /// Requests of `verb` on `resource` (`"pods"`, `"enhancetasks/status"`), any code.

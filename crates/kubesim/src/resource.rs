@@ -126,9 +126,7 @@ impl ResourceInfo {
 /// Built-in list topology: which lists merge by key (containers by name, ...), so
 /// strategic merge and apply behave as they do for the real types.
 fn pod_spec_hints() -> Value {
-    let by_name = |items: Value| {
-        json!({"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"], "items": items})
-    };
+    let by_name = |items: Value| json!({"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"], "items": items});
     let container = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
         "ports": {"type": "array", "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["containerPort", "protocol"], "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
@@ -154,13 +152,17 @@ fn conditions_hint() -> Value {
 fn builtin_hints(plural: &str) -> Value {
     let spec = match plural {
         "pods" => pod_spec_hints(),
-        "deployments" => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
-            "template": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {"spec": pod_spec_hints()}}
-        }}),
-        "services" => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
-            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["port", "protocol"],
-                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-        }}),
+        "deployments" => {
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
+                "template": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {"spec": pod_spec_hints()}}
+            }})
+        }
+        "services" => {
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
+                "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["port", "protocol"],
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }})
+        }
         _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
     };
     json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
@@ -181,18 +183,126 @@ struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
-    Builtin { group: "", version: "v1", plural: "namespaces", singular: "namespace", kind: "Namespace", namespaced: false, short: &["ns"], status: true },
-    Builtin { group: "", version: "v1", plural: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], status: true },
-    Builtin { group: "", version: "v1", plural: "services", singular: "service", kind: "Service", namespaced: true, short: &["svc"], status: true },
-    Builtin { group: "", version: "v1", plural: "events", singular: "event", kind: "Event", namespaced: true, short: &["ev"], status: false },
-    Builtin { group: "", version: "v1", plural: "configmaps", singular: "configmap", kind: "ConfigMap", namespaced: true, short: &["cm"], status: false },
-    Builtin { group: "", version: "v1", plural: "secrets", singular: "secret", kind: "Secret", namespaced: true, short: &[], status: false },
-    Builtin { group: "", version: "v1", plural: "serviceaccounts", singular: "serviceaccount", kind: "ServiceAccount", namespaced: true, short: &["sa"], status: false },
-    Builtin { group: "apps", version: "v1", plural: "deployments", singular: "deployment", kind: "Deployment", namespaced: true, short: &["deploy"], status: true },
-    Builtin { group: "policy", version: "v1", plural: "poddisruptionbudgets", singular: "poddisruptionbudget", kind: "PodDisruptionBudget", namespaced: true, short: &["pdb"], status: true },
-    Builtin { group: "coordination.k8s.io", version: "v1", plural: "leases", singular: "lease", kind: "Lease", namespaced: true, short: &[], status: false },
-    Builtin { group: "events.k8s.io", version: "v1", plural: "events", singular: "event", kind: "Event", namespaced: true, short: &["ev"], status: false },
-    Builtin { group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", singular: "customresourcedefinition", kind: "CustomResourceDefinition", namespaced: false, short: &["crd", "crds"], status: true },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        singular: "namespace",
+        kind: "Namespace",
+        namespaced: false,
+        short: &["ns"],
+        status: true,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "pods",
+        singular: "pod",
+        kind: "Pod",
+        namespaced: true,
+        short: &["po"],
+        status: true,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short: &["svc"],
+        status: true,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        short: &["ev"],
+        status: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        namespaced: true,
+        short: &["cm"],
+        status: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        namespaced: true,
+        short: &[],
+        status: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        namespaced: true,
+        short: &["sa"],
+        status: false,
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        namespaced: true,
+        short: &["deploy"],
+        status: true,
+    },
+    Builtin {
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        kind: "PodDisruptionBudget",
+        namespaced: true,
+        short: &["pdb"],
+        status: true,
+    },
+    Builtin {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind: "Lease",
+        namespaced: true,
+        short: &[],
+        status: false,
+    },
+    Builtin {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        short: &["ev"],
+        status: false,
+    },
+    Builtin {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        kind: "CustomResourceDefinition",
+        namespaced: false,
+        short: &["crd", "crds"],
+        status: true,
+    },
 ];
 
 /// Ordering of Kubernetes version strings: GA > beta > alpha, then by number.
@@ -228,7 +338,8 @@ impl Registry {
     pub fn with_builtins() -> Registry {
         let mut r = Registry::default();
         for b in BUILTINS {
-            let schema = Schema::parse(&builtin_hints(b.plural), "builtin").expect("builtin hints are valid");
+            let schema = Schema::parse(&builtin_hints(b.plural), "builtin")
+                .expect("builtin hints are valid");
             r.insert(ResourceInfo {
                 group: b.group.into(),
                 version: b.version.into(),
@@ -254,13 +365,18 @@ impl Registry {
 
     pub fn insert(&mut self, info: ResourceInfo) {
         self.by_gvr.insert(
-            (info.group.clone(), info.version.clone(), info.plural.clone()),
+            (
+                info.group.clone(),
+                info.version.clone(),
+                info.plural.clone(),
+            ),
             Arc::new(info),
         );
     }
 
     pub fn remove_crd(&mut self, crd_name: &str) {
-        self.by_gvr.retain(|_, v| v.crd.as_deref() != Some(crd_name));
+        self.by_gvr
+            .retain(|_, v| v.crd.as_deref() != Some(crd_name));
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {

@@ -148,7 +148,9 @@ impl Schema {
                 Ok(re) => s.pattern = Some((p.to_string(), re)),
                 Err(e) => errs.push(Cause {
                     reason: "FieldValueInvalid".into(),
-                    message: format!("Invalid value: {p:?}: must be a valid regular expression: {e}"),
+                    message: format!(
+                        "Invalid value: {p:?}: must be a valid regular expression: {e}"
+                    ),
                     field: format!("{path}.pattern"),
                 }),
             }
@@ -162,7 +164,11 @@ impl Schema {
             }
         }
         if let Some(items) = m.get("items") {
-            s.items = Some(Box::new(Self::parse_inner(items, &format!("{path}.items"), errs)));
+            s.items = Some(Box::new(Self::parse_inner(
+                items,
+                &format!("{path}.items"),
+                errs,
+            )));
         }
         match m.get("additionalProperties") {
             Some(Value::Bool(b)) => s.additional_allowed = *b,
@@ -214,8 +220,7 @@ impl Schema {
                         continue;
                     }
                 };
-                let message_expression = match r.get("messageExpression").and_then(Value::as_str)
-                {
+                let message_expression = match r.get("messageExpression").and_then(Value::as_str) {
                     Some(me) => match cel::Program::compile(me) {
                         Ok(p) => Some(p),
                         Err(e) => {
@@ -237,7 +242,10 @@ impl Schema {
                     message: str_field(r.as_object().expect("checked above"), "message"),
                     message_expression,
                     reason: r.get("reason").and_then(Value::as_str).map(str::to_string),
-                    field_path: r.get("fieldPath").and_then(Value::as_str).map(str::to_string),
+                    field_path: r
+                        .get("fieldPath")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
             }
         }
@@ -364,7 +372,11 @@ impl Schema {
             Value::Object(m) => {
                 for r in &self.required {
                     if !m.contains_key(r) {
-                        errs.push(cause("FieldValueRequired", join(path, r), "Required value".into()));
+                        errs.push(cause(
+                            "FieldValueRequired",
+                            join(path, r),
+                            "Required value".into(),
+                        ));
                     }
                 }
                 for (k, child) in m {
@@ -412,7 +424,14 @@ impl Schema {
             }
             let outcome = r.program.eval(v, old);
             let field = match &r.field_path {
-                Some(fp) => format!("{path}{}", if fp.starts_with('.') || fp.starts_with('[') { fp.clone() } else { format!(".{fp}") }),
+                Some(fp) => format!(
+                    "{path}{}",
+                    if fp.starts_with('.') || fp.starts_with('[') {
+                        fp.clone()
+                    } else {
+                        format!(".{fp}")
+                    }
+                ),
                 None => path.to_string(),
             };
             let field = field.trim_start_matches('.').to_string();
@@ -445,12 +464,20 @@ impl Schema {
                 Ok(other) => errs.push(cause(
                     "FieldValueInvalid",
                     field,
-                    format!("Invalid value: {}: rule did not evaluate to a bool: {:?}", render(v), other),
+                    format!(
+                        "Invalid value: {}: rule did not evaluate to a bool: {:?}",
+                        render(v),
+                        other
+                    ),
                 )),
                 Err(e) => errs.push(cause(
                     "FieldValueInvalid",
                     field,
-                    format!("Invalid value: {}: rule {:?} evaluation error: {e}", render(v), r.source),
+                    format!(
+                        "Invalid value: {}: rule {:?} evaluation error: {e}",
+                        render(v),
+                        r.source
+                    ),
                 )),
             }
         }
@@ -511,29 +538,55 @@ impl Schema {
             errs.push(cause(
                 "FieldValueNotSupported",
                 path.into(),
-                format!("Unsupported value: {}: supported values: {}", v, list.join(", ")),
+                format!(
+                    "Unsupported value: {}: supported values: {}",
+                    v,
+                    list.join(", ")
+                ),
             ));
         }
         if let Some(n) = v.as_f64() {
             if let Some(max) = self.maximum {
-                let bad = if self.exclusive_maximum { n >= max } else { n > max };
+                let bad = if self.exclusive_maximum {
+                    n >= max
+                } else {
+                    n > max
+                };
                 if bad {
-                    let rel = if self.exclusive_maximum { "less than" } else { "less than or equal to" };
+                    let rel = if self.exclusive_maximum {
+                        "less than"
+                    } else {
+                        "less than or equal to"
+                    };
                     errs.push(cause(
                         "FieldValueInvalid",
                         path.into(),
-                        format!("Invalid value: {v}: {p} in body should be {rel} {}", fmt_num(max)),
+                        format!(
+                            "Invalid value: {v}: {p} in body should be {rel} {}",
+                            fmt_num(max)
+                        ),
                     ));
                 }
             }
             if let Some(min) = self.minimum {
-                let bad = if self.exclusive_minimum { n <= min } else { n < min };
+                let bad = if self.exclusive_minimum {
+                    n <= min
+                } else {
+                    n < min
+                };
                 if bad {
-                    let rel = if self.exclusive_minimum { "greater than" } else { "greater than or equal to" };
+                    let rel = if self.exclusive_minimum {
+                        "greater than"
+                    } else {
+                        "greater than or equal to"
+                    };
                     errs.push(cause(
                         "FieldValueInvalid",
                         path.into(),
-                        format!("Invalid value: {v}: {p} in body should be {rel} {}", fmt_num(min)),
+                        format!(
+                            "Invalid value: {v}: {p} in body should be {rel} {}",
+                            fmt_num(min)
+                        ),
                     ));
                 }
             }
@@ -544,7 +597,10 @@ impl Schema {
                 errs.push(cause(
                     "FieldValueInvalid",
                     path.into(),
-                    format!("Invalid value: {v}: {p} in body should be a multiple of {}", fmt_num(m)),
+                    format!(
+                        "Invalid value: {v}: {p} in body should be a multiple of {}",
+                        fmt_num(m)
+                    ),
                 ));
             }
         }
@@ -651,29 +707,40 @@ impl Schema {
                 errs.push(cause(
                     "FieldValueInvalid",
                     path.into(),
-                    format!("Invalid value: {n}: {p} in body should have at least {min} properties"),
+                    format!(
+                        "Invalid value: {n}: {p} in body should have at least {min} properties"
+                    ),
                 ));
             }
         }
         for s in &self.all_of {
             s.validate_value(v, path, errs);
         }
-        if !self.any_of.is_empty()
-            && !self.any_of.iter().any(|s| s.matches_value(v, path))
-        {
+        if !self.any_of.is_empty() && !self.any_of.iter().any(|s| s.matches_value(v, path)) {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!("Invalid value: {}: {p} in body must match at least one schema in anyOf", render(v)),
+                format!(
+                    "Invalid value: {}: {p} in body must match at least one schema in anyOf",
+                    render(v)
+                ),
             ));
         }
         if !self.one_of.is_empty()
-            && self.one_of.iter().filter(|s| s.matches_value(v, path)).count() != 1
+            && self
+                .one_of
+                .iter()
+                .filter(|s| s.matches_value(v, path))
+                .count()
+                != 1
         {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!("Invalid value: {}: {p} in body must match exactly one schema in oneOf", render(v)),
+                format!(
+                    "Invalid value: {}: {p} in body must match exactly one schema in oneOf",
+                    render(v)
+                ),
             ));
         }
         if let Some(n) = &self.not
@@ -682,7 +749,10 @@ impl Schema {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!("Invalid value: {}: {p} in body must not validate the schema (not)", render(v)),
+                format!(
+                    "Invalid value: {}: {p} in body must not validate the schema (not)",
+                    render(v)
+                ),
             ));
         }
     }
@@ -712,7 +782,9 @@ fn join(path: &str, k: &str) -> String {
 
 fn is_integer(v: &Value) -> bool {
     match v {
-        Value::Number(n) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
+        Value::Number(n) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         _ => false,
     }
 }
@@ -761,7 +833,7 @@ fn format_ok(format: &str, s: &str) -> bool {
         "uuid" => uuid::Uuid::parse_str(s).is_ok(),
         "uri" => url::Url::parse(s).is_ok(),
         "byte" => {
-            s.len() % 4 == 0
+            s.len().is_multiple_of(4)
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
         }
@@ -848,7 +920,13 @@ mod tests {
         assert!(fields.contains(&"spec.replicas.max"), "{errs:?}");
         assert!(fields.contains(&"spec.port"), "{errs:?}");
         assert!(fields.contains(&"spec.labels.a"), "{errs:?}");
-        assert!(check(json!({"spec": {"image": "ok", "port": "http", "note": null}}), None).is_empty());
+        assert!(
+            check(
+                json!({"spec": {"image": "ok", "port": "http", "note": null}}),
+                None
+            )
+            .is_empty()
+        );
         let errs = check(json!({"spec": {}}), None);
         assert_eq!(errs[0].field, "spec.image");
         assert_eq!(errs[0].reason, "FieldValueRequired");
@@ -856,7 +934,10 @@ mod tests {
 
     #[test]
     fn cel_rules() {
-        let errs = check(json!({"spec": {"image": "a", "replicas": {"min": 3, "max": 2}}}), None);
+        let errs = check(
+            json!({"spec": {"image": "a", "replicas": {"min": 3, "max": 2}}}),
+            None,
+        );
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].message.contains("min must not exceed max"));
         let old = json!({"spec": {"image": "a", "mode": "cpu", "replicas": {"min": 1, "max": 1}}});

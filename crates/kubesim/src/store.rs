@@ -148,7 +148,11 @@ fn finalizers(v: &Value) -> Vec<String> {
     meta(v)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -169,7 +173,9 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         })
@@ -178,7 +184,9 @@ fn is_dns_subdomain(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     s.len() <= 63
         && (s.is_empty()
-            || (s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || (s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 && s.as_bytes()[0].is_ascii_alphanumeric()
                 && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()))
 }
@@ -199,7 +207,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -257,8 +265,11 @@ impl Store {
                 manager: "kubesim".into(),
                 dry_run: false,
             };
-            st.create(&ctx, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
-                .expect("creating a system namespace");
+            st.create(
+                &ctx,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
+            .expect("creating a system namespace");
         }
         let (notify, _) = tokio::sync::watch::channel(st.rv);
         let (expiry, _) = tokio::sync::watch::channel(0);
@@ -318,7 +329,11 @@ impl State {
 
     fn obj_key(info: &ResourceInfo, ns: Option<&str>, name: &str) -> ObjKey {
         (
-            if info.namespaced { ns.unwrap_or_default().to_string() } else { String::new() },
+            if info.namespaced {
+                ns.unwrap_or_default().to_string()
+            } else {
+                String::new()
+            },
             name.to_string(),
         )
     }
@@ -356,16 +371,26 @@ impl State {
         }
         if let Some(n) = new {
             for u in owner_uids(n) {
-                self.dependents.entry(u).or_default().insert((res.clone(), key.clone()));
+                self.dependents
+                    .entry(u)
+                    .or_default()
+                    .insert((res.clone(), key.clone()));
             }
             if let Some(uid) = meta_str(n, "uid") {
-                self.uids.insert(uid.to_string(), (res.clone(), key.clone()));
+                self.uids
+                    .insert(uid.to_string(), (res.clone(), key.clone()));
             }
         }
     }
 
     /// Stores `new` under a fresh resource version.
-    fn commit(&mut self, res: &ResKey, key: ObjKey, old: Option<Arc<Value>>, mut new: Value) -> Arc<Value> {
+    fn commit(
+        &mut self,
+        res: &ResKey,
+        key: ObjKey,
+        old: Option<Arc<Value>>,
+        mut new: Value,
+    ) -> Arc<Value> {
         self.rv += 1;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let new = Arc::new(new);
@@ -377,7 +402,11 @@ impl State {
         self.push_history(HistoryEvent {
             rv: self.rv,
             res: res.clone(),
-            kind: if old.is_some() { EventType::Modified } else { EventType::Added },
+            kind: if old.is_some() {
+                EventType::Modified
+            } else {
+                EventType::Added
+            },
             obj: new.clone(),
             prev: old,
         });
@@ -401,7 +430,8 @@ impl State {
         });
         if let Some(uid) = meta_str(&old, "uid") {
             for dep in self.dependents.get(uid).cloned().unwrap_or_default() {
-                self.pending.push_back(Work::Delete(dep.0, dep.1, Propagation::Background, true));
+                self.pending
+                    .push_back(Work::Delete(dep.0, dep.1, Propagation::Background, true));
             }
         }
         for owner in owner_uids(&old) {
@@ -418,10 +448,23 @@ impl State {
 
     fn drop_crd(&mut self, crd_obj: &Value) {
         let name = meta_str(crd_obj, "name").unwrap_or_default().to_string();
-        let group = crd_obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-        let plural = crd_obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
-        let res = ResKey { group: group.into(), plural: plural.into() };
-        let keys: Vec<ObjKey> = self.objects.get(&res).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let group = crd_obj
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plural = crd_obj
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let res = ResKey {
+            group: group.into(),
+            plural: plural.into(),
+        };
+        let keys: Vec<ObjKey> = self
+            .objects
+            .get(&res)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         for k in keys {
             self.remove(&res, &k);
         }
@@ -433,7 +476,9 @@ impl State {
         while let Some(w) = self.pending.pop_front() {
             match w {
                 Work::Delete(res, key, policy, gc) => {
-                    let Some(obj) = self.lookup(&res, &key) else { continue };
+                    let Some(obj) = self.lookup(&res, &key) else {
+                        continue;
+                    };
                     // A dependent with another solid owner only loses the dangling reference.
                     let solid_owner = owner_uids(&obj).iter().any(|u| self.owner_solid(u));
                     if gc && solid_owner {
@@ -442,17 +487,25 @@ impl State {
                             .filter(|u| !self.uids.contains_key(u))
                             .collect();
                         for u in dead {
-                            self.pending.push_back(Work::DropOwnerRef(res.clone(), key.clone(), u));
+                            self.pending
+                                .push_back(Work::DropOwnerRef(res.clone(), key.clone(), u));
                         }
                         continue;
                     }
-                    let _ = self.delete_object(&res, &key, policy, false);
+                    let _ = self.delete_object(&res, &key, policy);
                 }
                 Work::DropOwnerRef(res, key, uid) => {
-                    let Some(obj) = self.lookup(&res, &key) else { continue };
+                    let Some(obj) = self.lookup(&res, &key) else {
+                        continue;
+                    };
                     let _ = self.internal_update(&res, &obj, |v| {
-                        if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-                            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+                        if let Some(refs) = v
+                            .pointer_mut("/metadata/ownerReferences")
+                            .and_then(Value::as_array_mut)
+                        {
+                            refs.retain(|r| {
+                                r.get("uid").and_then(Value::as_str) != Some(uid.as_str())
+                            });
                             if refs.is_empty() {
                                 meta_mut(v).remove("ownerReferences");
                             }
@@ -460,20 +513,40 @@ impl State {
                     });
                 }
                 Work::CheckForeground(owner_uid) => {
-                    let Some((res, key)) = self.uids.get(&owner_uid).cloned() else { continue };
-                    let Some(owner) = self.lookup(&res, &key) else { continue };
+                    let Some((res, key)) = self.uids.get(&owner_uid).cloned() else {
+                        continue;
+                    };
+                    let Some(owner) = self.lookup(&res, &key) else {
+                        continue;
+                    };
                     let waiting = meta(&owner).is_some_and(|m| m.contains_key("deletionTimestamp"))
                         && finalizers(&owner).iter().any(|f| f == "foregroundDeletion");
-                    if waiting && self.dependents.get(&owner_uid).is_none_or(BTreeSet::is_empty) {
-                        let _ = self.internal_update(&res, &owner, |v| remove_finalizer(v, "foregroundDeletion"));
+                    if waiting
+                        && self
+                            .dependents
+                            .get(&owner_uid)
+                            .is_none_or(BTreeSet::is_empty)
+                    {
+                        let _ = self.internal_update(&res, &owner, |v| {
+                            remove_finalizer(v, "foregroundDeletion")
+                        });
                     }
                 }
                 Work::CheckNamespace(ns) => {
-                    let ns_res = ResKey { group: String::new(), plural: "namespaces".into() };
+                    let ns_res = ResKey {
+                        group: String::new(),
+                        plural: "namespaces".into(),
+                    };
                     let ns_key = (String::new(), ns.clone());
-                    let Some(nso) = self.lookup(&ns_res, &ns_key) else { continue };
-                    let terminating = meta(&nso).is_some_and(|m| m.contains_key("deletionTimestamp"));
-                    let empty = self.objects.values().all(|m| m.keys().all(|(n, _)| *n != ns));
+                    let Some(nso) = self.lookup(&ns_res, &ns_key) else {
+                        continue;
+                    };
+                    let terminating =
+                        meta(&nso).is_some_and(|m| m.contains_key("deletionTimestamp"));
+                    let empty = self
+                        .objects
+                        .values()
+                        .all(|m| m.keys().all(|(n, _)| *n != ns));
                     if terminating && empty && finalizers(&nso).is_empty() {
                         self.remove(&ns_res, &ns_key);
                     }
@@ -484,35 +557,58 @@ impl State {
 
     /// An owner that exists and is not itself waiting for its dependents to go.
     fn owner_solid(&self, uid: &str) -> bool {
-        let Some((res, key)) = self.uids.get(uid) else { return false };
-        let Some(o) = self.lookup(res, key) else { return false };
+        let Some((res, key)) = self.uids.get(uid) else {
+            return false;
+        };
+        let Some(o) = self.lookup(res, key) else {
+            return false;
+        };
         !(meta(&o).is_some_and(|m| m.contains_key("deletionTimestamp"))
             && finalizers(&o).iter().any(|f| f == "foregroundDeletion"))
     }
 
     /// A server-initiated metadata change (GC, finalizer bookkeeping).
-    fn internal_update(&mut self, res: &ResKey, obj: &Arc<Value>, f: impl FnOnce(&mut Value)) -> ApiResult<()> {
-        let Some(info) = self.registry.any_version(res) else { return Ok(()) };
+    fn internal_update(
+        &mut self,
+        res: &ResKey,
+        obj: &Arc<Value>,
+        f: impl FnOnce(&mut Value),
+    ) -> ApiResult<()> {
+        let Some(info) = self.registry.any_version(res) else {
+            return Ok(());
+        };
         let mut new = (**obj).clone();
         f(&mut new);
         let ns = meta_str(obj, "namespace").map(str::to_string);
-        let ctx = WriteCtx { info, namespace: ns, status: false, manager: String::new(), dry_run: false };
+        let ctx = WriteCtx {
+            info,
+            namespace: ns,
+            status: false,
+            manager: String::new(),
+            dry_run: false,
+        };
         self.write_object(&ctx, Some(obj.clone()), new, FieldMode::Update(""))?;
         Ok(())
     }
 
     fn namespace_usable(&self, ns: &str) -> ApiResult<()> {
-        let res = ResKey { group: String::new(), plural: "namespaces".into() };
+        let res = ResKey {
+            group: String::new(),
+            plural: "namespaces".into(),
+        };
         match self.lookup(&res, &(String::new(), ns.to_string())) {
             None => Err(ApiError::not_found(
-                &crate::error::Qualified { plural: "namespaces", group: "" },
+                &crate::error::Qualified {
+                    plural: "namespaces",
+                    group: "",
+                },
                 ns,
             )),
             Some(o) if meta(&o).is_some_and(|m| m.contains_key("deletionTimestamp")) => {
                 let mut e = ApiError::forbidden(format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 ));
-                e.causes.push(Cause {
+                e.details.causes.push(Cause {
                     reason: "NamespaceTerminating".into(),
                     message: format!("namespace {ns} is being terminated"),
                     field: "metadata.namespace".into(),
@@ -527,7 +623,9 @@ impl State {
     fn check_identity(ctx: &WriteCtx, body: &Value) -> ApiResult<()> {
         let info = &ctx.info;
         if !body.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         if let Some(av) = body.get("apiVersion").and_then(Value::as_str)
             && av != info.api_version()
@@ -546,7 +644,8 @@ impl State {
             )));
         }
         if info.namespaced
-            && let (Some(body_ns), Some(ns)) = (meta_str(body, "namespace"), ctx.namespace.as_deref())
+            && let (Some(body_ns), Some(ns)) =
+                (meta_str(body, "namespace"), ctx.namespace.as_deref())
             && !body_ns.is_empty()
             && body_ns != ns
         {
@@ -604,10 +703,20 @@ impl State {
                 }
             }
             // Storage keeps the version first written; clients see theirs via `present`.
-            new["apiVersion"] = o.get("apiVersion").cloned().unwrap_or(json!(info.api_version()));
+            new["apiVersion"] = o
+                .get("apiVersion")
+                .cloned()
+                .unwrap_or(json!(info.api_version()));
             let om = meta(o).cloned().unwrap_or_default();
             let m = meta_mut(&mut new);
-            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "resourceVersion",
+            ] {
                 match om.get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
                     None => m.remove(k),
@@ -615,7 +724,10 @@ impl State {
             }
             if !matches!(fields, FieldMode::Applied) {
                 // Clients cannot rewrite ownership except to clear it with `[{}]`.
-                let reset = m.get("managedFields").and_then(Value::as_array).is_some_and(|a| a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty));
+                let reset = m
+                    .get("managedFields")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty));
                 match (reset, om.get("managedFields")) {
                     (true, _) | (false, None) => m.remove("managedFields"),
                     (false, Some(v)) => m.insert("managedFields".into(), v.clone()),
@@ -669,7 +781,8 @@ impl State {
         if info.plural == "customresourcedefinitions" && info.group == "apiextensions.k8s.io" {
             match crd::compile(&new, old.as_deref()) {
                 Ok(_) => {
-                    let st = crd::status(&new, old.as_deref().and_then(|o| o.get("status")), &now());
+                    let st =
+                        crd::status(&new, old.as_deref().and_then(|o| o.get("status")), &now());
                     new["status"] = st;
                 }
                 Err(mut e) => errs.append(&mut e),
@@ -683,14 +796,25 @@ impl State {
         let generation = match old.as_deref() {
             None => 1,
             Some(o) => {
-                let g = meta(o).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
-                if spec_part(o, exclude_status) != spec_part(&new, exclude_status) { g + 1 } else { g }
+                let g = meta(o)
+                    .and_then(|m| m.get("generation"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if spec_part(o, exclude_status) != spec_part(&new, exclude_status) {
+                    g + 1
+                } else {
+                    g
+                }
             }
         };
         meta_mut(&mut new).insert("generation".into(), json!(generation));
 
         if let FieldMode::Update(manager) = fields {
-            let scope = if ctx.status { Scope::Status } else { Scope::Main { exclude_status } };
+            let scope = if ctx.status {
+                Scope::Status
+            } else {
+                Scope::Main { exclude_status }
+            };
             let stamp = now();
             let api_version = info.api_version();
             let w = Writer {
@@ -710,16 +834,22 @@ impl State {
         if ctx.dry_run {
             return Ok(present(&new, &info));
         }
-        if meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp")) && finalizers(&new).is_empty() {
+        if meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"))
+            && finalizers(&new).is_empty()
+        {
             // The last finalizer is gone: the object goes away now.
             let res = info.key();
-            self.objects.entry(res.clone()).or_default().insert(key.clone(), Arc::new(new));
+            self.objects
+                .entry(res.clone())
+                .or_default()
+                .insert(key.clone(), Arc::new(new));
             let gone = self.remove(&res, &key).expect("just inserted");
             self.drain_pending();
             return Ok(present(&gone, &info));
         }
         if info.plural == "customresourcedefinitions" && info.group == "apiextensions.k8s.io" {
-            let compiled = crd::compile(&new, old.as_deref()).map_err(|e| ApiError::invalid(&info.kind, &info.group, &name, e))?;
+            let compiled = crd::compile(&new, old.as_deref())
+                .map_err(|e| ApiError::invalid(&info.kind, &info.group, &name, e))?;
             self.registry.remove_crd(&name);
             for ri in compiled {
                 self.registry.insert(ri);
@@ -749,8 +879,9 @@ impl State {
                 new["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
             ("deployments", _) => {
-                if new.get("spec").is_some_and(Value::is_object) && new["spec"].get("replicas").is_none() {
-                    new["spec"]["replicas"] = json!(1);
+                // Only when a spec exists: a partial object stays partial.
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.entry("replicas").or_insert(json!(1));
                 }
             }
             ("services", _) => {
@@ -784,32 +915,58 @@ impl State {
         self.create_with(ctx, body, FieldMode::Update(&ctx.manager))
     }
 
-    fn create_with(&mut self, ctx: &WriteCtx, mut body: Value, fields: FieldMode<'_>) -> ApiResult<Value> {
+    fn create_with(
+        &mut self,
+        ctx: &WriteCtx,
+        mut body: Value,
+        fields: FieldMode<'_>,
+    ) -> ApiResult<Value> {
         Self::check_identity(ctx, &body)?;
         let info = ctx.info.clone();
         if ctx.status {
-            return Err(ApiError::method_not_allowed("create is not supported on the status subresource"));
+            return Err(ApiError::method_not_allowed(
+                "create is not supported on the status subresource",
+            ));
         }
         if meta_str(&body, "resourceVersion").is_some_and(|r| !r.is_empty()) {
-            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         let m = meta_mut(&mut body);
-        let mut name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
-            let prefix = m.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
+            let prefix = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if prefix.is_empty() {
-                return Err(ApiError::invalid(&info.kind, &info.group, "", vec![Cause {
-                    reason: "FieldValueRequired".into(),
-                    message: "Required value: name or generateName is required".into(),
-                    field: "metadata.name".into(),
-                }]));
+                return Err(ApiError::invalid(
+                    &info.kind,
+                    &info.group,
+                    "",
+                    vec![Cause {
+                        reason: "FieldValueRequired".into(),
+                        message: "Required value: name or generateName is required".into(),
+                        field: "metadata.name".into(),
+                    }],
+                ));
             }
             name = format!("{prefix}{}", random_suffix());
             m.insert("name".into(), json!(name));
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now()));
-        for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             m.remove(k);
         }
         if !matches!(fields, FieldMode::Applied) {
@@ -826,7 +983,12 @@ impl State {
         self.write_object(ctx, None, body, fields)
     }
 
-    fn check_precondition(info: &ResourceInfo, name: &str, body: &Value, current: &Value) -> ApiResult<()> {
+    fn check_precondition(
+        info: &ResourceInfo,
+        name: &str,
+        body: &Value,
+        current: &Value,
+    ) -> ApiResult<()> {
         if let Some(rv) = meta_str(body, "resourceVersion")
             && !rv.is_empty()
             && Some(rv) != meta_str(current, "resourceVersion")
@@ -869,14 +1031,22 @@ impl State {
     }
 
     /// Returns the object and whether it was created (server-side apply may create).
-    pub fn patch(&mut self, ctx: &WriteCtx, name: &str, kind: PatchKind, body: &Value) -> ApiResult<(Value, bool)> {
+    pub fn patch(
+        &mut self,
+        ctx: &WriteCtx,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+    ) -> ApiResult<(Value, bool)> {
         let info = ctx.info.clone();
         let key = Self::obj_key(&info, ctx.namespace.as_deref(), name);
         let current = self.lookup(&info.key(), &key);
         if let PatchKind::Apply { force } = kind {
             Self::check_identity(ctx, body)?;
             if body.get("apiVersion").is_none() || body.get("kind").is_none() {
-                return Err(ApiError::bad_request("apiVersion and kind must be set in an apply patch"));
+                return Err(ApiError::bad_request(
+                    "apiVersion and kind must be set in an apply patch",
+                ));
             }
             if meta_str(body, "name").is_some_and(|n| n != name) {
                 return Err(ApiError::bad_request(format!(
@@ -892,7 +1062,9 @@ impl State {
             let scope = if ctx.status {
                 Scope::Status
             } else {
-                Scope::Main { exclude_status: info.status_subresource }
+                Scope::Main {
+                    exclude_status: info.status_subresource,
+                }
             };
             let stamp = now();
             let api_version = info.api_version();
@@ -903,11 +1075,15 @@ impl State {
                 now: &stamp,
             };
             let live = current.as_deref().map(|c| present(c, &info));
-            let mut merged = fieldmanager::apply(live.as_ref(), body, &info.schema, scope, force, &w)
-                .map_err(|c| ApiError::apply_conflicts(&info.qualified(), name, c))?;
+            let mut merged =
+                fieldmanager::apply(live.as_ref(), body, &info.schema, scope, force, &w)
+                    .map_err(|c| ApiError::apply_conflicts(&info.qualified(), name, c))?;
             meta_mut(&mut merged).insert("name".into(), json!(name));
             return match current {
-                Some(c) => Ok((self.write_object(ctx, Some(c), merged, FieldMode::Applied)?, false)),
+                Some(c) => Ok((
+                    self.write_object(ctx, Some(c), merged, FieldMode::Applied)?,
+                    false,
+                )),
                 None => {
                     meta_mut(&mut merged).remove("resourceVersion");
                     Ok((self.create_with(ctx, merged, FieldMode::Applied)?, true))
@@ -923,22 +1099,30 @@ impl State {
             PatchKind::Strategic => patch::strategic_merge(&mut target, body, Some(&info.schema)),
             PatchKind::Json => patch::json_patch(&mut target, body).map_err(|e| {
                 let mut err = ApiError::invalid(&info.kind, &info.group, name, vec![]);
-                err.message = format!("the server rejected our request due to an error in our request: {e}");
+                err.message =
+                    format!("the server rejected our request due to an error in our request: {e}");
                 err
             })?,
             PatchKind::Apply { .. } => unreachable!("handled above"),
         }
         if let PatchKind::Merge | PatchKind::Strategic = kind
-            && let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && let Some(rv) = body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
             && Some(rv) != meta_str(&current, "resourceVersion")
         {
             return Err(ApiError::stale(&info.qualified(), name));
         }
         if meta_str(&target, "name") != Some(name) {
-            return Err(ApiError::bad_request("the name of a patched object cannot change"));
+            return Err(ApiError::bad_request(
+                "the name of a patched object cannot change",
+            ));
         }
         Self::check_identity(ctx, &target)?;
-        Ok((self.write_object(ctx, Some(current), target, FieldMode::Update(&ctx.manager))?, false))
+        Ok((
+            self.write_object(ctx, Some(current), target, FieldMode::Update(&ctx.manager))?,
+            false,
+        ))
     }
 
     pub fn delete(&mut self, ctx: &WriteCtx, name: &str, opts: &DeleteOpts) -> ApiResult<Value> {
@@ -947,7 +1131,10 @@ impl State {
         let Some(current) = self.lookup(&info.key(), &key) else {
             return Err(ApiError::not_found(&info.qualified(), name));
         };
-        if info.plural == "namespaces" && info.group.is_empty() && ["default", "kube-system", "kube-public"].contains(&name) {
+        if info.plural == "namespaces"
+            && info.group.is_empty()
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
             return Err(ApiError::forbidden(format!(
                 "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
             )));
@@ -955,30 +1142,43 @@ impl State {
         if let Some(uid) = &opts.precondition_uid
             && Some(uid.as_str()) != meta_str(&current, "uid")
         {
-            return Err(ApiError::conflict(&info.qualified(), name, &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta_str(&current, "uid").unwrap_or_default()
-            )));
+            return Err(ApiError::conflict(
+                &info.qualified(),
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid").unwrap_or_default()
+                ),
+            ));
         }
         if let Some(rv) = &opts.precondition_rv
             && Some(rv.as_str()) != meta_str(&current, "resourceVersion")
         {
-            return Err(ApiError::conflict(&info.qualified(), name, &format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                meta_str(&current, "resourceVersion").unwrap_or_default()
-            )));
+            return Err(ApiError::conflict(
+                &info.qualified(),
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&current, "resourceVersion").unwrap_or_default()
+                ),
+            ));
         }
         if opts.dry_run {
             return Ok(present(&current, &info));
         }
         let policy = opts.propagation.unwrap_or_default();
-        let out = self.delete_object(&info.key(), &key, policy, true)?;
+        let out = self.delete_object(&info.key(), &key, policy)?;
         self.drain_pending();
         Ok(present(&out, &info))
     }
 
     /// Deletes or marks for deletion; returns the object as the client should see it.
-    fn delete_object(&mut self, res: &ResKey, key: &ObjKey, policy: Propagation, _top: bool) -> ApiResult<Arc<Value>> {
+    fn delete_object(
+        &mut self,
+        res: &ResKey,
+        key: &ObjKey,
+        policy: Propagation,
+    ) -> ApiResult<Arc<Value>> {
         let Some(current) = self.lookup(res, key) else {
             return Err(ApiError::internal("object vanished during deletion"));
         };
@@ -989,17 +1189,22 @@ impl State {
         match policy {
             Propagation::Orphan => {
                 for (r, k) in self.dependents.get(&uid).cloned().unwrap_or_default() {
-                    self.pending.push_back(Work::DropOwnerRef(r, k, uid.clone()));
+                    self.pending
+                        .push_back(Work::DropOwnerRef(r, k, uid.clone()));
                 }
                 self.drain_pending();
             }
             Propagation::Foreground if has_dependents => {
-                if !finalizers(&current).iter().any(|f| f == "foregroundDeletion") {
+                if !finalizers(&current)
+                    .iter()
+                    .any(|f| f == "foregroundDeletion")
+                {
                     let updated = self.mark_deleting(res, &current, Some("foregroundDeletion"))?;
                     obj = updated;
                 }
                 for (r, k) in self.dependents.get(&uid).cloned().unwrap_or_default() {
-                    self.pending.push_back(Work::Delete(r, k, Propagation::Foreground, true));
+                    self.pending
+                        .push_back(Work::Delete(r, k, Propagation::Foreground, true));
                 }
                 self.pending.push_back(Work::CheckForeground(uid.clone()));
                 return Ok(obj);
@@ -1013,10 +1218,15 @@ impl State {
                 let keys: Vec<(ResKey, ObjKey)> = self
                     .objects
                     .iter()
-                    .flat_map(|(r, m)| m.keys().filter(|(n, _)| *n == ns).map(move |k| (r.clone(), k.clone())))
+                    .flat_map(|(r, m)| {
+                        m.keys()
+                            .filter(|(n, _)| *n == ns)
+                            .map(move |k| (r.clone(), k.clone()))
+                    })
                     .collect();
                 for (r, k) in keys {
-                    self.pending.push_back(Work::Delete(r, k, Propagation::Background, false));
+                    self.pending
+                        .push_back(Work::Delete(r, k, Propagation::Background, false));
                 }
             }
             self.pending.push_back(Work::CheckNamespace(ns));
@@ -1033,7 +1243,12 @@ impl State {
             .ok_or_else(|| ApiError::internal("object vanished during deletion"))
     }
 
-    fn mark_deleting(&mut self, res: &ResKey, current: &Arc<Value>, add_finalizer: Option<&str>) -> ApiResult<Arc<Value>> {
+    fn mark_deleting(
+        &mut self,
+        res: &ResKey,
+        current: &Arc<Value>,
+        add_finalizer: Option<&str>,
+    ) -> ApiResult<Arc<Value>> {
         let mut new = (**current).clone();
         let m = meta_mut(&mut new);
         m.entry("deletionTimestamp").or_insert_with(|| json!(now()));
@@ -1053,17 +1268,37 @@ impl State {
             meta_str(&new, "namespace").unwrap_or_default().to_string(),
             meta_str(&new, "name").unwrap_or_default().to_string(),
         );
-        let key = if self.lookup(res, &key).is_some() { key } else { (String::new(), key.1) };
+        let key = if self.lookup(res, &key).is_some() {
+            key
+        } else {
+            (String::new(), key.1)
+        };
         Ok(self.commit(res, key, Some(current.clone()), new))
     }
 
-    pub fn delete_collection(&mut self, ctx: &WriteCtx, opts: &ListOpts, del: &DeleteOpts) -> ApiResult<Value> {
+    pub fn delete_collection(
+        &mut self,
+        ctx: &WriteCtx,
+        opts: &ListOpts,
+        del: &DeleteOpts,
+    ) -> ApiResult<Value> {
         let info = ctx.info.clone();
-        let list = self.list(&info, ctx.namespace.as_deref(), &ListOpts { limit: None, continue_token: None, ..opts.clone() })?;
+        let list = self.list(
+            &info,
+            ctx.namespace.as_deref(),
+            &ListOpts {
+                limit: None,
+                continue_token: None,
+                ..opts.clone()
+            },
+        )?;
         let mut items = Vec::new();
         for item in list["items"].as_array().cloned().unwrap_or_default() {
             let name = meta_str(&item, "name").unwrap_or_default().to_string();
-            let item_ctx = WriteCtx { namespace: meta_str(&item, "namespace").map(str::to_string), ..ctx.clone() };
+            let item_ctx = WriteCtx {
+                namespace: meta_str(&item, "namespace").map(str::to_string),
+                ..ctx.clone()
+            };
             match self.delete(&item_ctx, &name, del) {
                 Ok(v) => items.push(v),
                 Err(e) if e.code == 404 => {}
@@ -1080,11 +1315,17 @@ impl State {
 
     // ------------------------------------------------------------ reads
 
-    /// The objects of `res` as they were at `rv`, rebuilt from history.
-    fn snapshot(&self, res: &ResKey, rv: u64) -> ApiResult<BTreeMap<ObjKey, Arc<Value>>> {
-        let mut objs = self.objects_of(res).cloned().unwrap_or_default();
+    /// The objects of `res` as they were at `rv`, rebuilt from history (borrowed when
+    /// `rv` is the present, which is the common case).
+    fn snapshot(
+        &self,
+        res: &ResKey,
+        rv: u64,
+    ) -> ApiResult<std::borrow::Cow<'_, BTreeMap<ObjKey, Arc<Value>>>> {
+        static EMPTY: BTreeMap<ObjKey, Arc<Value>> = BTreeMap::new();
+        let current = self.objects_of(res).unwrap_or(&EMPTY);
         if rv >= self.rv {
-            return Ok(objs);
+            return Ok(std::borrow::Cow::Borrowed(current));
         }
         if rv < self.compacted {
             return Err(ApiError::gone(format!(
@@ -1092,6 +1333,7 @@ impl State {
                 self.compacted
             )));
         }
+        let mut objs = current.clone();
         for ev in self.history.iter().rev() {
             if ev.rv <= rv {
                 break;
@@ -1100,7 +1342,9 @@ impl State {
                 continue;
             }
             let key = (
-                meta_str(&ev.obj, "namespace").unwrap_or_default().to_string(),
+                meta_str(&ev.obj, "namespace")
+                    .unwrap_or_default()
+                    .to_string(),
                 meta_str(&ev.obj, "name").unwrap_or_default().to_string(),
             );
             match (ev.kind, &ev.prev) {
@@ -1113,29 +1357,45 @@ impl State {
                 (_, None) => {}
             }
         }
-        Ok(objs)
+        Ok(std::borrow::Cow::Owned(objs))
     }
 
     pub fn list(&self, info: &ResourceInfo, ns: Option<&str>, opts: &ListOpts) -> ApiResult<Value> {
         let res = info.key();
         let rv_param = opts.resource_version.as_deref().filter(|r| !r.is_empty());
-        let parse_rv = |r: &str| r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")));
+        let parse_rv = |r: &str| {
+            r.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))
+        };
         let (snapshot_rv, start_after) = if let Some(tok) = &opts.continue_token {
             if rv_param.is_some_and(|r| r != "0") {
-                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
             }
-            let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+            let bad = || {
+                ApiError::bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+                )
+            };
             let (rv, rest) = tok.split_once(':').ok_or_else(bad)?;
             let rv: u64 = rv.parse().map_err(|_| bad())?;
             let (nsx, name) = rest.split_once(':').ok_or_else(bad)?;
-            (rv, Some((unhex(nsx).ok_or_else(bad)?, unhex(name).ok_or_else(bad)?)))
+            (
+                rv,
+                Some((unhex(nsx).ok_or_else(bad)?, unhex(name).ok_or_else(bad)?)),
+            )
         } else {
             let rv = match (rv_param, opts.resource_version_match.as_deref()) {
                 (None, Some("Exact")) | (Some("0"), Some("Exact")) => {
-                    return Err(ApiError::bad_request("resourceVersionMatch \"Exact\" requires a non-zero resourceVersion"));
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch \"Exact\" requires a non-zero resourceVersion",
+                    ));
                 }
                 (None, Some(m)) if !m.is_empty() => {
-                    return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
                 }
                 (None | Some("0"), _) => self.rv,
                 (Some(r), m) => {
@@ -1147,7 +1407,9 @@ impl State {
                     match m {
                         Some("Exact") | Some("NotOlderThan") | None => {}
                         Some(other) => {
-                            return Err(ApiError::bad_request(format!("unknown resourceVersionMatch {other:?}")));
+                            return Err(ApiError::bad_request(format!(
+                                "unknown resourceVersionMatch {other:?}"
+                            )));
                         }
                     }
                     if exact { n } else { self.rv }
@@ -1182,14 +1444,17 @@ impl State {
         }
         let mut list_meta = json!({"resourceVersion": snapshot_rv.to_string()});
         if next.is_some() {
-            let last = items.last().map(|i| (
-                meta_str(i, "namespace").unwrap_or_default().to_string(),
-                meta_str(i, "name").unwrap_or_default().to_string(),
-            ));
+            let last = items.last().map(|i| {
+                (
+                    meta_str(i, "namespace").unwrap_or_default().to_string(),
+                    meta_str(i, "name").unwrap_or_default().to_string(),
+                )
+            });
             if let Some((lns, lname)) = last {
                 // An empty namespace for cluster-scoped kinds matches the storage key.
                 let lns = if info.namespaced { lns } else { String::new() };
-                list_meta["continue"] = json!(format!("{snapshot_rv}:{}:{}", hex(&lns), hex(&lname)));
+                list_meta["continue"] =
+                    json!(format!("{snapshot_rv}:{}:{}", hex(&lns), hex(&lname)));
                 list_meta["remainingItemCount"] = json!(remaining);
             }
         }
@@ -1203,7 +1468,9 @@ impl State {
 
     /// Current objects for a watch's initial events.
     pub fn current(&self, res: &ResKey) -> Vec<Arc<Value>> {
-        self.objects_of(res).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.objects_of(res)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Events of `res` after `after`, or Err when history no longer reaches back that far.
@@ -1222,7 +1489,10 @@ impl State {
 }
 
 fn remove_finalizer(v: &mut Value, f: &str) {
-    if let Some(list) = v.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
+    if let Some(list) = v
+        .pointer_mut("/metadata/finalizers")
+        .and_then(Value::as_array_mut)
+    {
         list.retain(|x| x != f);
         if list.is_empty() {
             meta_mut(v).remove("finalizers");
@@ -1249,10 +1519,15 @@ mod tests {
         let store = Store::new(100);
         let mut st = store.lock();
         let c = ctx(&st, "", "v1", "configmaps", Some("default"));
-        let created = st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).unwrap();
+        let created = st
+            .create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "v"}}))
+            .unwrap();
         let rv = st.resource_version();
         let again = st.update(&c, "a", created.clone()).unwrap();
-        assert_eq!(again["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+        assert_eq!(
+            again["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
         assert_eq!(st.resource_version(), rv);
     }
 
@@ -1261,16 +1536,24 @@ mod tests {
         let store = Store::new(100);
         let mut st = store.lock();
         let c = ctx(&st, "", "v1", "configmaps", Some("default"));
-        st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "1"}})).unwrap();
+        st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "1"}}))
+            .unwrap();
         let rv1 = st.resource_version();
-        st.patch(&c, "a", PatchKind::Merge, &json!({"data": {"k": "2"}})).unwrap();
+        st.patch(&c, "a", PatchKind::Merge, &json!({"data": {"k": "2"}}))
+            .unwrap();
         st.create(&c, json!({"metadata": {"name": "b"}})).unwrap();
         let info = c.info.clone();
-        let old = st.list(&info, Some("default"), &ListOpts {
-            resource_version: Some(rv1.to_string()),
-            resource_version_match: Some("Exact".into()),
-            ..Default::default()
-        }).unwrap();
+        let old = st
+            .list(
+                &info,
+                Some("default"),
+                &ListOpts {
+                    resource_version: Some(rv1.to_string()),
+                    resource_version_match: Some("Exact".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let items = old["items"].as_array().unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0]["data"]["k"], "1");

@@ -58,7 +58,8 @@ fn bookmark(info: &ResourceInfo, rv: u64, initial_end: bool) -> Bytes {
 }
 
 fn expired(requested: u64, oldest: u64) -> Bytes {
-    let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
+    let status =
+        ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
     line("ERROR", status)
 }
 
@@ -70,7 +71,10 @@ pub fn start(
     presentation: Presentation,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
     let send_initial = params.send_initial_events == Some(true);
-    match (params.send_initial_events.is_some(), params.resource_version_match.as_deref()) {
+    match (
+        params.send_initial_events.is_some(),
+        params.resource_version_match.as_deref(),
+    ) {
         (false, Some(m)) if !m.is_empty() => {
             return Err(invalid_options(
                 "resourceVersionMatch",
@@ -106,7 +110,9 @@ pub fn start(
         let fields = params.fields.clone();
         move |o: &Value| {
             let ns_ok = match (&ns, namespaced) {
-                (Some(ns), true) => o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()),
+                (Some(ns), true) => {
+                    o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str())
+                }
                 _ => true,
             };
             ns_ok && labels.matches(o) && fields.matches(o)
@@ -124,8 +130,12 @@ pub fn start(
     {
         let st = shared.store.lock();
         let current = st.resource_version();
-        let synthetic = send_initial || matches!(requested, None | Some(0));
-        if synthetic {
+        // An explicit sendInitialEvents=false means "from now on" even without a version.
+        let from_now = params.send_initial_events == Some(false);
+        let synthetic = send_initial || (!from_now && matches!(requested, None | Some(0)));
+        if from_now && matches!(requested, None | Some(0)) {
+            start_rv = current;
+        } else if synthetic {
             if let Some(r) = requested
                 && r > current
             {
