@@ -246,3 +246,22 @@ fn invalid_parameters_are_refused_with_the_field_named() {
     assert_eq!(err.reason(), ErrorReason::InvalidParams, "x4plus is not loaded in this engine");
     assert!(err.to_string().contains("high"));
 }
+
+/// This machine's ONNX Runtime (the CPU wheel) has no CUDA or TensorRT: asking for them must
+/// load the session on CPU, with the reason recorded, not fail.
+#[test]
+fn gpu_providers_fall_back_to_cpu_when_the_runtime_lacks_them() {
+    use purrify_inference::runtime::{Provider, Runtime, RuntimeConfig};
+    require_models();
+    let model = purrify_inference::runtime::paths::models_dir().join("realesr-animevideov3-x2.onnx");
+    for requested in [Provider::Cuda, Provider::TensorRt] {
+        let rt = Runtime::new(RuntimeConfig { provider: requested, ..Default::default() }).unwrap();
+        let m = rt.load("fallback", &model).unwrap();
+        let sel = m.selection();
+        assert_eq!(sel.requested, requested);
+        assert_eq!(sel.active, Provider::Cpu, "{requested} must fall back to cpu here");
+        assert_eq!(sel.skipped.first().map(|(p, _)| *p), Some(requested));
+        assert!(sel.skipped.iter().all(|(_, why)| !why.is_empty()));
+        eprintln!("{requested}: skipped {:?}", sel.skipped);
+    }
+}
