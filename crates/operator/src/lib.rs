@@ -10,3 +10,7 @@
 pub mod context;
 pub mod metrics;
 pub mod registry;
+pub mod task;
+pub mod cli;
+pub mod leader;
+pub mod pool;

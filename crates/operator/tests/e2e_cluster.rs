@@ -1,0 +1,352 @@
+//! Kubernetes mode end to end, every part a separate process: `purrify-kubesim` (the
+//! project's in-memory API server), inference workers, the operator and the gateway, sharing
+//! `file://` storage. A real photo goes in through the gateway and comes out enhanced.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use purrify_api::{EnhanceTask, GpuPool};
+use serde_json::{Value, json};
+
+/// A child process, SIGKILLed when dropped so a failing test leaves nothing behind.
+struct Proc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
+    assert!(p.exists(), "{} is missing: `cargo build --workspace --bins` (make test does)", p.display());
+    p
+}
+
+fn cache_root() -> PathBuf {
+    purrify_inference::cache::cache_root()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    _kubesim: Proc,
+    client: kube::Client,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let log = dir.path().join("kubesim.log");
+        let mut child = Command::new(bin("purrify-kubesim"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("purrify-kubesim starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening on "), "kubesim said {line:?}");
+        let kubesim = Proc { child: Some(child), name: "kubesim".into(), log };
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
+        // The CRDs, exactly as an admin applies them.
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for file in ["gpupools.purrify.io.yaml", "enhancetasks.purrify.io.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds").join(file);
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        Self { dir, kubeconfig, _kubesim: kubesim, client, http: reqwest::Client::new() }
+    }
+
+    fn storage(&self) -> String {
+        format!("file://{}", self.dir.path().join("storage").display())
+    }
+
+    fn spawn(&self, name: &str, program: PathBuf, args: &[String]) -> Proc {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child: Some(child), name: name.into(), log }
+    }
+
+    fn worker(&self, name: &str, port: u16) -> Proc {
+        let args = ["serve", "--addr", &format!("127.0.0.1:{port}"), "--storage", &self.storage(), "--quality-levels", "fast", "--threads", "1"];
+        self.spawn(name, bin("purrify-inference"), &args.map(String::from))
+    }
+
+    fn operator(&self, name: &str, port: u16, lease_seconds: u32) -> Proc {
+        let args = [
+            "run", "--namespace", "default", "--lease-namespace", "default", "--metrics-addr", &format!("127.0.0.1:{port}"),
+            "--lease-duration-seconds", &lease_seconds.to_string(), "--probe-interval-seconds", "1",
+        ];
+        self.spawn(name, bin("purrify-operator"), &args.map(String::from))
+    }
+
+    fn gateway(&self, port: u16, operator_port: u16) -> Proc {
+        let args = [
+            "--backend", "kubernetes", "--namespace", "default", "--addr", &format!("127.0.0.1:{port}"),
+            "--data-dir", &self.dir.path().join("gw").display().to_string(), "--storage", &self.storage(),
+            "--operator-url", &format!("http://127.0.0.1:{operator_port}"), "--rate-limit", "0",
+            "--webhook-secret", "k8s-secret", "--allow-private-workers",
+        ];
+        self.spawn("gateway", bin("purrify-gateway"), &args.map(String::from))
+    }
+
+    async fn ready(&self, url: &str, p: &Proc) {
+        for _ in 0..1200 {
+            if let Ok(r) = self.http.get(url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} never became ready at {url}:\n{}", p.name, p.log());
+    }
+
+    async fn external_pool(&self, workers: &[u16]) {
+        let pools: Api<GpuPool> = Api::namespaced(self.client.clone(), "default");
+        let external: Vec<Value> = workers.iter().map(|p| json!({"url": format!("http://127.0.0.1:{p}")})).collect();
+        let pool: GpuPool = serde_json::from_value(json!({
+            "apiVersion": "purrify.io/v1alpha1", "kind": "GpuPool",
+            "metadata": {"name": "default"}, "spec": {"external": external},
+        }))
+        .unwrap();
+        pools.create(&PostParams::default(), &pool).await.unwrap();
+    }
+
+    async fn upload(&self, gw: u16, bytes: Vec<u8>, tile: u32) -> String {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(bytes).file_name("photo.png"))
+            .text("quality_level", "fast")
+            .text("tile_size", tile.to_string());
+        let r = self.http.post(format!("http://127.0.0.1:{gw}/api/v1/enhance")).multipart(form).send().await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        body["task_id"].as_str().unwrap().to_string()
+    }
+
+    async fn status(&self, gw: u16, id: &str) -> Value {
+        match self.http.get(format!("http://127.0.0.1:{gw}/api/v1/status/{id}")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    async fn wait_for(&self, gw: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool, procs: &[&Proc]) -> Value {
+        for _ in 0..2400 {
+            let s = self.status(gw, id).await;
+            if done(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log())).collect();
+        panic!("task {id} never reached {what}; last {}\n{}", self.status(gw, id).await, logs.join("\n"));
+    }
+
+    async fn task(&self, id: &str) -> Option<EnhanceTask> {
+        Api::<EnhanceTask>::namespaced(self.client.clone(), "default").get_opt(id).await.unwrap()
+    }
+
+    async fn worker_succeeded(&self, port: u16) -> f64 {
+        let Ok(r) = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else { return 0.0 };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(r#"purrify_worker_jobs_total{outcome="succeeded""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn in_flight(&self, port: u16) -> u64 {
+        match self.http.get(format!("http://127.0.0.1:{port}/v1/info")).send().await {
+            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["in_flight"].as_u64()).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+fn photo(w: u32, h: u32) -> Vec<u8> {
+    let path = cache_root().join("photos").join("solvay_conference_1927.jpg");
+    let bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("{} missing: run `make models`", path.display()));
+    let img = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&img, 1000, 600, w, h).to_image();
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(crop).write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn completed(s: &Value) -> bool {
+    s["status"] == "completed"
+}
+
+fn running(s: &Value) -> bool {
+    s["status"] == "processing"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_goes_through_the_gateway_the_operator_and_an_external_worker() {
+    let c = Cluster::start().await;
+    let (wp, op, gp) = (free_port(), free_port(), free_port());
+    let w = c.worker("worker", wp);
+    let o = c.operator("operator", op, 15);
+    let g = c.gateway(gp, op);
+    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    c.external_pool(&[wp]).await;
+
+    let id = c.upload(gp, photo(200, 150), 400).await;
+    let cr = c.task(&id).await.expect("the upload became an EnhanceTask");
+    assert_eq!(cr.spec.pool, "default");
+    let s = c.wait_for(gp, &id, "completed", completed, &[&w, &o, &g]).await;
+    assert_eq!(s["progress"], 1.0);
+    let d = c.http.get(format!("http://127.0.0.1:{gp}/api/v1/download/{id}")).send().await.unwrap();
+    assert_eq!(d.status(), 200);
+    assert_eq!(d.headers()["content-type"], "image/jpeg");
+    let img = image::load_from_memory(&d.bytes().await.unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (400, 300));
+
+    // The webhook edits the default pool's external endpoints.
+    let r: Value = c
+        .http
+        .post(format!("http://127.0.0.1:{gp}/webhook/register"))
+        .json(&json!({"ip": "127.0.0.1", "port": 1, "secret": "k8s-secret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["success"], true, "{r}");
+    let pool = Api::<GpuPool>::namespaced(c.client.clone(), "default").get("default").await.unwrap();
+    assert!(pool.spec.external.iter().any(|e| e.url == "http://127.0.0.1:1"), "{:?}", pool.spec.external);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_is_replaced_by_the_other() {
+    let c = Cluster::start().await;
+    let (w1p, w2p, op, gp) = (free_port(), free_port(), free_port(), free_port());
+    let mut w1 = c.worker("worker-1", w1p);
+    let mut w2 = c.worker("worker-2", w2p);
+    let o = c.operator("operator", op, 15);
+    let g = c.gateway(gp, op);
+    for (port, p) in [(w1p, &w1), (w2p, &w2)] {
+        c.ready(&format!("http://127.0.0.1:{port}/readyz"), p).await;
+    }
+    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    c.external_pool(&[w1p, w2p]).await;
+
+    let id = c.upload(gp, photo(640, 480), 32).await;
+    c.wait_for(gp, &id, "processing", running, &[&w1, &w2, &o, &g]).await;
+    let mut victim = None;
+    for _ in 0..400 {
+        if c.in_flight(w1p).await > 0 {
+            victim = Some((1, w2p));
+            break;
+        }
+        if c.in_flight(w2p).await > 0 {
+            victim = Some((2, w1p));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (which, survivor) = victim.expect("one worker runs the job");
+    if which == 1 { w1.kill() } else { w2.kill() }
+    c.wait_for(gp, &id, "completed", completed, &[&w1, &w2, &o, &g]).await;
+    assert_eq!(c.worker_succeeded(survivor).await, 1.0, "the surviving worker ran the retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_task_reattaches_without_running_twice() {
+    let c = Cluster::start().await;
+    let (wp, op, gp) = (free_port(), free_port(), free_port());
+    let w = c.worker("worker", wp);
+    let mut o = c.operator("operator", op, 3);
+    let g = c.gateway(gp, op);
+    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    c.external_pool(&[wp]).await;
+
+    let id = c.upload(gp, photo(640, 480), 32).await;
+    for _ in 0..400 {
+        if c.in_flight(wp).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    o.kill();
+    // The killed leader's lease must expire (3 s) before the new operator leads.
+    let o2 = c.operator("operator-2", op, 3);
+    c.wait_for(gp, &id, "completed", completed, &[&w, &o2, &g]).await;
+    assert_eq!(c.worker_succeeded(wp).await, 1.0, "re-attached instead of running the job again");
+    let attempts = c.task(&id).await.and_then(|t| t.status).map(|s| s.attempts);
+    assert!(matches!(attempts, Some(1) | None), "one attempt, got {attempts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_operator_takes_over_when_the_leader_dies() {
+    let c = Cluster::start().await;
+    let (wp, op1, op2, gp) = (free_port(), free_port(), free_port(), free_port());
+    let w = c.worker("worker", wp);
+    let mut leader = c.operator("operator-1", op1, 3);
+    c.ready(&format!("http://127.0.0.1:{op1}/readyz"), &leader).await;
+    let standby = c.operator("operator-2", op2, 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let standby_ready = c.http.get(format!("http://127.0.0.1:{op2}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_ne!(standby_ready, 200, "only the leader is ready (schedules)");
+    let g = c.gateway(gp, op2);
+    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    c.external_pool(&[wp]).await;
+
+    leader.kill();
+    c.ready(&format!("http://127.0.0.1:{op2}/readyz"), &standby).await;
+    let id = c.upload(gp, photo(160, 120), 400).await;
+    c.wait_for(gp, &id, "completed", completed, &[&w, &standby, &g]).await;
+}

@@ -1,0 +1,217 @@
+//! Shared support of the task controller tests: kubesim in process with the project's CRDs,
+//! an operator context on it, fleets registered by hand (no GpuPool controller here), the
+//! controller started and stopped like the cli would, and a fake worker.
+
+#![allow(dead_code)]
+
+pub mod fake_worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use purrify_api::{EnhanceTask, EnhanceTaskSpec, TaskPhase};
+use purrify_inference::client::{ClientConfig, FleetConfig, WorkerSpec};
+use purrify_operator::context::Context;
+use purrify_operator::metrics::{Metrics, WriteLabels};
+use purrify_operator::registry::{PoolKey, Registry};
+use purrify_operator::task::{self, ProgressHub, TaskConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "default";
+pub const POOL: &str = "default";
+
+pub struct Env {
+    pub sim: kubesim::ServerHandle,
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub hub: ProgressHub,
+}
+
+/// Short client timeouts so a dead worker is noticed within a second or two.
+pub fn fleet_config() -> FleetConfig {
+    FleetConfig {
+        client: ClientConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            event_idle_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            max_poll_failures: 2,
+        },
+        probe_timeout: Duration::from_secs(2),
+        ..FleetConfig::default()
+    }
+}
+
+pub fn test_config() -> TaskConfig {
+    TaskConfig {
+        tick_interval: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(50),
+        progress_write_delay: Duration::from_millis(50),
+        cancel_timeout: Duration::from_secs(2),
+        reattach_grace: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(5),
+        ..TaskConfig::default()
+    }
+}
+
+pub async fn client_for(addr: std::net::SocketAddr) -> Client {
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("cluster URL"));
+    Client::try_from(config).expect("kube client")
+}
+
+/// The CRDs exactly as shipped in `crds/`.
+pub async fn install_crds(client: &Client) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("crds/ exists").flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        api.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    }
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let (addr, sim) = kubesim::Server::start("127.0.0.1:0".parse().unwrap()).await.expect("kubesim starts");
+        let client = client_for(addr).await;
+        install_crds(&client).await;
+        Env { sim, client, metrics: Arc::new(Metrics::new()), hub: ProgressHub::new() }
+    }
+
+    /// A fresh operator process's context: its own registry (fleets start empty).
+    pub fn context(&self) -> Arc<Context> {
+        Arc::new(Context {
+            client: self.client.clone(),
+            registry: Arc::new(Registry::new(fleet_config())),
+            metrics: self.metrics.clone(),
+            namespace: None,
+        })
+    }
+
+    pub fn tasks(&self) -> Api<EnhanceTask> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// A task from the fixture, renamed and adjusted by `f`.
+    pub async fn create(&self, name: &str, f: impl FnOnce(&mut EnhanceTaskSpec)) -> EnhanceTask {
+        let mut t = fixture_task();
+        t.metadata.name = Some(name.into());
+        f(&mut t.spec);
+        self.tasks().create(&PostParams::default(), &t).await.unwrap_or_else(|e| panic!("creating {name}: {e}"))
+    }
+
+    pub async fn get(&self, name: &str) -> Option<EnhanceTask> {
+        self.tasks().get_opt(name).await.unwrap()
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: TaskPhase) -> EnhanceTask {
+        eventually(&format!("{name} to be {}", phase.as_str()), || async {
+            self.get(name).await.filter(|t| t.status.as_ref().is_some_and(|s| s.phase == phase))
+        })
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str) {
+        eventually(&format!("{name} to be deleted"), || async { self.get(name).await.is_none().then_some(()) }).await
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+        self.tasks().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+
+    /// Requests the API server served for `verb` on `resource` (any status code).
+    pub fn served(&self, verb: &str, resource: &str) -> u64 {
+        self.sim.request_count(verb, resource)
+    }
+
+    /// Writes to EnhanceTasks the server saw: creates, status patches, deletes, anything.
+    pub fn task_writes(&self) -> u64 {
+        ["create", "update", "patch", "apply", "delete"]
+            .iter()
+            .map(|v| self.served(v, "enhancetasks") + self.served(v, "enhancetasks/status"))
+            .sum()
+    }
+
+    /// The operator's own count of its writes.
+    pub fn operator_writes(&self, verb: &'static str, resource: &'static str) -> u64 {
+        self.metrics.api_writes.get_or_create(&WriteLabels { verb, resource }).get()
+    }
+}
+
+pub fn fixture_task() -> EnhanceTask {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/task/enhancetask.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).expect("fixture parses")
+}
+
+/// Registers and probes workers in the pool's fleet, as the GpuPool controller would.
+pub async fn add_workers(ctx: &Context, urls: &[&str]) {
+    let fleet = ctx.registry.ensure(&PoolKey::new(NS, POOL));
+    for url in urls {
+        fleet.upsert(WorkerSpec::new(*url)).unwrap();
+        assert_eq!(fleet.probe_worker(url).await, Some(true), "{url} is ready");
+    }
+}
+
+/// A running controller, stoppable like a lost lease stops it.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn start(ctx: Arc<Context>, hub: ProgressHub, config: TaskConfig) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(task::run_with(ctx, config, hub, async move {
+        let _ = rx.await;
+    }));
+    Running { stop: Some(tx), handle }
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.handle)
+            .await
+            .expect("controller stops in time")
+            .expect("controller task did not panic")
+            .expect("controller ends cleanly");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Polls `check` until it returns `Some`. The bound only keeps a broken test from hanging.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn status(t: &EnhanceTask) -> &purrify_api::EnhanceTaskStatus {
+    t.status.as_ref().expect("task has a status")
+}
+
+pub fn uid(t: &EnhanceTask) -> String {
+    t.uid().expect("created tasks have a uid")
+}
