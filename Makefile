@@ -51,16 +51,20 @@ check-features:
 	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '(^|[ ─])(ort|ort-sys|image|purrify-imaging) v[0-9]'
 
 test-rust:
+	# End-to-end tests start the gateway, worker, operator and kubesim binaries.
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
 	  $(CARGO) test $(CARGO_FLAGS) --workspace --no-fail-fast
 
-## bench: engine (Rust vs the Python reference) and gateway (vs FastAPI+uvicorn) benchmarks,
+## bench: engine (Rust vs the Python reference), gateway (vs FastAPI+uvicorn) and operator
+## (1,000 queued tasks against fake workers) benchmarks,
 ## release builds, printed side by side.
 bench: models venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) build $(CARGO_FLAGS) --release -p purrify-inference -p purrify-gateway --bins
 	"$$($(PYTHON_VENV))" tools/bench/engine_bench.py --binary $(TARGET_DIR)/release/purrify-inference
 	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
+	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
 
 clean-cache:
 	rm -rf $(PURRIFY_CACHE)
