@@ -3,60 +3,13 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use purrify_testkit::{Proc, free_port, workspace_bin};
 use support::*;
-
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing running.
-struct Proc {
-    child: Option<Child>,
-    name: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/e2e-xxxx -> target/<profile>
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Proc {
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    Proc { child: Some(child), name: name.into(), log }
-}
 
 struct Cluster {
     dir: tempfile::TempDir,
@@ -84,19 +37,18 @@ impl Cluster {
             "--probe-interval-seconds".into(), "1".into(),
             "--rate-limit".into(), "0".into(),
         ];
-        spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &args, self.dir.path())
+        Proc::spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &args, &[], self.dir.path())
     }
 
     fn worker(&self, name: &str, port: u16) -> Proc {
-        let bin = target_dir().join("purrify-inference");
-        assert!(bin.exists(), "{} is missing: build it with `cargo build -p purrify-inference` (make test does)", bin.display());
+        let bin = workspace_bin("purrify-inference");
         let args = vec![
             "serve".into(), "--addr".into(), format!("127.0.0.1:{port}"),
             "--storage".into(), self.storage(),
             "--quality-levels".into(), "fast".into(),
             "--threads".into(), "1".into(),
         ];
-        spawn(name, &bin, &args, self.dir.path())
+        Proc::spawn(name, &bin, &args, &[], self.dir.path())
     }
 
     async fn wait_ready(&self, url: &str, p: &Proc) {

@@ -3,51 +3,15 @@
 //! `file://` storage. A real photo goes in through the gateway and comes out enhanced.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
+use purrify_testkit::{Proc, free_port, workspace_bin as bin};
 use serde_json::{Value, json};
-
-/// A child process, SIGKILLed when dropped so a failing test leaves nothing behind.
-struct Proc {
-    child: Option<Child>,
-    name: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
-    assert!(p.exists(), "{} is missing: `cargo build --workspace --bins` (make test does)", p.display());
-    p
-}
 
 fn cache_root() -> PathBuf {
     purrify_inference::cache::cache_root()
@@ -76,7 +40,7 @@ impl Cluster {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("listening on "), "kubesim said {line:?}");
-        let kubesim = Proc { child: Some(child), name: "kubesim".into(), log };
+        let kubesim = Proc::adopt("kubesim", child, log);
         let config = kube::Config::from_custom_kubeconfig(
             kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
             &kube::config::KubeConfigOptions::default(),
@@ -99,16 +63,7 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, program: PathBuf, args: &[String]) -> Proc {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let child = Command::new(program)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { child: Some(child), name: name.into(), log }
+        Proc::spawn(name, &program, args, &[("KUBECONFIG", &self.kubeconfig)], self.dir.path())
     }
 
     fn worker(&self, name: &str, port: u16) -> Proc {

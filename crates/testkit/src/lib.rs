@@ -1,0 +1,63 @@
+//! Test support for end-to-end tests that run the project's binaries as processes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A child process, SIGKILLed when dropped, so a failing test leaves nothing running. Its
+/// stderr goes to a log file that failing tests print.
+pub struct Proc {
+    child: Option<Child>,
+    pub name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program` with stdout discarded and stderr logged to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, &Path)], log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(program);
+        cmd.args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc { child: Some(child), name: name.into(), log }
+    }
+
+    /// Wraps an already started child (e.g. one whose stdout the test reads).
+    pub fn adopt(name: &str, child: Child, log: PathBuf) -> Proc {
+        Proc { child: Some(child), name: name.into(), log }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A workspace binary next to the running test (`target/<profile>/<name>`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
+    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
+    assert!(p.exists(), "{} is missing: `cargo build --workspace --bins` (make test does)", p.display());
+    p
+}
