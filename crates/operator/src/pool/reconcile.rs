@@ -138,7 +138,6 @@ impl PoolController {
         self.memory.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         self.ctx.registry.remove(key);
         let labels = PoolLabels { pool: key.to_string() };
-        self.ctx.metrics.queue_depth.remove(&labels);
         self.ctx.metrics.healthy_workers.remove(&labels);
     }
 
@@ -259,7 +258,8 @@ async fn reconcile_with(pool: &GpuPool, c: &PoolController, key: &PoolKey, mem: 
     mem.last_status = Some(next.clone());
 
     let labels = PoolLabels { pool: key.to_string() };
-    c.ctx.metrics.queue_depth.get_or_create(&labels).set(i64::from(queue));
+    // `queue_depth` is the task controller's: its index sees every task event, this count
+    // only every reconcile.
     c.ctx.metrics.healthy_workers.get_or_create(&labels).set(i64::from(next.healthy_workers));
     publish(pool, c, events).await;
     Ok(Action::requeue(c.config.probe_interval))
