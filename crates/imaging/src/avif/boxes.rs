@@ -468,17 +468,47 @@ mod tests {
         );
     }
 
+    /// `parse` reads only up to the `meta` box (a prefix holding `ftyp` and `meta` is
+    /// enough, by design), so a cut before the end of `meta` is an error and a cut inside
+    /// `mdat` parses as the whole file does; `check_complete` catches those, and accepts only
+    /// cuts that fall exactly between top-level boxes.
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let file = sample_file((1, 1), true);
+        let whole = parse(&file).unwrap();
+        let ftyp_end = u32::from_be_bytes(file[..4].try_into().unwrap()) as usize;
+        let meta_len = u32::from_be_bytes(file[ftyp_end..ftyp_end + 4].try_into().unwrap());
+        let meta_end = ftyp_end + meta_len as usize;
+        assert_eq!(&file[ftyp_end + 4..ftyp_end + 8], b"meta");
+        assert_eq!(&file[meta_end + 4..meta_end + 8], b"mdat");
         for len in 0..file.len() {
-            let _ = parse(&file[..len]);
+            let got = parse(&file[..len]);
+            if len < meta_end {
+                assert!(
+                    got.is_err(),
+                    "cut at {len} (meta ends at {meta_end}): {got:?}"
+                );
+            } else {
+                assert_eq!(got.as_ref(), Ok(&whole), "cut at {len}, inside mdat");
+            }
+            let complete = check_complete(&file[..len]);
+            let between_boxes = [0, ftyp_end, meta_end].contains(&len);
+            assert_eq!(
+                complete.is_ok(),
+                between_boxes,
+                "check_complete, cut at {len}"
+            );
         }
+        assert!(check_complete(&file).is_ok());
+        // Single-byte corruptions anywhere: any outcome but a panic; inside mdat, none at all.
         for i in 0..file.len() {
             for v in [0x00, 0xFF, 0x7F, 0x01] {
                 let mut f = file.clone();
                 f[i] = v;
-                let _ = parse(&f);
+                let got = parse(&f);
+                if i >= meta_end + 8 {
+                    assert_eq!(got.as_ref(), Ok(&whole), "byte {i} of mdat's payload");
+                }
             }
         }
     }
