@@ -286,25 +286,55 @@ fn opaque_alpha_is_dropped() {
     assert_eq!(d.rgb, test_image(6, 4));
 }
 
-/// Real photos, when the setup step has fetched them; the committed fixtures stay tiny.
+/// The project's cache directory, by the rule of `tools/models/fetch.py` and
+/// `purrify_inference::cache::cache_root` (this crate cannot depend on that one):
+/// `PURRIFY_CACHE`, else `$XDG_CACHE_HOME/purrify`, else `~/.cache/purrify`.
+fn cache_root() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("PURRIFY_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("purrify")
+}
+
+/// The real photos the setup step fetches (scikit-image's), with their known sizes; the
+/// committed fixtures stay tiny. Missing photos fail the test: run `make models`.
 #[test]
-fn real_photos_if_present() {
-    let dir = std::path::Path::new("/root/.cache/purrify/photos");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        eprintln!("no photos at {}; skipped", dir.display());
-        return;
-    };
-    for e in entries.flatten() {
-        let bytes = std::fs::read(e.path()).unwrap();
+fn real_photos() {
+    let dir = cache_root().join("photos");
+    let expected = [
+        ("astronaut.png", Format::Png, (512, 512)),
+        ("chelsea.png", Format::Png, (451, 300)),
+        ("coffee.png", Format::Png, (600, 400)),
+        ("rocket.jpg", Format::Jpeg, (640, 427)),
+    ];
+    for (name, format, size) in expected {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `make models` (or set PURRIFY_CACHE) first",
+                path.display()
+            )
+        });
         let h = read_header(&bytes, &limits()).unwrap();
-        let d =
-            decode(&bytes, &limits()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
-        assert_eq!(
-            (h.width, h.height),
-            d.rgb.dimensions(),
-            "{}",
-            e.path().display()
+        let d = decode(&bytes, &limits()).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(d.format, format, "{name}");
+        assert_eq!((h.width, h.height), size, "{name}: header");
+        assert_eq!(d.rgb.dimensions(), size, "{name}: pixels");
+        // A real photo, not a blank buffer: plenty of distinct values.
+        let mut seen = [false; 256];
+        d.rgb
+            .as_raw()
+            .iter()
+            .for_each(|&v| seen[usize::from(v)] = true);
+        assert!(
+            seen.iter().filter(|&&s| s).count() > 128,
+            "{name}: too few distinct values"
         );
-        assert!(matches!(d.format, Format::Png | Format::Jpeg));
     }
 }
