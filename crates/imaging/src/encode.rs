@@ -35,6 +35,58 @@ impl OutputFormat {
     pub fn supports_alpha(self) -> bool {
         !matches!(self, OutputFormat::Jpeg)
     }
+
+    /// Name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "JPEG",
+            OutputFormat::Png => "PNG",
+            OutputFormat::Webp => "WebP",
+        }
+    }
+
+    /// Longest side the format can store: JPEG's frame header has 16-bit sizes, PNG allows up
+    /// to 2^31 - 1. Lossless WebP stores `side - 1` in 14 bits (16384 at most), but
+    /// image-webp 0.2 reads a 16384 side back as 0, so 16383 is the largest WebP this
+    /// service, and anyone decoding with that crate, can read.
+    pub fn max_side(self) -> u32 {
+        match self {
+            OutputFormat::Jpeg => 65_535,
+            OutputFormat::Png => i32::MAX as u32,
+            OutputFormat::Webp => 16_383,
+        }
+    }
+}
+
+/// Checks that a `width` x `height` result can be written as `format` and has at most
+/// `max_pixels` pixels. Callers run it on the size they *will* produce (input header times
+/// scale) before doing any work, so a request that cannot succeed fails at once, as bad input.
+pub fn check_output_size(
+    width: u64,
+    height: u64,
+    format: OutputFormat,
+    max_pixels: u64,
+) -> Result<(), ImageError> {
+    let max_side = format.max_side();
+    if width == 0 || height == 0 {
+        return Err(ImageError::Encode("the image is empty".into()));
+    }
+    if width.max(height) > u64::from(max_side) {
+        return Err(ImageError::OutputTooLarge {
+            width,
+            height,
+            format: format.name(),
+            max_side,
+        });
+    }
+    if width.saturating_mul(height) > max_pixels {
+        return Err(ImageError::OutputTooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    Ok(())
 }
 
 pub const DEFAULT_JPEG_QUALITY: u8 = 92;
@@ -51,9 +103,8 @@ pub fn encode(
     jpeg_quality: u8,
 ) -> Result<Vec<u8>, ImageError> {
     let (w, h) = rgb.dimensions();
-    if w == 0 || h == 0 {
-        return Err(ImageError::Encode("the image is empty".into()));
-    }
+    // The pixels exist already, so only the format's own limit applies here.
+    check_output_size(u64::from(w), u64::from(h), format, u64::MAX)?;
     if let Some(a) = alpha
         && a.dimensions() != (w, h)
     {

@@ -34,6 +34,28 @@ pub enum ImageError {
         max_dimension: u32,
     },
 
+    /// The result would be wider or taller than the output format can store.
+    #[error(
+        "the result would be {width}x{height}, but {format} images cannot be wider or taller than {max_side} pixels; use a smaller scale, a smaller image or another output format"
+    )]
+    OutputTooLarge {
+        width: u64,
+        height: u64,
+        format: &'static str,
+        max_side: u32,
+    },
+
+    /// The result would have more pixels than this service writes.
+    #[error(
+        "the result would be {width}x{height} = {pixels} pixels; the limit is {max_pixels}; use a smaller scale or a smaller image",
+        pixels = .width.saturating_mul(*.height)
+    )]
+    OutputTooManyPixels {
+        width: u64,
+        height: u64,
+        max_pixels: u64,
+    },
+
     #[error("could not encode the image: {0}")]
     Encode(String),
 }
@@ -46,12 +68,16 @@ impl ImageError {
             ImageError::UnsupportedFormat { .. } => "unsupported_format",
             ImageError::UnsupportedFeature(_) => "unsupported_feature",
             ImageError::Malformed(_) => "malformed",
-            ImageError::TooLarge { .. } | ImageError::DimensionTooLarge { .. } => "too_large",
+            ImageError::TooLarge { .. }
+            | ImageError::DimensionTooLarge { .. }
+            | ImageError::OutputTooLarge { .. }
+            | ImageError::OutputTooManyPixels { .. } => "too_large",
             ImageError::Encode(_) => "encode",
         }
     }
 
-    /// True when the input is at fault (answer 4xx, do not retry); false for our own failures.
+    /// True when the request is at fault (answer 4xx, do not retry); false for our own
+    /// failures. A result too large for its format is the request's fault: no retry helps.
     pub fn is_input_error(&self) -> bool {
         !matches!(self, ImageError::Encode(_))
     }
@@ -159,6 +185,17 @@ mod tests {
                 width: 1,
                 height: 1,
                 max_dimension: 0,
+            },
+            ImageError::OutputTooLarge {
+                width: 1,
+                height: 1,
+                format: "JPEG",
+                max_side: 0,
+            },
+            ImageError::OutputTooManyPixels {
+                width: 1,
+                height: 1,
+                max_pixels: 0,
             },
             ImageError::Encode("x".into()),
         ] {

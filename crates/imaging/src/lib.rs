@@ -19,7 +19,7 @@ mod sniff;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-pub use encode::{DEFAULT_JPEG_QUALITY, OutputFormat, encode};
+pub use encode::{DEFAULT_JPEG_QUALITY, OutputFormat, check_output_size, encode};
 pub use error::ImageError;
 pub use resize::{resize_gray, resize_rgb, resize_rgb_alpha};
 pub use sniff::{Format, SNIFF_LEN, sniff};

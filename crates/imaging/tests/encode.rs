@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use image::{ExtendedColorType, GrayImage, Luma};
 use purrify_imaging::{
-    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, decode, encode, resize_gray,
-    resize_rgb, resize_rgb_alpha, sniff,
+    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, check_output_size, decode,
+    encode, resize_gray, resize_rgb, resize_rgb_alpha, sniff,
 };
 
 #[test]
@@ -117,4 +117,88 @@ fn sixteen_bit_source_encodes_as_8_bit() {
         decode(&png, &Limits::default()).unwrap().source_bit_depth,
         8
     );
+}
+
+/// `max_side` is exactly where the formats stop working: one more pixel fails in the JPEG
+/// encoder itself, and for WebP produces a file that does not read back (image-webp decodes a
+/// 16384 side as 0). Our own check refuses it first, as the request's fault (not retried).
+#[test]
+fn output_side_limits_match_the_encoders() {
+    use image::ImageEncoder;
+    let any_size = Limits {
+        max_pixels: u64::MAX,
+        max_dimension: u32::MAX,
+    };
+    for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+        let max = format.max_side();
+        for (w, h) in [(max, 1), (1, max)] {
+            let img = image::RgbImage::from_pixel(w, h, image::Rgb([10, 200, 30]));
+            let bytes = encode(&img, None, format, 90)
+                .unwrap_or_else(|e| panic!("{format:?} {w}x{h} must encode: {e}"));
+            let d = decode(&bytes, &any_size)
+                .unwrap_or_else(|e| panic!("{format:?} {w}x{h} must decode: {e}"));
+            assert_eq!(d.rgb.dimensions(), (w, h), "{format:?}");
+        }
+        let over = image::RgbImage::new(max + 1, 1);
+        let mut sink = Vec::new();
+        match format {
+            OutputFormat::Jpeg => {
+                let raw = image::codecs::jpeg::JpegEncoder::new(&mut sink).write_image(
+                    over.as_raw(),
+                    max + 1,
+                    1,
+                    ExtendedColorType::Rgb8,
+                );
+                assert!(raw.is_err(), "the JPEG encoder accepts {} px", max + 1);
+            }
+            _ => {
+                image::codecs::webp::WebPEncoder::new_lossless(&mut sink)
+                    .write_image(over.as_raw(), max + 1, 1, ExtendedColorType::Rgb8)
+                    .unwrap();
+                let back = decode(&sink, &any_size).map(|d| d.rgb.dimensions());
+                assert_ne!(back, Ok((max + 1, 1)), "a {} px WebP reads back", max + 1);
+            }
+        }
+        let e = encode(&over, None, format, 90).unwrap_err();
+        assert!(
+            matches!(e, ImageError::OutputTooLarge { .. }),
+            "{format:?}: {e:?}"
+        );
+        assert!(e.is_input_error());
+        assert_eq!(e.reason(), "too_large");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(format.name()) && msg.contains(&max.to_string()),
+            "{msg}"
+        );
+    }
+    assert_eq!(OutputFormat::Png.max_side(), (1 << 31) - 1);
+}
+
+#[test]
+fn output_size_is_checked_against_pixels_and_sides() {
+    // 20000x20000 input at x4: 80000 per side is too wide for JPEG and WebP, not for PNG.
+    let (w, h) = (80_000, 80_000);
+    for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+        let e = check_output_size(w, h, format, u64::MAX).unwrap_err();
+        assert!(matches!(e, ImageError::OutputTooLarge { .. }), "{e:?}");
+    }
+    let e = check_output_size(w, h, OutputFormat::Png, 200_000_000).unwrap_err();
+    assert_eq!(
+        e,
+        ImageError::OutputTooManyPixels {
+            width: w,
+            height: h,
+            max_pixels: 200_000_000
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "the result would be 80000x80000 = 6400000000 pixels; the limit is 200000000; use a smaller scale or a smaller image"
+    );
+    assert!(e.is_input_error());
+    // The limits are inclusive.
+    assert!(check_output_size(16_383, 10, OutputFormat::Webp, 163_830).is_ok());
+    assert!(check_output_size(16_383, 10, OutputFormat::Webp, 163_829).is_err());
+    assert!(check_output_size(65_535, 65_535, OutputFormat::Jpeg, u64::MAX).is_ok());
 }
