@@ -21,9 +21,11 @@ pub const DEFAULT_POOL: &str = "default";
 // ---------------------------------------------------------------------------------------
 // GpuPool
 
-/// A set of inference workers of one kind: a Deployment of GPU pods the operator manages,
-/// and/or GPU servers outside the cluster (`external`).
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+/// A set of inference workers of one kind. A managed pool has `image` and `replicas`: the
+/// operator runs a Deployment of GPU pods (and may also use `external` servers). An
+/// external-only pool has neither and uses only the GPU servers in `external`, which may be
+/// empty (every server unregistered): the pool is then valid but not Ready.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "purrify.io",
     version = "v1alpha1",
@@ -42,15 +44,17 @@ pub const DEFAULT_POOL: &str = "default";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas.min <= self.replicas.max").message("replicas.min must not exceed replicas.max"))]
-#[x_kube(validation = Rule::new("has(self.image) || size(self.external) > 0").message("a pool needs an image (in-cluster workers) or external endpoints"))]
+#[x_kube(validation = Rule::new("!has(self.replicas) || has(self.image)").message("replicas needs an image: a managed pool sets both image and replicas, an external-only pool neither"))]
+#[x_kube(validation = Rule::new("!has(self.image) || has(self.replicas)").message("image needs replicas: a managed pool sets both image and replicas, an external-only pool neither"))]
 #[serde(rename_all = "camelCase")]
 pub struct GpuPoolSpec {
-    /// Container image of the inference worker (`purrify-inference serve`). Required for
-    /// in-cluster replicas; an external-only pool can leave it out.
+    /// Container image of the inference worker (`purrify-inference serve`). Set together
+    /// with `replicas` (a managed pool); an external-only pool leaves both out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// How many in-cluster replicas the operator may run; it scales between the two on
-    /// queue depth. Omitted: no in-cluster replicas.
+    /// How many in-cluster replicas the operator may run; it scales between the two on the
+    /// pool's load (queued and running tasks). Set together with `image`; omitted (with
+    /// `image`): an external-only pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Replicas>,
     /// GPUs (`nvidia.com/gpu`) requested per replica; 0 for CPU workers.
@@ -81,9 +85,40 @@ pub struct GpuPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
     /// GPU servers outside the cluster, reached over HTTP(S). Filled by the gateway's
-    /// register webhook, or written by hand.
+    /// register webhook, or written by hand. Always written, also when empty: an
+    /// external-only pool whose last server was unregistered stays a valid pool.
+    // No `skip_serializing_if`: replacing a pool with its last endpoint removed must send
+    // `external: []`, not drop the field.
     #[serde(default)]
     pub external: Vec<ExternalEndpoint>,
+}
+
+/// The serde (and CRD) defaults: what `spec: {}` deserialises to. An external-only pool
+/// without endpoints, which the CRD accepts.
+impl Default for GpuPoolSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            replicas: None,
+            gpus_per_replica: default_gpus(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            models: None,
+            execution_provider: ExecutionProvider::default(),
+            concurrency_per_replica: default_concurrency(),
+            scaling: None,
+            external: Vec::new(),
+        }
+    }
+}
+
+impl GpuPoolSpec {
+    /// An external-only pool of these GPU servers (the register webhook's pool), every other
+    /// field at its default.
+    pub fn external_only(external: Vec<ExternalEndpoint>) -> Self {
+        Self { external, ..Self::default() }
+    }
 }
 
 fn default_gpus() -> u32 {
@@ -128,6 +163,7 @@ fn default_models_path() -> String {
     "/models".into()
 }
 
+/// ONNX Runtime execution provider.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
@@ -151,11 +187,12 @@ impl ExecutionProvider {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scaling {
-    /// Queued tasks per replica the operator aims for.
+    /// Tasks of the pool (queued plus running) per replica the operator aims for. Running
+    /// tasks count so that replicas busy with jobs are not scaled away.
     #[serde(default = "default_target_queue")]
     #[schemars(range(min = 1, max = 1000))]
     pub target_queue_per_replica: u32,
-    /// How long the queue must stay low before replicas are removed.
+    /// How long the load must stay low before replicas are removed.
     #[serde(default = "default_scale_down_delay")]
     #[schemars(range(min = 0, max = 86400))]
     pub scale_down_delay_seconds: u32,
@@ -212,15 +249,20 @@ pub struct GpuPoolStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// One worker of the pool as last probed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
+    /// Pod name (in-cluster) or the external endpoint's `name` (else its URL).
     pub name: String,
+    /// Base URL the operator dispatches jobs to.
     pub endpoint: String,
+    /// Whether the worker passed its last readiness probe (`/readyz`).
     pub healthy: bool,
     /// Jobs running or queued on it.
     #[serde(default)]
     pub in_flight: u32,
+    /// GPU telemetry the worker reports (`/v1/info`); absent on CPU workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuStatus>,
     /// RFC 3339 time of the last successful health probe.
@@ -228,6 +270,7 @@ pub struct WorkerStatus {
     pub last_heartbeat: Option<String>,
 }
 
+/// A worker's GPU load.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuStatus {
@@ -298,6 +341,7 @@ fn default_deadline() -> u32 {
     300
 }
 
+/// The photo a task enhances.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskInput {
@@ -312,6 +356,7 @@ pub struct TaskInput {
     pub bytes: Option<u64>,
 }
 
+/// Where a task's result goes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct TaskOutput {
     /// Object-storage URI the result is written to.
@@ -319,6 +364,7 @@ pub struct TaskOutput {
     pub uri: String,
 }
 
+/// Speed/quality trade-off of the background super-resolution.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum QualityLevel {
@@ -331,13 +377,28 @@ pub enum QualityLevel {
     Fast,
 }
 
+/// Encoding of the result image.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
+    /// `image/jpeg`.
     #[default]
     Jpeg,
+    /// `image/png`.
     Png,
+    /// `image/webp`.
     Webp,
+}
+
+impl OutputFormat {
+    /// MIME type of images in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::Webp => "image/webp",
+        }
+    }
 }
 
 /// Enhancement parameters (the seed API's `tile_size`, `quality_level`, plus scale, face
@@ -351,6 +412,8 @@ pub struct TaskParams {
     #[serde(default = "default_tile")]
     #[schemars(range(min = 0, max = 1024))]
     pub tile_size: u32,
+    /// Speed/quality trade-off: `high` runs Real-ESRGAN x4plus, `medium` and `fast` the
+    /// much smaller realesr-animevideov3 (`fast` with less tile overlap).
     #[serde(default)]
     pub quality_level: QualityLevel,
     /// Output scale: 2 or 4.
@@ -360,6 +423,7 @@ pub struct TaskParams {
     /// Restore faces when the pool has a restoration model.
     #[serde(default = "default_true")]
     pub face_enhance: bool,
+    /// Encoding of the result: `jpeg`, `png` or `webp`.
     #[serde(default)]
     pub output_format: OutputFormat,
 }
@@ -380,6 +444,7 @@ fn default_true() -> bool {
     true
 }
 
+/// Who asked for a task.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskOwner {
@@ -430,6 +495,7 @@ impl TaskPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct EnhanceTaskStatus {
+    /// `Queued`, `Running`, `Succeeded`, `Failed` or `Cancelled`.
     #[serde(default)]
     pub phase: TaskPhase,
     /// 0..1, coarse.
@@ -444,33 +510,69 @@ pub struct EnhanceTaskStatus {
     /// Attempts started.
     #[serde(default)]
     pub attempts: u32,
+    /// RFC 3339 time the first attempt started on a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    /// RFC 3339 time the task finished (succeeded, failed or was cancelled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<String>,
+    /// What the worker produced; set once the task succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
+    /// Why the task failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
+    /// Standard Kubernetes conditions, for tools that wait on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
+/// The enhanced image a task produced.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskResult {
+    /// Object-storage URI the result was written to.
     pub uri: String,
+    /// Width of the result in pixels.
     pub width: u32,
+    /// Height of the result in pixels.
     pub height: u32,
+    /// Size of the result in bytes.
     pub bytes: u64,
-    /// Faces detected and restored.
+    /// MIME type of the result (`image/jpeg`, `image/png`, `image/webp`). Absent only on
+    /// results recorded by an operator older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Faces detected (and restored when `faceRestoration` is `applied`).
     pub faces: u32,
+    /// Whether face restoration ran, and if not why: `applied`, `disabled` (the task asked
+    /// for none), `notConfigured` (the pool has no restoration model), `noFaces`. Absent only
+    /// on results recorded by an operator older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_restoration: Option<FaceRestoration>,
 }
 
+/// Outcome of face restoration on one task, as the worker reports it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FaceRestoration {
+    /// Faces were detected and restored.
+    Applied,
+    /// The task asked for no face restoration (`params.faceEnhance: false`).
+    Disabled,
+    /// The worker has no restoration model: background-only enhancement.
+    NotConfigured,
+    /// A restoration model is configured but no face was found.
+    NoFaces,
+}
+
+/// Why a task failed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct TaskError {
     /// Bounded reason: `BadInput`, `TooLarge`, `InvalidParams`, `WorkerUnavailable`,
     /// `InferenceFailed`, `StorageError`, `DeadlineExceeded`, `Cancelled`.
     pub reason: String,
+    /// Human-readable explanation, safe to show to the uploader.
     pub message: String,
 }
 

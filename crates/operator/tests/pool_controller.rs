@@ -351,6 +351,34 @@ async fn external_worker_health_reaches_status_and_steady_state_writes_nothing()
     env.stop().await;
 }
 
+/// What the gateway's unregister webhook does to the default pool: the last external server
+/// goes, the pool stays (the CRD admits `external: []`) and reports that it has no workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_pool_whose_last_server_is_unregistered_stays_valid_without_workers() {
+    let env = Env::start().await;
+    let worker = FakeWorker::start().await;
+    let pools = env.api::<GpuPool>();
+    let spec = purrify_api::GpuPoolSpec::external_only(vec![purrify_api::ExternalEndpoint { url: worker.url(), name: Some("gpu-1".into()) }]);
+    let mut pool = GpuPool::new("default", spec);
+    pool.metadata.namespace = Some(NS.into());
+    pools.create(&PostParams::default(), &pool).await.unwrap();
+    status_where(&env, "default", "worker healthy", |s| s.healthy_workers == 1).await;
+
+    // Read, drop the endpoint, replace: as the gateway does.
+    let mut current = pools.get("default").await.unwrap();
+    current.spec.external.clear();
+    let replaced = pools.replace("default", &PostParams::default(), &current).await.expect("a pool without endpoints is admitted");
+    assert!(replaced.spec.external.is_empty() && replaced.spec.image.is_none());
+
+    let s = status_where(&env, "default", "no workers", |s| s.workers.is_empty() && s.observed_generation == replaced.metadata.generation).await;
+    assert_eq!(condition(&s, "Ready"), ("False", "NoWorkers"));
+    assert_eq!(condition(&s, "Degraded"), ("False", "AllWorkersHealthy"), "valid, not an invalid spec");
+    assert_eq!(s.healthy_workers, 0);
+    let fleet = env.ctx.registry.fleet(&PoolKey::new(NS, "default")).expect("the pool keeps its (empty) fleet");
+    assert_eq!(fleet.snapshot().workers.len(), 0);
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_pods_join_the_fleet_and_a_changed_spec_is_reapplied() {
     let env = Env::start().await;

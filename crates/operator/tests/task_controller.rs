@@ -100,6 +100,9 @@ async fn happy_path_streams_progress_and_stays_within_five_writes() {
     let result = st.result.as_ref().expect("a result");
     assert_eq!(result.uri, "file:///data/results/photo.jpg");
     assert_eq!((result.width, result.height, result.bytes, result.faces), (64, 48, 1234, 1));
+    // The worker's own words for the output type and the face outcome, for the gateway.
+    assert_eq!(result.content_type.as_deref(), Some("image/jpeg"));
+    assert_eq!(result.face_restoration, Some(purrify_api::FaceRestoration::Applied));
     assert_eq!(st.progress, 1.0);
     assert!(st.completion_time.is_some() && st.error.is_none());
     read_until(&mut stream, "\"phase\":\"Succeeded\"").await;

@@ -3,8 +3,11 @@
 //!
 //! The schema catches most mistakes at admission; these are the ones it cannot express (a
 //! pool name too long to derive a Service name from) or that an older CRD version may have
-//! let through. An invalid pool keeps whatever it already runs: nothing is applied or
-//! removed until the spec is fixed, and the status says why.
+//! let through. The rules are the CRD's: a pool is either managed (`image` and `replicas`)
+//! or external-only (neither); an external-only pool may have no endpoints at all (the last
+//! registered server was unregistered), which is valid but not Ready. An invalid pool keeps
+//! whatever it already runs: nothing is applied or removed until the spec is fixed, and the
+//! status says why.
 
 use std::collections::BTreeMap;
 
@@ -63,9 +66,15 @@ pub fn validate(pool: &GpuPool) -> Result<ValidPool, Invalid> {
     }
 
     let in_cluster = match (&spec.replicas, &spec.image) {
-        (None, _) => None,
+        (None, None) => None,
         (Some(_), None) => {
             problems.push("replicas is set but image is not: in-cluster workers need an image".to_owned());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(
+                "image is set but replicas is not: a managed pool needs both, an external-only pool neither".to_owned(),
+            );
             None
         }
         (Some(r), Some(image)) => {
@@ -121,9 +130,6 @@ pub fn validate(pool: &GpuPool) -> Result<ValidPool, Invalid> {
             Err(err) => problems.push(format!("external endpoint `{}` is invalid: {err}", e.url)),
         }
     }
-    if in_cluster.is_none() && spec.external.is_empty() {
-        problems.push("the pool has neither in-cluster replicas (image and replicas) nor external endpoints".to_owned());
-    }
 
     if !problems.is_empty() {
         return Err(Invalid(problems));
@@ -177,12 +183,30 @@ mod tests {
 
     #[test]
     fn refuses_what_the_schema_cannot_see() {
-        let spec = GpuPoolSpec { replicas: Some(Replicas { min: 3, max: 1 }), ..GpuPoolSpec::default() };
+        let spec = GpuPoolSpec { image: Some(" ".into()), replicas: Some(Replicas { min: 3, max: 1 }), ..GpuPoolSpec::default() };
         let err = validate(&pool("p", spec)).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("image is empty") && err.to_string().contains("exceeds"), "{err}");
         let spec = GpuPoolSpec { external: vec![ExternalEndpoint { url: "not a url".into(), name: None }], ..GpuPoolSpec::default() };
         assert!(validate(&pool("p", spec)).unwrap_err().to_string().contains("not a url"));
-        assert!(validate(&pool("p", GpuPoolSpec::default())).is_err());
+    }
+
+    #[test]
+    fn a_pool_is_managed_or_external_only_as_the_crd_says() {
+        let replicas = Some(Replicas { min: 0, max: 2 });
+        let err = validate(&pool("p", GpuPoolSpec { replicas: replicas.clone(), ..GpuPoolSpec::default() })).unwrap_err();
+        assert!(err.to_string().contains("replicas is set but image is not"), "{err}");
+        let err = validate(&pool("p", GpuPoolSpec { image: Some("img".into()), ..GpuPoolSpec::default() })).unwrap_err();
+        assert!(err.to_string().contains("image is set but replicas is not"), "{err}");
+        let managed = GpuPoolSpec { image: Some("img".into()), replicas, ..GpuPoolSpec::default() };
+        assert!(validate(&pool("p", managed)).unwrap().in_cluster.is_some());
+    }
+
+    #[test]
+    fn an_external_only_pool_without_endpoints_is_valid() {
+        // What unregistering the last server leaves behind; the status says NoWorkers.
+        let v = validate(&pool("default", GpuPoolSpec::external_only(vec![]))).unwrap();
+        assert!(v.in_cluster.is_none() && v.external.is_empty());
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use purrify_api::{EnhanceTaskStatus, TaskError, TaskPhase, TaskResult};
+use purrify_api::{EnhanceTaskStatus, FaceRestoration, TaskError, TaskPhase, TaskResult};
 use purrify_inference::client::{ClientError, JobOutcome, format_rfc3339};
-use purrify_inference::protocol::{ErrorReason, JobError, JobResult};
+use purrify_inference::protocol::{self, ErrorReason, JobError, JobResult};
 
 use super::index::Entry;
 
@@ -202,10 +202,22 @@ pub fn succeeded(prev: &EnhanceTaskStatus, result: &JobResult, now: SystemTime) 
             width: result.width,
             height: result.height,
             bytes: result.bytes,
+            content_type: Some(result.content_type.clone()).filter(|c| !c.is_empty()),
             faces: result.faces,
+            face_restoration: Some(face_restoration(result.face_restoration)),
         }),
         error: None,
         ..prev.clone()
+    }
+}
+
+/// The worker protocol's face-restoration outcome in the CRD's vocabulary.
+pub fn face_restoration(f: protocol::FaceRestoration) -> FaceRestoration {
+    match f {
+        protocol::FaceRestoration::Applied => FaceRestoration::Applied,
+        protocol::FaceRestoration::Disabled => FaceRestoration::Disabled,
+        protocol::FaceRestoration::NotConfigured => FaceRestoration::NotConfigured,
+        protocol::FaceRestoration::NoFaces => FaceRestoration::NoFaces,
     }
 }
 
@@ -324,7 +336,6 @@ mod tests {
     use crate::task::index::{Index, tests::task};
     use crate::task::model::{CANCEL_ANNOTATION, TaskKey};
     use kube::ResourceExt;
-    use purrify_inference::protocol::FaceRestoration;
     use std::sync::Arc;
 
     fn result() -> JobResult {
@@ -335,7 +346,7 @@ mod tests {
             height: 6,
             bytes: 100,
             faces: 1,
-            face_restoration: FaceRestoration::Applied,
+            face_restoration: protocol::FaceRestoration::Applied,
             model: "m".into(),
             elapsed_ms: 3,
         }
@@ -416,6 +427,17 @@ mod tests {
         assert_eq!(ok.phase, TaskPhase::Succeeded);
         assert_eq!(ok.progress, 1.0);
         assert_eq!(ok.result.as_ref().map(|r| (r.uri.as_str(), r.width, r.faces)), Some(("file:///o.jpg", 8, 1)));
+        let r = ok.result.as_ref().unwrap();
+        assert_eq!((r.content_type.as_deref(), r.face_restoration), (Some("image/jpeg"), Some(FaceRestoration::Applied)));
+        // What the worker says, not a guess from the face count.
+        let plain = JobResult {
+            content_type: "image/webp".into(),
+            faces: 0,
+            face_restoration: protocol::FaceRestoration::NotConfigured,
+            ..result()
+        };
+        let r = succeeded(&r2, &plain, t0).result.unwrap();
+        assert_eq!((r.content_type.as_deref(), r.face_restoration), (Some("image/webp"), Some(FaceRestoration::NotConfigured)));
         assert_eq!((ok.worker.as_deref(), ok.attempts), (Some("http://w2:1"), 2), "who ran it stays visible");
         assert!(ok.completion_time.is_some() && ok.error.is_none());
 
