@@ -1,8 +1,8 @@
 //! The GpuPool controller: each pool becomes a Deployment of inference workers with a Service
 //! and a PodDisruptionBudget (for in-cluster replicas), a fleet of probed workers in the
 //! shared [`Registry`](crate::registry::Registry) (its ready pods plus its external
-//! endpoints), replicas scaled on the pool's queue, and a status with worker health, GPU
-//! telemetry and `Ready`/`Degraded`/`ScalingLimited` conditions.
+//! endpoints), replicas scaled on the pool's load (queued plus running tasks), and a status
+//! with worker health, GPU telemetry and `Ready`/`Degraded`/`ScalingLimited` conditions.
 //!
 //! Pure parts: [`validate`], [`builder`] (desired children), [`scaling`], [`workers`] (pods and
 //! snapshots to fleet members and status entries), [`status`] (status and Events). I/O lives in

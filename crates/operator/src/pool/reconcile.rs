@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use purrify_api::{EnhanceTask, GpuPool, GpuPoolStatus, TaskPhase};
+use purrify_api::{EnhanceTask, GpuPool, GpuPoolStatus};
 use purrify_inference::client::{Fleet, WorkerSpec, normalize_endpoint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::builder::{self, WorkerDefaults, child_name, owner_reference, selector_string};
 use super::error::Error;
-use super::scaling::{self, ScaleInput};
+use super::scaling::{self, PoolLoad, ScaleInput};
 use super::status::{self, PoolEvent, ScaleView, StatusInput};
 use super::validate::{self, ValidPool};
 use super::workers::{pod_workers, worker_status};
@@ -75,7 +75,7 @@ struct Memory {
     /// The pool object this memory belongs to: a pool deleted and re-created under the same
     /// name starts afresh.
     uid: String,
-    /// Since when the queue has asked for fewer replicas than run.
+    /// Since when the load has asked for fewer replicas than run.
     low_since: Option<Instant>,
     /// The replica count last decided. The operator owns `spec.replicas`: a hand-made change
     /// is reverted at once rather than taken as the new starting point.
@@ -109,7 +109,7 @@ pub struct PoolController {
 }
 
 impl PoolController {
-    /// `tasks` is a cache of EnhanceTasks (for queue depths); `tasks_synced` turns true once it
+    /// `tasks` is a cache of EnhanceTasks (for pool loads); `tasks_synced` turns true once it
     /// has listed them.
     pub fn new(ctx: Arc<Context>, config: PoolConfig, tasks: Store<EnhanceTask>, tasks_synced: watch::Receiver<bool>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: config.instance.clone() };
@@ -141,21 +141,10 @@ impl PoolController {
         self.ctx.metrics.healthy_workers.remove(&labels);
     }
 
-    /// Queued tasks of the pool. A task without status has not been seen by the task
-    /// controller yet, and is waiting all the same.
-    fn queue_depth(&self, key: &PoolKey) -> u32 {
-        let n = self
-            .tasks
-            .state()
-            .iter()
-            .filter(|t| {
-                t.metadata.namespace.as_deref() == Some(key.namespace.as_str())
-                    && t.spec.pool == key.name
-                    && t.metadata.deletion_timestamp.is_none()
-                    && t.status.as_ref().map_or(TaskPhase::Queued, |s| s.phase) == TaskPhase::Queued
-            })
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+    /// Queued and running tasks of the pool, from the task cache.
+    fn load(&self, key: &PoolKey) -> PoolLoad {
+        let tasks = self.tasks.state();
+        PoolLoad::of(tasks.iter().map(|t| t.as_ref()), &key.namespace, &key.name)
     }
 }
 
@@ -198,7 +187,7 @@ async fn reconcile_with(pool: &GpuPool, c: &PoolController, key: &PoolKey, mem: 
         return Err(Error::CacheNotReady("EnhanceTask"));
     }
     let validated = validate::validate(pool);
-    let queue = c.queue_depth(key);
+    let load = c.load(key);
     let fleet = c.ctx.registry.ensure(key);
 
     let mut scale_view = None;
@@ -209,7 +198,7 @@ async fn reconcile_with(pool: &GpuPool, c: &PoolController, key: &PoolKey, mem: 
         Ok(valid) => {
             let mut members: Vec<WorkerSpec> = valid.external.clone();
             if valid.in_cluster.is_some() {
-                let children = apply_children(pool, valid, c, mem, queue).await?;
+                let children = apply_children(pool, valid, c, mem, load).await?;
                 scale_view = Some(children.scale);
                 scaled = children.scaled;
                 replicas = children.replicas;
@@ -242,14 +231,14 @@ async fn reconcile_with(pool: &GpuPool, c: &PoolController, key: &PoolKey, mem: 
         replicas,
         ready_replicas,
         workers: snapshot.workers.iter().map(worker_status).collect(),
-        queue,
+        queue: load.queued,
         now: SystemTime::now(),
         telemetry_refresh: c.config.telemetry_refresh,
     });
     let mut events = status::transitions(previous.as_ref(), &next, &unready_pods);
     if let Some((from, to)) = scaled {
-        let note = format!("scaled from {from} to {to} replicas (queue {queue})");
-        info!(from, to, queue, "scaled");
+        let note = format!("scaled from {from} to {to} replicas ({} queued, {} running)", load.queued, load.running);
+        info!(from, to, queued = load.queued, running = load.running, "scaled");
         events.insert(0, PoolEvent { warning: false, reason: "Scaled", note });
     }
     if previous.as_ref() != Some(&next) {
@@ -272,7 +261,7 @@ struct Children {
     ready_replicas: i32,
 }
 
-async fn apply_children(pool: &GpuPool, valid: &ValidPool, c: &PoolController, mem: &mut Memory, queue: u32) -> Result<Children, Error> {
+async fn apply_children(pool: &GpuPool, valid: &ValidPool, c: &PoolController, mem: &mut Memory, load: PoolLoad) -> Result<Children, Error> {
     let Some(ic) = valid.in_cluster.as_ref() else { unreachable!("only called for in-cluster pools") };
     let ns = &valid.key.namespace;
     let name = child_name(&valid.key.name);
@@ -292,7 +281,7 @@ async fn apply_children(pool: &GpuPool, valid: &ValidPool, c: &PoolController, m
             max: ic.max,
             target_queue_per_replica: ic.scaling.target_queue_per_replica,
             scale_down_delay: Duration::from_secs(u64::from(ic.scaling.scale_down_delay_seconds)),
-            queue,
+            load,
             current,
         },
         mem.low_since,

@@ -91,7 +91,7 @@ pub fn compute(input: StatusInput<'_>) -> GpuPoolStatus {
         (Some(_), _) => cond(SCALING_LIMITED, false, "InvalidSpec", String::new()),
         (None, None) => cond(SCALING_LIMITED, false, "NoInClusterReplicas", String::new()),
         (None, Some(s)) if s.limited => {
-            cond(SCALING_LIMITED, true, "MaxReplicasReached", format!("the queue asks for {} replicas; replicas.max is {}", s.wanted, s.max))
+            cond(SCALING_LIMITED, true, "MaxReplicasReached", format!("the load (queued and running tasks) asks for {} replicas; replicas.max is {}", s.wanted, s.max))
         }
         (None, Some(_)) => cond(SCALING_LIMITED, false, "WithinBounds", String::new()),
     };
