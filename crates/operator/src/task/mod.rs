@@ -42,6 +42,16 @@ pub use progress::{Progress, ProgressHub};
 
 use crate::context::Context;
 
+/// `(apiGroup, resource, verbs)` this controller uses; `deploy/operator-rbac.yaml` must grant
+/// exactly these (a test checks). Keep in step with `controller` (the watch-fed index: list,
+/// watch) and `kubeio` (a re-read after a conflicting write, guarded status patches, TTL
+/// deletes, Events).
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("purrify.io", "enhancetasks", &["get", "list", "watch", "delete"]),
+    ("purrify.io", "enhancetasks/status", &["patch"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
 /// Tuning of the task controller. The defaults suit production.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
