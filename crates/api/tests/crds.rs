@@ -62,7 +62,7 @@ fn walk(schema: &serde_json::Value, path: &str, missing: &mut Vec<String>, seen:
         for (name, child) in props {
             let child_path = format!("{path}.{name}");
             *seen += 1;
-            if !child["description"].as_str().is_some_and(|d| !d.trim().is_empty()) {
+            if child["description"].as_str().is_none_or(|d| d.trim().is_empty()) {
                 missing.push(child_path.clone());
             }
             walk(child, &child_path, missing, seen);
