@@ -7,13 +7,20 @@
 //! - The task history stays in the gateway's database: the row is written at upload and the
 //!   outcome mirrored when the CR finishes, so finished CRs can be deleted quickly (TTL)
 //!   while `/status` and `/download` keep working.
+//! - A task CR deleted before it finished (by hand, or while the gateway was not watching)
+//!   ends as failed, or cancelled when the gateway had asked for that, instead of staying
+//!   queued forever; finished CRs deleted by their TTL keep their outcome.
 //! - `/webhook/register|unregister` edit `spec.external` of the default GpuPool.
+//! - Worker health for `/api/v1/health`, `/api/v1/info` and `/metrics` comes from a watch-fed
+//!   GpuPool cache, so those endpoints cost no API call either.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use purrify_api::{
@@ -34,6 +41,14 @@ const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 const LABEL_POOL: &str = "purrify.io/pool";
 /// Annotation the operator reads to cancel a task (the spec is immutable).
 pub const CANCEL_ANNOTATION: &str = "purrify.io/cancel";
+/// What a client reads about a task whose CR was deleted while it was still running.
+pub const DELETED_MESSAGE: &str = "the task was deleted from the cluster before finishing";
+/// The same, when the gateway only noticed after a restart or relist.
+pub const MISSING_MESSAGE: &str = "the task was deleted from the cluster before the gateway saw it finish";
+/// A queued row younger than this may belong to a create still in flight (its CR not yet
+/// listable), in this gateway or another replica sharing the database: a relist leaves it
+/// alone until the next one.
+const CREATE_GRACE_MS: i64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -54,6 +69,11 @@ pub struct KubeBackend {
     db: Db,
     hub: ProgressHub,
     operator_url: Option<String>,
+    /// The namespace's GpuPools, kept by a watch (started by `spawn`).
+    pool_cache: Store<GpuPool>,
+    pool_writer: Arc<Mutex<Option<reflector::store::Writer<GpuPool>>>>,
+    /// Tasks whose row is written but whose CR may not exist yet.
+    creating: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Seed status of a CR phase.
@@ -206,15 +226,24 @@ impl KubeBackend {
             .list(&kube::api::ListParams::default().limit(1))
             .await
             .map_err(|e| anyhow::anyhow!("cannot list EnhanceTasks in namespace {namespace} (CRDs applied? RBAC?): {e}"))?;
-        Ok(Self {
+        Ok(Self::new(client, namespace, db, hub, operator_url))
+    }
+
+    /// A backend on an existing client (no API call until `spawn` or a request).
+    pub fn new(client: kube::Client, namespace: &str, db: Db, hub: ProgressHub, operator_url: Option<String>) -> Self {
+        let (pool_cache, writer) = reflector::store();
+        Self {
             pools: Api::namespaced(client.clone(), namespace),
-            tasks,
+            tasks: Api::namespaced(client.clone(), namespace),
             client,
             namespace: namespace.to_string(),
             db,
             hub,
             operator_url,
-        })
+            pool_cache,
+            pool_writer: Arc::new(Mutex::new(Some(writer))),
+            creating: Arc::new(Mutex::new(HashSet::new())),
+        }
     }
 
     pub fn namespace(&self) -> &str {
@@ -225,7 +254,7 @@ impl KubeBackend {
         &self.client
     }
 
-    /// Starts the watch mirror and the progress follower.
+    /// Starts the watch mirror, the GpuPool cache and the progress follower.
     pub fn spawn(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut handles = Vec::new();
         let this = self.clone();
@@ -236,6 +265,25 @@ impl KubeBackend {
                 _ = stop1.changed() => {}
             }
         }));
+        let writer = self.pool_writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(writer) = writer {
+            let pools = self.pools.clone();
+            let mut stop2 = stop.clone();
+            handles.push(tokio::spawn(async move {
+                let stream = watcher::watcher(pools, watcher::Config::default()).default_backoff().reflect(writer);
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    tokio::select! {
+                        next = stream.next() => match next {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => warn!(error = %e, "GpuPool watch error; retrying"),
+                            None => break,
+                        },
+                        _ = stop2.changed() => break,
+                    }
+                }
+            }));
+        }
         if let Some(url) = self.operator_url.clone() {
             let this = self.clone();
             handles.push(tokio::spawn(async move {
@@ -249,19 +297,112 @@ impl KubeBackend {
     }
 
     /// Watches the namespace's EnhanceTasks: every change goes to the hub; finished ones into
-    /// the history database.
+    /// the history database. Deletions end unfinished tasks; after every (re)list, unfinished
+    /// rows whose CR is gone are ended too, since a watch that was down saw no delete.
     async fn mirror_loop(&self) {
         let stream = watcher::watcher(self.tasks.clone(), watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
+        let mut listed: HashSet<String> = HashSet::new();
+        let mut list_started = now_ms();
         loop {
             match stream.try_next().await {
-                Ok(Some(Event::Apply(t) | Event::InitApply(t))) => self.mirror(&t).await,
-                Ok(Some(Event::Delete(t))) => debug!(task = t.metadata.name.as_deref().unwrap_or("-"), "task CR deleted"),
-                Ok(Some(Event::Init | Event::InitDone)) => {}
+                Ok(Some(Event::Apply(t))) => self.mirror(&t).await,
+                Ok(Some(Event::InitApply(t))) => {
+                    if let Some(name) = &t.metadata.name {
+                        listed.insert(name.clone());
+                    }
+                    self.mirror(&t).await;
+                }
+                Ok(Some(Event::Delete(t))) => self.deleted(&t).await,
+                Ok(Some(Event::Init)) => {
+                    listed.clear();
+                    list_started = now_ms();
+                }
+                Ok(Some(Event::InitDone)) => self.end_missing(&std::mem::take(&mut listed), list_started).await,
                 Ok(None) => break,
                 Err(e) => warn!(error = %e, "EnhanceTask watch error; retrying"),
             }
         }
+    }
+
+    /// A task CR is gone. A finished one (TTL) keeps its outcome, recorded once more in case
+    /// the watch missed it; an unfinished one ends here, or it would stay queued forever.
+    async fn deleted(&self, t: &EnhanceTask) {
+        let Some(id) = t.metadata.name.as_deref() else { return };
+        let st = t.status.clone().unwrap_or_default();
+        if st.phase.is_finished() {
+            debug!(task = id, phase = st.phase.as_str(), "finished task CR deleted");
+            self.mirror(t).await;
+            return;
+        }
+        let cancel_asked = t.metadata.annotations.as_ref().and_then(|a| a.get(CANCEL_ANNOTATION)).is_some_and(|v| v == "true");
+        info!(task = id, phase = st.phase.as_str(), cancel_asked, "task CR deleted before it finished");
+        let user = t.spec.owner.as_ref().map(|o| o.user_id.clone());
+        self.end_task(id, cancel_asked, DELETED_MESSAGE, f64::from(st.progress), st.attempts, user).await;
+    }
+
+    /// Ends unfinished rows whose CR was not in the list that started at `list_started`.
+    /// Each candidate is confirmed gone with a GET, so a CR created after the list began is
+    /// never mistaken for a deleted one; candidates are rare, so that costs next to nothing.
+    async fn end_missing(&self, listed: &HashSet<String>, list_started: i64) {
+        let rows = match (self.db.queued_tasks(u32::MAX).await, self.db.processing_tasks().await) {
+            (Ok(q), Ok(p)) => q.into_iter().chain(p),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot read unfinished tasks to check them against the cluster");
+                return;
+            }
+        };
+        let candidates: Vec<_> = {
+            let creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+            rows.filter(|r| !listed.contains(&r.id) && !creating.contains(&r.id))
+                .filter(|r| r.status != TaskStatus::Queued || r.created_at < list_started - CREATE_GRACE_MS)
+                .collect()
+        };
+        for row in candidates {
+            match self.tasks.get_opt(&row.id).await {
+                Ok(None) => {
+                    info!(task = %row.id, status = row.status.as_str(), "unfinished task has no CR any more");
+                    self.end_task(&row.id, false, MISSING_MESSAGE, row.progress, row.attempts, row.user_id.clone()).await;
+                }
+                Ok(Some(_)) => {}
+                Err(e) => warn!(task = %row.id, error = %e, "cannot check whether the task CR still exists"),
+            }
+        }
+    }
+
+    /// Records the terminal state of a task whose CR is gone: cancelled when the gateway
+    /// asked for that, failed otherwise.
+    async fn end_task(&self, id: &str, cancelled: bool, message: &str, progress: f64, attempts: u32, user_id: Option<String>) {
+        let (status, code, message) = if cancelled {
+            (TaskStatus::Cancelled, code_of("Cancelled"), "the task was cancelled")
+        } else {
+            // No operator reason applies; the bounded codes have no better word for it.
+            (TaskStatus::Failed, "INTERNAL_ERROR", message)
+        };
+        let m = Mirror {
+            id,
+            status,
+            progress,
+            worker: None,
+            job_id: None,
+            attempts,
+            error_code: Some(code),
+            error_message: Some(message),
+            result: None,
+        };
+        if let Err(e) = self.db.mirror_task(&m).await {
+            warn!(task = id, error = %e, "cannot record the end of a deleted task");
+        }
+        self.hub.publish(TaskView {
+            task_id: id.to_string(),
+            status,
+            progress: progress as f32,
+            stage: None,
+            error: Some(TaskFailure { code: code.to_string(), message: message.to_string() }),
+            result: None,
+            user_id,
+            updated_at: now_ms(),
+        });
     }
 
     async fn mirror(&self, t: &EnhanceTask) {
@@ -334,6 +475,14 @@ impl KubeBackend {
 
     /// Persists the task (database row, then the CR) before the caller answers 2xx.
     pub async fn create(&self, task: &NewTask, pool: &str, deadline: Duration) -> Result<(), KubeError> {
+        // A relist between the row and the CR must not take the task for a deleted one.
+        self.creating.lock().unwrap_or_else(PoisonError::into_inner).insert(task.id.clone());
+        let created = self.create_inner(task, pool, deadline).await;
+        self.creating.lock().unwrap_or_else(PoisonError::into_inner).remove(&task.id);
+        created
+    }
+
+    async fn create_inner(&self, task: &NewTask, pool: &str, deadline: Duration) -> Result<(), KubeError> {
         let row = self.db.insert_task(task, deadline).await?;
         let cr = task_resource(task, pool, u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX).max(1));
         if let Err(e) = self.tasks.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &cr).await {
@@ -368,8 +517,11 @@ impl KubeBackend {
         Ok(self.pools.get_opt(name).await?)
     }
 
+    /// `name`'s status from the watch-fed cache: no API call. Waits (briefly) for the first
+    /// list only, so the first health check after a start does not report an empty pool.
     pub async fn pool_status(&self, name: &str) -> Option<GpuPoolStatus> {
-        self.pool(name).await.ok().flatten().and_then(|p| p.status)
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pool_cache.wait_until_ready()).await;
+        self.pool_cache.get(&ObjectRef::new(name).within(&self.namespace)).and_then(|p| p.status.clone())
     }
 
     /// Adds (or renames) an external endpoint of `pool`, creating an external-only pool when
@@ -379,14 +531,7 @@ impl KubeBackend {
         for _ in 0..5 {
             match self.pools.get_opt(pool).await? {
                 None => {
-                    let p = GpuPool {
-                        metadata: ObjectMeta { name: Some(pool.into()), ..Default::default() },
-                        spec: GpuPoolSpec {
-                            external: vec![ExternalEndpoint { url: url.into(), name: Some(name.into()) }],
-                            ..GpuPoolSpec::default()
-                        },
-                        status: None,
-                    };
+                    let p = external_only_pool(pool, ExternalEndpoint { url: url.into(), name: Some(name.into()) })?;
                     match self.pools.create(&PostParams::default(), &p).await {
                         Ok(_) => return Ok(true),
                         Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -407,20 +552,41 @@ impl KubeBackend {
         Err(KubeError::Invalid(format!("GpuPool {pool} kept changing; try again")))
     }
 
-    /// Removes an external endpoint of `pool`; whether it was there.
-    pub async fn remove_external(&self, pool: &str, url: &str) -> Result<bool, KubeError> {
+    /// Removes an external endpoint of `pool`; the removed entry, or `None` when it was not
+    /// there. The last one leaves the pool in place with `external: []`.
+    pub async fn remove_external(&self, pool: &str, url: &str) -> Result<Option<ExternalEndpoint>, KubeError> {
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
         for _ in 0..5 {
-            let Some(mut p) = self.pools.get_opt(pool).await? else { return Ok(false) };
-            let Some(external) = without_external(&p.spec.external, url) else { return Ok(false) };
+            let Some(mut p) = self.pools.get_opt(pool).await? else { return Ok(None) };
+            let Some(external) = without_external(&p.spec.external, url) else { return Ok(None) };
+            let removed = p.spec.external.iter().find(|e| norm(&e.url) == norm(url)).cloned();
             p.spec.external = external;
             match self.pools.replace(pool, &PostParams::default(), &p).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(removed),
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(KubeError::Invalid(format!("GpuPool {pool} kept changing; try again")))
     }
+
+    /// Unregisters the GPU server at `url` (`ip`, `port`): the pool first, then the row, so a
+    /// failed cluster change leaves the registration in place for a retry instead of an
+    /// endpoint nobody can remove through the webhook. Returns the server id, or `None` when
+    /// neither knew it; an endpoint left in the pool without a row is removed too.
+    pub async fn unregister(&self, pool: &str, ip: &str, port: u16, url: &str) -> Result<Option<String>, KubeError> {
+        let removed = self.remove_external(pool, url).await?;
+        let row = self.db.delete_gpu_server(ip, port).await?;
+        Ok(row.or_else(|| removed.map(|e| e.name.unwrap_or(e.url))))
+    }
+}
+
+/// A new external-only pool holding `endpoint`, with the defaults an admin writing only
+/// `spec.external` gets (serde's field defaults are the CRD's).
+pub fn external_only_pool(name: &str, endpoint: ExternalEndpoint) -> Result<GpuPool, KubeError> {
+    let spec: GpuPoolSpec = serde_json::from_value(serde_json::json!({ "external": [endpoint] }))
+        .map_err(|e| KubeError::Invalid(format!("external-only GpuPool spec: {e}")))?;
+    Ok(GpuPool { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec, status: None })
 }
 
 /// The pool uploads go to when none was chosen.
@@ -453,6 +619,15 @@ mod tests {
         assert_eq!(cr.spec.owner.unwrap().user_id, "10.0.0.9");
         assert_eq!(cr.metadata.labels.unwrap()[LABEL_POOL], "gpu-a");
         assert_eq!(cr.metadata.annotations.unwrap()["purrify.io/request-id"], "req-1");
+    }
+
+    #[test]
+    fn an_external_only_pool_gets_the_crd_defaults() {
+        let p = external_only_pool("default", ExternalEndpoint { url: "http://203.0.113.7:8000".into(), name: Some("gpu-1".into()) }).unwrap();
+        assert_eq!(p.metadata.name.as_deref(), Some("default"));
+        assert_eq!(p.spec.concurrency_per_replica, 2, "the CRD requires at least 1");
+        assert!(p.spec.image.is_none() && p.spec.replicas.is_none());
+        assert_eq!(p.spec.external.len(), 1);
     }
 
     #[test]

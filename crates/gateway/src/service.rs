@@ -146,6 +146,15 @@ fn db_error(e: DbError) -> ApiError {
     ApiError::internal(e)
 }
 
+/// The cluster refused or could not take a GpuPool change (logged; the client may retry).
+fn cluster_refused(e: crate::kubernetes::KubeError) -> ApiError {
+    if let crate::kubernetes::KubeError::Db(e) = e {
+        return db_error(e);
+    }
+    tracing::error!(error = %e, "GpuPool change failed");
+    ApiError::unavailable("the cluster did not accept the change; try again shortly")
+}
+
 impl TaskService {
     pub async fn start(
         config: Arc<Config>,
@@ -389,7 +398,7 @@ impl AppState {
         match self.tasks.kubernetes() {
             Some(k) => {
                 let pool = crate::kubernetes::default_pool();
-                k.add_external(pool, &url, &server.id).await.map_err(ApiError::internal)?;
+                k.add_external(pool, &url, &server.id).await.map_err(cluster_refused)?;
             }
             None => self.tasks.sync_fleet(false).await?,
         }
@@ -397,24 +406,24 @@ impl AppState {
     }
 
     pub async fn unregister_server(&self, ip: IpAddr, port: u16) -> ApiResult<Option<String>> {
+        if let Some(k) = self.tasks.kubernetes() {
+            // The pool before the row: a failed cluster change must leave something to retry.
+            let url = match ip {
+                IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+                IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+            };
+            return k.unregister(crate::kubernetes::default_pool(), &ip.to_string(), port, &url).await.map_err(cluster_refused);
+        }
         let removed = self.tasks.db().delete_gpu_server(&ip.to_string(), port).await.map_err(db_error)?;
         if removed.is_some() {
-            match self.tasks.kubernetes() {
-                Some(k) => {
-                    let url = match ip {
-                        IpAddr::V4(v4) => format!("http://{v4}:{port}"),
-                        IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
-                    };
-                    k.remove_external(crate::kubernetes::default_pool(), &url).await.map_err(ApiError::internal)?;
-                }
-                None => self.tasks.sync_fleet(false).await?,
-            }
+            self.tasks.sync_fleet(false).await?;
         }
         Ok(removed)
     }
 
-    /// Every worker tasks can go to, with its health: the fleet in standalone mode, the
-    /// default GpuPool's status (kept by the operator) in Kubernetes mode.
+    /// Every worker tasks can go to, with its health: the fleet in standalone mode, in
+    /// Kubernetes mode the status (kept by the operator) of the GpuPool uploads are routed
+    /// to, read from the watch-fed cache.
     pub async fn workers(&self) -> Vec<WorkerLine> {
         match self.tasks.kubernetes() {
             None => self
@@ -434,7 +443,7 @@ impl AppState {
                 })
                 .collect(),
             Some(k) => k
-                .pool_status(crate::kubernetes::default_pool())
+                .pool_status(&self.routing().await.ok().and_then(|r| r.pool).unwrap_or_else(|| crate::kubernetes::default_pool().into()))
                 .await
                 .map(|st| {
                     st.workers
