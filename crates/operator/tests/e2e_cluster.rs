@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -162,6 +162,23 @@ impl Cluster {
             Err(_) => 0,
         }
     }
+
+    /// Waits (up to 10 s) until the worker runs a job; panics with the logs otherwise, so a
+    /// kill that follows is known to hit a job in flight.
+    async fn job_in_flight(&self, port: u16, procs: &[&Proc]) {
+        for _ in 0..400 {
+            if self.in_flight(port).await > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log())).collect();
+        panic!("the worker on port {port} never had a job in flight\n{}", logs.join("\n"));
+    }
+
+    async fn attempts(&self, id: &str) -> Option<u32> {
+        self.task(id).await.and_then(|t| t.status).map(|s| s.attempts)
+    }
 }
 
 fn photo(w: u32, h: u32) -> Vec<u8> {
@@ -269,29 +286,26 @@ async fn an_operator_restarted_mid_task_reattaches_without_running_twice() {
     c.external_pool(&[wp]).await;
 
     let id = c.upload(gp, photo(640, 480), 32).await;
-    for _ in 0..400 {
-        if c.in_flight(wp).await > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // The kill must hit a job the worker is running, or there is nothing to re-attach to.
+    c.job_in_flight(wp, &[&w, &o, &g]).await;
     o.kill();
     // The killed leader's lease must expire (3 s) before the new operator leads.
     let o2 = c.operator("operator-2", op, 3);
     c.wait_for(gp, &id, "completed", completed, &[&w, &o2, &g]).await;
     assert_eq!(c.worker_succeeded(wp).await, 1.0, "re-attached instead of running the job again");
-    let attempts = c.task(&id).await.and_then(|t| t.status).map(|s| s.attempts);
-    assert!(matches!(attempts, Some(1) | None), "one attempt, got {attempts:?}");
+    // The CR outlives completion (TTL 300 s), so the count is there to read.
+    assert_eq!(c.attempts(&id).await, Some(1), "the restart cost no attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_operator_takes_over_when_the_leader_dies() {
+    const LEASE_SECONDS: u32 = 3;
     let c = Cluster::start().await;
     let (wp, op1, op2, gp) = (free_port(), free_port(), free_port(), free_port());
     let w = c.worker("worker", wp);
-    let mut leader = c.operator("operator-1", op1, 3);
+    let mut leader = c.operator("operator-1", op1, LEASE_SECONDS);
     c.ready(&format!("http://127.0.0.1:{op1}/readyz"), &leader).await;
-    let standby = c.operator("operator-2", op2, 3);
+    let standby = c.operator("operator-2", op2, LEASE_SECONDS);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let standby_ready = c.http.get(format!("http://127.0.0.1:{op2}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
     assert_ne!(standby_ready, 200, "only the leader is ready (schedules)");
@@ -300,8 +314,29 @@ async fn the_standby_operator_takes_over_when_the_leader_dies() {
     c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
     c.external_pool(&[wp]).await;
 
+    // Work on both sides of the handover: one job the leader dispatched and the worker is
+    // running when the leader dies, one task that arrives while nobody leads.
+    let running_id = c.upload(gp, photo(640, 480), 32).await;
+    c.job_in_flight(wp, &[&w, &leader, &standby, &g]).await;
+    let killed = Instant::now();
     leader.kill();
+    let queued_id = c.upload(gp, photo(160, 120), 400).await;
     c.ready(&format!("http://127.0.0.1:{op2}/readyz"), &standby).await;
-    let id = c.upload(gp, photo(160, 120), 400).await;
-    c.wait_for(gp, &id, "completed", completed, &[&w, &standby, &g]).await;
+    let takeover = killed.elapsed();
+
+    // The standby waits out the lease (the leader renewed at most a third of it before the
+    // kill) and takes over at its next poll, about 1.3x the lease. The bound is 1.5x with a
+    // generous floor for a loaded machine: this catches a standby that waits for something
+    // else (several leases, a restart), not scheduling jitter.
+    let lease = Duration::from_secs(LEASE_SECONDS.into());
+    assert!(takeover >= lease / 2, "the standby took over after {takeover:?}, before the lease ({lease:?}) could expire");
+    let bound = (lease * 3 / 2).max(Duration::from_secs(10));
+    assert!(takeover <= bound, "the standby took over after {takeover:?}, expected within {bound:?}");
+
+    let procs = [&w, &standby, &g];
+    c.wait_for(gp, &queued_id, "completed", completed, &procs).await;
+    c.wait_for(gp, &running_id, "completed", completed, &procs).await;
+    assert_eq!(c.worker_succeeded(wp).await, 2.0, "each job ran once: the running one was re-attached");
+    assert_eq!(c.attempts(&running_id).await, Some(1), "the handover cost the running task no attempt");
+    assert_eq!(c.attempts(&queued_id).await, Some(1));
 }
