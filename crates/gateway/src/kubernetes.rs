@@ -531,7 +531,7 @@ impl KubeBackend {
         for _ in 0..5 {
             match self.pools.get_opt(pool).await? {
                 None => {
-                    let p = external_only_pool(pool, ExternalEndpoint { url: url.into(), name: Some(name.into()) })?;
+                    let p = external_only_pool(pool, ExternalEndpoint { url: url.into(), name: Some(name.into()) });
                     match self.pools.create(&PostParams::default(), &p).await {
                         Ok(_) => return Ok(true),
                         Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -581,12 +581,9 @@ impl KubeBackend {
     }
 }
 
-/// A new external-only pool holding `endpoint`, with the defaults an admin writing only
-/// `spec.external` gets (serde's field defaults are the CRD's).
-pub fn external_only_pool(name: &str, endpoint: ExternalEndpoint) -> Result<GpuPool, KubeError> {
-    let spec: GpuPoolSpec = serde_json::from_value(serde_json::json!({ "external": [endpoint] }))
-        .map_err(|e| KubeError::Invalid(format!("external-only GpuPool spec: {e}")))?;
-    Ok(GpuPool { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec, status: None })
+/// A new external-only pool holding `endpoint`, every other field at the CRD's default.
+pub fn external_only_pool(name: &str, endpoint: ExternalEndpoint) -> GpuPool {
+    GpuPool { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec: GpuPoolSpec::external_only(vec![endpoint]), status: None }
 }
 
 /// The pool uploads go to when none was chosen.
@@ -623,11 +620,14 @@ mod tests {
 
     #[test]
     fn an_external_only_pool_gets_the_crd_defaults() {
-        let p = external_only_pool("default", ExternalEndpoint { url: "http://203.0.113.7:8000".into(), name: Some("gpu-1".into()) }).unwrap();
+        let p = external_only_pool("default", ExternalEndpoint { url: "http://203.0.113.7:8000".into(), name: Some("gpu-1".into()) });
         assert_eq!(p.metadata.name.as_deref(), Some("default"));
         assert_eq!(p.spec.concurrency_per_replica, 2, "the CRD requires at least 1");
         assert!(p.spec.image.is_none() && p.spec.replicas.is_none());
         assert_eq!(p.spec.external.len(), 1);
+        // What the API server stores for `spec: {external: [...]}` is the same spec.
+        let admin: GpuPoolSpec = serde_json::from_value(serde_json::json!({ "external": [p.spec.external[0]] })).unwrap();
+        assert_eq!(p.spec, admin);
     }
 
     #[test]
