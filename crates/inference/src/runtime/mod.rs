@@ -106,8 +106,9 @@ impl Runtime {
         &self.library
     }
 
-    /// Creates the session for one model, registering the configured execution provider and
-    /// falling back along [`Provider::chain`] with a warning when it cannot be used.
+    /// Creates the session for one model, registering the configured execution providers
+    /// ([`Provider::gpu_registrations`], CPU last) and skipping, with a warning, those the
+    /// loaded ONNX Runtime cannot use.
     pub fn load(&self, name: &str, path: &Path) -> Result<Model, RuntimeError> {
         if !path.exists() {
             return Err(RuntimeError::ModelMissing { path: path.to_path_buf() });
@@ -158,7 +159,7 @@ impl Runtime {
         })?;
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let load_time = started.elapsed();
-        tracing::info!(model = name, path = %path.display(), provider = %selection.active, load_ms = load_time.as_millis() as u64, "model loaded");
+        tracing::info!(model = name, path = %path.display(), provider = %selection.active, registered = ?selection.registered, load_ms = load_time.as_millis() as u64, "model loaded");
         Ok(Model {
             name: name.to_string(),
             path: path.to_path_buf(),

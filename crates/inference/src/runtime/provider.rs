@@ -21,14 +21,15 @@ impl Provider {
         }
     }
 
-    /// Providers to try, in order, when `self` is requested. TensorRT compiles only the
-    /// subgraphs it supports and hands the rest to CUDA, so both are registered together;
-    /// CPU is always last and always works.
-    pub fn chain(self) -> &'static [Provider] {
+    /// GPU providers to register, in priority order, when `self` is requested. TensorRT
+    /// compiles only the subgraphs it supports and leaves the rest to the next provider, so
+    /// CUDA is registered after it (otherwise those nodes would run on the CPU). CPU needs
+    /// no registration: ONNX Runtime always appends it last.
+    pub fn gpu_registrations(self) -> &'static [Provider] {
         match self {
-            Self::TensorRt => &[Self::TensorRt, Self::Cuda, Self::Cpu],
-            Self::Cuda => &[Self::Cuda, Self::Cpu],
-            Self::Cpu => &[Self::Cpu],
+            Self::TensorRt => &[Self::TensorRt, Self::Cuda],
+            Self::Cuda => &[Self::Cuda],
+            Self::Cpu => &[],
         }
     }
 }
@@ -51,65 +52,70 @@ impl std::str::FromStr for Provider {
     }
 }
 
-/// Outcome of trying a chain: which provider the session really runs on, and why the ones
-/// before it were skipped (logged as warnings and shown in `/v1/info`).
+/// Outcome of registering providers for one session: every provider the session may run
+/// nodes on (in priority order, CPU last), which one is primary, and why the ones that could
+/// not be registered were skipped (logged as warnings and shown in `/v1/info`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
     pub requested: Provider,
+    /// The first registered provider: where the session's nodes go first.
     pub active: Provider,
+    /// Registered providers in priority order, always ending with CPU.
+    pub registered: Vec<Provider>,
     pub skipped: Vec<(Provider, String)>,
 }
 
-/// Walks `requested.chain()`, calling `try_register` for each GPU provider until one
-/// succeeds. CPU needs no registration. Pure apart from the callback.
+/// Calls `try_register` for each of `requested.gpu_registrations()`, in order, keeping the
+/// ones that succeed: with TensorRT that is TensorRT then CUDA, so a missing TensorRT still
+/// leaves CUDA, and a working one still has CUDA behind it. Pure apart from the callback.
 pub fn select(requested: Provider, mut try_register: impl FnMut(Provider) -> Result<(), String>) -> Selection {
+    let mut registered = Vec::new();
     let mut skipped = Vec::new();
-    for &p in requested.chain() {
-        if p == Provider::Cpu {
-            return Selection { requested, active: p, skipped };
-        }
+    for &p in requested.gpu_registrations() {
         match try_register(p) {
-            Ok(()) => return Selection { requested, active: p, skipped },
+            Ok(()) => registered.push(p),
             Err(why) => skipped.push((p, why)),
         }
     }
-    Selection { requested, active: Provider::Cpu, skipped }
+    registered.push(Provider::Cpu);
+    Selection { requested, active: registered[0], registered, skipped }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn cpu_needs_no_registration() {
-        let s = select(Provider::Cpu, |_| panic!("cpu must not register anything"));
-        assert_eq!(s.active, Provider::Cpu);
-        assert!(s.skipped.is_empty());
-    }
+    use Provider::{Cpu, Cuda, TensorRt};
 
+    /// (requested, which GPU registrations succeed) -> (tried, registered, active).
     #[test]
-    fn cuda_falls_back_to_cpu_with_the_reason() {
-        let s = select(Provider::Cuda, |p| Err(format!("{p} not compiled in")));
-        assert_eq!(s.active, Provider::Cpu);
-        assert_eq!(s.skipped, vec![(Provider::Cuda, "cuda not compiled in".to_string())]);
-    }
-
-    #[test]
-    fn tensorrt_falls_back_to_cuda_before_cpu() {
-        let mut tried = Vec::new();
-        let s = select(Provider::TensorRt, |p| {
-            tried.push(p);
-            if p == Provider::Cuda { Ok(()) } else { Err("no libnvinfer".into()) }
-        });
-        assert_eq!(tried, vec![Provider::TensorRt, Provider::Cuda]);
-        assert_eq!(s.active, Provider::Cuda);
-        assert_eq!(s.skipped.len(), 1);
-    }
-
-    #[test]
-    fn tensorrt_success_stops_the_chain() {
-        let s = select(Provider::TensorRt, |_| Ok(()));
-        assert_eq!(s.active, Provider::TensorRt);
+    fn registered_providers_for_every_configuration() {
+        type Case = (Provider, &'static [Provider], &'static [Provider], &'static [Provider], Provider);
+        let cases: &[Case] = &[
+            (Cpu, &[], &[], &[Cpu], Cpu),
+            (Cuda, &[Cuda], &[Cuda], &[Cuda, Cpu], Cuda),
+            (Cuda, &[], &[Cuda], &[Cpu], Cpu),
+            // TensorRT hands unsupported subgraphs to CUDA, not to the CPU.
+            (TensorRt, &[TensorRt, Cuda], &[TensorRt, Cuda], &[TensorRt, Cuda, Cpu], TensorRt),
+            (TensorRt, &[Cuda], &[TensorRt, Cuda], &[Cuda, Cpu], Cuda),
+            (TensorRt, &[TensorRt], &[TensorRt, Cuda], &[TensorRt, Cpu], TensorRt),
+            (TensorRt, &[], &[TensorRt, Cuda], &[Cpu], Cpu),
+        ];
+        for &(requested, works, tried_expected, registered, active) in cases {
+            let mut tried = Vec::new();
+            let s = select(requested, |p| {
+                tried.push(p);
+                if works.contains(&p) { Ok(()) } else { Err(format!("{p} unavailable")) }
+            });
+            let case = format!("{requested} with {works:?} working");
+            assert_eq!(tried, tried_expected, "{case}: tried");
+            assert_eq!(s.registered, registered, "{case}: registered");
+            assert_eq!(s.active, active, "{case}: active");
+            assert_eq!(s.requested, requested);
+            let failed: Vec<Provider> = tried_expected.iter().copied().filter(|p| !works.contains(p)).collect();
+            assert_eq!(s.skipped.iter().map(|(p, _)| *p).collect::<Vec<_>>(), failed, "{case}: skipped");
+            assert!(s.skipped.iter().all(|(p, why)| why == &format!("{p} unavailable")), "{case}: reasons kept");
+        }
     }
 
     #[test]
