@@ -68,6 +68,10 @@ struct EngineArgs {
     /// Largest accepted image, in pixels (checked from the header before decoding).
     #[arg(long, env = "PURRIFY_MAX_PIXELS", default_value_t = purrify_imaging::Limits::default().max_pixels)]
     max_pixels: u64,
+    /// Largest result, in pixels after scaling (checked from the header before decoding;
+    /// the result is held in memory whole: 3 bytes per pixel, 4 with alpha).
+    #[arg(long, env = "PURRIFY_MAX_OUTPUT_PIXELS", default_value_t = crate::pipeline::DEFAULT_MAX_OUTPUT_PIXELS)]
+    max_output_pixels: u64,
     /// JPEG output quality.
     #[arg(long, env = "PURRIFY_JPEG_QUALITY", default_value_t = 92)]
     jpeg_quality: u8,
@@ -92,6 +96,7 @@ impl EngineArgs {
             face_detector: self.face_detector,
             face_model: self.face_model.clone(),
             limits: purrify_imaging::Limits { max_pixels: self.max_pixels, ..defaults.limits },
+            max_output_pixels: self.max_output_pixels,
             jpeg_quality: self.jpeg_quality,
             tile_pad: None,
         }
@@ -145,7 +150,7 @@ struct EnhanceArgs {
     output: PathBuf,
     #[arg(long, default_value_t = 2)]
     scale: u32,
-    /// Tile edge in input pixels; 0 = whole image at once.
+    /// Tile edge in input pixels, 32..1024 (0 = the default, 400); memory follows the tile.
     #[arg(long, default_value_t = crate::protocol::DEFAULT_TILE_SIZE)]
     tile_size: u32,
     #[arg(long, default_value = "high")]
@@ -247,10 +252,11 @@ fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
         bail!("{e}");
     }
     let input = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
-    // Fail on a bad file before spending seconds loading models.
-    purrify_imaging::read_header(&input, &purrify_imaging::Limits { max_pixels: args.engine.max_pixels, ..Default::default() })
-        .with_context(|| format!("{}", args.input.display()))?;
     let mut config = args.engine.config(vec![args.quality]);
+    // Fail on a bad file, or a result too large to write, before spending seconds loading
+    // models.
+    crate::pipeline::preflight(&input, &params, &config.limits, config.max_output_pixels)
+        .with_context(|| format!("{}", args.input.display()))?;
     config.tile_pad = args.tile_pad;
     let engine = Engine::load(config)?;
     // As the worker does before it reports ready: the first real run should not pay for
@@ -266,7 +272,7 @@ fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
             eprint!("\r{:>3}% {:<8}", pct, stage.as_str());
         }
     };
-    let result = engine.enhance(&input, &params, JobControl { cancelled: &|| false, progress: &mut progress });
+    let result = engine.enhance(&input, &params, JobControl::new(&|| false, &mut progress));
     if tty {
         eprint!("\r              \r");
     }

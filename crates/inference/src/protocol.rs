@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// Largest accepted `tile_size`; above this a tile's activations no longer bound memory.
 pub const MAX_TILE_SIZE: u32 = 1024;
-/// Smallest accepted `tile_size` (0 means "no tiling": the whole image in one pass).
+/// Smallest accepted `tile_size` other than 0.
 pub const MIN_TILE_SIZE: u32 = 32;
-/// Default tile size of the seed API.
+/// Default tile size of the seed API, and what `tile_size: 0` means.
 pub const DEFAULT_TILE_SIZE: u32 = 400;
 
 /// Which super-resolution model a job uses (DESIGN section 5).
@@ -100,7 +100,8 @@ fn default_true() -> bool {
 /// face restoration and output format).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnhanceParams {
-    /// Tile edge in input pixels; 0 disables tiling.
+    /// Tile edge in input pixels, 32..=1024; 0 means the default (400). The whole image is
+    /// never run in one pass: memory is bounded by the tile, not by the image.
     #[serde(default = "default_tile_size")]
     pub tile_size: u32,
     #[serde(default)]
@@ -135,11 +136,19 @@ impl EnhanceParams {
         }
         if self.tile_size != 0 && !(MIN_TILE_SIZE..=MAX_TILE_SIZE).contains(&self.tile_size) {
             return Err(format!(
-                "tile_size must be 0 (no tiling) or between {MIN_TILE_SIZE} and {MAX_TILE_SIZE}, got {}",
+                "tile_size must be between {MIN_TILE_SIZE} and {MAX_TILE_SIZE} (or 0 for the default {DEFAULT_TILE_SIZE}), got {}",
                 self.tile_size
             ));
         }
         Ok(())
+    }
+
+    /// The tile edge a job runs with. `tile_size: 0` is accepted (the CRD and older clients
+    /// send it, once meaning "no tiling") but runs with [`DEFAULT_TILE_SIZE`]: a whole-image
+    /// pass would make memory grow with the image instead of the tile.
+    pub fn effective_tile_size(&self) -> std::num::NonZeroU32 {
+        let t = if self.tile_size == 0 { DEFAULT_TILE_SIZE } else { self.tile_size };
+        std::num::NonZeroU32::new(t).unwrap_or(std::num::NonZeroU32::MIN)
     }
 }
 
@@ -368,6 +377,16 @@ mod tests {
         assert!(p.validate().unwrap_err().contains("tile_size"));
         p.tile_size = 0;
         assert!(p.validate().is_ok());
+        p.tile_size = 2000;
+        assert!(p.validate().unwrap_err().contains("between 32 and 1024"));
+    }
+
+    #[test]
+    fn zero_tile_size_runs_with_the_default_tile() {
+        let p = EnhanceParams { tile_size: 0, ..Default::default() };
+        assert_eq!(p.effective_tile_size().get(), DEFAULT_TILE_SIZE);
+        let p = EnhanceParams { tile_size: 64, ..Default::default() };
+        assert_eq!(p.effective_tile_size().get(), 64);
     }
 
     #[test]

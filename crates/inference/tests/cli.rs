@@ -19,6 +19,16 @@ fn enhance(args: &[&str]) -> (bool, String) {
     (out.status.success(), stderr)
 }
 
+/// Runs `enhance` expecting failure: non-zero exit, exactly one stderr line, naming `expected`.
+fn fails_with_one_line(args: &[&str], expected: &str) {
+    let (ok, stderr) = enhance(args);
+    assert!(!ok, "{args:?} should fail");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr:?}");
+    assert!(lines[0].starts_with("purrify-inference: error: "), "{stderr}");
+    assert!(lines[0].contains(expected), "{args:?}: {stderr:?} should mention {expected:?}");
+}
+
 #[test]
 fn enhances_a_real_photo_into_the_format_of_the_extension() {
     require_models();
@@ -55,12 +65,45 @@ fn bad_inputs_exit_non_zero_with_one_line() {
         (vec![good.to_str().unwrap(), out_s, "--tile-size", "5"], "tile_size"),
     ];
     for (args, expected) in cases {
-        let (ok, stderr) = enhance(&args);
-        assert!(!ok, "{args:?} should fail");
-        let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {stderr:?}");
-        assert!(lines[0].starts_with("purrify-inference: error: "), "{stderr}");
-        assert!(lines[0].contains(expected), "{args:?}: {stderr:?} should mention {expected:?}");
+        fails_with_one_line(&args, expected);
     }
     assert!(!out.exists(), "nothing is written on failure");
 }
+
+#[test]
+fn hostile_files_exit_non_zero_with_one_line() {
+    require_models();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let photo = crop(&photo("rocket.jpg"), 100, 100, 48, 32);
+    let jpeg = jpeg_bytes(&photo);
+    let truncated = write("truncated.jpg", jpeg[..jpeg.len() / 3].to_vec());
+    let gif = write("anim.gif", gif_bytes(&photo));
+    let bomb = write("bomb.png", png_header_claiming(100_000, 100_000));
+    let wide = write("wide.png", png_without_pixels(16_384, 10));
+    let out = dir.path().join("out.jpg");
+    let out_s = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![&truncated, out_s, "--quality", "fast"], "damaged or incomplete"),
+        (vec![&gif, out_s], "GIF images are not supported"),
+        (vec![&bomb, out_s], "100000x100000 = 10000000000 pixels; the limit is 50000000"),
+        // Refused from the header, before any model loads: a 65536 px wide JPEG cannot exist.
+        (vec![&wide, out_s, "--scale", "4"], "JPEG images cannot be wider or taller than 65535"),
+        (vec![&wide, out_s, "--scale", "2", "--max-output-pixels", "100000"], "the limit is 100000"),
+    ];
+    for (args, expected) in cases {
+        fails_with_one_line(&args, expected);
+    }
+    assert!(!out.exists(), "nothing is written on failure");
+
+    // The smallest image is not hostile: 1x1 becomes 2x2.
+    let tiny = write("tiny.png", png_bytes(&image::RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10]))));
+    let (ok, stderr) = enhance(&[&tiny, out_s, "--quality", "fast"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (2, 2));
+}
+

@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use common::*;
 use image::{RgbImage, RgbaImage};
@@ -11,7 +12,7 @@ use purrify_inference::pipeline::{EngineError, Enhanced, JobControl, Stage};
 use purrify_inference::protocol::{EnhanceParams, ErrorReason, FaceRestoration, OutputFormat, QualityLevel};
 
 fn run(input: &[u8], params: EnhanceParams) -> Result<Enhanced, EngineError> {
-    fast_engine().enhance(input, &params, JobControl { cancelled: &|| false, progress: &mut |_, _| {} })
+    fast_engine().enhance(input, &params, JobControl::new(&|| false, &mut |_, _| {}))
 }
 
 fn params(q: QualityLevel, scale: u32, tile: u32, fmt: OutputFormat) -> EnhanceParams {
@@ -37,14 +38,15 @@ fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
 fn tiled_output_equals_whole_image_output_when_pad_covers_receptive_field() {
     let input = png_bytes(&crop(&photo("coffee.png"), 200, 100, 96, 80));
     let png = |q, tile| decode_rgb(&run(&input, params(q, 2, tile, OutputFormat::Png)).unwrap().bytes);
-    // medium: pad 20 >= animevideov3's receptive-field radius (18).
-    let whole = png(QualityLevel::Medium, 0);
+    // A 400 px tile covers the 96x80 crop whole. medium: pad 20 >= animevideov3's
+    // receptive-field radius (18).
+    let whole = png(QualityLevel::Medium, 400);
     let tiled = png(QualityLevel::Medium, 32);
     let diff = max_abs_diff(&whole, &tiled);
     eprintln!("medium (pad 20): max |tiled - whole| = {diff}/255");
     assert!(diff <= 1, "tiled output differs from whole-image output by {diff}/255");
     // The comparison is sensitive: fast pads only 6 px, and its seams show.
-    let fast_whole = png(QualityLevel::Fast, 0);
+    let fast_whole = png(QualityLevel::Fast, 400);
     let fast_tiled = png(QualityLevel::Fast, 32);
     let fast_diff = max_abs_diff(&fast_whole, &fast_tiled);
     eprintln!("fast (pad 6): max |tiled - whole| = {fast_diff}/255");
@@ -75,15 +77,45 @@ fn progress_is_monotone_per_tile_and_ends_at_one() {
     let input = png_bytes(&crop(&photo("chelsea.png"), 0, 0, 100, 70));
     let mut seen: Vec<(Stage, f32)> = Vec::new();
     let out = fast_engine()
-        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl {
-            cancelled: &|| false,
-            progress: &mut |s, p| seen.push((s, p)),
-        })
+        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl::new(&|| false, &mut |s, p| seen.push((s, p))))
         .unwrap();
     assert_eq!(out.tiles, 12, "4 x 3 tiles of 32 px");
     assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "progress went backwards: {seen:?}");
     assert_eq!(seen.iter().filter(|(s, _)| *s == Stage::Tiles).count(), 12, "one report per tile");
     assert_eq!(seen.last().unwrap().1, 1.0);
+}
+
+/// The per-tile times handed to the worker's histogram are the model's own: one per tile,
+/// adding up to the engine's model time, which excludes decode, faces and encode.
+#[test]
+fn tile_model_times_are_reported_per_tile() {
+    let input = png_bytes(&crop(&photo("chelsea.png"), 0, 0, 100, 70));
+    let mut samples: Vec<Duration> = Vec::new();
+    let mut record = |d: Duration| samples.push(d);
+    let out = fast_engine()
+        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl {
+            cancelled: &|| false,
+            progress: &mut |_, _| {},
+            tile_model_time: Some(&mut record),
+        })
+        .unwrap();
+    assert_eq!(samples.len() as u32, out.tiles);
+    let sum: Duration = samples.iter().sum();
+    let t = out.timings;
+    assert_eq!(sum, t.sr_model, "the samples are the model time, nothing else");
+    assert!(sum <= t.tiles && t.tiles <= t.total, "{t:?}");
+    assert!(sum + t.decode + t.encode <= t.total, "{t:?}");
+    assert!(samples.iter().all(|d| !d.is_zero()));
+}
+
+/// `tile_size: 0` used to run the whole image as one tile (memory growing with the image);
+/// it now means the default 400 px tile.
+#[test]
+fn zero_tile_size_runs_with_the_default_tile() {
+    let input = png_bytes(&RgbImage::from_fn(450, 20, |x, y| image::Rgb([(x % 256) as u8, (y * 9) as u8, 90])));
+    let out = run(&input, params(QualityLevel::Fast, 2, 0, OutputFormat::Jpeg)).unwrap();
+    assert_eq!(out.tiles, 2, "450 px wide in 400 px tiles");
+    assert_eq!((out.width, out.height), (900, 40));
 }
 
 #[test]
@@ -97,10 +129,7 @@ fn cancellation_is_checked_between_tiles() {
         }
     };
     let err = fast_engine()
-        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl {
-            cancelled: &cancelled,
-            progress: &mut progress,
-        })
+        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl::new(&cancelled, &mut progress))
         .unwrap_err();
     assert_eq!(err.reason(), ErrorReason::Cancelled);
     assert_eq!(tiles_done.load(Ordering::Relaxed), 2, "stopped right after the second of 8 tiles");
@@ -150,62 +179,45 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     out
 }
 
-fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let crc = crc32(&ihdr);
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend_from_slice(&13u32.to_be_bytes());
-    out.extend_from_slice(&ihdr);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 #[test]
 fn hostile_inputs_table() {
     let photo = crop(&photo("rocket.jpg"), 100, 100, 48, 32);
     let jpeg = jpeg_bytes(&photo);
-    let gif = {
-        let mut out = std::io::Cursor::new(Vec::new());
-        image::DynamicImage::ImageRgb8(photo.clone()).write_to(&mut out, image::ImageFormat::Gif).unwrap();
-        out.into_inner()
-    };
+    let gif = gif_bytes(&photo);
     let mut garbage_after_header = jpeg[..20].to_vec();
     garbage_after_header.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     let tiny = png_bytes(&RgbImage::from_pixel(1, 1, image::Rgb([200, 10, 10])));
     let strip = png_bytes(&crop(&photo, 0, 0, 40, 8));
     let wide = png_bytes(&RgbImage::from_fn(400, 8, |x, _| image::Rgb([(x % 256) as u8, 0, 0])));
 
-    // (name, input, expected: Ok((w, h)) of the x2 output, or Err(reason))
-    let table: Vec<(&str, Vec<u8>, Result<(u32, u32), ErrorReason>)> = vec![
-        ("empty", vec![], Err(ErrorReason::BadInput)),
-        ("text named .jpg", b"hello, this is not an image\n".to_vec(), Err(ErrorReason::BadInput)),
-        ("truncated JPEG", jpeg[..jpeg.len() / 3].to_vec(), Err(ErrorReason::BadInput)),
-        ("garbage after a JPEG header", garbage_after_header, Err(ErrorReason::BadInput)),
-        ("GIF", gif, Err(ErrorReason::BadInput)),
-        ("PNG header claiming 100000x100000", png_header_claiming(100_000, 100_000), Err(ErrorReason::TooLarge)),
-        ("1x1", tiny, Ok((2, 2))),
-        ("40x8", strip, Ok((80, 16))),
-        ("400x8", wide, Ok((800, 16))),
-        ("EXIF orientation 6 (rotate 90)", with_exif_orientation(&jpeg, 6), Ok((64, 96))),
-        ("plain 48x32 JPEG", jpeg.clone(), Ok((96, 64))),
+    let x2 = params(QualityLevel::Fast, 2, 400, OutputFormat::Jpeg);
+    let x4 = params(QualityLevel::Fast, 4, 400, OutputFormat::Jpeg);
+    let webp = params(QualityLevel::Fast, 2, 400, OutputFormat::Webp);
+    // The result-size rows use PNGs with no pixel data: they can only pass if the size is
+    // refused from the header, before decoding (which fails as bad input, see the last of
+    // them) or any model work.
+    // (name, input, params, expected: Ok((w, h)) of the output, or Err(reason))
+    type Row = (&'static str, Vec<u8>, EnhanceParams, Result<(u32, u32), ErrorReason>);
+    let table: Vec<Row> = vec![
+        ("empty", vec![], x2, Err(ErrorReason::BadInput)),
+        ("text named .jpg", b"hello, this is not an image\n".to_vec(), x2, Err(ErrorReason::BadInput)),
+        ("truncated JPEG", jpeg[..jpeg.len() / 3].to_vec(), x2, Err(ErrorReason::BadInput)),
+        ("garbage after a JPEG header", garbage_after_header, x2, Err(ErrorReason::BadInput)),
+        ("GIF", gif, x2, Err(ErrorReason::BadInput)),
+        ("PNG header claiming 100000x100000", png_header_claiming(100_000, 100_000), x2, Err(ErrorReason::TooLarge)),
+        ("x4 JPEG result wider than 65535", png_without_pixels(16_384, 100), x4, Err(ErrorReason::TooLarge)),
+        ("x2 WebP result taller than 16383", png_without_pixels(100, 8_192), webp, Err(ErrorReason::TooLarge)),
+        ("x4 result over max_output_pixels", png_without_pixels(7_000, 7_000), x4, Err(ErrorReason::TooLarge)),
+        ("PNG without pixels, 100x100 at x4", png_without_pixels(100, 100), x4, Err(ErrorReason::BadInput)),
+        ("1x1", tiny, x2, Ok((2, 2))),
+        ("40x8", strip, x2, Ok((80, 16))),
+        ("400x8", wide, x2, Ok((800, 16))),
+        ("EXIF orientation 6 (rotate 90)", with_exif_orientation(&jpeg, 6), x2, Ok((64, 96))),
+        ("plain 48x32 JPEG", jpeg.clone(), x2, Ok((96, 64))),
     ];
     let mut failures = Vec::new();
-    for (name, input, expected) in table {
-        let got = run(&input, params(QualityLevel::Fast, 2, 400, OutputFormat::Jpeg));
+    for (name, input, params, expected) in table {
+        let got = run(&input, params);
         let got_summary = match &got {
             Ok(e) => Ok((e.width, e.height)),
             Err(e) => Err(e.reason()),
@@ -213,6 +225,9 @@ fn hostile_inputs_table() {
         if let Err(e) = &got {
             let msg = e.to_string();
             assert!(!msg.is_empty() && !msg.contains('\n'), "{name}: message must be one line: {msg:?}");
+            if name.contains("result") {
+                assert!(msg.starts_with("the result would be"), "{name}: {msg}");
+            }
             eprintln!("{name}: {:?}: {msg}", e.reason());
         }
         if got_summary != expected {
@@ -260,7 +275,10 @@ fn gpu_providers_fall_back_to_cpu_when_the_runtime_lacks_them() {
         let sel = m.selection();
         assert_eq!(sel.requested, requested);
         assert_eq!(sel.active, Provider::Cpu, "{requested} must fall back to cpu here");
-        assert_eq!(sel.skipped.first().map(|(p, _)| *p), Some(requested));
+        assert_eq!(sel.registered, vec![Provider::Cpu]);
+        // TensorRT is registered with CUDA behind it: both are tried, in that order.
+        let tried: Vec<Provider> = sel.skipped.iter().map(|(p, _)| *p).collect();
+        assert_eq!(tried, requested.gpu_registrations());
         assert!(sel.skipped.iter().all(|(_, why)| !why.is_empty()));
         eprintln!("{requested}: skipped {:?}", sel.skipped);
     }

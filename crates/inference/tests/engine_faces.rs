@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use image::RgbImage;
-use purrify_inference::pipeline::{Engine, EngineConfig, JobControl};
+use purrify_inference::pipeline::{Engine, EngineConfig, EngineError, JobControl, Stage};
 use purrify_inference::protocol::{EnhanceParams, FaceRestoration, OutputFormat, QualityLevel};
 
 fn mean_in(img: &RgbImage, x0: u32, y0: u32, w: u32, h: u32) -> f64 {
@@ -41,14 +41,27 @@ fn faces_are_restored_and_pasted_back_only_where_they_are() {
             face_enhance,
             output_format: OutputFormat::Png,
         };
-        engine.enhance(&input, &params, JobControl { cancelled: &|| false, progress: &mut |_, _| {} }).unwrap()
+        let mut seen: Vec<(Stage, f32)> = Vec::new();
+        let out = engine.enhance(&input, &params, JobControl::new(&|| false, &mut |s, p| seen.push((s, p)))).unwrap();
+        (out, seen)
     };
-    let with = run(true);
+    let (with, seen) = run(true);
     assert_eq!(with.face_restoration, FaceRestoration::Applied);
     assert_eq!(with.faces, 1);
-    let without = run(false);
+    // Progress per face: one report when detection starts, one after each restored face;
+    // all after the tiles, before the encode, and never going backwards.
+    let stages: Vec<Stage> = seen.iter().map(|(s, _)| *s).collect();
+    let faces: Vec<f32> = seen.iter().filter(|(s, _)| *s == Stage::Faces).map(|(_, p)| *p).collect();
+    assert_eq!(faces.len(), 1 + with.faces as usize, "{seen:?}");
+    assert!(faces[1] > faces[0], "the face's own report moves the bar: {seen:?}");
+    let first_face = stages.iter().position(|s| *s == Stage::Faces).unwrap();
+    assert!(stages[..first_face].contains(&Stage::Tiles) && !stages[first_face..].contains(&Stage::Tiles), "{stages:?}");
+    assert!(stages[first_face..].iter().all(|s| matches!(s, Stage::Faces | Stage::Encode)), "{stages:?}");
+    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "progress went backwards: {seen:?}");
+    let (without, seen) = run(false);
     assert_eq!(without.face_restoration, FaceRestoration::Disabled);
     assert_eq!(without.faces, 0);
+    assert!(seen.iter().all(|(s, _)| *s != Stage::Faces), "no face stage when disabled: {seen:?}");
 
     let a = image::load_from_memory(&with.bytes).unwrap().to_rgb8();
     let b = image::load_from_memory(&without.bytes).unwrap().to_rgb8();
@@ -62,6 +75,26 @@ fn faces_are_restored_and_pasted_back_only_where_they_are() {
 
     let coffee = png_bytes(&crop(&photo("coffee.png"), 0, 0, 200, 160));
     let params = EnhanceParams { quality_level: QualityLevel::Fast, ..EnhanceParams::default() };
-    let out = engine.enhance(&coffee, &params, JobControl { cancelled: &|| false, progress: &mut |_, _| {} }).unwrap();
+    let out = engine.enhance(&coffee, &params, JobControl::new(&|| false, &mut |_, _| {})).unwrap();
     assert_eq!(out.face_restoration, FaceRestoration::NoFaces);
+
+    // Cancellation is checked before each face: cancelled once the tiles are done, the job
+    // stops with no face restored and no encode.
+    let tiles_done = std::sync::atomic::AtomicBool::new(false);
+    let mut stages = Vec::new();
+    let err = engine
+        .enhance(
+            &input,
+            &EnhanceParams { quality_level: QualityLevel::Fast, output_format: OutputFormat::Png, ..EnhanceParams::default() },
+            JobControl::new(&|| tiles_done.load(std::sync::atomic::Ordering::Relaxed), &mut |s, _| {
+                if s == Stage::Faces {
+                    tiles_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                stages.push(s);
+            }),
+        )
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    assert_eq!(stages.iter().filter(|s| **s == Stage::Faces).count(), 1, "only detection started: {stages:?}");
+    assert!(!stages.contains(&Stage::Encode));
 }

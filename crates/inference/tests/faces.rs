@@ -252,7 +252,7 @@ fn restore_faces_changes_the_face_and_nothing_else() {
     let mut progress = vec![];
     let t = Instant::now();
     let n =
-        restore_faces(&det, Some(&restorer), &input, &mut output, scale, |done, total| progress.push((done, total)))
+        restore_faces(&det, Some(&restorer), &input, &mut output, scale, &|| false, |done, total| progress.push((done, total)))
             .unwrap();
     println!("restore_faces on astronaut.png x2: {n} face(s), {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     assert_eq!(n, 1);
@@ -295,9 +295,15 @@ fn restore_faces_changes_the_face_and_nothing_else() {
 
     // No restorer: faces are counted, nothing is painted.
     let mut untouched = before.clone();
-    let n = restore_faces(&det, None, &input, &mut untouched, scale, |_, _| panic!("no progress without a restorer"))
+    let n = restore_faces(&det, None, &input, &mut untouched, scale, &|| false, |_, _| panic!("no progress without a restorer"))
         .unwrap();
     assert_eq!(n, 1);
+    assert!(untouched == before);
+
+    // Cancelled before the first face: an error, and nothing is painted.
+    let err = restore_faces(&det, Some(&restorer), &input, &mut untouched, scale, &|| true, |_, _| panic!("no face runs"))
+        .unwrap_err();
+    assert!(matches!(err, FaceError::Cancelled), "{err}");
     assert!(untouched == before);
 }
 

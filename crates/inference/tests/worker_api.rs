@@ -113,7 +113,7 @@ async fn job_runs_with_events_result_info_and_metrics() {
     let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
     assert_eq!(events.last(), Some(&"done"), "stream: {body}");
     assert!(events[..events.len() - 1].iter().all(|e| *e == "progress"), "{events:?}");
-    let done_data = body.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let done_data = body.lines().rev().find_map(|l| l.strip_prefix("data: ")).unwrap();
     let done: serde_json::Value = serde_json::from_str(done_data).unwrap();
     assert_eq!(done["type"], "done");
     assert_eq!(done["result"]["width"], 128);
@@ -138,6 +138,16 @@ async fn job_runs_with_events_result_info_and_metrics() {
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"purrify_worker_jobs_total{outcome="succeeded",reason="none"} 1"#), "{metrics}");
     assert!(metrics.contains("purrify_worker_tile_duration_seconds_count 4"), "2 x 2 tiles: {metrics}");
+    // One sample per tile, each the model's time on that tile: together they fit inside the
+    // job, and inside its own elapsed time (which starts after the input download).
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let tiles_sum = value("purrify_worker_tile_duration_seconds_sum ");
+    let job_sum = value("purrify_worker_job_duration_seconds_sum ");
+    assert!(tiles_sum > 0.0 && tiles_sum <= job_sum, "tiles {tiles_sum} s, job {job_sum} s");
+    assert!(tiles_sum <= result.elapsed_ms as f64 / 1000.0 + 0.001, "tiles {tiles_sum} s, job {} ms", result.elapsed_ms);
     assert!(metrics.contains("purrify_worker_model_load_seconds{"));
     assert!(metrics.contains("purrify_worker_jobs_in_flight 0"));
 }
@@ -285,3 +295,4 @@ async fn shutdown_refuses_new_jobs_and_drains_running_ones() {
     worker.handle.await.unwrap().unwrap();
     assert!(storage.get(&storage.uri_for("out/draining.jpg"), u64::MAX).await.is_ok(), "the running job finished");
 }
+

@@ -1,6 +1,6 @@
 //! The enhancement pipeline (DESIGN section 5):
-//! decode -> detect faces -> align + restore each -> tiled super-resolution -> paste faces
-//! back (feathered) -> alpha -> encode.
+//! check sizes from the header -> decode -> tiled super-resolution -> detect faces on the
+//! input -> align, restore and paste back (feathered) each face -> alpha -> encode.
 //!
 //! [`Engine`] owns the sessions (created once, warmed up, reused by every job) and is shared
 //! by the worker server and the CLI. Everything here is blocking; the server runs it on the
@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use purrify_imaging::{ImageError, Limits};
+use purrify_imaging::{Header, ImageError, Limits};
 
 use crate::protocol::{EnhanceParams, ErrorReason, FaceRestoration, JobError, OutputFormat, QualityLevel};
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
-use face::{DetectorKind, FaceDetector, FaceRestorer};
+use face::{DetectorKind, FaceDetector, FaceError, FaceRestorer};
 use sr::{SrError, SrModel, SrOptions};
 
 /// Overlap pad per quality level. x4plus uses Real-ESRGAN's own default (10); animevideov3's
@@ -37,6 +37,10 @@ pub const MODEL_X4PLUS: &str = "realesrgan-x4plus";
 pub const MODEL_ANIME_X2: &str = "realesr-animevideov3-x2";
 pub const MODEL_ANIME_X4: &str = "realesr-animevideov3-x4";
 
+/// Default of [`EngineConfig::max_output_pixels`]: the largest default input (50 MP) at x2.
+/// The result is the one buffer that grows with the image (3 bytes per pixel, plus alpha).
+pub const DEFAULT_MAX_OUTPUT_PIXELS: u64 = 200_000_000;
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub runtime: RuntimeConfig,
@@ -47,7 +51,11 @@ pub struct EngineConfig {
     pub face_detector: DetectorKind,
     /// GFPGAN/CodeFormer-signature ONNX model. `None`: background-only enhancement.
     pub face_model: Option<PathBuf>,
+    /// Input limits, checked from the header before decoding.
     pub limits: Limits,
+    /// Largest result (width x height after scaling), checked from the header before
+    /// decoding, like the output format's own per-side limit.
+    pub max_output_pixels: u64,
     pub jpeg_quality: u8,
     /// Overrides the per-quality tile pad (benchmarks compare against a fixed pad).
     pub tile_pad: Option<u32>,
@@ -62,6 +70,7 @@ impl Default for EngineConfig {
             face_detector: DetectorKind::Scrfd,
             face_model: None,
             limits: Limits::default(),
+            max_output_pixels: DEFAULT_MAX_OUTPUT_PIXELS,
             jpeg_quality: 92,
             tile_pad: None,
         }
@@ -87,7 +96,12 @@ pub enum EngineError {
 impl EngineError {
     pub fn reason(&self) -> ErrorReason {
         match self {
-            Self::Image(ImageError::TooLarge { .. } | ImageError::DimensionTooLarge { .. }) => ErrorReason::TooLarge,
+            Self::Image(
+                ImageError::TooLarge { .. }
+                | ImageError::DimensionTooLarge { .. }
+                | ImageError::OutputTooLarge { .. }
+                | ImageError::OutputTooManyPixels { .. },
+            ) => ErrorReason::TooLarge,
             Self::Image(ImageError::Encode(_)) => ErrorReason::Internal,
             Self::Image(_) => ErrorReason::BadInput,
             Self::InvalidParams(_) => ErrorReason::InvalidParams,
@@ -98,6 +112,16 @@ impl EngineError {
 
     pub fn to_job_error(&self) -> JobError {
         JobError { reason: self.reason(), message: self.to_string() }
+    }
+}
+
+impl From<FaceError> for EngineError {
+    fn from(e: FaceError) -> Self {
+        match e {
+            FaceError::Runtime(r) => Self::Runtime(r),
+            FaceError::Cancelled => Self::Cancelled,
+            other => Self::Face(other.to_string()),
+        }
     }
 }
 
@@ -131,22 +155,33 @@ impl Stage {
     }
 }
 
-// Share of the job's progress bar per stage: tiles dominate the run time.
+// Share of the job's progress bar per stage, in pipeline order: tiles dominate the run time.
 const P_DECODE: f32 = 0.02;
-const P_FACES: f32 = 0.10;
 const P_TILES: f32 = 0.83;
+const P_FACES: f32 = 0.10;
 
-/// Per-job hooks: cancellation (polled between tiles and faces) and progress.
+/// Per-job hooks: cancellation (polled between tiles and between faces) and progress.
 pub struct JobControl<'a> {
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
     pub progress: &'a mut (dyn FnMut(Stage, f32) + Send),
+    /// Called after each super-resolution tile with the time ONNX Runtime spent on it
+    /// (the worker's tile-duration histogram).
+    pub tile_model_time: Option<&'a mut (dyn FnMut(Duration) + Send)>,
+}
+
+impl<'a> JobControl<'a> {
+    pub fn new(cancelled: &'a (dyn Fn() -> bool + Sync), progress: &'a mut (dyn FnMut(Stage, f32) + Send)) -> Self {
+        Self { cancelled, progress, tile_model_time: None }
+    }
 }
 
 /// Time spent per stage of one job.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
     pub decode: Duration,
+    /// Detection, restoration and pasting of faces.
     pub faces: Duration,
+    /// Super-resolution, tiles cut, run and stitched.
     pub tiles: Duration,
     /// Inside ONNX Runtime during the tile stage.
     pub sr_model: Duration,
@@ -266,7 +301,8 @@ impl Engine {
     pub fn warm_up(&self) -> Result<(), EngineError> {
         let tiny = RgbImage::from_pixel(24, 24, image::Rgb([128, 128, 128]));
         for m in self.sr_models() {
-            m.upscale(&tiny, SrOptions { scale: m.native_scale, tile_size: 0, pad: 0 }, &|| false, &mut |_, _| {})?;
+            let opts = SrOptions { scale: m.native_scale, tile_size: EnhanceParams::default().effective_tile_size(), pad: 0 };
+            m.upscale(&tiny, opts, &|| false, &mut |_, _, _| {})?;
         }
         if let Some(d) = &self.detector {
             d.detect(&RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128])))?;
@@ -292,12 +328,19 @@ impl Engine {
         })
     }
 
+    /// Refuses, from the header alone, a request that cannot succeed: bad parameters, an
+    /// input over the limits, or a result larger than `max_output_pixels` or than its format
+    /// can store. Cheap (no pixels are decoded), so callers run it before any real work.
+    pub fn preflight(&self, input: &[u8], params: &EnhanceParams) -> Result<Header, EngineError> {
+        preflight(input, params, &self.config.limits, self.config.max_output_pixels)
+    }
+
     /// Enhances one encoded image. Blocking.
     pub fn enhance(&self, input: &[u8], params: &EnhanceParams, ctl: JobControl<'_>) -> Result<Enhanced, EngineError> {
-        params.validate().map_err(EngineError::InvalidParams)?;
-        let JobControl { cancelled, progress } = ctl;
+        let JobControl { cancelled, progress, mut tile_model_time } = ctl;
         let started = Instant::now();
         let mut timings = Timings::default();
+        self.preflight(input, params)?;
         let sr = self.pick(params.quality_level, params.scale)?;
 
         progress(Stage::Decode, 0.0);
@@ -305,59 +348,47 @@ impl Engine {
         timings.decode = started.elapsed();
         progress(Stage::Decode, P_DECODE);
 
-        // Faces are restored from the input before the background is upscaled, and pasted
-        // into the upscaled output afterwards; at most one aligned face is kept per face.
         let t = Instant::now();
-        let mut restored = Vec::new();
+        let opts = SrOptions { scale: params.scale, tile_size: params.effective_tile_size(), pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)) };
+        let (mut out, stats) = sr.upscale(&decoded.rgb, opts, cancelled, &mut |done, total, model_time| {
+            if let Some(f) = tile_model_time.as_mut() {
+                f(model_time);
+            }
+            progress(Stage::Tiles, P_DECODE + P_TILES * done as f32 / total as f32);
+        })?;
+        timings.tiles = t.elapsed();
+        timings.sr_model = stats.model_time;
+
+        // Faces are detected and aligned on the input (what the detector and restorer were
+        // trained on) and pasted into the upscaled output, one at a time.
+        let t = Instant::now();
+        let base = P_DECODE + P_TILES;
         let mut faces_found = 0u32;
         let face_restoration = match (&self.detector, &self.restorer) {
             _ if !params.face_enhance => FaceRestoration::Disabled,
             (Some(detector), Some(restorer)) => {
-                progress(Stage::Faces, P_DECODE);
-                let faces = detector.detect(&decoded.rgb)?;
-                let total = faces.len();
-                faces_found = total as u32;
-                let template = face::ffhq_template();
-                for (i, f) in faces.iter().enumerate() {
-                    if cancelled() {
-                        return Err(EngineError::Cancelled);
-                    }
-                    let to_face = face::estimate_similarity(&f.landmarks, &template);
-                    let aligned = face::warp_to_face(&decoded.rgb, &to_face);
-                    let out = restorer.restore(&aligned)?;
-                    restored.push((to_face, out));
-                    progress(Stage::Faces, P_DECODE + P_FACES * (i + 1) as f32 / total as f32);
-                }
-                if faces.is_empty() { FaceRestoration::NoFaces } else { FaceRestoration::Applied }
+                progress(Stage::Faces, base);
+                let n = face::restore_faces(detector, Some(restorer), &decoded.rgb, &mut out, params.scale as f32, cancelled, |done, total| {
+                    progress(Stage::Faces, base + P_FACES * done as f32 / total as f32);
+                })?;
+                faces_found = n as u32;
+                if n == 0 { FaceRestoration::NoFaces } else { FaceRestoration::Applied }
             }
             _ => FaceRestoration::NotConfigured,
         };
         timings.faces = t.elapsed();
 
-        let t = Instant::now();
-        let opts = SrOptions { scale: params.scale, tile_size: params.tile_size, pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)) };
-        let base = P_DECODE + P_FACES;
-        let (mut out, stats) = sr.upscale(&decoded.rgb, opts, cancelled, &mut |done, total| {
-            progress(Stage::Tiles, base + P_TILES * done as f32 / total as f32);
-        })?;
-        let scale = params.scale as f32;
-        for (to_face, face_img) in &restored {
-            face::paste_face(&mut out, face_img, to_face, scale);
-        }
-        timings.tiles = t.elapsed();
-        timings.sr_model = stats.model_time;
-        drop(restored);
-
         if cancelled() {
             return Err(EngineError::Cancelled);
         }
         let t = Instant::now();
-        progress(Stage::Encode, base + P_TILES);
+        progress(Stage::Encode, base + P_FACES);
         let (w, h) = out.dimensions();
         let alpha = match &decoded.alpha {
             Some(a) if params.output_format.keeps_alpha() => Some(purrify_imaging::resize_gray(a, w, h)),
             _ => None,
         };
+        drop(decoded);
         let fmt = imaging_format(params.output_format);
         let bytes = purrify_imaging::encode(&out, alpha.as_ref(), fmt, self.config.jpeg_quality)?;
         timings.encode = t.elapsed();
@@ -375,6 +406,20 @@ impl Engine {
             timings,
         })
     }
+}
+
+/// [`Engine::preflight`] without an engine: the CLI runs it before loading any model.
+pub fn preflight(input: &[u8], params: &EnhanceParams, limits: &Limits, max_output_pixels: u64) -> Result<Header, EngineError> {
+    params.validate().map_err(EngineError::InvalidParams)?;
+    let header = purrify_imaging::read_header(input, limits)?;
+    let scale = u64::from(params.scale);
+    purrify_imaging::check_output_size(
+        u64::from(header.width) * scale,
+        u64::from(header.height) * scale,
+        imaging_format(params.output_format),
+        max_output_pixels,
+    )?;
+    Ok(header)
 }
 
 fn describe(m: &crate::runtime::Model, kind: &'static str) -> LoadedModel {

@@ -7,6 +7,7 @@
 //! scale, so the reduction is exact and seam-free, which a resize of the stitched image or of
 //! each tile with a wider filter would not be.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use image::RgbImage;
@@ -45,22 +46,22 @@ pub struct SrModel {
 #[derive(Debug, Clone, Copy)]
 pub struct SrOptions {
     pub scale: u32,
-    pub tile_size: u32,
+    pub tile_size: NonZeroU32,
     pub pad: u32,
 }
 
 impl SrModel {
     /// Upscales `img` by `opts.scale`. `cancelled` is polled between tiles; `on_tile(done,
-    /// total)` is called after each tile.
+    /// total, model_time)` is called after each tile with the time ONNX Runtime spent on it.
     pub fn upscale(
         &self,
         img: &RgbImage,
         opts: SrOptions,
         cancelled: &dyn Fn() -> bool,
-        on_tile: &mut dyn FnMut(u32, u32),
+        on_tile: &mut dyn FnMut(u32, u32, Duration),
     ) -> Result<(RgbImage, SrStats), SrError> {
         let native = self.native_scale;
-        if opts.scale == 0 || native % opts.scale != 0 {
+        if opts.scale == 0 || !native.is_multiple_of(opts.scale) {
             return Err(SrError::Scale { requested: opts.scale, native });
         }
         let reduce = native / opts.scale;
@@ -94,7 +95,7 @@ impl SrModel {
             written?;
             stats.model_time += elapsed;
             stats.tiles += 1;
-            on_tile(i as u32 + 1, total);
+            on_tile(i as u32 + 1, total, elapsed);
         }
         Ok((out, stats))
     }
@@ -198,6 +199,10 @@ mod tests {
         data
     }
 
+    fn plan(width: u32, height: u32, tile_size: u32, pad: u32) -> Vec<Tile> {
+        tiling::plan(width, height, NonZeroU32::new(tile_size).unwrap(), pad)
+    }
+
     fn test_image(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) % 256) as u8]))
     }
@@ -205,7 +210,7 @@ mod tests {
     #[test]
     fn input_is_planar_unit_range() {
         let img = test_image(10, 6);
-        let tile = tiling::plan(10, 6, 4, 1)[1];
+        let tile = plan(10, 6, 4, 1)[1];
         let mut buf = Vec::new();
         fill_input(&img, &tile, &mut buf);
         assert_eq!(buf.len(), (tile.pw * tile.ph * 3) as usize);
@@ -223,7 +228,7 @@ mod tests {
         let img = test_image(37, 23);
         for (native, scale) in [(2, 2), (4, 4), (4, 2)] {
             let mut out = RgbImage::new(37 * scale, 23 * scale);
-            for tile in tiling::plan(37, 23, 8, 3) {
+            for tile in plan(37, 23, 8, 3) {
                 let data = nearest_output(&img, &tile, native);
                 write_core(&data, &tile, native, native / scale, scale, &mut out);
             }

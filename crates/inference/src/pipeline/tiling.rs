@@ -5,6 +5,11 @@
 //! core square is kept. When `pad` covers the model's receptive field, every kept output pixel
 //! saw exactly the input it would have seen in a whole-image run, so the stitched result has
 //! no seams; this is Real-ESRGAN's own tile procedure.
+//!
+//! There is no "whole image" mode: the tile size is never zero, so the model's working
+//! memory is bounded by the tile whatever the image size.
+
+use std::num::NonZeroU32;
 
 /// One tile: the core region it owns and the padded region fed to the model, both in input
 /// pixels. The padded region always contains the core region.
@@ -27,13 +32,13 @@ impl Tile {
     }
 }
 
-/// Plans the tiles for a `width` x `height` image. `tile_size` 0 (or larger than the image)
-/// means one tile covering everything, with no padding needed.
-pub fn plan(width: u32, height: u32, tile_size: u32, pad: u32) -> Vec<Tile> {
+/// Plans the tiles for a `width` x `height` image. A `tile_size` at least as large as the
+/// image means one tile covering everything, with no padding needed.
+pub fn plan(width: u32, height: u32, tile_size: NonZeroU32, pad: u32) -> Vec<Tile> {
     if width == 0 || height == 0 {
         return Vec::new();
     }
-    let ts = if tile_size == 0 { width.max(height) } else { tile_size };
+    let ts = tile_size.get();
     let cols = width.div_ceil(ts);
     let rows = height.div_ceil(ts);
     let mut tiles = Vec::with_capacity((cols * rows) as usize);
@@ -62,6 +67,10 @@ pub fn padded_area(tiles: &[Tile]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(width: u32, height: u32, tile_size: u32, pad: u32) -> Vec<Tile> {
+        super::plan(width, height, NonZeroU32::new(tile_size).unwrap(), pad)
+    }
 
     fn covers_exactly_once(width: u32, height: u32, tiles: &[Tile]) {
         let mut seen = vec![0u8; (width * height) as usize];
@@ -95,8 +104,8 @@ mod tests {
     }
 
     #[test]
-    fn zero_tile_size_means_whole_image() {
-        let tiles = plan(300, 200, 0, 10);
+    fn a_tile_larger_than_the_image_covers_it_whole() {
+        let tiles = plan(300, 200, 400, 10);
         assert_eq!(tiles, vec![Tile { x: 0, y: 0, w: 300, h: 200, px: 0, py: 0, pw: 300, ph: 200 }]);
     }
 
@@ -106,7 +115,7 @@ mod tests {
         assert_eq!(tiles.len(), 6);
         let last = tiles.last().unwrap();
         assert_eq!((last.x, last.y, last.w, last.h), (128, 64, 2, 6));
-        assert_eq!(padded_area(&plan(10, 10, 0, 5)), 100);
+        assert_eq!(padded_area(&plan(10, 10, 10, 5)), 100);
     }
 
     #[test]

@@ -295,19 +295,21 @@ impl Jobs {
         let span = tracing::Span::current();
         let enhanced = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let mut last_tile = Instant::now();
             let mut progress = |stage: Stage, p: f32| {
-                if stage == Stage::Tiles {
-                    tile_hist.observe(last_tile.elapsed().as_secs_f64());
-                    last_tile = Instant::now();
-                }
                 job2.status.send_modify(|s| {
                     s.progress = p.clamp(0.0, 1.0);
                     s.stage = Some(stage.as_str().into());
                 });
             };
+            // Model time per tile, as the engine measured it: wall time between progress
+            // reports would charge decode (and anything else before a tile) to a tile.
+            let mut tile_time = |d: Duration| tile_hist.observe(d.as_secs_f64());
             let cancelled = || job2.is_cancelled();
-            engine.enhance(&input, &params, JobControl { cancelled: &cancelled, progress: &mut progress })
+            engine.enhance(&input, &params, JobControl {
+                cancelled: &cancelled,
+                progress: &mut progress,
+                tile_model_time: Some(&mut tile_time),
+            })
         })
         .await
         .map_err(|e| JobError { reason: ErrorReason::Internal, message: format!("engine task failed: {e}") })?

@@ -90,3 +90,53 @@ pub fn shift_restoration_model(
 }
 
 pub const FACE_SHAPE: [Option<i64>; 4] = [Some(1), Some(3), Some(512), Some(512)];
+
+/// The signature and IHDR of a PNG claiming `width` x `height`, and nothing else.
+pub fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let crc = crc32(&ihdr);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+/// A well-formed PNG of `width` x `height` whose image data is an empty zlib stream: its
+/// header reads fine, but decoding it fails.
+pub fn png_without_pixels(width: u32, height: u32) -> Vec<u8> {
+    let mut out = png_header_claiming(width, height);
+    out.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    out.extend(png_chunk(b"IEND", &[]));
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// `img` as a GIF: a format that is recognised, and refused by name.
+pub fn gif_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img.clone()).write_to(&mut out, ImageFormat::Gif).unwrap();
+    out.into_inner()
+}

@@ -60,6 +60,8 @@ pub enum FaceError {
     Signature { path: PathBuf, problem: String, found: String },
     #[error("unknown face detector {0:?}; expected \"scrfd\" or \"mtcnn\"")]
     UnknownDetector(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -199,36 +201,46 @@ pub fn paste_face(output: &mut RgbImage, restored: &RgbImage, input_to_face: &Af
 }
 
 /// Detects faces on `input` and restores them into `output` (= `input` upscaled by `scale`);
-/// see [`restore_detected`]. Returns the number of faces found.
+/// see [`restore_detected`]. Returns the number of faces found. This is the one face path:
+/// the engine runs it after super-resolution.
 pub fn restore_faces(
     detector: &FaceDetector,
     restorer: Option<&FaceRestorer>,
     input: &RgbImage,
     output: &mut RgbImage,
     scale: f32,
+    cancelled: &dyn Fn() -> bool,
     on_face: impl FnMut(usize, usize),
 ) -> Result<usize, FaceError> {
     let faces = detector.detect(input)?;
     match restorer {
-        Some(r) => restore_detected(&faces, r, input, output, scale, on_face),
+        Some(r) => restore_detected(&faces, r, input, output, scale, cancelled, on_face),
         None => Ok(faces.len()),
     }
 }
 
 /// For each face: align it from `input` onto the 512x512 template, restore it, and paste it
-/// into `output` (= `input` upscaled by `scale`) with a feathered edge. `on_face(done, total)`
-/// is called after each face. Without a restorer ([`restore_faces`] with `None`), faces are
-/// only counted and `output` is untouched.
+/// into `output` (= `input` upscaled by `scale`) with a feathered edge. `cancelled` is polled
+/// before each face (a restoration is a full model run); `on_face(done, total)` is called
+/// after each face. Without a restorer ([`restore_faces`] with `None`), faces are only
+/// counted and `output` is untouched.
+///
+/// Each face is aligned from the input, never from `output`, so pasting one face cannot
+/// change what the next one sees; only one restored face is held at a time.
 pub fn restore_detected(
     faces: &[Face],
     restorer: &FaceRestorer,
     input: &RgbImage,
     output: &mut RgbImage,
     scale: f32,
+    cancelled: &dyn Fn() -> bool,
     mut on_face: impl FnMut(usize, usize),
 ) -> Result<usize, FaceError> {
     let template = ffhq_template();
     for (i, face) in faces.iter().enumerate() {
+        if cancelled() {
+            return Err(FaceError::Cancelled);
+        }
         let to_face = estimate_similarity(&face.landmarks, &template);
         let aligned = warp_to_face(input, &to_face);
         let restored = restorer.restore(&aligned)?;
