@@ -17,8 +17,11 @@ pub enum ErrorCode {
     InvalidCredentials,
     AccessDenied,
     ResourceNotFound,
+    MethodNotAllowed,
     ValidationError,
     FileTooLarge,
+    /// A non-upload body (JSON) over its limit.
+    RequestTooLarge,
     UnsupportedMediaType,
     InvalidImage,
     TaskNotFinished,
@@ -34,8 +37,9 @@ impl ErrorCode {
             Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::AccessDenied => StatusCode::FORBIDDEN,
             Self::ResourceNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ValidationError | Self::InvalidImage => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::FileTooLarge | Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TaskNotFinished => StatusCode::CONFLICT,
             Self::TaskLimitExceeded | Self::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
@@ -49,8 +53,10 @@ impl ErrorCode {
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::AccessDenied => "ACCESS_DENIED",
             Self::ResourceNotFound => "RESOURCE_NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::ValidationError => "VALIDATION_ERROR",
             Self::FileTooLarge => "FILE_TOO_LARGE",
+            Self::RequestTooLarge => "REQUEST_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::InvalidImage => "INVALID_IMAGE",
             Self::TaskNotFinished => "TASK_NOT_FINISHED",
@@ -117,6 +123,25 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ServerUnavailable, message)
     }
+
+    /// A JSON body the `Json` extractor refused: over the body limit is 413, anything else
+    /// (malformed, wrong shape, wrong content type) a 422 saying what was wrong.
+    pub fn json(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(ErrorCode::RequestTooLarge, format!("the request body is larger than the {JSON_BODY_LIMIT} byte limit"));
+        }
+        Self::new(ErrorCode::ValidationError, format!("invalid JSON body: {}", rejection.body_text()))
+    }
+}
+
+/// Largest JSON request body. The JSON endpoints take a handful of short fields; the
+/// framework's 2 MB default would only let a client make the gateway buffer more.
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
+/// The answer for a path that exists without the request's method (axum keeps the `Allow`
+/// header it computed).
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not supported on {}", uri.path()))
 }
 
 impl IntoResponse for ApiError {
@@ -139,7 +164,7 @@ mod tests {
 
     #[test]
     fn codes_serialise_as_the_catalogue_spells_them() {
-        for code in [ErrorCode::ValidationError, ErrorCode::ResourceNotFound, ErrorCode::TaskLimitExceeded] {
+        for code in [ErrorCode::ValidationError, ErrorCode::ResourceNotFound, ErrorCode::TaskLimitExceeded, ErrorCode::MethodNotAllowed] {
             assert_eq!(serde_json::to_value(code).unwrap(), Value::String(code.as_str().into()));
         }
     }

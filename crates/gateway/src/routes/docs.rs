@@ -14,6 +14,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::app::AppState;
+use crate::error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -75,13 +76,14 @@ async fn index(State(state): State<AppState>) -> Response {
     if state.swagger_ui_dir.join("swagger-ui-bundle.js").exists() {
         Html(INDEX).into_response()
     } else {
+        // Where the gateway looked is the operator's business, not every visitor's.
+        tracing::warn!(dir = %state.swagger_ui_dir.display(), "Swagger UI assets are not installed: run `make models` or pass --swagger-ui-dir");
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Html(format!(
-                "<p>Swagger UI assets are not installed at {}: run <code>make models</code> or pass --swagger-ui-dir. \
+            Html(
+                "<p>Swagger UI is not installed on this server. \
                  The OpenAPI document is at <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a>.</p>",
-                state.swagger_ui_dir.display()
-            )),
+            ),
         )
             .into_response()
     }
@@ -89,12 +91,15 @@ async fn index(State(state): State<AppState>) -> Response {
 
 async fn asset(State(state): State<AppState>, Path(file): Path<String>) -> Response {
     let content_type = match file.as_str() {
-        "swagger-ui-bundle.js" => "application/javascript",
-        "swagger-ui.css" => "text/css",
-        _ => return StatusCode::NOT_FOUND.into_response(),
+        "swagger-ui-bundle.js" => "text/javascript; charset=utf-8",
+        "swagger-ui.css" => "text/css; charset=utf-8",
+        _ => return ApiError::not_found(format!("no documentation asset {file}")).into_response(),
     };
     match tokio::fs::read(state.swagger_ui_dir.join(&file)).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=86400")], bytes).into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::warn!(dir = %state.swagger_ui_dir.display(), file, error = %e, "Swagger UI asset unreadable");
+            ApiError::not_found(format!("documentation asset {file} is not installed on this server")).into_response()
+        }
     }
 }
