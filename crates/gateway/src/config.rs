@@ -78,9 +78,15 @@ pub struct Config {
     /// Uploads per minute per client (an upload costs a GPU job).
     #[arg(long, env = "PURRIFY_UPLOADS_PER_MINUTE", default_value_t = 30.0)]
     pub uploads_per_minute: f64,
-    /// Identify clients by the first X-Forwarded-For address (only behind a trusted proxy).
+    /// Identify clients by X-Forwarded-For (only behind a trusted proxy): the address the
+    /// outermost trusted proxy appended, `--trusted-proxy-hops` entries from the right.
     #[arg(long, env = "PURRIFY_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Trusted proxies in front of the gateway that each append to X-Forwarded-For (e.g. 2 for
+    /// a cloud load balancer in front of the ingress controller). Entries left of them are
+    /// whatever the client sent and are never trusted.
+    #[arg(long, env = "PURRIFY_TRUSTED_PROXY_HOPS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trusted_proxy_hops: u32,
     /// Seconds a task may take from upload to result before it fails (seed: 5 minutes).
     #[arg(long, env = "PURRIFY_TASK_DEADLINE_SECONDS", default_value_t = 300)]
     pub task_deadline_seconds: u64,

@@ -11,7 +11,7 @@ use axum::extract::multipart::Field;
 use axum::http::{StatusCode, header};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::StreamExt;
 use purrify_imaging::{Format, ImageError};
 use purrify_inference::protocol::{EnhanceParams, OutputFormat, QualityLevel};
@@ -76,12 +76,39 @@ fn parse_params(f: &Fields) -> Result<EnhanceParams, ApiError> {
     Ok(p)
 }
 
-async fn text_field(field: Field<'_>, name: &str) -> Result<String, ApiError> {
-    let text = field.text().await.map_err(|e| ApiError::field(name, format!("unreadable: {}", e.body_text())))?;
-    if text.len() > 64 {
-        return Err(ApiError::field(name, "value is too long"));
+/// Longest value of a form field other than the file: they are short words and numbers.
+const TEXT_FIELD_LIMIT: usize = 64;
+
+/// Reads a short text field chunk by chunk, refusing it as soon as it outgrows
+/// [`TEXT_FIELD_LIMIT`]: a multi-megabyte `tile_size` costs neither memory nor the time to
+/// receive it.
+async fn text_field(mut field: Field<'_>, name: &str, limit: u64) -> Result<String, ApiError> {
+    let mut value = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(Some(c)) => {
+                if value.len() + c.len() > TEXT_FIELD_LIMIT {
+                    return Err(ApiError::field(name, format!("value is too long (at most {TEXT_FIELD_LIMIT} bytes)")));
+                }
+                value.extend_from_slice(&c);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, limit, Some(name))),
+        }
     }
-    Ok(text)
+    String::from_utf8(value).map_err(|_| ApiError::field(name, "value is not UTF-8 text"))
+}
+
+/// Drops an unknown field's bytes as they arrive (the seed gateway ignored unknown fields;
+/// ignoring them must not mean holding them).
+async fn discard(mut field: Field<'_>, limit: u64) -> Result<(), ApiError> {
+    loop {
+        match field.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(multipart_error(e, limit, None)),
+        }
+    }
 }
 
 /// What the stored file turned out to be.
@@ -100,11 +127,16 @@ fn unsupported(format: Option<Format>) -> ApiError {
 }
 
 fn too_large(limit: u64) -> ApiError {
-    ApiError::new(ErrorCode::FileTooLarge, format!("the file is larger than the {} MB limit", limit / (1024 * 1024)))
+    let size = if limit >= 1024 * 1024 { format!("{} MB", limit / (1024 * 1024)) } else { format!("{} KB", limit.div_ceil(1024)) };
+    ApiError::new(ErrorCode::FileTooLarge, format!("the file is larger than the {size} limit"))
 }
 
 /// Streams the file field to storage: sniff the first bytes, then pass every chunk through
 /// with a byte count that aborts the upload past the limit.
+///
+/// A failed write is told apart by where it failed: the client's stream (cut off, malformed,
+/// too large: a 4xx naming the problem) or the storage (a retryable 503 that says nothing
+/// about the storage; the cause is logged).
 async fn store_file(state: &AppState, mut field: Field<'_>, task_id: &str) -> Result<Stored, ApiError> {
     let limit = state.config.max_upload_bytes;
     let mut prefix = BytesMut::new();
@@ -116,7 +148,7 @@ async fn store_file(state: &AppState, mut field: Field<'_>, task_id: &str) -> Re
                 first_chunks.push(c);
             }
             Ok(None) => break,
-            Err(e) => return Err(multipart_error(e, limit)),
+            Err(e) => return Err(multipart_error(e, limit, Some("file"))),
         }
     }
     if prefix.is_empty() {
@@ -131,16 +163,24 @@ async fn store_file(state: &AppState, mut field: Field<'_>, task_id: &str) -> Re
     // The first HEADER_PREFIX bytes, captured as they stream past, for the header check.
     let header = Arc::new(std::sync::Mutex::new(BytesMut::new()));
     let (counted, kept) = (count.clone(), header.clone());
-    let over_limit = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let over = over_limit.clone();
+    // Why the client's side of the stream ended early, when it did.
+    let client_fault: Arc<std::sync::Mutex<Option<ApiError>>> = Arc::default();
+    let fault = client_fault.clone();
     let chunks = futures::stream::iter(first_chunks.into_iter().map(Ok))
-        .chain(field.map(|r| r.map_err(|e| std::io::Error::other(e.body_text()))))
-        .map(move |r: Result<Bytes, std::io::Error>| {
-            let c = r?;
+        .chain(field)
+        .map(move |r| {
+            let blame = |e: ApiError| {
+                let message = e.message.clone();
+                *fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(std::io::Error::other(message))
+            };
+            let c = match r {
+                Ok(c) => c,
+                Err(e) => return blame(multipart_error(e, limit, Some("file"))),
+            };
             let total = counted.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
             if total > limit {
-                over.store(true, Ordering::Relaxed);
-                return Err(std::io::Error::other("upload exceeds the size limit"));
+                return blame(too_large(limit));
             }
             let mut h = kept.lock().unwrap_or_else(|p| p.into_inner());
             if h.len() < HEADER_PREFIX {
@@ -151,12 +191,15 @@ async fn store_file(state: &AppState, mut field: Field<'_>, task_id: &str) -> Re
         });
     let result = state.storage.put_stream(&uri, Box::pin(chunks)).await;
     if let Err(e) = result {
-        let _ = state.storage.delete(&uri).await;
-        if over_limit.load(Ordering::Relaxed) {
-            return Err(too_large(limit));
+        if let Err(d) = state.storage.delete(&uri).await {
+            tracing::warn!(error = %d, "cannot delete a failed upload");
         }
-        tracing::warn!(error = %e, "upload failed");
-        return Err(ApiError::field("file", "the upload was interrupted"));
+        if let Some(client) = client_fault.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tracing::info!(error = %e, "upload cut short by the client");
+            return Err(client);
+        }
+        tracing::error!(error = %e, "cannot store an upload");
+        return Err(ApiError::unavailable("the upload could not be stored; try again shortly").retry_after(5));
     }
     let bytes = count.load(Ordering::Relaxed);
     let head = header.lock().unwrap_or_else(|p| p.into_inner()).clone().freeze();
@@ -183,11 +226,16 @@ fn extension(f: Format) -> &'static str {
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+/// A multipart read error: the body limit (413) or a malformed or cut-off body (422, naming
+/// the field being read when it is one of ours).
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64, field: Option<&str>) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large(limit)
-    } else {
-        ApiError::field("file", format!("malformed multipart body: {}", e.body_text()))
+        return too_large(limit);
+    }
+    let message = format!("malformed multipart body: {}", e.body_text());
+    match field {
+        Some(f) => ApiError::field(f, message),
+        None => ApiError::new(ErrorCode::ValidationError, message),
     }
 }
 
@@ -200,6 +248,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> A
         (status = 415, description = "Not a supported image type", body = crate::error::ErrorBody),
         (status = 422, description = "Missing file, bad parameter or invalid image header", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited", body = crate::error::ErrorBody),
+        (status = 503, description = "The upload could not be stored; retry (see Retry-After)", body = crate::error::ErrorBody),
     )
 )]
 pub async fn enhance(
@@ -207,8 +256,17 @@ pub async fn enhance(
     Extension(request_id): Extension<RequestId>,
     req: Request,
 ) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
+    let outcome = accept(&state, request_id, req).await;
+    // Every way an upload can fail to become a task counts, by its error code.
+    if let Err(e) = &outcome {
+        state.metrics.upload_rejected(e.code);
+    }
+    outcome
+}
+
+async fn accept(state: &AppState, request_id: RequestId, req: Request) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
     let started = Instant::now();
-    let ip = client_ip(&req, state.config.trust_forwarded_for);
+    let ip = client_ip(&req, &state.config);
     if let Err(wait) = state.upload_limiter.check(ip, started) {
         return Err(ApiError::new(ErrorCode::TaskLimitExceeded, "too many uploads from this client; try again later")
             .retry_after(wait.as_secs().max(1)));
@@ -217,10 +275,9 @@ pub async fn enhance(
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit.saturating_add(64 * 1024)
     {
-        state.metrics.uploads_rejected.inc();
         return Err(too_large(limit));
     }
-    let mut multipart = <Multipart as axum::extract::FromRequest<AppState>>::from_request(req, &state)
+    let mut multipart = <Multipart as axum::extract::FromRequest<AppState>>::from_request(req, state)
         .await
         .map_err(|e| ApiError::field("file", format!("expected a multipart/form-data body: {}", e.body_text())))?;
 
@@ -232,25 +289,28 @@ pub async fn enhance(
             let field = match multipart.next_field().await {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Err(multipart_error(e, limit)),
+                Err(e) => return Err(multipart_error(e, limit, None)),
             };
             let name = field.name().unwrap_or("").to_string();
-            match name.as_str() {
+            let slot = match name.as_str() {
                 "file" => {
                     if stored.is_some() {
                         return Err(ApiError::field("file", "send exactly one file"));
                     }
-                    stored = Some(store_file(&state, field, &task_id).await?);
+                    stored = Some(store_file(state, field, &task_id).await?);
+                    continue;
                 }
-                "tile_size" => fields.tile_size = Some(text_field(field, "tile_size").await?),
-                "quality_level" => fields.quality_level = Some(text_field(field, "quality_level").await?),
-                "scale" => fields.scale = Some(text_field(field, "scale").await?),
-                "face_enhance" => fields.face_enhance = Some(text_field(field, "face_enhance").await?),
-                // Unknown fields are ignored, as the seed gateway did; their bytes are drained.
+                "tile_size" => &mut fields.tile_size,
+                "quality_level" => &mut fields.quality_level,
+                "scale" => &mut fields.scale,
+                "face_enhance" => &mut fields.face_enhance,
+                // Unknown fields are ignored, as the seed gateway did.
                 _ => {
-                    let _ = field.bytes().await;
+                    discard(field, limit).await?;
+                    continue;
                 }
-            }
+            };
+            *slot = Some(text_field(field, &name, limit).await?);
         }
         Ok(())
     }
@@ -266,19 +326,16 @@ pub async fn enhance(
     };
     if let Err(e) = outcome {
         cleanup(&stored).await;
-        state.metrics.uploads_rejected.inc();
         return Err(e);
     }
     let params = match parse_params(&fields) {
         Ok(p) => p,
         Err(e) => {
             cleanup(&stored).await;
-            state.metrics.uploads_rejected.inc();
             return Err(e);
         }
     };
     let Some(file) = stored else {
-        state.metrics.uploads_rejected.inc();
         return Err(ApiError::field("file", "no file was uploaded; send the image in a form field named `file`"));
     };
     let upload = NewUpload {
