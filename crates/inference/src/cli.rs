@@ -132,7 +132,8 @@ struct ServeArgs {
     /// Seconds finished jobs stay queryable.
     #[arg(long, env = "PURRIFY_RETAIN_SECONDS", default_value_t = 3600)]
     retain_seconds: u64,
-    /// Seconds running jobs get to finish after SIGTERM.
+    /// Seconds running jobs get to finish after SIGTERM; then they are cancelled (dispatchers
+    /// retry them elsewhere) and the process exits within a few seconds.
     #[arg(long, env = "PURRIFY_SHUTDOWN_GRACE", default_value_t = 60)]
     shutdown_grace: u64,
     /// Quality levels served (their models are loaded at start).
@@ -178,6 +179,11 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     };
 }
 
+/// How long the runtime waits for blocking tasks after the server has stopped. A job that
+/// was cancelled in the middle of a model run finishes that run on its own thread; the
+/// process does not wait for it (its result would be thrown away anyway).
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Entry point of the binary.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -185,7 +191,11 @@ pub fn run() -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_tracing(cli.log_format, "info,ort=warn");
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(serve(args))
+            let result = rt.block_on(serve(args));
+            // Dropping the runtime would wait for every blocking task, including an engine
+            // run stuck in a long tile: the grace period would not bound the exit.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+            result
         }
         Command::Enhance(args) => {
             init_tracing(cli.log_format, "warn,ort=error");

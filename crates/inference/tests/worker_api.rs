@@ -3,15 +3,17 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use common::*;
 use purrify_inference::pipeline::EngineConfig;
 use purrify_inference::protocol::{
     EnhanceParams, ErrorReason, JobAccepted, JobRequest, JobState, JobStatus, OutputFormat, QualityLevel, WorkerInfo,
 };
-use purrify_inference::server::jobs::JobsConfig;
+use purrify_inference::server::jobs::{Jobs, JobsConfig, SubmitError};
+use purrify_inference::server::metrics::Metrics;
 use purrify_inference::server::{EngineSource, Worker, WorkerConfig};
 use purrify_inference::storage::{S3Options, Storage};
 use serde_json::json;
@@ -26,6 +28,10 @@ struct Harness {
 }
 
 async fn start(jobs: JobsConfig, engine: EngineSource) -> Harness {
+    start_with_grace(jobs, engine, Duration::from_secs(30)).await
+}
+
+async fn start_with_grace(jobs: JobsConfig, engine: EngineSource, shutdown_grace: Duration) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(Storage::new(&format!("file://{}", dir.path().display()), S3Options::default()).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -35,7 +41,7 @@ async fn start(jobs: JobsConfig, engine: EngineSource) -> Harness {
             storage: storage.clone(),
             jobs,
             engine,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace,
         },
         async move {
             let _ = rx.await;
@@ -296,3 +302,91 @@ async fn shutdown_refuses_new_jobs_and_drains_running_ones() {
     assert!(storage.get(&storage.uri_for("out/draining.jpg"), u64::MAX).await.is_ok(), "the running job finished");
 }
 
+/// Admission is one step under the job table's lock: with many submissions racing for the
+/// slots, exactly `capacity` are accepted, never more.
+#[test]
+fn concurrent_submissions_never_exceed_capacity() {
+    const CAPACITY: usize = 3;
+    const THREADS: usize = 12;
+    const ROUNDS: usize = 300;
+    let engine = fast_engine();
+    // Never driven: accepted jobs are spawned but never run, so they stay in flight and a
+    // slot taken stays taken for the whole round.
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Storage::new(&format!("file://{}", dir.path().display()), S3Options::default()).unwrap());
+    let input = storage.uri_for("in/never-read.png");
+    for round in 0..ROUNDS {
+        let jobs = Jobs::new(JobsConfig { capacity: CAPACITY, ..Default::default() }, storage.clone(), Arc::new(Metrics::new()));
+        jobs.set_engine(engine.clone());
+        let start = Barrier::new(THREADS);
+        let (accepted, full) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (rt, jobs, start, accepted, full, storage, input) = (&rt, &jobs, &start, &accepted, &full, &storage, &input);
+                s.spawn(move || {
+                    let _rt = rt.enter();
+                    let id = format!("r{round}-t{t}");
+                    let req = JobRequest {
+                        output_uri: storage.uri_for(&format!("out/{id}.jpg")),
+                        id,
+                        input_uri: input.clone(),
+                        params: EnhanceParams::default(),
+                    };
+                    start.wait();
+                    match jobs.submit(req, None) {
+                        Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                        Err(SubmitError::Full { .. }) => full.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => panic!("unexpected refusal: {e}"),
+                    };
+                });
+            }
+        });
+        let accepted = accepted.load(Ordering::Relaxed);
+        assert_eq!(accepted, CAPACITY, "round {round}: {accepted} accepted with capacity {CAPACITY}");
+        assert_eq!(full.load(Ordering::Relaxed), THREADS - CAPACITY);
+        assert_eq!(jobs.in_flight(), CAPACITY);
+    }
+}
+
+/// When the grace period runs out, unfinished jobs are cancelled (they stop at the next
+/// tile), end as `cancelled` with a reason a dispatcher can act on, and the worker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_period_running_jobs_are_cancelled() {
+    let mut h = start_with_grace(
+        JobsConfig { capacity: 2, parallel: 1, ..Default::default() },
+        EngineSource::Ready(fast_engine()),
+        Duration::from_millis(300),
+    )
+    .await;
+    // About 250 tiles of 32 px: far longer than the grace period.
+    let input = h.put_input("long.png", png_bytes(&photo("coffee.png"))).await;
+    assert_eq!(h.submit(&h.job("long", &input, fast(32))).await.status(), 202);
+    assert_eq!(h.submit(&h.job("queued", &input, fast(32))).await.status(), 202);
+    for _ in 0..600 {
+        if h.status("long").await.stage.as_deref() == Some("tiles") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.status("long").await.stage.as_deref(), Some("tiles"), "the job should be running tiles");
+    let stopped = Instant::now();
+    h.stop.take().unwrap().send(()).unwrap();
+    let Harness { worker, storage, .. } = h;
+    tokio::time::timeout(Duration::from_secs(60), worker.handle)
+        .await
+        .expect("the worker stops after grace + cancellation, not after the job")
+        .unwrap()
+        .unwrap();
+    eprintln!("worker stopped {:.2} s after the shutdown signal", stopped.elapsed().as_secs_f64());
+    for id in ["long", "queued"] {
+        let st = worker.jobs.status(id).unwrap();
+        assert_eq!(st.state, JobState::Cancelled, "{id}: {st:?}");
+        assert!(st.progress < 1.0, "{id}");
+        let err = st.error.unwrap();
+        assert_eq!(err.reason, ErrorReason::Cancelled);
+        assert!(err.message.contains("shut down"), "{id}: {}", err.message);
+        assert!(storage.get(&storage.uri_for(&format!("out/{id}.jpg")), u64::MAX).await.is_err(), "{id}: no output");
+    }
+    assert_eq!(worker.jobs.in_flight(), 0);
+}

@@ -72,6 +72,8 @@ pub struct Jobs {
     in_flight: AtomicUsize,
     run_slots: Arc<Semaphore>,
     accepting: AtomicBool,
+    /// Set when the shutdown grace period ran out and running jobs were cancelled.
+    aborted: AtomicBool,
     /// Moving average of job wall time in ms, for `Retry-After`.
     avg_job_ms: AtomicU64,
     idle: Notify,
@@ -88,6 +90,7 @@ impl Jobs {
             table: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
+            aborted: AtomicBool::new(false),
             avg_job_ms: AtomicU64::new(5_000),
             idle: Notify::new(),
         })
@@ -118,6 +121,24 @@ impl Jobs {
     /// Stops admitting jobs (graceful shutdown); running ones continue.
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    /// Cancels every job that has not finished (the shutdown grace period is over): queued
+    /// jobs stop at once, running ones at the engine's next tile or face. They end as
+    /// `cancelled`, which dispatchers retry on another worker. Returns how many were asked.
+    pub fn cancel_all(&self) -> usize {
+        self.stop_accepting();
+        self.aborted.store(true, Ordering::Relaxed);
+        let jobs: Vec<Arc<Job>> = self.lock().values().cloned().collect();
+        let mut n = 0;
+        for job in jobs {
+            if !job.status.borrow().state.is_terminal() {
+                job.cancelled.store(true, Ordering::Relaxed);
+                job.cancel_notify.notify_one();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Resolves when no job is in flight.
@@ -187,8 +208,10 @@ impl Jobs {
             finished_at: Mutex::new(None),
         });
         table.insert(req.id.clone(), job.clone());
-        drop(table);
+        // Counted before the lock is released: the capacity check above and this increment
+        // must be one step, or concurrent submissions all pass the check.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        drop(table);
         self.metrics.in_flight.inc();
         let span = info_span!("job", id = %req.id, request_id = job.request_id.as_deref().unwrap_or("-"));
         let this = self.clone();
@@ -231,7 +254,12 @@ impl Jobs {
         let outcome = self.execute(&job).await;
         let (state, result, error) = match outcome {
             Ok(result) => (JobState::Succeeded, Some(result), None),
-            Err(e) if e.reason == ErrorReason::Cancelled => (JobState::Cancelled, None, Some(e)),
+            Err(mut e) if e.reason == ErrorReason::Cancelled => {
+                if self.aborted.load(Ordering::Relaxed) {
+                    e.message = "the worker shut down before the job finished; it can run again on another worker".into();
+                }
+                (JobState::Cancelled, None, Some(e))
+            }
             Err(e) => (JobState::Failed, None, Some(e)),
         };
         let elapsed = started.elapsed();

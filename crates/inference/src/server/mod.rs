@@ -1,8 +1,12 @@
 //! The inference worker's HTTP server (DESIGN section 4).
 //!
 //! It listens at once (so `/healthz` answers while models load), loads and warms the engine
-//! in the background, and reports ready only after that. On shutdown it stops admitting,
-//! lets running jobs finish within a grace period, then exits.
+//! in the background, and reports ready only after that. On shutdown it stops admitting and
+//! lets running jobs finish within a grace period; when that runs out it cancels them (they
+//! stop at the next tile or face and end as `cancelled`, which dispatchers retry elsewhere),
+//! waits at most [`CANCEL_WAIT`] for them to say so, and returns. A tile already inside the
+//! model cannot be interrupted: the binary shuts its runtime down with a timeout rather than
+//! wait for it.
 
 pub mod gpu;
 pub mod jobs;
@@ -34,6 +38,10 @@ use jobs::{Jobs, JobsConfig, SubmitError};
 use metrics::{Metrics, ModelLabels};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// After the grace period, how long cancelled jobs get to reach their next cancellation
+/// point and report `cancelled` before the server stops anyway.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the engine comes from: loaded by the server (normal) or shared (tests, embedding).
 pub enum EngineSource {
@@ -133,7 +141,11 @@ pub async fn start(config: WorkerConfig, shutdown: impl Future<Output = ()> + Se
                 tracing::info!(in_flight = drain_jobs.in_flight(), "shutting down: no new jobs, draining");
                 drain_jobs.stop_accepting();
                 if tokio::time::timeout(grace, drain_jobs.drained()).await.is_err() {
-                    tracing::warn!(in_flight = drain_jobs.in_flight(), "grace period over; abandoning running jobs");
+                    let cancelled = drain_jobs.cancel_all();
+                    tracing::warn!(cancelled, "grace period over; cancelling unfinished jobs");
+                    if tokio::time::timeout(CANCEL_WAIT, drain_jobs.drained()).await.is_err() {
+                        tracing::warn!(in_flight = drain_jobs.in_flight(), "jobs still inside a model run; exiting without them");
+                    }
                 }
                 Ok(())
             }
