@@ -9,7 +9,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
@@ -32,6 +33,11 @@ pub struct AppState {
     pub upload_limiter: Arc<RateLimiter>,
     pub swagger_ui_dir: PathBuf,
     pub tasks: crate::service::TaskService,
+    /// The worker health prober (its state is `/webhook/servers`' `health_check_running`).
+    pub prober: AbortHandle,
+    /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
+    /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
+    pub draining: CancellationToken,
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -64,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::webhook::router())
         .merge(routes::docs::router())
         .fallback(|| async { crate::error::ApiError::not_found("no such endpoint; see /docs") })
+        // After every route: it applies to the routes registered so far.
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
         .layer(cors(&state.config.cors_origins))
@@ -85,6 +93,7 @@ impl Stack {
     /// Stops the dispatcher, worker and background loops. Tasks are in the database, so
     /// stopping loses nothing: the next start resumes them.
     pub async fn shutdown(self, grace: Duration) {
+        self.state.draining.cancel();
         let _ = self.stop_tx.send(true);
         if tokio::time::timeout(grace, self.state.tasks.stopped()).await.is_err() {
             tracing::warn!("dispatcher did not stop within the grace period");
@@ -120,7 +129,15 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     )
     .await?;
 
+    let prober = {
+        let mut stop = stop_rx.clone();
+        fleet.spawn_prober(Duration::from_secs(config.probe_interval_seconds.max(1)), async move {
+            let _ = stop.changed().await;
+        })
+    };
     let state = AppState {
+        prober: prober.abort_handle(),
+        draining: CancellationToken::new(),
         storage,
         fleet: fleet.clone(),
         metrics,
@@ -148,12 +165,6 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    let prober = {
-        let mut stop = stop_rx.clone();
-        fleet.spawn_prober(Duration::from_secs(config.probe_interval_seconds.max(1)), async move {
-            let _ = stop.changed().await;
-        })
-    };
     Ok(Stack { state, embedded_worker, stop_tx, background: vec![sweeper, prober] })
 }
 
@@ -167,7 +178,8 @@ pub struct Gateway {
 }
 
 /// Builds the standalone stack and serves it until `shutdown` resolves; then in-flight
-/// requests finish and the stack stops.
+/// requests finish, live streams end, and the stack stops, all within the grace period
+/// (`--shutdown-grace`): a request still running when it ends is cut off.
 pub async fn start(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<Gateway> {
     let listen = config.listen_addr();
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -178,14 +190,36 @@ pub async fn start(config: Config, shutdown: impl std::future::Future<Output = (
     let state = stack.state.clone();
     let embedded_worker = stack.embedded_worker;
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let draining = state.draining.clone();
     let handle = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
+        let signalled_at = Arc::new(std::sync::OnceLock::new());
+        let server = axum::serve(listener, app).with_graceful_shutdown({
+            let (draining, signalled_at) = (draining.clone(), signalled_at.clone());
+            async move {
+                shutdown.await;
+                let _ = signalled_at.set(tokio::time::Instant::now());
+                tracing::info!(grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests, ending live streams");
+                draining.cancel();
+            }
         });
-        let served = server.await;
-        stack.shutdown(grace).await;
-        served.map_err(|e| anyhow::anyhow!("server error: {e}"))
+        let server = server.into_future();
+        tokio::pin!(server);
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            () = async {
+                draining.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => None,
+        };
+        if served.is_none() {
+            // Their connection tasks end with the runtime (`run` bounds that too).
+            tracing::warn!("requests still running at the end of the grace period are cut off");
+        }
+        // What is left of the grace period is the stack's.
+        let deadline = signalled_at.get().copied().unwrap_or_else(tokio::time::Instant::now) + grace;
+        stack.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+        tracing::info!("gateway stopped");
+        served.unwrap_or(Ok(())).map_err(|e| anyhow::anyhow!("server error: {e}"))
     });
     tracing::info!(%addr, embedded_worker = ?embedded_worker, "gateway listening");
     Ok(Gateway { addr, state, handle, embedded_worker })

@@ -22,10 +22,14 @@ pub fn run() -> anyhow::Result<()> {
     let config = config::Config::parse();
     init_tracing(config.log_format);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let gateway = app::start(config, shutdown_signal()).await?;
         gateway.handle.await?
-    })
+    });
+    // `start` already spent the grace period; connections it cut off and blocking work (an
+    // embedded worker's inference) must not hold the exit beyond it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn init_tracing(format: config::LogFormat) {

@@ -223,6 +223,12 @@ impl TaskService {
     }
 
     fn spawn_outcome_metrics(&self) {
+        // The standalone dispatcher counts outcomes exactly; the progress broadcast below
+        // drops messages for slow readers, so it is only the fallback without a dispatcher.
+        if let Backend::Standalone(dispatcher) = &self.inner.backend {
+            self.inner.metrics.attach_dispatch(dispatcher.metrics());
+            return;
+        }
         let mut rx = self.inner.hub.subscribe_all();
         let metrics = self.inner.metrics.clone();
         tokio::spawn(async move {
@@ -287,11 +293,11 @@ impl TaskService {
             specs.extend(servers.iter().map(|s| WorkerSpec::new(s.url.clone()).with_name(s.id.clone())));
         }
         let use_default = !routing.multi_backend || routing.fallback_to_default || specs.is_empty();
-        if let Some(d) = default.filter(|_| use_default) {
+        if let Some(d) = default.clone().filter(|_| use_default) {
             specs.push(WorkerSpec::new(d).with_name("default"));
         }
         let before: std::collections::HashSet<String> = self.inner.fleet.endpoints().into_iter().collect();
-        self.inner.fleet.sync(specs).map_err(|e| ApiError::field("backend_url", e.to_string()))?;
+        self.inner.fleet.sync(specs).map_err(|e| fleet_sync_error(e, default.as_deref()))?;
         // New workers take no jobs until probed; probe now instead of at the next round.
         let fresh: Vec<String> = self.inner.fleet.endpoints().into_iter().filter(|e| !before.contains(e)).collect();
         let fleet = self.inner.fleet.clone();
@@ -305,6 +311,17 @@ impl TaskService {
         }
         dispatcher.notify();
         Ok(())
+    }
+}
+
+/// A fleet the settings cannot make, blamed on the field that holds the bad endpoint: the
+/// default backend's `backend_url`, else a registered server's `ip` (and port).
+fn fleet_sync_error(e: purrify_inference::client::ConfigError, default: Option<&str>) -> ApiError {
+    use purrify_inference::client::ConfigError;
+    match &e {
+        ConfigError::Endpoint { endpoint, .. } if Some(endpoint.as_str()) == default => ApiError::field("backend_url", e.to_string()),
+        ConfigError::Endpoint { .. } => ApiError::field("ip", e.to_string()),
+        ConfigError::Http(_) => ApiError::internal(e),
     }
 }
 
@@ -494,9 +511,31 @@ impl AppState {
             "total_servers": servers.len(),
             "healthy_servers": healthy,
             "unhealthy_servers": servers.len() - healthy,
-            "health_check_running": true,
+            "health_check_running": self.health_checks_running().await,
             "servers": servers,
         }))
+    }
+
+    /// Whether worker health is being checked: by the gateway's own prober in standalone mode;
+    /// in Kubernetes mode by the operator, which publishes the results in the GpuPool status.
+    pub async fn health_checks_running(&self) -> bool {
+        match self.tasks.kubernetes() {
+            None => !self.prober.is_finished(),
+            Some(k) => {
+                let pool = self.routing().await.ok().and_then(|r| r.pool).unwrap_or_else(|| crate::kubernetes::default_pool().into());
+                k.pool_status(&pool).await.is_some()
+            }
+        }
+    }
+
+    /// Tasks waiting for a worker, now: counted in the database for the standalone backend
+    /// (the gauge is only refreshed by scrapes); the Kubernetes backend's gauge otherwise.
+    pub async fn queue_depth(&self) -> ApiResult<u64> {
+        if self.tasks.dispatcher().is_none() {
+            return Ok(u64::try_from(self.metrics.queue_depth.get()).unwrap_or(0));
+        }
+        let counts = self.tasks.db().count_active().await.map_err(db_error)?;
+        Ok(counts.get(TaskStatus::Queued))
     }
 
     pub async fn routing(&self) -> ApiResult<Routing> {
@@ -547,5 +586,24 @@ impl AppState {
         }
         let healthy = self.workers().await.iter().filter(|w| w.healthy).count();
         self.metrics.healthy_workers.set(healthy as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use purrify_inference::client::ConfigError;
+
+    #[test]
+    fn fleet_sync_errors_name_the_field_holding_the_bad_endpoint() {
+        let bad = |endpoint: &str| ConfigError::Endpoint { endpoint: endpoint.into(), reason: "no".into() };
+        let fields = |e: ApiError| e.details["field_errors"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        let default = Some("http://default:8000");
+        assert_eq!(fields(fleet_sync_error(bad("http://default:8000"), default)), Some(vec!["backend_url".to_string()]));
+        assert_eq!(fields(fleet_sync_error(bad("http://203.0.113.9:8000"), default)), Some(vec!["ip".to_string()]));
+        assert_eq!(fields(fleet_sync_error(bad("http://203.0.113.9:8000"), None)), Some(vec!["ip".to_string()]));
+        let internal = fleet_sync_error(ConfigError::Http("tls".into()), default);
+        assert_eq!(internal.code, ErrorCode::InternalError);
+        assert!(!internal.message.contains("tls"), "internal causes are not echoed");
     }
 }

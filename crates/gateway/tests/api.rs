@@ -4,8 +4,12 @@ mod support;
 #[allow(dead_code, unused_macros, unused_imports)]
 mod tasks_common;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use purrify_gateway::app::{self, Stack};
 use serde_json::{Value, json};
@@ -73,6 +77,13 @@ impl Api {
         self.send(req).await
     }
 
+    /// A `/metrics` sample's value (0 when absent).
+    async fn metric(&self, sample: &str) -> f64 {
+        let m = self.get("/metrics").await;
+        let text = String::from_utf8_lossy(&m.raw).to_string();
+        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    }
+
     fn stored_uploads(&self) -> usize {
         let dir = self._dir.path().join("storage").join("uploads");
         std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -122,6 +133,9 @@ async fn upload_queues_a_task_and_status_reports_it(backend: Backend) {
     assert_eq!(row.params.scale, 4);
     assert_eq!(row.input_bytes, photo.len() as u64);
     assert_eq!(api.stored_uploads(), 1);
+    // Live, not the gauge a /metrics scrape refreshes (nothing scraped in this test).
+    let health = api.get("/api/v1/health").await;
+    assert_eq!(health.body["backend_status"]["queue_depth"], 1, "{}", health.body);
 
     let d = api.get(&format!("/api/v1/download/{id}")).await;
     assert_envelope(&d, StatusCode::CONFLICT, "TASK_NOT_FINISHED", "download while queued");
@@ -183,6 +197,32 @@ async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Bac
     cases.push(("register with broken JSON", api.send(Request::post("/webhook/register").header(header::CONTENT_TYPE, "application/json").body(Body::from("{")).unwrap()).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
     cases.push(("unregister unknown server", api.post_json("/webhook/unregister", json!({"ip": "203.0.113.77", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
     cases.push(("servers without secret", api.get("/webhook/servers").await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+    // Streamed without a Content-Length (which alone would be refused up front): the field is
+    // refused once it passes its own small limit, long before the body limit.
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"tile_size\"\r\n\r\n");
+    let mut tail = b"\r\n".to_vec();
+    tail.extend_from_slice(&multipart(&[("file", Some("a.png"), &photo)]));
+    cases.push(("multi-MB tile_size", api.send(streamed_upload(streamed_body(head, 48, tail, false))).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    let mut head = multipart(&[("file", Some("a.png"), &photo)]);
+    head.truncate(head.len() - format!("--{BOUNDARY}--\r\n").len());
+    head.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"quality_level\"\r\n\r\n").as_bytes());
+    let tail = format!("\r\n--{BOUNDARY}--\r\n").into_bytes();
+    cases.push(("multi-MB quality_level after the file", api.send(streamed_upload(streamed_body(head, 48, tail, false))).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("tile_size of 65 bytes", api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, &[b'4'; 65])]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    // No Content-Length: the limit is met while the unknown field is being dropped.
+    let padded = multipart(&[("comment", None, &vec![b'x'; 400 * 1024]), ("file", Some("a.png"), &photo)]);
+    cases.push(("unknown field past the body limit", api.send(streamed_upload(Body::from_stream(futures::stream::iter(padded.chunks(16 * 1024).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>())))).await, StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"));
+    cases.push(("DELETE on the upload endpoint", api.send(Request::delete("/api/v1/enhance").body(Body::empty()).unwrap()).await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    cases.push(("POST on a status", api.send(Request::post("/api/v1/status/abc").body(Body::empty()).unwrap()).await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    cases.push(("GET on register", api.get("/webhook/register").await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    cases.push(("unknown docs asset", api.get("/docs/assets/evil.js").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    let big_json = json!({"ip": "203.0.113.9", "port": 8000, "secret": "test-secret", "pad": "x".repeat(100 * 1024)});
+    cases.push(("register with a 100 KB JSON body", api.post_json("/webhook/register", big_json.clone(), &[]).await, StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE"));
+    cases.push(("config with a 100 KB JSON body", api.post_json("/api/v1/config/backend", big_json, &[("authorization", "Bearer admin-token")]).await, StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE"));
+    cases.push(("register an IPv4-mapped metadata address", api.post_json("/webhook/register", json!({"ip": "::ffff:169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register a NAT64 loopback address", api.post_json("/webhook/register", json!({"ip": "64:ff9b::127.0.0.1", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register Azure's wire server", api.post_json("/webhook/register", json!({"ip": "168.63.129.16", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push(("register Oracle's metadata address", api.post_json("/webhook/register", json!({"ip": "192.0.0.192", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
 
     assert!(cases.len() >= 20);
     for (what, reply, status, code) in &cases {
@@ -192,6 +232,13 @@ async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Bac
     assert_eq!(field(10), Some(vec!["tile_size".to_string()]));
     assert_eq!(field(12), Some(vec!["quality_level".to_string()]));
     assert_eq!(field(13), Some(vec!["scale".to_string()]));
+    let named = |what: &str| cases.iter().find(|c| c.0 == what).unwrap();
+    for (what, f) in [("multi-MB tile_size", "tile_size"), ("multi-MB quality_level after the file", "quality_level"), ("tile_size of 65 bytes", "tile_size")] {
+        let fields = named(what).1.body["details"]["field_errors"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(fields, Some(vec![f.to_string()]), "{what}");
+    }
+    let allow = named("DELETE on the upload endpoint").1.headers.get(header::ALLOW).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(allow.as_deref(), Some("POST"), "405 keeps the Allow header");
 
     // Nothing half-written: no stored upload, no task row; and the service still serves.
     assert_eq!(api.stored_uploads(), 0, "refused uploads must not leave files");
@@ -221,6 +268,11 @@ async fn webhook_registration_is_idempotent_and_checked(backend: Backend) {
     assert_eq!(list.body["data"]["servers"][0]["server_id"], id);
     assert_eq!(list.body["data"]["servers"][0]["healthy"], false, "nothing listens at 203.0.113.9");
     assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9:8000")), "the fleet knows it");
+    assert_eq!(list.body["data"]["health_check_running"], true);
+    api.stack.state.prober.abort();
+    tasks_common::eventually("the prober stops", || async { api.stack.state.prober.is_finished().then_some(()) }).await;
+    let list = api.get("/webhook/servers?secret=test-secret").await;
+    assert_eq!(list.body["data"]["health_check_running"], false, "reports the prober's real state");
 
     let gone = api.post_json("/webhook/unregister", body.clone(), &[]).await;
     assert_eq!(gone.status, StatusCode::OK);
@@ -290,7 +342,14 @@ async fn request_ids_cors_docs_and_metrics(backend: Backend) {
         assert!(spec.body["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     let docs = api.get("/docs").await;
-    assert!(String::from_utf8_lossy(&docs.raw).contains("swagger-ui"), "the docs page loads Swagger UI");
+    assert_eq!(docs.status, StatusCode::OK, "Swagger UI assets are installed by `make models`: {}", String::from_utf8_lossy(&docs.raw));
+    assert!(String::from_utf8_lossy(&docs.raw).contains("swagger-ui-bundle.js"), "the docs page loads Swagger UI");
+    let bundle = api.get("/docs/assets/swagger-ui-bundle.js").await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    assert!(bundle.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"), "{:?}", bundle.headers[header::CONTENT_TYPE]);
+    assert!(bundle.raw.len() > 100_000, "the real bundle, not an error page");
+    let css = api.get("/docs/assets/swagger-ui.css").await;
+    assert!(css.status == StatusCode::OK && css.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/css"));
 
     let m = api.get("/metrics").await;
     let text = String::from_utf8_lossy(&m.raw);
@@ -318,4 +377,180 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(api.upload(&[("file", Some("a.png"), &photo)]).await.status, StatusCode::ACCEPTED);
     let r = api.upload(&[("file", Some("a.png"), &photo)]).await;
     assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "upload limit");
+    assert_eq!(api.metric(r#"purrify_gateway_uploads_rejected_total{code="TASK_LIMIT_EXCEEDED"}"#).await, 1.0, "rate-limited uploads count as rejected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_upload_is_counted_by_its_code() {
+    let api = api(Backend::Sqlite).await;
+    let not_multipart = Request::post("/api/v1/enhance").header(header::CONTENT_TYPE, "application/json").body(Body::from("{}")).unwrap();
+    assert_eq!(api.send(not_multipart).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(api.upload(&[("file", Some("a.txt"), b"plain text, not an image")]).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(api.metric(r#"purrify_gateway_uploads_rejected_total{code="VALIDATION_ERROR"}"#).await, 1.0, "a non-multipart body counts");
+    assert_eq!(api.metric(r#"purrify_gateway_uploads_rejected_total{code="UNSUPPORTED_MEDIA_TYPE"}"#).await, 1.0);
+}
+
+/// Bytes allocated and not yet freed by the current thread, and their peak since a reset: on
+/// a current-thread runtime that is where a request is handled, so it shows whether the
+/// request's body was held whole.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        let _ = LIVE.try_with(|live| {
+            let v = live.get() + n;
+            live.set(v);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+        });
+    }
+
+    struct Counting;
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Starts a measurement: returns the current live bytes, which become the peak.
+    pub fn reset() -> isize {
+        let live = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(live));
+        live
+    }
+
+    pub fn peak() -> isize {
+        PEAK.with(Cell::get)
+    }
+}
+
+/// A multipart body as a stream: `head`, then `n` chunks of 64 KiB made only when read,
+/// then `tail`, then (with `stall`) nothing ever again. Each chunk arrives as from a socket,
+/// after the reader found nothing new once (the multipart parser takes whatever is ready).
+fn streamed_body(head: impl Into<Bytes>, n: usize, tail: Vec<u8>, stall: bool) -> Body {
+    let head = head.into();
+    let chunks = futures::stream::once(async move { head })
+        .chain(futures::stream::iter(0..n).map(|_| Bytes::from(vec![b'7'; 64 * 1024])))
+        .chain(futures::stream::once(async move { Bytes::from(tail) }))
+        .then(|c| async move {
+            tokio::task::yield_now().await;
+            c
+        })
+        .map(Ok::<_, std::io::Error>);
+    if stall { Body::from_stream(chunks.chain(futures::stream::pending())) } else { Body::from_stream(chunks) }
+}
+
+fn streamed_upload(body: Body) -> Request<Body> {
+    Request::post("/api/v1/enhance").header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}")).body(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_text_field_is_refused_before_the_rest_arrives() {
+    let api = api(Backend::Sqlite).await;
+    // 1 MB of tile_size, and then the client never sends another byte: the answer must not
+    // wait for the end of a field that is already too long.
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"tile_size\"\r\n\r\n");
+    let req = streamed_upload(streamed_body(head, 16, Vec::new(), true));
+    let r = tokio::time::timeout(Duration::from_secs(30), api.send(req)).await.expect("answered while the field was still arriving");
+    assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "endless tile_size");
+    assert!(r.body["details"]["field_errors"]["tile_size"].is_array(), "{}", r.body);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unknown_fields_are_dropped_as_they_arrive() {
+    let api = api(Backend::Sqlite).await;
+    let photo = small_photo_png(16, 16);
+    // 8 MiB of an unknown field ahead of the file, read and dropped 64 KiB at a time.
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\n");
+    let mut tail = b"\r\n".to_vec();
+    tail.extend_from_slice(&multipart(&[("file", Some("a.png"), &photo)]));
+    let req = streamed_upload(streamed_body(head, 128, tail, false));
+    let base = heap::reset();
+    let r = api.send(req).await;
+    let peak = heap::peak() - base;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert!(peak < 2 * 1024 * 1024, "handling the upload held {peak} bytes at once: the unknown field was buffered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_is_a_retryable_503_and_leaves_nothing() {
+    let api = api(Backend::Sqlite).await;
+    // Where uploads go is now a file, not a directory: every write fails, as on a full or
+    // read-only disk (chmod would not stop root).
+    let uploads = api._dir.path().join("storage").join("uploads");
+    std::fs::create_dir_all(uploads.parent().unwrap()).unwrap();
+    std::fs::write(&uploads, b"not a directory").unwrap();
+    let photo = small_photo_png(32, 32);
+    let r = api.upload(&[("file", Some("a.png"), &photo)]).await;
+    assert_envelope(&r, StatusCode::SERVICE_UNAVAILABLE, "SERVER_UNAVAILABLE", "storage down");
+    assert!(r.headers.contains_key(header::RETRY_AFTER), "the client is told to retry");
+    let text = String::from_utf8_lossy(&r.raw);
+    assert!(!text.contains(&api._dir.path().display().to_string()) && !text.contains("uploads"), "no storage detail leaks: {text}");
+    assert_eq!(api.stack.state.tasks.db().count_by_status().await.unwrap(), Default::default(), "no task without its input");
+    assert_eq!(std::fs::read(&uploads).unwrap(), b"not a directory");
+    assert_eq!(api.metric(r#"purrify_gateway_uploads_rejected_total{code="SERVER_UNAVAILABLE"}"#).await, 1.0);
+
+    // A client that breaks off mid-file is still the client's error.
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n");
+    let cut = futures::stream::iter([Ok(Bytes::from(head)), Ok(Bytes::from(photo.clone()))])
+        .chain(futures::stream::once(async { Err(std::io::Error::other("connection reset")) }));
+    std::fs::remove_file(&uploads).unwrap();
+    let r = api.send(streamed_upload(Body::from_stream(cut))).await;
+    assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "client cut off");
+    assert_eq!(api.stored_uploads(), 0, "the partial upload is gone");
+
+    // Storage back: uploads work again.
+    assert_eq!(api.upload(&[("file", Some("a.png"), &photo)]).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_export_the_dispatchers_exact_counts() {
+    let api = api(Backend::Sqlite).await;
+    let worker = tasks_common::FakeWorker::start(2, tasks_common::Behavior::Succeed).await;
+    let r = api.post_json("/api/v1/config/backend", json!({"backend_url": worker.url}), &[("authorization", "Bearer admin-token")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let id = api.upload(&[("file", Some("a.png"), &small_photo_png(16, 16))]).await.body["task_id"].as_str().unwrap().to_string();
+    tasks_common::eventually("the task completes", || async {
+        (api.get(&format!("/api/v1/status/{id}")).await.body["status"] == "completed").then_some(())
+    })
+    .await;
+    assert_eq!(api.metric(r#"purrify_gateway_tasks_total{outcome="completed",code="none"}"#).await, 1.0);
+    assert_eq!(api.metric("purrify_gateway_dispatch_attempts_total").await, 1.0);
+    assert_eq!(api.metric("purrify_gateway_dispatch_retries_total").await, 0.0);
+    let text = String::from_utf8_lossy(&api.get("/metrics").await.raw).to_string();
+    for name in ["dispatch_reattached_total", "dispatch_db_errors_total", "dispatch_busy_requeues_total"] {
+        assert!(text.contains(&format!("purrify_gateway_{name} 0")), "{name} exported: {text}");
+    }
+    assert!(text.contains(r#"purrify_gateway_tasks_total{outcome="failed",code="PROCESSING_TIMEOUT"} 0"#), "failures by code: {text}");
 }

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::error::JSON_BODY_LIMIT))
 }
 
 pub const ENDPOINTS: &[&str] = &[
@@ -80,7 +81,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "database": if db_ok { "connected" } else { "unreachable" },
             "healthy_servers": healthy_workers,
             "total_servers": workers.len(),
-            "queue_depth": state.metrics.queue_depth.get(),
+            "queue_depth": state.queue_depth().await.ok(),
         },
         "timestamp": now_rfc3339(),
     });
@@ -166,7 +167,7 @@ pub async fn set_backend(
     body: Result<Json<BackendRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::ValidationError, format!("invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body.map_err(ApiError::json)?;
     if state.tasks.kubernetes().is_some() {
         let Some(pool) = body.pool.or(body.backend_url) else {
             return Err(ApiError::field("pool", "name the GpuPool new tasks go to"));
@@ -208,7 +209,7 @@ pub async fn set_multi_backend(
     body: Result<Json<MultiBackendRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&state, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::ValidationError, format!("invalid JSON body: {}", e.body_text())))?;
+    let Json(body) = body.map_err(ApiError::json)?;
     let before = state.routing().await?;
     state.set_multi_backend(body.enabled, body.fallback_to_default).await?;
     let after = state.routing().await?;

@@ -199,6 +199,7 @@ impl LiveMessage {
 pub async fn events(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Response> {
     let first = state.task(&task_id).await?.ok_or_else(|| unknown(&task_id))?;
     let updates = state.watch_task(&task_id);
+    let draining = state.draining.clone();
     let stream = async_stream::stream! {
         let mut last = LiveMessage::from_snapshot(&first);
         yield Ok::<_, Infallible>(sse_event(&last));
@@ -218,7 +219,10 @@ pub async fn events(State(state): State<AppState>, Path(task_id): Path<String>) 
             }
             last = msg;
         }
-    };
+    }
+    // A stream of an unfinished task would hold a shutdown open for ever: end it (the
+    // client's EventSource reconnects, to another replica or to this one restarted).
+    .take_until(draining.cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
@@ -256,6 +260,12 @@ async fn ws_session(state: AppState, socket: WebSocket) {
     let send = |v: serde_json::Value| Message::Text(v.to_string().into());
     loop {
         tokio::select! {
+            () = state.draining.cancelled() => {
+                // 1001 "going away": the client reconnects and subscribes again.
+                let bye = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
+                let _ = tx.send(Message::Close(Some(bye))).await;
+                break;
+            }
             incoming = rx.next() => {
                 let Some(Ok(msg)) = incoming else { break };
                 let text = match msg {
