@@ -184,6 +184,33 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 /// process does not wait for it (its result would be thrown away anyway).
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Prints a panic as one line on stderr: `purrify-inference: internal error: ...`. Installed
+/// by the binary, so a bug anywhere (in `enhance`, or a worker thread) never dumps a
+/// multi-line report on users; a panic on the main thread still exits non-zero. With
+/// `RUST_BACKTRACE` set the backtrace follows, for whoever asked for it.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", panic_line(info.payload(), info.location()));
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
+}
+
+/// The one line [`install_panic_hook`] prints.
+pub fn panic_line(payload: &(dyn std::any::Any + Send), location: Option<&std::panic::Location<'_>>) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown cause");
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match location {
+        Some(l) => format!("purrify-inference: internal error: {message} (at {}:{}); please report it", l.file(), l.line()),
+        None => format!("purrify-inference: internal error: {message}; please report it"),
+    }
+}
+
 /// Entry point of the binary.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -318,4 +345,32 @@ fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
         t.sr_model.as_secs_f64(),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caught(f: impl FnOnce() + std::panic::UnwindSafe) -> Box<dyn std::any::Any + Send> {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let payload = std::panic::catch_unwind(f).unwrap_err();
+        std::panic::set_hook(previous);
+        payload
+    }
+
+    #[test]
+    fn a_panic_becomes_one_line() {
+        let here = std::panic::Location::caller();
+        let multi = caught(|| panic!("first line\n  second line\tand more"));
+        let line = panic_line(multi.as_ref(), Some(here));
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("purrify-inference: internal error: first line second line and more (at "), "{line}");
+        assert!(line.contains(&format!("cli.rs:{}", here.line())), "{line}");
+
+        let formatted = caught(|| panic!("index {} out of range", 7));
+        assert!(panic_line(formatted.as_ref(), None).contains("index 7 out of range"));
+        let odd = caught(|| std::panic::panic_any(42u8));
+        assert_eq!(panic_line(odd.as_ref(), None), "purrify-inference: internal error: unknown cause; please report it");
+    }
 }

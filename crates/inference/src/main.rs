@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    purrify_inference::cli::install_panic_hook();
     match purrify_inference::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -107,3 +107,43 @@ fn hostile_files_exit_non_zero_with_one_line() {
     assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (2, 2));
 }
 
+/// Argument errors stay clap's own: exit code 2, the argument named, a usage hint.
+#[test]
+fn argument_errors_name_the_argument() {
+    let out = Command::new(env!("CARGO_BIN_EXE_purrify-inference"))
+        .args(["enhance", "in.jpg", "out.jpg", "--scale", "two"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: invalid value 'two' for '--scale <SCALE>'"), "{stderr}");
+    assert!(stderr.contains("--help"), "{stderr}");
+}
+
+/// A panic anywhere prints one line and exits non-zero. Writing the `--json` line to a closed
+/// stdout is a real one: `println!` panics on a broken pipe.
+#[test]
+fn a_panic_prints_one_line_and_exits_non_zero() {
+    require_models();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    std::fs::write(&input, png_bytes(&crop(&photo("coffee.png"), 0, 0, 16, 16))).unwrap();
+    let out = dir.path().join("out.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purrify-inference"))
+        .args(["enhance", input.to_str().unwrap(), out.to_str().unwrap(), "--quality", "fast", "--json"])
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the process writes its result line.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got {stderr:?}");
+    assert!(lines[0].starts_with("purrify-inference: internal error: failed printing to stdout"), "{stderr}");
+    assert!(out.exists(), "the image itself was written before the report");
+}
