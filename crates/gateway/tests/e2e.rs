@@ -2,9 +2,11 @@
 //! real photos over real HTTP. Processes are killed with SIGKILL to show nothing is lost.
 
 mod support;
+#[allow(dead_code, unused_macros, unused_imports)]
+mod tasks_common;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -14,11 +16,17 @@ use support::*;
 struct Cluster {
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// The gateway's database: SQLite in its data directory unless this is set.
+    database_url: Option<String>,
 }
 
 impl Cluster {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), http: reqwest::Client::new() }
+        Self { dir: tempfile::tempdir().unwrap(), http: reqwest::Client::new(), database_url: None }
+    }
+
+    fn with_database(url: &str) -> Self {
+        Self { database_url: Some(url.to_string()), ..Self::new() }
     }
 
     fn storage(&self) -> String {
@@ -26,7 +34,27 @@ impl Cluster {
     }
 
     fn gateway(&self, port: u16, embedded_worker: bool) -> Proc {
-        let args = vec![
+        Proc::spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &self.gateway_args(port, embedded_worker), &[], self.dir.path())
+    }
+
+    /// A gateway whose pid the test knows (to signal it); the Proc still cleans it up.
+    fn gateway_with_pid(&self, port: u16, extra: &[&str]) -> (Proc, u32) {
+        let mut args = self.gateway_args(port, false);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let log = self.dir.path().join("gateway.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_purrify-gateway"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("gateway starts");
+        let pid = child.id();
+        (Proc::adopt("gateway", child, log), pid)
+    }
+
+    fn gateway_args(&self, port: u16, embedded_worker: bool) -> Vec<String> {
+        let mut args = vec![
             "--addr".into(), format!("127.0.0.1:{port}"),
             "--data-dir".into(), self.dir.path().join("gw").display().to_string(),
             "--storage".into(), self.storage(),
@@ -37,7 +65,10 @@ impl Cluster {
             "--probe-interval-seconds".into(), "1".into(),
             "--rate-limit".into(), "0".into(),
         ];
-        Proc::spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &args, &[], self.dir.path())
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".into(), url.clone()]);
+        }
+        args
     }
 
     fn worker(&self, name: &str, port: u16) -> Proc {
@@ -217,9 +248,24 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_task_completes() {
     assert_eq!(succeeded, 1.0, "the surviving worker ran the retry");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_killed_mid_task_reattaches_after_restart_without_rerunning() {
-    let c = Cluster::new();
+mod a_gateway_killed_mid_task_reattaches_after_restart_without_rerunning {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::gateway_killed_mid_task_reattaches(super::Cluster::new()).await;
+    }
+
+    /// The same scenario on PostgreSQL: a throwaway database, dropped at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = crate::tasks_common::TestDb::postgres().await;
+        let id = super::gateway_killed_mid_task_reattaches(super::Cluster::with_database(&db.url)).await;
+        let row = db.db.get_task(&id).await.unwrap().expect("the gateways kept the task in this database");
+        assert_eq!(row.status.as_str(), "completed");
+    }
+}
+
+/// Returns the task's id.
+async fn gateway_killed_mid_task_reattaches(c: Cluster) -> String {
     let (gp, wp) = (free_port(), free_port());
     let mut gw = c.gateway(gp, false);
     let w = c.worker("worker", wp);
@@ -241,6 +287,7 @@ async fn a_gateway_killed_mid_task_reattaches_after_restart_without_rerunning() 
     assert_eq!(succeeded, 1.0, "re-attached to the running job instead of running it again");
     let d = c.http.get(format!("http://127.0.0.1:{gp}/api/v1/download/{id}")).send().await.unwrap();
     assert_eq!(d.status(), 200);
+    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +308,86 @@ async fn queued_tasks_survive_a_restart_and_run_when_a_worker_appears() {
     c.register(gp, wp).await;
     let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w]).await;
     assert_eq!(s["status"], "completed");
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_live_streams_and_stops_within_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::new();
+    let port = free_port();
+    let grace = Duration::from_secs(6);
+    let (gw, pid) = c.gateway_with_pid(port, &["--shutdown-grace-seconds", "6"]);
+    c.wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &gw).await;
+    let base = format!("http://127.0.0.1:{port}");
+    // No worker: the task stays queued, so its live streams would never end by themselves.
+    let id = c.upload(port, small_photo_png(64, 64), 400).await;
+
+    let mut sse = c.http.get(format!("{base}/api/v1/status/{id}/events")).send().await.unwrap();
+    let first = String::from_utf8_lossy(&sse.chunk().await.unwrap().expect("first event")).to_string();
+    assert!(first.contains("task_progress"), "{first}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(json!({"type": "subscribe", "taskId": id}).to_string().into())).await.unwrap();
+    while let Some(Ok(m)) = ws.next().await {
+        if m.to_text().is_ok_and(|t| t.contains("subscribed")) {
+            break;
+        }
+    }
+    // And an upload whose client stalls mid-file: a request in flight that never finishes.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let photo = small_photo_png(64, 64);
+    let part = "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n";
+    let head = format!(
+        "POST /api/v1/enhance HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{part}",
+        part.len() + 1_000_000
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&photo[..photo.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+
+    // The live streams end at the signal, while the stalled upload still holds the process.
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut rest = Vec::new();
+        while let Ok(Some(c)) = sse.chunk().await {
+            rest.extend_from_slice(&c);
+        }
+        rest
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the SSE stream outlived the shutdown signal:\n{}", gw.log()));
+    assert!(!String::from_utf8_lossy(&rest).contains("task_complete"), "the task did not finish; the stream was ended");
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the WebSocket outlived the shutdown signal:\n{}", gw.log()));
+    assert_eq!(close, Some(1001), "closed as going away");
+    assert!(!exited(pid), "streams ended by the shutdown, not by the process dying");
+
+    // The stalled upload is cut off when the grace period ends; nothing holds the exit longer.
+    let bound = grace + Duration::from_secs(20);
+    while !exited(pid) {
+        assert!(signalled.elapsed() < bound, "the gateway did not exit within {bound:?} of SIGTERM:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.log().contains("gateway stopped"), "a clean stop, not a crash:\n{}", gw.log());
+    drop(stalled);
 }
