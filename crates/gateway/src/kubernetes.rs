@@ -532,7 +532,7 @@ impl KubeBackend {
             match self.pools.get_opt(pool).await? {
                 None => {
                     let p = external_only_pool(pool, ExternalEndpoint { url: url.into(), name: Some(name.into()) });
-                    match self.pools.create(&PostParams::default(), &p).await {
+                    match self.pools.create(&gateway_writes(), &p).await {
                         Ok(_) => return Ok(true),
                         Err(kube::Error::Api(e)) if e.code == 409 => continue,
                         Err(e) => return Err(e.into()),
@@ -541,7 +541,7 @@ impl KubeBackend {
                 Some(mut p) => {
                     let Some(external) = with_external(&p.spec.external, url, name) else { return Ok(false) };
                     p.spec.external = external;
-                    match self.pools.replace(pool, &PostParams::default(), &p).await {
+                    match self.pools.replace(pool, &gateway_writes(), &p).await {
                         Ok(_) => return Ok(true),
                         Err(kube::Error::Api(e)) if e.code == 409 => continue,
                         Err(e) => return Err(e.into()),
@@ -561,7 +561,7 @@ impl KubeBackend {
             let Some(external) = without_external(&p.spec.external, url) else { return Ok(None) };
             let removed = p.spec.external.iter().find(|e| norm(&e.url) == norm(url)).cloned();
             p.spec.external = external;
-            match self.pools.replace(pool, &PostParams::default(), &p).await {
+            match self.pools.replace(pool, &gateway_writes(), &p).await {
                 Ok(_) => return Ok(removed),
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
@@ -579,6 +579,11 @@ impl KubeBackend {
         let row = self.db.delete_gpu_server(ip, port).await?;
         Ok(row.or_else(|| removed.map(|e| e.name.unwrap_or(e.url))))
     }
+}
+
+/// Writes under the gateway's field manager, so `managedFields` say who edited a pool.
+fn gateway_writes() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
 /// A new external-only pool holding `endpoint`, every other field at the CRD's default.

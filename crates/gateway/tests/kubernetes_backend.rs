@@ -243,6 +243,8 @@ async fn registering_without_a_pool_creates_an_external_only_pool() {
     assert_eq!(endpoints(&pool), vec![("http://203.0.113.7:8000".to_string(), Some(id))]);
     assert!(pool.spec.image.is_none() && pool.spec.replicas.is_none(), "external-only");
     assert!(pool.spec.concurrency_per_replica >= 1, "valid against the CRD");
+    let managers: Vec<_> = pool.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert_eq!(managers, vec![purrify_gateway::kubernetes::FIELD_MANAGER.to_string()]);
 
     // A second server joins the pool the first one created.
     let (code, _) = c.webhook(&gw, "register", "203.0.113.8", 8000).await;
