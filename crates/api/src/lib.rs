@@ -406,9 +406,10 @@ impl OutputFormat {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.scale == 2 || self.scale == 4").message("scale must be 2 or 4"))]
-#[x_kube(validation = Rule::new("self.tileSize == 0 || (self.tileSize >= 32 && self.tileSize <= 1024)").message("tileSize must be 0 (no tiling) or 32..1024"))]
+#[x_kube(validation = Rule::new("self.tileSize == 0 || (self.tileSize >= 32 && self.tileSize <= 1024)").message("tileSize must be 0 (the default, 400) or 32..1024"))]
 pub struct TaskParams {
-    /// Tile edge in input pixels; 0 = whole image at once.
+    /// Tile edge in input pixels (32..1024); 0 means the default 400. Memory on the worker
+    /// follows the tile, never the whole image.
     #[serde(default = "default_tile")]
     #[schemars(range(min = 0, max = 1024))]
     pub tile_size: u32,
