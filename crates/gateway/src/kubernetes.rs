@@ -109,14 +109,22 @@ pub fn view_of(task: &EnhanceTask) -> Option<TaskView> {
     let status = status_of(st.phase);
     let result = st.result.as_ref().map(|r| JobResult {
         output_uri: r.uri.clone(),
-        content_type: "image/jpeg".into(),
+        // Results recorded by an operator older than these fields lack them: the requested
+        // format and the face count are then the best information there is.
+        content_type: r.content_type.clone().unwrap_or_else(|| task.spec.params.output_format.content_type().into()),
         width: r.width,
         height: r.height,
         bytes: r.bytes,
         faces: r.faces,
-        // The CR records the face count only; zero faces covers "none found" and "not
-        // configured" alike.
-        face_restoration: if r.faces > 0 { FaceRestoration::Applied } else { FaceRestoration::NoFaces },
+        face_restoration: match r.face_restoration {
+            Some(purrify_api::FaceRestoration::Applied) => FaceRestoration::Applied,
+            Some(purrify_api::FaceRestoration::Disabled) => FaceRestoration::Disabled,
+            Some(purrify_api::FaceRestoration::NotConfigured) => FaceRestoration::NotConfigured,
+            Some(purrify_api::FaceRestoration::NoFaces) => FaceRestoration::NoFaces,
+            None if r.faces > 0 => FaceRestoration::Applied,
+            None if !task.spec.params.face_enhance => FaceRestoration::Disabled,
+            None => FaceRestoration::NoFaces,
+        },
         model: String::new(),
         elapsed_ms: 0,
     });
@@ -621,6 +629,31 @@ mod tests {
         assert_eq!(cr.spec.owner.unwrap().user_id, "10.0.0.9");
         assert_eq!(cr.metadata.labels.unwrap()[LABEL_POOL], "gpu-a");
         assert_eq!(cr.metadata.annotations.unwrap()["purrify.io/request-id"], "req-1");
+    }
+
+    #[test]
+    fn task_results_report_what_the_worker_said() {
+        let task = |result: serde_json::Value, face_enhance: bool| -> EnhanceTask {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "purrify.io/v1alpha1", "kind": "EnhanceTask",
+                "metadata": {"name": "t1", "namespace": "default"},
+                "spec": {"input": {"uri": "file:///s/in.png"}, "output": {"uri": "file:///s/out.webp"},
+                         "params": {"outputFormat": "webp", "faceEnhance": face_enhance}},
+                "status": {"phase": "Succeeded", "progress": 1.0, "result": result},
+            }))
+            .unwrap()
+        };
+        let base = serde_json::json!({"uri": "file:///s/out.webp", "width": 8, "height": 6, "bytes": 99, "faces": 0});
+        let mut current = base.clone();
+        current["contentType"] = "image/webp".into();
+        current["faceRestoration"] = "notConfigured".into();
+        let r = view_of(&task(current, true)).unwrap().result.unwrap();
+        assert_eq!((r.content_type.as_str(), r.face_restoration), ("image/webp", FaceRestoration::NotConfigured));
+        // An older operator's result: the requested format and the face count are all there is.
+        let r = view_of(&task(base.clone(), true)).unwrap().result.unwrap();
+        assert_eq!((r.content_type.as_str(), r.face_restoration), ("image/webp", FaceRestoration::NoFaces));
+        let r = view_of(&task(base, false)).unwrap().result.unwrap();
+        assert_eq!(r.face_restoration, FaceRestoration::Disabled);
     }
 
     #[test]
