@@ -191,6 +191,9 @@ pub async fn start(config: Config, shutdown: impl std::future::Future<Output = (
     let embedded_worker = stack.embedded_worker;
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let draining = state.draining.clone();
+    // TCP_NODELAY: with Nagle's algorithm a small response, or one event of a stream, waits
+    // for the peer's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     let handle = tokio::spawn(async move {
         let signalled_at = Arc::new(std::sync::OnceLock::new());
         let server = axum::serve(listener, app).with_graceful_shutdown({

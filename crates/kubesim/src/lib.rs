@@ -109,6 +109,9 @@ impl Server {
         });
         let app = http::router(shared.clone());
         let mut stop = shutdown_rx;
+        // TCP_NODELAY: with Nagle's algorithm a small response, or one event of a stream, waits
+        // for the peer's delayed ACK (about 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -159,6 +159,9 @@ pub async fn run_with_client(args: RunArgs, client: kube::Client, shutdown: impl
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz and task progress");
     let app = http_router(metrics.clone(), leading.clone(), hub.clone());
+    // TCP_NODELAY: with Nagle's algorithm a small response, or one event of a stream, waits
+    // for the peer's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     let server = tokio::spawn({
         let stop = shutdown.clone();
         async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }

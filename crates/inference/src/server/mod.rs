@@ -130,6 +130,9 @@ pub async fn start(config: WorkerConfig, shutdown: impl Future<Output = ()> + Se
     let app = router(state);
     let drain_jobs = jobs.clone();
     let grace = config.shutdown_grace;
+    // TCP_NODELAY: with Nagle's algorithm a small response, or one event of a stream, waits
+    // for the peer's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| drop(tcp.set_nodelay(true)));
     let handle = tokio::spawn(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
