@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
 use purrify_gateway::kubernetes::{CANCEL_ANNOTATION, DELETED_MESSAGE, MISSING_MESSAGE};
@@ -40,25 +39,11 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         kubesim::write_kubeconfig(&kubeconfig, addr).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
-        let c = Self { sim: Some(sim), addr, dir, kubeconfig, client, http: reqwest::Client::new() };
-        c.apply_crds().await;
-        c
+        let client = purrify_testkit::cluster::kube_client(&kubeconfig).await;
+        purrify_testkit::cluster::install_crds(&client).await;
+        Self { sim: Some(sim), addr, dir, kubeconfig, client, http: reqwest::Client::new() }
     }
 
-    /// The generated CRDs (`crds/*.yaml` is the same text, kept in sync by the api crate).
-    async fn apply_crds(&self) {
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        for crd in purrify_api::crds() {
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
-    }
 
     fn sim(&self) -> &kubesim::ServerHandle {
         self.sim.as_ref().expect("kubesim is running")
@@ -73,7 +58,7 @@ impl Cluster {
     async fn restart_api_server(&mut self) {
         let (_, sim) = kubesim::Server::start(self.addr).await.unwrap();
         self.sim = Some(sim);
-        self.apply_crds().await;
+        purrify_testkit::cluster::install_crds(&self.client).await;
     }
 
     fn storage_dir(&self) -> PathBuf {

@@ -3,11 +3,10 @@
 //! `file://` storage. A real photo goes in through the gateway and comes out enhanced.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
 use purrify_testkit::{Proc, free_port, workspace_bin as bin};
@@ -41,20 +40,8 @@ impl Cluster {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.starts_with("listening on "), "kubesim said {line:?}");
         let kubesim = Proc::adopt("kubesim", child, log);
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let client = kube::Client::try_from(config).unwrap();
-        // The CRDs, exactly as an admin applies them.
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for file in ["gpupools.purrify.io.yaml", "enhancetasks.purrify.io.yaml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds").join(file);
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
+        let client = purrify_testkit::cluster::kube_client(&kubeconfig).await;
+        purrify_testkit::cluster::install_crds(&client).await;
         Self { dir, kubeconfig, _kubesim: kubesim, client, http: reqwest::Client::new() }
     }
 

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
 use purrify_operator::leader::{LeaderConfig, LeaderElector, Leadership};
 use purrify_operator::metrics::Metrics;
 use tokio::sync::mpsc;
@@ -28,9 +27,7 @@ async fn start() -> Sim {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     kubesim::write_kubeconfig(&path, addr).unwrap();
-    let kc = Kubeconfig::read_from(&path).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
-    Sim { _handle: handle, client: Client::try_from(config).unwrap(), _dir: dir }
+    Sim { _handle: handle, client: purrify_testkit::cluster::kube_client(&path).await, _dir: dir }
 }
 
 fn elector(sim: &Sim, id: &str, metrics: &Arc<Metrics>) -> LeaderElector {

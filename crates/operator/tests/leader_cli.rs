@@ -9,10 +9,8 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::Client;
 use purrify_api::GpuPool;
 use purrify_operator::cli::{Cli, Command, run_with_client};
 use serde_json::json;
@@ -27,15 +25,8 @@ async fn client() -> (kubesim::ServerHandle, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     kubesim::write_kubeconfig(&path, addr).unwrap();
-    let kc = Kubeconfig::read_from(&path).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
-    let client = Client::try_from(config).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["gpupools.purrify.io.yaml", "enhancetasks.purrify.io.yaml"] {
-        let path = format!("{}/../../crds/{name}", env!("CARGO_MANIFEST_DIR"));
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
+    let client = purrify_testkit::cluster::kube_client(&path).await;
+    purrify_testkit::cluster::install_crds(&client).await;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "purrify"}})).unwrap();
     let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
     (handle, client, dir)

@@ -13,10 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use purrify_api::{EnhanceTask, EnhanceTaskSpec, GpuPool, GpuPoolStatus, TaskInput, TaskOutput, TaskParams};
 use purrify_operator::context::{Context, FIELD_MANAGER};
 use purrify_operator::metrics::Metrics;
@@ -46,10 +44,8 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig");
         kubesim::write_kubeconfig(&path, addr).unwrap();
-        let kc = Kubeconfig::read_from(&path).unwrap();
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
-        let client = Client::try_from(config).unwrap();
-        install_crds(&client).await;
+        let client = purrify_testkit::cluster::kube_client(&path).await;
+        purrify_testkit::cluster::install_crds(&client).await;
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
         let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
 
@@ -94,21 +90,6 @@ impl Env {
             tokio::time::timeout(Duration::from_secs(10), c).await.expect("controller stops").unwrap().unwrap();
         }
     }
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds");
-    let mut n = 0;
-    for entry in std::fs::read_dir(dir).expect("crds/ exists") {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            n += 1;
-        }
-    }
-    assert_eq!(n, 2, "GpuPool and EnhanceTask CRDs");
 }
 
 fn fixture(name: &str) -> GpuPool {

@@ -1,5 +1,8 @@
 //! Test support for end-to-end tests that run the project's binaries as processes.
 
+#[cfg(feature = "kube")]
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
