@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use purrify_gateway::app::{self, Stack};
+use purrify_testkit::fake_worker::{Behavior, FakeWorker};
 use serde_json::{Value, json};
 use support::*;
 use tower::ServiceExt;
@@ -537,7 +538,7 @@ async fn a_storage_failure_is_a_retryable_503_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_export_the_dispatchers_exact_counts() {
     let api = api(Backend::Sqlite).await;
-    let worker = tasks_common::FakeWorker::start(2, tasks_common::Behavior::Succeed).await;
+    let worker = FakeWorker::start(2, Behavior::Succeed).await;
     let r = api.post_json("/api/v1/config/backend", json!({"backend_url": worker.url}), &[("authorization", "Bearer admin-token")]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let id = api.upload(&[("file", Some("a.png"), &small_photo_png(16, 16))]).await.body["task_id"].as_str().unwrap().to_string();

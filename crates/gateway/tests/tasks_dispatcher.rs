@@ -17,7 +17,8 @@ use purrify_gateway::tasks::{
 use purrify_inference::client::Fleet;
 use purrify_inference::protocol::{EnhanceParams, ErrorReason};
 use purrify_inference::storage::{S3Options, Storage};
-use tasks_common::{Behavior, FakeWorker, TestDb, add_workers, eventually, test_fleet};
+use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
+use tasks_common::{TestDb, eventually, test_fleet};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -527,7 +528,7 @@ async fn housekeeping_deletes_old_tasks_and_their_objects(t: TestDb) {
             .await
             .unwrap()
     );
-    let result = tasks_common::result_for(&purrify_inference::protocol::JobRequest {
+    let result = result_for(&purrify_inference::protocol::JobRequest {
         id: "old-1".into(),
         input_uri: objects[0].0.clone(),
         output_uri: objects[0].1.clone(),

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use purrify_api::TaskPhase;
 use purrify_operator::task::TaskConfig;
-use support::fake_worker::{Behavior, FakeWorker};
+use purrify_testkit::fake_worker::{Behavior, FakeWorker};
 use support::{Env, add_workers, start};
 
 struct Args {

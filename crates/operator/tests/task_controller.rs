@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
 use purrify_api::TaskPhase;
 use purrify_inference::protocol::ErrorReason;
-use task_support::fake_worker::{Behavior, FakeWorker};
+use purrify_testkit::fake_worker::{Behavior, FakeWorker};
 use task_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

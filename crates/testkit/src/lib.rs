@@ -1,7 +1,10 @@
-//! Test support for end-to-end tests that run the project's binaries as processes.
+//! Test support shared by the crates' tests: the project's binaries as processes (here),
+//! and, behind features, kubesim clients and a fake inference worker.
 
 #[cfg(feature = "kube")]
 pub mod cluster;
+#[cfg(feature = "fake-worker")]
+pub mod fake_worker;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,8 @@
 //! Shared support of the task controller tests: kubesim in process with the project's CRDs,
 //! an operator context on it, fleets registered by hand (no GpuPool controller here), the
-//! controller started and stopped like the cli would, and a fake worker.
+//! controller started and stopped like the cli would. The fake worker is purrify-testkit's.
 
 #![allow(dead_code)]
-
-pub mod fake_worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +11,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use purrify_api::{EnhanceTask, EnhanceTaskSpec, TaskPhase};
-use purrify_inference::client::{ClientConfig, FleetConfig, WorkerSpec};
 use purrify_operator::context::Context;
 use purrify_operator::metrics::{Metrics, WriteLabels};
 use purrify_operator::registry::{PoolKey, Registry};
@@ -29,21 +26,6 @@ pub struct Env {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub hub: ProgressHub,
-}
-
-/// Short client timeouts so a dead worker is noticed within a second or two.
-pub fn fleet_config() -> FleetConfig {
-    FleetConfig {
-        client: ClientConfig {
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(1),
-            event_idle_timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(50),
-            max_poll_failures: 2,
-        },
-        probe_timeout: Duration::from_secs(2),
-        ..FleetConfig::default()
-    }
 }
 
 pub fn test_config() -> TaskConfig {
@@ -88,7 +70,7 @@ impl Env {
     pub fn context(&self) -> Arc<Context> {
         Arc::new(Context {
             client: self.client.clone(),
-            registry: Arc::new(Registry::new(fleet_config())),
+            registry: Arc::new(Registry::new(purrify_testkit::fake_worker::fleet_config())),
             metrics: self.metrics.clone(),
             namespace: None,
         })
@@ -152,11 +134,7 @@ pub fn fixture_task() -> EnhanceTask {
 
 /// Registers and probes workers in the pool's fleet, as the GpuPool controller would.
 pub async fn add_workers(ctx: &Context, urls: &[&str]) {
-    let fleet = ctx.registry.ensure(&PoolKey::new(NS, POOL));
-    for url in urls {
-        fleet.upsert(WorkerSpec::new(*url)).unwrap();
-        assert_eq!(fleet.probe_worker(url).await, Some(true), "{url} is ready");
-    }
+    purrify_testkit::fake_worker::add_workers(&ctx.registry.ensure(&PoolKey::new(NS, POOL)), urls).await;
 }
 
 /// A running controller, stoppable like a lost lease stops it.
