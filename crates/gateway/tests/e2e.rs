@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use purrify_testkit::gateway_client::{status, upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin};
 use support::*;
 
@@ -82,18 +83,6 @@ impl Cluster {
         Proc::spawn(name, &bin, &args, &[], self.dir.path())
     }
 
-    async fn wait_ready(&self, url: &str, p: &Proc) {
-        for _ in 0..1200 {
-            if let Ok(r) = self.http.get(url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{} never became ready at {url}:\n{}", p.name, p.log());
-    }
-
     async fn register(&self, gw: u16, worker: u16) -> String {
         let r: Value = self
             .http
@@ -109,46 +98,9 @@ impl Cluster {
         r["server_id"].as_str().unwrap().to_string()
     }
 
-    async fn upload(&self, gw: u16, bytes: Vec<u8>, tile: u32) -> String {
-        let form = reqwest::multipart::Form::new()
-            .part("file", reqwest::multipart::Part::bytes(bytes).file_name("photo.png"))
-            .text("quality_level", "fast")
-            .text("tile_size", tile.to_string());
-        let r = self.http.post(format!("http://127.0.0.1:{gw}/api/v1/enhance")).multipart(form).send().await.unwrap();
-        assert_eq!(r.status(), 202);
-        let body: Value = r.json().await.unwrap();
-        body["task_id"].as_str().unwrap().to_string()
-    }
-
-    async fn status(&self, gw: u16, id: &str) -> Value {
-        match self.http.get(format!("http://127.0.0.1:{gw}/api/v1/status/{id}")).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    async fn wait_for(&self, gw: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool, procs: &[&Proc]) -> Value {
-        for _ in 0..2400 {
-            let s = self.status(gw, id).await;
-            if done(&s) {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log())).collect();
-        panic!("task {id} never reached {what}; last status {}\n{}", self.status(gw, id).await, logs.join("\n"));
-    }
-
     async fn metric(&self, port: u16, needle: &str) -> f64 {
         let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
         text.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
-    }
-
-    async fn in_flight(&self, port: u16) -> u64 {
-        match self.http.get(format!("http://127.0.0.1:{port}/v1/info")).send().await {
-            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["in_flight"].as_u64()).unwrap_or(0),
-            Err(_) => 0,
-        }
     }
 }
 
@@ -174,11 +126,11 @@ async fn standalone_gateway_enhances_a_real_photo_with_live_progress() {
     let c = Cluster::new();
     let port = free_port();
     let gw = c.gateway(port, true);
-    c.wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &gw).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{port}/readyz"), &gw).await;
     let base = format!("http://127.0.0.1:{port}");
 
     let photo = small_photo_png(120, 90);
-    let id = c.upload(port, photo, 32).await;
+    let id = upload(&c.http, port, photo, 32).await;
 
     // Live progress over WebSocket (seed 001/003 message shapes) and SSE at the same time.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
@@ -209,7 +161,7 @@ async fn standalone_gateway_enhances_a_real_photo_with_live_progress() {
     assert!(ws_types.contains(&"subscribed".to_string()), "{ws_types:?}");
     assert_eq!(ws_types.last().map(String::as_str), Some("task_complete"), "{ws_types:?}");
 
-    let s = c.status(port, &id).await;
+    let s = status(&c.http, port, &id).await;
     assert_eq!(s["status"], "completed");
     assert_eq!(s["progress"], 1.0);
     assert_eq!(s["download_url"], format!("/api/v1/download/{id}"));
@@ -231,18 +183,18 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_task_completes() {
     let gw = c.gateway(gp, false);
     let mut w1 = c.worker("worker-1", w1p);
     let mut w2 = c.worker("worker-2", w2p);
-    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
-    c.wait_ready(&format!("http://127.0.0.1:{w1p}/readyz"), &w1).await;
-    c.wait_ready(&format!("http://127.0.0.1:{w2p}/readyz"), &w2).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{w1p}/readyz"), &w1).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{w2p}/readyz"), &w2).await;
     c.register(gp, w1p).await;
     c.register(gp, w2p).await;
 
-    let id = c.upload(gp, slow_photo(), 32).await;
-    c.wait_for(gp, &id, "processing", processing_started, &[&gw, &w1, &w2]).await;
-    let (victim, survivor) = if c.in_flight(w1p).await > 0 { (&mut w1, w2p) } else { (&mut w2, w1p) };
+    let id = upload(&c.http, gp, slow_photo(), 32).await;
+    wait_for(&c.http, gp, &id, "processing", processing_started, &[&gw, &w1, &w2]).await;
+    let (victim, survivor) = if worker_in_flight(&c.http, w1p).await > 0 { (&mut w1, w2p) } else { (&mut w2, w1p) };
     victim.kill();
 
-    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w1, &w2]).await;
+    let s = wait_for(&c.http, gp, &id, "completed", completed, &[&gw, &w1, &w2]).await;
     assert_eq!(s["status"], "completed");
     let succeeded = c.metric(survivor, r#"purrify_worker_jobs_total{outcome="succeeded""#).await;
     assert_eq!(succeeded, 1.0, "the surviving worker ran the retry");
@@ -269,19 +221,19 @@ async fn gateway_killed_mid_task_reattaches(c: Cluster) -> String {
     let (gp, wp) = (free_port(), free_port());
     let mut gw = c.gateway(gp, false);
     let w = c.worker("worker", wp);
-    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
-    c.wait_ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
     c.register(gp, wp).await;
 
-    let id = c.upload(gp, slow_photo(), 32).await;
-    c.wait_for(gp, &id, "processing", processing_started, &[&gw, &w]).await;
+    let id = upload(&c.http, gp, slow_photo(), 32).await;
+    wait_for(&c.http, gp, &id, "processing", processing_started, &[&gw, &w]).await;
     gw.kill();
 
     // Same data directory, same database: the registered worker and the running task are
     // remembered; the job is still running on the worker.
     let gw = c.gateway(gp, false);
-    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
-    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w]).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    let s = wait_for(&c.http, gp, &id, "completed", completed, &[&gw, &w]).await;
     assert_eq!(s["status"], "completed");
     let succeeded = c.metric(wp, r#"purrify_worker_jobs_total{outcome="succeeded""#).await;
     assert_eq!(succeeded, 1.0, "re-attached to the running job instead of running it again");
@@ -295,18 +247,18 @@ async fn queued_tasks_survive_a_restart_and_run_when_a_worker_appears() {
     let c = Cluster::new();
     let (gp, wp) = (free_port(), free_port());
     let mut gw = c.gateway(gp, false);
-    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
-    let id = c.upload(gp, small_photo_png(64, 64), 400).await;
-    assert_eq!(c.status(gp, &id).await["status"], "queued");
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    let id = upload(&c.http, gp, small_photo_png(64, 64), 400).await;
+    assert_eq!(status(&c.http, gp, &id).await["status"], "queued");
     gw.kill();
 
     let gw = c.gateway(gp, false);
     let w = c.worker("worker", wp);
-    c.wait_ready(&format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
-    c.wait_ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
-    assert_eq!(c.status(gp, &id).await["status"], "queued", "still queued after the restart");
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    assert_eq!(status(&c.http, gp, &id).await["status"], "queued", "still queued after the restart");
     c.register(gp, wp).await;
-    let s = c.wait_for(gp, &id, "completed", completed, &[&gw, &w]).await;
+    let s = wait_for(&c.http, gp, &id, "completed", completed, &[&gw, &w]).await;
     assert_eq!(s["status"], "completed");
 }
 
@@ -326,10 +278,10 @@ async fn sigterm_ends_live_streams_and_stops_within_the_grace_period() {
     let port = free_port();
     let grace = Duration::from_secs(6);
     let (gw, pid) = c.gateway_with_pid(port, &["--shutdown-grace-seconds", "6"]);
-    c.wait_ready(&format!("http://127.0.0.1:{port}/readyz"), &gw).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{port}/readyz"), &gw).await;
     let base = format!("http://127.0.0.1:{port}");
     // No worker: the task stays queued, so its live streams would never end by themselves.
-    let id = c.upload(port, small_photo_png(64, 64), 400).await;
+    let id = upload(&c.http, port, small_photo_png(64, 64), 400).await;
 
     let mut sse = c.http.get(format!("{base}/api/v1/status/{id}/events")).send().await.unwrap();
     let first = String::from_utf8_lossy(&sse.chunk().await.unwrap().expect("first event")).to_string();

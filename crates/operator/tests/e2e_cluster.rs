@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
+use purrify_testkit::gateway_client::{upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin as bin};
 use serde_json::{Value, json};
 
@@ -76,18 +77,6 @@ impl Cluster {
         self.spawn("gateway", bin("purrify-gateway"), &args.map(String::from))
     }
 
-    async fn ready(&self, url: &str, p: &Proc) {
-        for _ in 0..1200 {
-            if let Ok(r) = self.http.get(url).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{} never became ready at {url}:\n{}", p.name, p.log());
-    }
-
     async fn external_pool(&self, workers: &[u16]) {
         let pools: Api<GpuPool> = Api::namespaced(self.client.clone(), "default");
         let external: Vec<Value> = workers.iter().map(|p| json!({"url": format!("http://127.0.0.1:{p}")})).collect();
@@ -97,37 +86,6 @@ impl Cluster {
         }))
         .unwrap();
         pools.create(&PostParams::default(), &pool).await.unwrap();
-    }
-
-    async fn upload(&self, gw: u16, bytes: Vec<u8>, tile: u32) -> String {
-        let form = reqwest::multipart::Form::new()
-            .part("file", reqwest::multipart::Part::bytes(bytes).file_name("photo.png"))
-            .text("quality_level", "fast")
-            .text("tile_size", tile.to_string());
-        let r = self.http.post(format!("http://127.0.0.1:{gw}/api/v1/enhance")).multipart(form).send().await.unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(status, 202, "{body}");
-        body["task_id"].as_str().unwrap().to_string()
-    }
-
-    async fn status(&self, gw: u16, id: &str) -> Value {
-        match self.http.get(format!("http://127.0.0.1:{gw}/api/v1/status/{id}")).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    async fn wait_for(&self, gw: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool, procs: &[&Proc]) -> Value {
-        for _ in 0..2400 {
-            let s = self.status(gw, id).await;
-            if done(&s) {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let logs: Vec<String> = procs.iter().map(|p| format!("--- {} ---\n{}", p.name, p.log())).collect();
-        panic!("task {id} never reached {what}; last {}\n{}", self.status(gw, id).await, logs.join("\n"));
     }
 
     async fn task(&self, id: &str) -> Option<EnhanceTask> {
@@ -143,18 +101,11 @@ impl Cluster {
             .sum()
     }
 
-    async fn in_flight(&self, port: u16) -> u64 {
-        match self.http.get(format!("http://127.0.0.1:{port}/v1/info")).send().await {
-            Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["in_flight"].as_u64()).unwrap_or(0),
-            Err(_) => 0,
-        }
-    }
-
     /// Waits (up to 10 s) until the worker runs a job; panics with the logs otherwise, so a
     /// kill that follows is known to hit a job in flight.
     async fn job_in_flight(&self, port: u16, procs: &[&Proc]) {
         for _ in 0..400 {
-            if self.in_flight(port).await > 0 {
+            if worker_in_flight(&self.http, port).await > 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -193,15 +144,15 @@ async fn a_photo_goes_through_the_gateway_the_operator_and_an_external_worker() 
     let w = c.worker("worker", wp);
     let o = c.operator("operator", op, 15);
     let g = c.gateway(gp, op);
-    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
-    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
-    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &g).await;
     c.external_pool(&[wp]).await;
 
-    let id = c.upload(gp, photo(200, 150), 400).await;
+    let id = upload(&c.http, gp, photo(200, 150), 400).await;
     let cr = c.task(&id).await.expect("the upload became an EnhanceTask");
     assert_eq!(cr.spec.pool, "default");
-    let s = c.wait_for(gp, &id, "completed", completed, &[&w, &o, &g]).await;
+    let s = wait_for(&c.http, gp, &id, "completed", completed, &[&w, &o, &g]).await;
     assert_eq!(s["progress"], 1.0);
     let d = c.http.get(format!("http://127.0.0.1:{gp}/api/v1/download/{id}")).send().await.unwrap();
     assert_eq!(d.status(), 200);
@@ -234,21 +185,21 @@ async fn a_worker_killed_mid_task_is_replaced_by_the_other() {
     let o = c.operator("operator", op, 15);
     let g = c.gateway(gp, op);
     for (port, p) in [(w1p, &w1), (w2p, &w2)] {
-        c.ready(&format!("http://127.0.0.1:{port}/readyz"), p).await;
+        wait_ready(&c.http, &format!("http://127.0.0.1:{port}/readyz"), p).await;
     }
-    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
-    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &g).await;
     c.external_pool(&[w1p, w2p]).await;
 
-    let id = c.upload(gp, photo(640, 480), 32).await;
-    c.wait_for(gp, &id, "processing", running, &[&w1, &w2, &o, &g]).await;
+    let id = upload(&c.http, gp, photo(640, 480), 32).await;
+    wait_for(&c.http, gp, &id, "processing", running, &[&w1, &w2, &o, &g]).await;
     let mut victim = None;
     for _ in 0..400 {
-        if c.in_flight(w1p).await > 0 {
+        if worker_in_flight(&c.http, w1p).await > 0 {
             victim = Some((1, w2p));
             break;
         }
-        if c.in_flight(w2p).await > 0 {
+        if worker_in_flight(&c.http, w2p).await > 0 {
             victim = Some((2, w1p));
             break;
         }
@@ -256,7 +207,7 @@ async fn a_worker_killed_mid_task_is_replaced_by_the_other() {
     }
     let (which, survivor) = victim.expect("one worker runs the job");
     if which == 1 { w1.kill() } else { w2.kill() }
-    c.wait_for(gp, &id, "completed", completed, &[&w1, &w2, &o, &g]).await;
+    wait_for(&c.http, gp, &id, "completed", completed, &[&w1, &w2, &o, &g]).await;
     assert_eq!(c.worker_succeeded(survivor).await, 1.0, "the surviving worker ran the retry");
 }
 
@@ -267,18 +218,18 @@ async fn an_operator_restarted_mid_task_reattaches_without_running_twice() {
     let w = c.worker("worker", wp);
     let mut o = c.operator("operator", op, 3);
     let g = c.gateway(gp, op);
-    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
-    c.ready(&format!("http://127.0.0.1:{op}/readyz"), &o).await;
-    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{op}/readyz"), &o).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &g).await;
     c.external_pool(&[wp]).await;
 
-    let id = c.upload(gp, photo(640, 480), 32).await;
+    let id = upload(&c.http, gp, photo(640, 480), 32).await;
     // The kill must hit a job the worker is running, or there is nothing to re-attach to.
     c.job_in_flight(wp, &[&w, &o, &g]).await;
     o.kill();
     // The killed leader's lease must expire (3 s) before the new operator leads.
     let o2 = c.operator("operator-2", op, 3);
-    c.wait_for(gp, &id, "completed", completed, &[&w, &o2, &g]).await;
+    wait_for(&c.http, gp, &id, "completed", completed, &[&w, &o2, &g]).await;
     assert_eq!(c.worker_succeeded(wp).await, 1.0, "re-attached instead of running the job again");
     // The CR outlives completion (TTL 300 s), so the count is there to read.
     assert_eq!(c.attempts(&id).await, Some(1), "the restart cost no attempt");
@@ -291,24 +242,24 @@ async fn the_standby_operator_takes_over_when_the_leader_dies() {
     let (wp, op1, op2, gp) = (free_port(), free_port(), free_port(), free_port());
     let w = c.worker("worker", wp);
     let mut leader = c.operator("operator-1", op1, LEASE_SECONDS);
-    c.ready(&format!("http://127.0.0.1:{op1}/readyz"), &leader).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{op1}/readyz"), &leader).await;
     let standby = c.operator("operator-2", op2, LEASE_SECONDS);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let standby_ready = c.http.get(format!("http://127.0.0.1:{op2}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
     assert_ne!(standby_ready, 200, "only the leader is ready (schedules)");
     let g = c.gateway(gp, op2);
-    c.ready(&format!("http://127.0.0.1:{wp}/readyz"), &w).await;
-    c.ready(&format!("http://127.0.0.1:{gp}/readyz"), &g).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &g).await;
     c.external_pool(&[wp]).await;
 
     // Work on both sides of the handover: one job the leader dispatched and the worker is
     // running when the leader dies, one task that arrives while nobody leads.
-    let running_id = c.upload(gp, photo(640, 480), 32).await;
+    let running_id = upload(&c.http, gp, photo(640, 480), 32).await;
     c.job_in_flight(wp, &[&w, &leader, &standby, &g]).await;
     let killed = Instant::now();
     leader.kill();
-    let queued_id = c.upload(gp, photo(160, 120), 400).await;
-    c.ready(&format!("http://127.0.0.1:{op2}/readyz"), &standby).await;
+    let queued_id = upload(&c.http, gp, photo(160, 120), 400).await;
+    wait_ready(&c.http, &format!("http://127.0.0.1:{op2}/readyz"), &standby).await;
     let takeover = killed.elapsed();
 
     // The standby waits out the lease (the leader renewed at most a third of it before the
@@ -321,8 +272,8 @@ async fn the_standby_operator_takes_over_when_the_leader_dies() {
     assert!(takeover <= bound, "the standby took over after {takeover:?}, expected within {bound:?}");
 
     let procs = [&w, &standby, &g];
-    c.wait_for(gp, &queued_id, "completed", completed, &procs).await;
-    c.wait_for(gp, &running_id, "completed", completed, &procs).await;
+    wait_for(&c.http, gp, &queued_id, "completed", completed, &procs).await;
+    wait_for(&c.http, gp, &running_id, "completed", completed, &procs).await;
     assert_eq!(c.worker_succeeded(wp).await, 2.0, "each job ran once: the running one was re-attached");
     assert_eq!(c.attempts(&running_id).await, Some(1), "the handover cost the running task no attempt");
     assert_eq!(c.attempts(&queued_id).await, Some(1));

@@ -1,10 +1,12 @@
 //! Test support shared by the crates' tests: the project's binaries as processes (here),
-//! and, behind features, kubesim clients and a fake inference worker.
+//! and, behind features, kubesim clients, a fake inference worker and the gateway's API.
 
 #[cfg(feature = "kube")]
 pub mod cluster;
 #[cfg(feature = "fake-worker")]
 pub mod fake_worker;
+#[cfg(feature = "gateway-client")]
+pub mod gateway_client;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
