@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use purrify_testkit::gateway_client::{status, upload, wait_for, wait_ready, worker_in_flight};
+use purrify_testkit::gateway_client::{completed, register, status, upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin};
 use support::*;
 
@@ -83,21 +83,6 @@ impl Cluster {
         Proc::spawn(name, &bin, &args, &[], self.dir.path())
     }
 
-    async fn register(&self, gw: u16, worker: u16) -> String {
-        let r: Value = self
-            .http
-            .post(format!("http://127.0.0.1:{gw}/webhook/register"))
-            .json(&json!({"ip": "127.0.0.1", "port": worker, "secret": "e2e-secret"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r["success"], true, "{r}");
-        r["server_id"].as_str().unwrap().to_string()
-    }
-
     async fn metric(&self, port: u16, needle: &str) -> f64 {
         let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
         text.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
@@ -111,10 +96,6 @@ fn slow_photo() -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(crop).write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
-}
-
-fn completed(s: &Value) -> bool {
-    s["status"] == "completed"
 }
 
 fn processing_started(s: &Value) -> bool {
@@ -186,8 +167,8 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_task_completes() {
     wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
     wait_ready(&c.http, &format!("http://127.0.0.1:{w1p}/readyz"), &w1).await;
     wait_ready(&c.http, &format!("http://127.0.0.1:{w2p}/readyz"), &w2).await;
-    c.register(gp, w1p).await;
-    c.register(gp, w2p).await;
+    register(&c.http, gp, w1p, "e2e-secret").await;
+    register(&c.http, gp, w2p, "e2e-secret").await;
 
     let id = upload(&c.http, gp, slow_photo(), 32).await;
     wait_for(&c.http, gp, &id, "processing", processing_started, &[&gw, &w1, &w2]).await;
@@ -223,7 +204,7 @@ async fn gateway_killed_mid_task_reattaches(c: Cluster) -> String {
     let w = c.worker("worker", wp);
     wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
     wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
-    c.register(gp, wp).await;
+    register(&c.http, gp, wp, "e2e-secret").await;
 
     let id = upload(&c.http, gp, slow_photo(), 32).await;
     wait_for(&c.http, gp, &id, "processing", processing_started, &[&gw, &w]).await;
@@ -257,7 +238,7 @@ async fn queued_tasks_survive_a_restart_and_run_when_a_worker_appears() {
     wait_ready(&c.http, &format!("http://127.0.0.1:{gp}/readyz"), &gw).await;
     wait_ready(&c.http, &format!("http://127.0.0.1:{wp}/readyz"), &w).await;
     assert_eq!(status(&c.http, gp, &id).await["status"], "queued", "still queued after the restart");
-    c.register(gp, wp).await;
+    register(&c.http, gp, wp, "e2e-secret").await;
     let s = wait_for(&c.http, gp, &id, "completed", completed, &[&gw, &w]).await;
     assert_eq!(s["status"], "completed");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
-use purrify_testkit::gateway_client::{upload, wait_for, wait_ready, worker_in_flight};
+use purrify_testkit::gateway_client::{completed, register, upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin as bin};
 use serde_json::{Value, json};
 
@@ -129,10 +129,6 @@ fn photo(w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-fn completed(s: &Value) -> bool {
-    s["status"] == "completed"
-}
-
 fn running(s: &Value) -> bool {
     s["status"] == "processing"
 }
@@ -161,17 +157,7 @@ async fn a_photo_goes_through_the_gateway_the_operator_and_an_external_worker() 
     assert_eq!((img.width(), img.height()), (400, 300));
 
     // The webhook edits the default pool's external endpoints.
-    let r: Value = c
-        .http
-        .post(format!("http://127.0.0.1:{gp}/webhook/register"))
-        .json(&json!({"ip": "127.0.0.1", "port": 1, "secret": "k8s-secret"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["success"], true, "{r}");
+    register(&c.http, gp, 1, "k8s-secret").await;
     let pool = Api::<GpuPool>::namespaced(c.client.clone(), "default").get("default").await.unwrap();
     assert!(pool.spec.external.iter().any(|e| e.url == "http://127.0.0.1:1"), "{:?}", pool.spec.external);
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::Proc;
 
@@ -35,12 +35,33 @@ pub async fn upload(http: &reqwest::Client, gw: u16, bytes: Vec<u8>, tile: u32) 
     body["task_id"].as_str().unwrap().to_string()
 }
 
+/// `POST /webhook/register` of a worker on 127.0.0.1 with the gateway's webhook secret; fails
+/// unless the gateway says it succeeded. The server id.
+pub async fn register(http: &reqwest::Client, gw: u16, worker_port: u16, secret: &str) -> String {
+    let r: Value = http
+        .post(format!("http://127.0.0.1:{gw}/webhook/register"))
+        .json(&json!({"ip": "127.0.0.1", "port": worker_port, "secret": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["success"], true, "{r}");
+    r["server_id"].as_str().unwrap().to_string()
+}
+
 /// `GET /api/v1/status/{id}`; `Null` while the gateway is down or restarting.
 pub async fn status(http: &reqwest::Client, gw: u16, id: &str) -> Value {
     match http.get(format!("http://127.0.0.1:{gw}/api/v1/status/{id}")).send().await {
         Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(_) => Value::Null,
     }
+}
+
+/// The `done` of [`wait_for`] for a task that finished well.
+pub fn completed(s: &Value) -> bool {
+    s["status"] == "completed"
 }
 
 /// Polls the task's status until `done` holds; after two minutes panics with the last status
