@@ -756,6 +756,9 @@ impl Inner {
         let Some(guard) = self.register(&task.id) else {
             return;
         };
+        if !self.still_processing(&task, &job_id).await {
+            return;
+        }
         let span = task_span(&task, &job_id, task.attempts, &worker);
         if task.deadline_at <= now_ms() {
             self.expire_orphan(&task, &worker, &job_id)
@@ -855,11 +858,29 @@ impl Inner {
                 (TaskStatus::Processing, Some(worker), Some(job_id)) => {
                     // Registering keeps the orphan scan away while this settles it.
                     if let Some(guard) = self.register(&task.id) {
-                        self.expire_orphan(&task, &worker, &job_id).await;
+                        if self.still_processing(&task, &job_id).await {
+                            self.expire_orphan(&task, &worker, &job_id).await;
+                        }
                         drop(guard);
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Whether `task`, read by a scan, is still `processing` with `job_id`. Called after
+    /// registering: a follower may have settled the task and let go between the scan's read
+    /// and the registration, and acting on the stale row would cancel or re-follow a job
+    /// that is already over.
+    async fn still_processing(&self, task: &Task, job_id: &str) -> bool {
+        match self.db.get_task(&task.id).await {
+            Ok(Some(now)) => now.status == TaskStatus::Processing && now.job_id.as_deref() == Some(job_id),
+            Ok(None) => false,
+            Err(e) => {
+                bump(&self.metrics.db_errors);
+                warn!(task_id = %task.id, error = %e, "re-reading a task failed");
+                false
             }
         }
     }
