@@ -271,7 +271,7 @@ async fn webhook_registration_is_idempotent_and_checked(backend: Backend) {
     assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9:8000")), "the fleet knows it");
     assert_eq!(list.body["data"]["health_check_running"], true);
     api.stack.state.prober.abort();
-    tasks_common::eventually("the prober stops", || async { api.stack.state.prober.is_finished().then_some(()) }).await;
+    purrify_testkit::eventually(90, "the prober stops", || async { api.stack.state.prober.is_finished().then_some(()) }).await;
     let list = api.get("/webhook/servers?secret=test-secret").await;
     assert_eq!(list.body["data"]["health_check_running"], false, "reports the prober's real state");
 
@@ -542,7 +542,7 @@ async fn metrics_export_the_dispatchers_exact_counts() {
     let r = api.post_json("/api/v1/config/backend", json!({"backend_url": worker.url}), &[("authorization", "Bearer admin-token")]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let id = api.upload(&[("file", Some("a.png"), &small_photo_png(16, 16))]).await.body["task_id"].as_str().unwrap().to_string();
-    tasks_common::eventually("the task completes", || async {
+    purrify_testkit::eventually(90, "the task completes", || async {
         (api.get(&format!("/api/v1/status/{id}")).await.body["status"] == "completed").then_some(())
     })
     .await;

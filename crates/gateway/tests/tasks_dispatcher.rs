@@ -18,7 +18,8 @@ use purrify_inference::client::Fleet;
 use purrify_inference::protocol::{EnhanceParams, ErrorReason};
 use purrify_inference::storage::{S3Options, Storage};
 use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
-use tasks_common::{TestDb, eventually, test_fleet};
+use purrify_testkit::eventually;
+use tasks_common::{TestDb, test_fleet};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -63,7 +64,7 @@ impl Running {
 
     /// Waits until the task is final (as the hub shows it) and returns the row.
     async fn finished(&self, id: &str) -> Task {
-        eventually(&format!("task {id} to finish"), || async {
+        eventually(90, &format!("task {id} to finish"), || async {
             let view = self.hub.get_or_load(&self.db, id).await.unwrap()?;
             view.is_finished().then_some(())
         })
@@ -130,12 +131,12 @@ async fn happy_path(t: TestDb) {
     let queued = run.enqueue("happy").await;
     assert_eq!(queued.status, TaskStatus::Queued);
     // Live progress reaches the hub (and, coarsely, the database) while the job runs.
-    eventually("live progress in the hub", || async {
+    eventually(90, "live progress in the hub", || async {
         let v = run.hub.get("happy")?;
         (v.progress == 0.5 && v.stage.as_deref() == Some("tiles")).then_some(())
     })
     .await;
-    eventually("coarse progress in the database", || async {
+    eventually(90, "coarse progress in the database", || async {
         let row = run.db.get_task("happy").await.unwrap()?;
         (row.progress == 0.5).then_some(())
     })
@@ -208,7 +209,7 @@ async fn worker_killed_mid_job_completes_elsewhere(t: TestDb) {
     let run = Running::start(t.db.clone(), fleet, config());
     run.enqueue("killed").await;
     doomed.wait_started(1).await;
-    eventually("progress from the doomed worker", || async {
+    eventually(90, "progress from the doomed worker", || async {
         let v = run.hub.get("killed")?;
         (v.status == TaskStatus::Processing && v.progress > 0.0).then_some(())
     })
@@ -453,7 +454,7 @@ async fn restart_reattaches_to_the_same_job(t: TestDb) {
     let fleet = test_fleet();
     add_workers(&fleet, &[&worker.url]).await;
     let second = Running::start(db, fleet, config());
-    eventually("the resubmission of the same job id", || async {
+    eventually(90, "the resubmission of the same job id", || async {
         (worker.submits().len() >= 2).then_some(())
     })
     .await;
@@ -585,10 +586,9 @@ async fn restart_with_an_unknown_worker_requeues(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(row.attempts, 2);
     assert_eq!(other.started(), ["moved-2"]);
-    eventually(
-        "the orphaned job to be cancelled on its old worker",
-        || async { (gone.deletes() == ["moved-1"]).then_some(()) },
-    )
+    eventually(90, "the orphaned job to be cancelled on its old worker", || async {
+        (gone.deletes() == ["moved-1"]).then_some(())
+    })
     .await;
     second.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! only the leader is ready and manages pools; a SIGTERM'd leader hands over through a
 //! released Lease and exits cleanly; a leader whose Lease is taken exits with an error.
 
+use purrify_testkit::eventually;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -83,21 +84,6 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 async fn ready(op: &Operator) -> Option<bool> {
     get(op.addr, "/readyz").await.map(|(code, _)| code == 200)
-}
-
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not reached within {secs}s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn holder(client: &Client) -> Option<String> {

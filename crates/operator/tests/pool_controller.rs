@@ -3,6 +3,7 @@
 //! over real HTTP (a fake worker answering `/readyz` and `/v1/info`); status conditions and
 //! Events; and no API writes in the steady state.
 
+use purrify_testkit::eventually;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,22 +100,6 @@ fn fixture(name: &str) -> GpuPool {
     pool.metadata.uid = None;
     pool.metadata.generation = None;
     pool
-}
-
-/// Polls `f` until it returns Some, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not reached within {secs}s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn status_where(env: &Env, name: &str, what: &str, pred: impl Fn(&GpuPoolStatus) -> bool) -> GpuPoolStatus {

@@ -87,7 +87,7 @@ async fn happy_path_streams_progress_and_stays_within_five_writes() {
     assert_eq!(view["phase"], "Running");
     assert_eq!(view["progress"], 0.5);
     assert_eq!(view["stage"], "tiles");
-    eventually("the coarse progress mark", || async {
+    eventually(60, "the coarse progress mark", || async {
         env.get("happy").await.filter(|t| status(t).progress == 0.5).map(|_| ())
     })
     .await;
@@ -124,7 +124,7 @@ async fn happy_path_streams_progress_and_stays_within_five_writes() {
     // Events are writes too, to another resource, and counted apart.
     let events = env.operator_writes("create", "events");
     assert!(events >= 2, "Started and Succeeded events: {events}");
-    eventually("events to reach the server", || async {
+    eventually(60, "events to reach the server", || async {
         (env.served("create", "events") + env.served("patch", "events") >= events).then_some(())
     })
     .await;
@@ -253,7 +253,7 @@ async fn deadlines_cancel_the_job_and_fail_the_task() {
     assert_eq!(err.reason, "DeadlineExceeded");
     assert!(err.message.contains("2 s"), "{}", err.message);
     let job = format!("{}-1", uid(&t));
-    eventually("the job to be cancelled", || async { w.deletes().contains(&job).then_some(()) }).await;
+    eventually(60, "the job to be cancelled", || async { w.deletes().contains(&job).then_some(()) }).await;
 
     let stuck = env.wait_phase("stuck", TaskPhase::Failed).await;
     let err = status(&stuck).error.clone().unwrap();
@@ -290,7 +290,7 @@ async fn cancellation_by_annotation_and_by_deletion() {
     let before = env.served("patch", "enhancetasks/status");
     env.tasks().delete("doomed", &DeleteParams::default()).await.unwrap();
     let job = format!("{}-1", uid(&doomed));
-    eventually("the deleted task's job to be cancelled", || async { w.deletes().contains(&job).then_some(()) }).await;
+    eventually(60, "the deleted task's job to be cancelled", || async { w.deletes().contains(&job).then_some(()) }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(env.served("patch", "enhancetasks/status"), before);
     ctl.stop().await;
@@ -325,7 +325,7 @@ async fn one_users_burst_does_not_starve_another() {
         let all = env.tasks().list(&ListParams::default()).await.unwrap();
         all.items.iter().all(|t| t.status.as_ref().is_some_and(|s| s.phase == TaskPhase::Succeeded)).then_some(())
     };
-    eventually("every task to succeed", list).await;
+    eventually(60, "every task to succeed", list).await;
     ctl.stop().await;
 
     let order: Vec<String> = w.started().iter().map(|id| uids[id].clone()).collect();
@@ -356,7 +356,7 @@ async fn a_restarted_controller_reattaches_instead_of_rerunning() {
     add_workers(&ctx, &[&w.url]).await;
     let job = format!("{}-1", uid(&t));
     let second = start(ctx, env.hub.clone(), test_config());
-    eventually("the job to be resubmitted", || async {
+    eventually(60, "the job to be resubmitted", || async {
         (w.submits().iter().filter(|s| **s == job).count() == 2).then_some(())
     })
     .await;

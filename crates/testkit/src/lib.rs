@@ -69,3 +69,21 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: `cargo build --workspace --bins` (make test does)", p.display());
     p
 }
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `secs` seconds.
+/// The bound only keeps a broken test from hanging: nothing asserts on how fast a condition
+/// is reached through this.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "gave up after {secs} s waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

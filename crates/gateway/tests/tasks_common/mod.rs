@@ -1,8 +1,6 @@
 //! Shared support of the `tasks_*` tests: throwaway SQLite and PostgreSQL databases, and the
 //! scriptable fake inference worker of purrify-testkit (shared with the operator's tests).
 
-use std::future::Future;
-use std::time::Duration;
 
 use purrify_gateway::tasks::{Db, DbKind};
 use purrify_inference::client::Fleet;
@@ -118,26 +116,6 @@ fn with_database(url: &str, name: &str) -> String {
     let mut u = url::Url::parse(url).expect("PostgreSQL URL");
     u.set_path(&format!("/{name}"));
     u.to_string()
-}
-
-/// Polls `check` until it returns `Some`. The bound only keeps a broken test from hanging;
-/// nothing asserts on timing.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A fleet with short client timeouts, so lost workers are noticed quickly.

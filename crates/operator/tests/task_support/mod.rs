@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use purrify_api::{EnhanceTask, EnhanceTaskSpec, TaskPhase};
@@ -15,6 +14,7 @@ use purrify_operator::context::Context;
 use purrify_operator::metrics::{Metrics, WriteLabels};
 use purrify_operator::registry::{PoolKey, Registry};
 use purrify_operator::task::{self, ProgressHub, TaskConfig};
+pub use purrify_testkit::eventually;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -45,24 +45,11 @@ pub async fn client_for(addr: std::net::SocketAddr) -> Client {
     Client::try_from(config).expect("kube client")
 }
 
-/// The CRDs exactly as shipped in `crds/`.
-pub async fn install_crds(client: &Client) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("crds/ exists").flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        api.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    }
-}
-
 impl Env {
     pub async fn start() -> Env {
         let (addr, sim) = kubesim::Server::start("127.0.0.1:0".parse().unwrap()).await.expect("kubesim starts");
         let client = client_for(addr).await;
-        install_crds(&client).await;
+        purrify_testkit::cluster::install_crds(&client).await;
         Env { sim, client, metrics: Arc::new(Metrics::new()), hub: ProgressHub::new() }
     }
 
@@ -93,14 +80,14 @@ impl Env {
     }
 
     pub async fn wait_phase(&self, name: &str, phase: TaskPhase) -> EnhanceTask {
-        eventually(&format!("{name} to be {}", phase.as_str()), || async {
+        eventually(60, &format!("{name} to be {}", phase.as_str()), || async {
             self.get(name).await.filter(|t| t.status.as_ref().is_some_and(|s| s.phase == phase))
         })
         .await
     }
 
     pub async fn wait_gone(&self, name: &str) {
-        eventually(&format!("{name} to be deleted"), || async { self.get(name).await.is_none().then_some(()) }).await
+        eventually(60, &format!("{name} to be deleted"), || async { self.get(name).await.is_none().then_some(()) }).await
     }
 
     pub async fn annotate(&self, name: &str, key: &str, value: &str) {
@@ -167,22 +154,6 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.handle.abort();
-    }
-}
-
-/// Polls `check` until it returns `Some`. The bound only keeps a broken test from hanging.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < give_up, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
