@@ -121,6 +121,7 @@ pub struct Routing {
 }
 
 /// Who drives tasks: the in-process dispatcher, or the operator through custom resources.
+#[expect(clippy::large_enum_variant, reason = "one per process, inside an Arc: size is irrelevant")]
 enum Backend {
     Standalone(Dispatcher),
     Kubernetes(KubeBackend),
