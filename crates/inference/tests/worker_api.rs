@@ -258,7 +258,9 @@ async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_waits_for_models_and_a_failed_load_ends_the_worker() {
     require_models();
-    let config = EngineConfig { quality_levels: vec![QualityLevel::Fast], ..EngineConfig::default() };
+    // The x4plus model (67 MB, ~1,100 nodes) takes far longer to load and warm up than two
+    // loopback requests take; the small fast model could be ready before the first probe.
+    let config = EngineConfig { quality_levels: vec![QualityLevel::High], ..EngineConfig::default() };
     let h = start(JobsConfig::default(), EngineSource::Load(Box::new(config))).await;
     assert_eq!(h.http.get(format!("{}/healthz", h.base)).send().await.unwrap().status(), 200);
     let first = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap().status();
