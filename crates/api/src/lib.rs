@@ -431,7 +431,13 @@ pub struct TaskParams {
 
 impl Default for TaskParams {
     fn default() -> Self {
-        Self { tile_size: default_tile(), quality_level: QualityLevel::High, scale: 2, face_enhance: true, output_format: OutputFormat::Jpeg }
+        Self {
+            tile_size: default_tile(),
+            quality_level: QualityLevel::High,
+            scale: 2,
+            face_enhance: true,
+            output_format: OutputFormat::Jpeg,
+        }
     }
 }
 

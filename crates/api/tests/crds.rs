@@ -19,11 +19,7 @@ fn generated_crds_are_in_sync_with_crds_dir() {
             Err(e) => stale.push(format!("{}: {e}", path.display())),
         }
     }
-    assert!(
-        stale.is_empty(),
-        "CRDs are out of date ({}): run `cargo run -p purrify-api --bin purrify-crdgen`",
-        stale.join("; ")
-    );
+    assert!(stale.is_empty(), "CRDs are out of date ({}): run `cargo run -p purrify-api --bin purrify-crdgen`", stale.join("; "));
 }
 
 #[test]

@@ -4,8 +4,7 @@
 
 use kubesim::schema::Schema;
 use purrify_api::{
-    EnhanceTask, EnhanceTaskStatus, ExternalEndpoint, FaceRestoration, GpuPool, GpuPoolSpec, Replicas, TaskPhase,
-    TaskResult,
+    EnhanceTask, EnhanceTaskStatus, ExternalEndpoint, FaceRestoration, GpuPool, GpuPoolSpec, Replicas, TaskPhase, TaskResult,
 };
 use serde_json::{Value, json};
 

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use purrify_api::{
-    DEFAULT_POOL, EnhanceTask, EnhanceTaskSpec, ExternalEndpoint, GpuPool, GpuPoolSpec, GpuPoolStatus, OutputFormat,
-    QualityLevel, TaskInput, TaskOutput, TaskParams, TaskPhase,
+    DEFAULT_POOL, EnhanceTask, EnhanceTaskSpec, ExternalEndpoint, GpuPool, GpuPoolSpec, GpuPoolStatus, OutputFormat, QualityLevel,
+    TaskInput, TaskOutput, TaskParams, TaskPhase,
 };
 use purrify_inference::protocol::{FaceRestoration, JobResult};
 use tokio::task::JoinHandle;
@@ -172,19 +172,10 @@ pub fn task_resource(task: &NewTask, pool: &str, deadline_seconds: u32) -> Enhan
         annotations.insert("purrify.io/request-id".to_string(), rid.clone());
     }
     EnhanceTask {
-        metadata: ObjectMeta {
-            name: Some(task.id.clone()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(task.id.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
         spec: EnhanceTaskSpec {
             pool: pool.to_string(),
-            input: TaskInput {
-                uri: task.input_uri.clone(),
-                content_type: Some(task.content_type.clone()),
-                bytes: Some(task.input_bytes),
-            },
+            input: TaskInput { uri: task.input_uri.clone(), content_type: Some(task.content_type.clone()), bytes: Some(task.input_bytes) },
             output: TaskOutput { uri: task.output_uri.clone() },
             params: TaskParams {
                 tile_size: task.params.tile_size,
@@ -495,18 +486,20 @@ impl KubeBackend {
         let cr = task_resource(task, pool, u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX).max(1));
         if let Err(e) = self.tasks.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &cr).await {
             // Nothing half-written: without its CR the row would stay queued forever.
-            let _ = self.db.mirror_task(&Mirror {
-                id: &task.id,
-                status: TaskStatus::Failed,
-                progress: 0.0,
-                worker: None,
-                job_id: None,
-                attempts: 0,
-                error_code: Some("INTERNAL_ERROR"),
-                error_message: Some("the task could not be handed to the cluster"),
-                result: None,
-            })
-            .await;
+            let _ = self
+                .db
+                .mirror_task(&Mirror {
+                    id: &task.id,
+                    status: TaskStatus::Failed,
+                    progress: 0.0,
+                    worker: None,
+                    job_id: None,
+                    attempts: 0,
+                    error_code: Some("INTERNAL_ERROR"),
+                    error_message: Some("the task could not be handed to the cluster"),
+                    result: None,
+                })
+                .await;
             return Err(e.into());
         }
         self.hub.publish(TaskView::from_task(&row));
@@ -596,7 +589,11 @@ fn gateway_writes() -> PostParams {
 
 /// A new external-only pool holding `endpoint`, every other field at the CRD's default.
 pub fn external_only_pool(name: &str, endpoint: ExternalEndpoint) -> GpuPool {
-    GpuPool { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec: GpuPoolSpec::external_only(vec![endpoint]), status: None }
+    GpuPool {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: GpuPoolSpec::external_only(vec![endpoint]),
+        status: None,
+    }
 }
 
 /// The pool uploads go to when none was chosen.

@@ -74,7 +74,12 @@ impl Collector for TaskCollector {
         }
         const_counter(&mut encoder, "dispatch_attempts", "Attempts handed to a worker", s.dispatched)?;
         const_counter(&mut encoder, "dispatch_retries", "Attempts that failed and were queued again", s.retries)?;
-        const_counter(&mut encoder, "dispatch_busy_requeues", "Tasks queued again because a worker was full (not an attempt)", s.busy_requeues)?;
+        const_counter(
+            &mut encoder,
+            "dispatch_busy_requeues",
+            "Tasks queued again because a worker was full (not an attempt)",
+            s.busy_requeues,
+        )?;
         const_counter(&mut encoder, "dispatch_reattached", "Running jobs re-attached after a restart or a lost follower", s.reattached)?;
         const_counter(&mut encoder, "dispatch_db_errors", "Database calls of the dispatcher that failed", s.db_errors)?;
         let running = ConstGauge::new(i64::try_from(s.running).unwrap_or(i64::MAX));
@@ -123,7 +128,18 @@ impl Metrics {
         registry.register("tasks_processing", "Tasks running on a worker", processing.clone());
         let healthy_workers = Gauge::default();
         registry.register("healthy_workers", "Workers passing health checks", healthy_workers.clone());
-        Self { registry, requests, request_duration, upload_bytes, uploads_rejected, tasks, dispatch, queue_depth, processing, healthy_workers }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upload_bytes,
+            uploads_rejected,
+            tasks,
+            dispatch,
+            queue_depth,
+            processing,
+            healthy_workers,
+        }
     }
 
     /// Exports the standalone dispatcher's exact counters (and task outcomes from them).

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::config::{Backend as BackendKind, Config};
-use crate::kubernetes::KubeBackend;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::kubernetes::KubeBackend;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::tasks::db::{Db, DbError};
 use crate::tasks::dispatcher::{DispatchConfig, Dispatcher, valid_task_id};
@@ -178,18 +178,8 @@ impl TaskService {
                 Backend::Kubernetes(KubeBackend::connect(&config.namespace, db.clone(), hub.clone(), config.operator_url.clone()).await?)
             }
         };
-        let service = Self {
-            inner: Arc::new(Inner {
-                db,
-                hub,
-                backend,
-                embedded,
-                fleet,
-                handles: Mutex::new(Vec::new()),
-                metrics,
-                deadline,
-            }),
-        };
+        let service =
+            Self { inner: Arc::new(Inner { db, hub, backend, embedded, fleet, handles: Mutex::new(Vec::new()), metrics, deadline }) };
         let handles = match &service.inner.backend {
             Backend::Standalone(dispatcher) => {
                 // Probe before dispatching: tasks recorded on a worker the fleet does not know

@@ -160,21 +160,81 @@ async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Bac
     let raw_post = |ct: &'static str, body: &'static [u8]| {
         Request::post("/api/v1/enhance").header(header::CONTENT_TYPE, ct).body(Body::from(body)).unwrap()
     };
-    cases.push(("json instead of multipart", api.send(raw_post("application/json", b"{}")).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("no body", api.send(Request::post("/api/v1/enhance").body(Body::empty()).unwrap()).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push((
+        "json instead of multipart",
+        api.send(raw_post("application/json", b"{}")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "no body",
+        api.send(Request::post("/api/v1/enhance").body(Body::empty()).unwrap()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
     cases.push(("no file field", api.upload(&[("tile_size", None, b"400")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
     cases.push(("empty file", api.upload(&[("file", Some("a.jpg"), b"")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("text named .jpg", api.upload(&[("file", Some("a.jpg"), b"just some text, really")]).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
+    cases.push((
+        "text named .jpg",
+        api.upload(&[("file", Some("a.jpg"), b"just some text, really")]).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UNSUPPORTED_MEDIA_TYPE",
+    ));
     cases.push(("GIF", api.upload(&[("file", Some("a.gif"), &gif)]).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
-    cases.push(("PNG claiming 100000x100000", api.upload(&[("file", Some("a.png"), &png_header_claiming(100_000, 100_000))]).await, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"));
-    cases.push(("JPEG header then garbage", api.upload(&[("file", Some("a.jpg"), &bad_jpeg)]).await, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"));
-    cases.push(("file over the limit", api.upload(&[("file", Some("a.png"), &big)]).await, StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"));
-    cases.push(("two files", api.upload(&[("file", Some("a.png"), &photo), ("file", Some("b.png"), &photo)]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("tile_size not a number", api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, b"abc")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("tile_size too small", api.upload(&[("tile_size", None, b"5"), ("file", Some("a.png"), &photo)]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("quality_level unknown", api.upload(&[("file", Some("a.png"), &photo), ("quality_level", None, b"ultra")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("scale 3", api.upload(&[("file", Some("a.png"), &photo), ("scale", None, b"3")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("face_enhance maybe", api.upload(&[("file", Some("a.png"), &photo), ("face_enhance", None, b"maybe")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push((
+        "PNG claiming 100000x100000",
+        api.upload(&[("file", Some("a.png"), &png_header_claiming(100_000, 100_000))]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "INVALID_IMAGE",
+    ));
+    cases.push((
+        "JPEG header then garbage",
+        api.upload(&[("file", Some("a.jpg"), &bad_jpeg)]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "INVALID_IMAGE",
+    ));
+    cases.push((
+        "file over the limit",
+        api.upload(&[("file", Some("a.png"), &big)]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "FILE_TOO_LARGE",
+    ));
+    cases.push((
+        "two files",
+        api.upload(&[("file", Some("a.png"), &photo), ("file", Some("b.png"), &photo)]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "tile_size not a number",
+        api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, b"abc")]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "tile_size too small",
+        api.upload(&[("tile_size", None, b"5"), ("file", Some("a.png"), &photo)]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "quality_level unknown",
+        api.upload(&[("file", Some("a.png"), &photo), ("quality_level", None, b"ultra")]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "scale 3",
+        api.upload(&[("file", Some("a.png"), &photo), ("scale", None, b"3")]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "face_enhance maybe",
+        api.upload(&[("file", Some("a.png"), &photo), ("face_enhance", None, b"maybe")]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
     let declared_huge = Request::post("/api/v1/enhance")
         .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
         .header(header::CONTENT_LENGTH, 10 * 1024 * 1024)
@@ -184,46 +244,169 @@ async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Bac
     cases.push(("status of unknown task", api.get("/api/v1/status/doesnotexist").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
     cases.push(("status with a strange id", api.get("/api/v1/status/..%2F..%2Fetc").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
     cases.push(("download of unknown task", api.get("/api/v1/download/doesnotexist").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
-    cases.push(("events of unknown task", api.get("/api/v1/status/doesnotexist/events").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push((
+        "events of unknown task",
+        api.get("/api/v1/status/doesnotexist/events").await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+    ));
     cases.push(("unknown endpoint", api.get("/api/v2/everything").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
-    cases.push(("config without token", api.post_json("/api/v1/config/backend", json!({"backend_url": "http://10.0.0.1:8000"}), &[]).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
-    cases.push(("config with wrong token", api.post_json("/api/v1/config/multi-backend", json!({"enabled": true}), &[("authorization", "Bearer nope")]).await, StatusCode::FORBIDDEN, "ACCESS_DENIED"));
-    cases.push(("config with a bad URL", api.post_json("/api/v1/config/backend", json!({"backend_url": "ftp://x"}), &[("authorization", "Bearer admin-token")]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register without secret", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000}), &[]).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
-    cases.push(("register with wrong secret", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000, "secret": "guess"}), &[]).await, StatusCode::FORBIDDEN, "ACCESS_DENIED"));
-    cases.push(("register loopback", api.post_json("/webhook/register", json!({"ip": "127.0.0.1", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register metadata address", api.post_json("/webhook/register", json!({"ip": "169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register port out of range", api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 70000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register not an ip", api.post_json("/webhook/register", json!({"ip": "gpu.example.com", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register with broken JSON", api.send(Request::post("/webhook/register").header(header::CONTENT_TYPE, "application/json").body(Body::from("{")).unwrap()).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("unregister unknown server", api.post_json("/webhook/unregister", json!({"ip": "203.0.113.77", "port": 8000, "secret": "test-secret"}), &[]).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
+    cases.push((
+        "config without token",
+        api.post_json("/api/v1/config/backend", json!({"backend_url": "http://10.0.0.1:8000"}), &[]).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    ));
+    cases.push((
+        "config with wrong token",
+        api.post_json("/api/v1/config/multi-backend", json!({"enabled": true}), &[("authorization", "Bearer nope")]).await,
+        StatusCode::FORBIDDEN,
+        "ACCESS_DENIED",
+    ));
+    cases.push((
+        "config with a bad URL",
+        api.post_json("/api/v1/config/backend", json!({"backend_url": "ftp://x"}), &[("authorization", "Bearer admin-token")]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register without secret",
+        api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000}), &[]).await,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_CREDENTIALS",
+    ));
+    cases.push((
+        "register with wrong secret",
+        api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 8000, "secret": "guess"}), &[]).await,
+        StatusCode::FORBIDDEN,
+        "ACCESS_DENIED",
+    ));
+    cases.push((
+        "register loopback",
+        api.post_json("/webhook/register", json!({"ip": "127.0.0.1", "port": 8000, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register metadata address",
+        api.post_json("/webhook/register", json!({"ip": "169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register port out of range",
+        api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": 70000, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register not an ip",
+        api.post_json("/webhook/register", json!({"ip": "gpu.example.com", "port": 8000, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register with broken JSON",
+        api.send(Request::post("/webhook/register").header(header::CONTENT_TYPE, "application/json").body(Body::from("{")).unwrap()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "unregister unknown server",
+        api.post_json("/webhook/unregister", json!({"ip": "203.0.113.77", "port": 8000, "secret": "test-secret"}), &[]).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+    ));
     cases.push(("servers without secret", api.get("/webhook/servers").await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
     // Streamed without a Content-Length (which alone would be refused up front): the field is
     // refused once it passes its own small limit, long before the body limit.
     let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"tile_size\"\r\n\r\n");
     let mut tail = b"\r\n".to_vec();
     tail.extend_from_slice(&multipart(&[("file", Some("a.png"), &photo)]));
-    cases.push(("multi-MB tile_size", api.send(streamed_upload(streamed_body(head, 48, tail, false))).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push((
+        "multi-MB tile_size",
+        api.send(streamed_upload(streamed_body(head, 48, tail, false))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
     let mut head = multipart(&[("file", Some("a.png"), &photo)]);
     head.truncate(head.len() - format!("--{BOUNDARY}--\r\n").len());
     head.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"quality_level\"\r\n\r\n").as_bytes());
     let tail = format!("\r\n--{BOUNDARY}--\r\n").into_bytes();
-    cases.push(("multi-MB quality_level after the file", api.send(streamed_upload(streamed_body(head, 48, tail, false))).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("tile_size of 65 bytes", api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, &[b'4'; 65])]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push((
+        "multi-MB quality_level after the file",
+        api.send(streamed_upload(streamed_body(head, 48, tail, false))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "tile_size of 65 bytes",
+        api.upload(&[("file", Some("a.png"), &photo), ("tile_size", None, &[b'4'; 65])]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
     // No Content-Length: the limit is met while the unknown field is being dropped.
     let padded = multipart(&[("comment", None, &vec![b'x'; 400 * 1024]), ("file", Some("a.png"), &photo)]);
-    cases.push(("unknown field past the body limit", api.send(streamed_upload(Body::from_stream(futures::stream::iter(padded.chunks(16 * 1024).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>())))).await, StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"));
-    cases.push(("DELETE on the upload endpoint", api.send(Request::delete("/api/v1/enhance").body(Body::empty()).unwrap()).await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
-    cases.push(("POST on a status", api.send(Request::post("/api/v1/status/abc").body(Body::empty()).unwrap()).await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
+    cases.push((
+        "unknown field past the body limit",
+        api.send(streamed_upload(Body::from_stream(futures::stream::iter(
+            padded.chunks(16 * 1024).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+        ))))
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "FILE_TOO_LARGE",
+    ));
+    cases.push((
+        "DELETE on the upload endpoint",
+        api.send(Request::delete("/api/v1/enhance").body(Body::empty()).unwrap()).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    ));
+    cases.push((
+        "POST on a status",
+        api.send(Request::post("/api/v1/status/abc").body(Body::empty()).unwrap()).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+    ));
     cases.push(("GET on register", api.get("/webhook/register").await, StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"));
     cases.push(("unknown docs asset", api.get("/docs/assets/evil.js").await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND"));
     let big_json = json!({"ip": "203.0.113.9", "port": 8000, "secret": "test-secret", "pad": "x".repeat(100 * 1024)});
-    cases.push(("register with a 100 KB JSON body", api.post_json("/webhook/register", big_json.clone(), &[]).await, StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE"));
-    cases.push(("config with a 100 KB JSON body", api.post_json("/api/v1/config/backend", big_json, &[("authorization", "Bearer admin-token")]).await, StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE"));
-    cases.push(("register an IPv4-mapped metadata address", api.post_json("/webhook/register", json!({"ip": "::ffff:169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register a NAT64 loopback address", api.post_json("/webhook/register", json!({"ip": "64:ff9b::127.0.0.1", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register Azure's wire server", api.post_json("/webhook/register", json!({"ip": "168.63.129.16", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
-    cases.push(("register Oracle's metadata address", api.post_json("/webhook/register", json!({"ip": "192.0.0.192", "port": 80, "secret": "test-secret"}), &[]).await, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"));
+    cases.push((
+        "register with a 100 KB JSON body",
+        api.post_json("/webhook/register", big_json.clone(), &[]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "REQUEST_TOO_LARGE",
+    ));
+    cases.push((
+        "config with a 100 KB JSON body",
+        api.post_json("/api/v1/config/backend", big_json, &[("authorization", "Bearer admin-token")]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "REQUEST_TOO_LARGE",
+    ));
+    cases.push((
+        "register an IPv4-mapped metadata address",
+        api.post_json("/webhook/register", json!({"ip": "::ffff:169.254.169.254", "port": 80, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register a NAT64 loopback address",
+        api.post_json("/webhook/register", json!({"ip": "64:ff9b::127.0.0.1", "port": 80, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register Azure's wire server",
+        api.post_json("/webhook/register", json!({"ip": "168.63.129.16", "port": 80, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
+    cases.push((
+        "register Oracle's metadata address",
+        api.post_json("/webhook/register", json!({"ip": "192.0.0.192", "port": 80, "secret": "test-secret"}), &[]).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    ));
 
     assert!(cases.len() >= 20);
     for (what, reply, status, code) in &cases {
@@ -234,7 +417,11 @@ async fn hostile_requests_get_clear_errors_and_leave_nothing_behind(backend: Bac
     assert_eq!(field(12), Some(vec!["quality_level".to_string()]));
     assert_eq!(field(13), Some(vec!["scale".to_string()]));
     let named = |what: &str| cases.iter().find(|c| c.0 == what).unwrap();
-    for (what, f) in [("multi-MB tile_size", "tile_size"), ("multi-MB quality_level after the file", "quality_level"), ("tile_size of 65 bytes", "tile_size")] {
+    for (what, f) in [
+        ("multi-MB tile_size", "tile_size"),
+        ("multi-MB quality_level after the file", "quality_level"),
+        ("tile_size of 65 bytes", "tile_size"),
+    ] {
         let fields = named(what).1.body["details"]["field_errors"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
         assert_eq!(fields, Some(vec![f.to_string()]), "{what}");
     }
@@ -257,9 +444,8 @@ async fn webhook_registration_is_idempotent_and_checked(backend: Backend) {
     assert_eq!(first.body["success"], true);
     let id = first.body["server_id"].as_str().unwrap().to_string();
     // The secret is also accepted as a header, and re-registering keeps the id.
-    let again = api
-        .post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": "8000"}), &[("x-webhook-secret", "test-secret")])
-        .await;
+    let again =
+        api.post_json("/webhook/register", json!({"ip": "203.0.113.9", "port": "8000"}), &[("x-webhook-secret", "test-secret")]).await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     assert_eq!(again.body["server_id"], id);
 
@@ -354,7 +540,10 @@ async fn request_ids_cors_docs_and_metrics(backend: Backend) {
 
     let m = api.get("/metrics").await;
     let text = String::from_utf8_lossy(&m.raw);
-    assert!(text.contains(r#"purrify_gateway_http_requests_total{route="/api/v1/status/{task_id}",method="GET",status="404"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"purrify_gateway_http_requests_total{route="/api/v1/status/{task_id}",method="GET",status="404"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("purrify_gateway_queue_depth"));
 }
 
@@ -378,7 +567,11 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(api.upload(&[("file", Some("a.png"), &photo)]).await.status, StatusCode::ACCEPTED);
     let r = api.upload(&[("file", Some("a.png"), &photo)]).await;
     assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "upload limit");
-    assert_eq!(api.metric(r#"purrify_gateway_uploads_rejected_total{code="TASK_LIMIT_EXCEEDED"}"#).await, 1.0, "rate-limited uploads count as rejected");
+    assert_eq!(
+        api.metric(r#"purrify_gateway_uploads_rejected_total{code="TASK_LIMIT_EXCEEDED"}"#).await,
+        1.0,
+        "rate-limited uploads count as rejected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use purrify_testkit::gateway_client::{completed, register, status, upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin};
+use serde_json::{Value, json};
 use support::*;
 
 struct Cluster {
@@ -35,7 +35,13 @@ impl Cluster {
     }
 
     fn gateway(&self, port: u16, embedded_worker: bool) -> Proc {
-        Proc::spawn("gateway", Path::new(env!("CARGO_BIN_EXE_purrify-gateway")), &self.gateway_args(port, embedded_worker), &[], self.dir.path())
+        Proc::spawn(
+            "gateway",
+            Path::new(env!("CARGO_BIN_EXE_purrify-gateway")),
+            &self.gateway_args(port, embedded_worker),
+            &[],
+            self.dir.path(),
+        )
     }
 
     /// A gateway whose pid the test knows (to signal it); the Proc still cleans it up.
@@ -56,15 +62,23 @@ impl Cluster {
 
     fn gateway_args(&self, port: u16, embedded_worker: bool) -> Vec<String> {
         let mut args = vec![
-            "--addr".into(), format!("127.0.0.1:{port}"),
-            "--data-dir".into(), self.dir.path().join("gw").display().to_string(),
-            "--storage".into(), self.storage(),
-            "--webhook-secret".into(), "e2e-secret".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            self.dir.path().join("gw").display().to_string(),
+            "--storage".into(),
+            self.storage(),
+            "--webhook-secret".into(),
+            "e2e-secret".into(),
             "--allow-private-workers".into(),
-            "--embedded-worker".into(), embedded_worker.to_string(),
-            "--quality-levels".into(), "fast".into(),
-            "--probe-interval-seconds".into(), "1".into(),
-            "--rate-limit".into(), "0".into(),
+            "--embedded-worker".into(),
+            embedded_worker.to_string(),
+            "--quality-levels".into(),
+            "fast".into(),
+            "--probe-interval-seconds".into(),
+            "1".into(),
+            "--rate-limit".into(),
+            "0".into(),
         ];
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".into(), url.clone()]);
@@ -75,10 +89,15 @@ impl Cluster {
     fn worker(&self, name: &str, port: u16) -> Proc {
         let bin = workspace_bin("purrify-inference");
         let args = vec![
-            "serve".into(), "--addr".into(), format!("127.0.0.1:{port}"),
-            "--storage".into(), self.storage(),
-            "--quality-levels".into(), "fast".into(),
-            "--threads".into(), "1".into(),
+            "serve".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--storage".into(),
+            self.storage(),
+            "--quality-levels".into(),
+            "fast".into(),
+            "--threads".into(),
+            "1".into(),
         ];
         Proc::spawn(name, &bin, &args, &[], self.dir.path())
     }
@@ -115,9 +134,7 @@ async fn standalone_gateway_enhances_a_real_photo_with_live_progress() {
 
     // Live progress over WebSocket (seed 001/003 message shapes) and SSE at the same time.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws")).await.unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(json!({"type": "subscribe", "taskId": id}).to_string().into()))
-        .await
-        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(json!({"type": "subscribe", "taskId": id}).to_string().into())).await.unwrap();
     let sse = c.http.get(format!("{base}/api/v1/status/{id}/events")).send().await.unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let sse_body = tokio::time::timeout(Duration::from_secs(120), sse.text()).await.expect("SSE ends at completion").unwrap();

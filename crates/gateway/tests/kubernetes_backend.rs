@@ -44,7 +44,6 @@ impl Cluster {
         Self { sim: Some(sim), addr, dir, kubeconfig, client, http: reqwest::Client::new() }
     }
 
-
     fn sim(&self) -> &kubesim::ServerHandle {
         self.sim.as_ref().expect("kubesim is running")
     }
@@ -68,14 +67,33 @@ impl Cluster {
     async fn gateway(&self) -> Gateway {
         let port = free_port();
         let args = [
-            "--backend", "kubernetes", "--namespace", "default", "--addr", &format!("127.0.0.1:{port}"),
-            "--data-dir", &self.dir.path().join("gw").display().to_string(),
-            "--storage", &format!("file://{}", self.storage_dir().display()),
-            "--rate-limit", "0", "--uploads-per-minute", "100000",
-            "--webhook-secret", SECRET, "--admin-token", ADMIN,
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "default",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &self.dir.path().join("gw").display().to_string(),
+            "--storage",
+            &format!("file://{}", self.storage_dir().display()),
+            "--rate-limit",
+            "0",
+            "--uploads-per-minute",
+            "100000",
+            "--webhook-secret",
+            SECRET,
+            "--admin-token",
+            ADMIN,
         ]
         .map(String::from);
-        let proc = Proc::spawn("gateway", PathBuf::from(env!("CARGO_BIN_EXE_purrify-gateway")).as_path(), &args, &[("KUBECONFIG", &self.kubeconfig)], self.dir.path());
+        let proc = Proc::spawn(
+            "gateway",
+            PathBuf::from(env!("CARGO_BIN_EXE_purrify-gateway")).as_path(),
+            &args,
+            &[("KUBECONFIG", &self.kubeconfig)],
+            self.dir.path(),
+        );
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..600 {
             if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
@@ -109,8 +127,11 @@ impl Cluster {
     }
 
     async fn pool_status(&self, name: &str, workers: &[(&str, bool)]) {
-        let ws: Vec<Value> =
-            workers.iter().enumerate().map(|(i, (url, healthy))| json!({ "name": format!("w{i}"), "endpoint": url, "healthy": healthy })).collect();
+        let ws: Vec<Value> = workers
+            .iter()
+            .enumerate()
+            .map(|(i, (url, healthy))| json!({ "name": format!("w{i}"), "endpoint": url, "healthy": healthy }))
+            .collect();
         let healthy = workers.iter().filter(|(_, h)| *h).count();
         let status = json!({ "status": { "workers": ws, "healthyWorkers": healthy } });
         self.pools().patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
@@ -193,7 +214,14 @@ impl Cluster {
     }
 
     async fn route_to(&self, gw: &Gateway, pool: &str) {
-        let r = self.http.post(format!("{}/api/v1/config/backend", gw.base)).bearer_auth(ADMIN).json(&json!({ "pool": pool })).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}/api/v1/config/backend", gw.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "pool": pool }))
+            .send()
+            .await
+            .unwrap();
         let code = r.status();
         let body: Value = r.json().await.unwrap();
         assert_eq!(code, 200, "{body}");

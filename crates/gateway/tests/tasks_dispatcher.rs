@@ -11,14 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use purrify_gateway::tasks::{
-    CancelOutcome, Db, DispatchConfig, Dispatcher, NewTask, ProgressHub, Task, TaskErrorCode,
-    TaskStatus, now_ms,
+    CancelOutcome, Db, DispatchConfig, Dispatcher, NewTask, ProgressHub, Task, TaskErrorCode, TaskStatus, now_ms,
 };
 use purrify_inference::client::Fleet;
 use purrify_inference::protocol::{EnhanceParams, ErrorReason};
 use purrify_inference::storage::{S3Options, Storage};
-use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
 use purrify_testkit::eventually;
+use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
 use tasks_common::{TestDb, test_fleet};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -49,13 +48,7 @@ impl Running {
         let handle = dispatcher.spawn(async move {
             let _ = stopped.await;
         });
-        Running {
-            dispatcher,
-            hub,
-            db,
-            stop: Some(stop),
-            handle,
-        }
+        Running { dispatcher, hub, db, stop: Some(stop), handle }
     }
 
     async fn enqueue(&self, id: &str) -> Task {
@@ -81,12 +74,7 @@ impl Running {
 }
 
 fn task(id: &str, user: Option<&str>) -> NewTask {
-    let mut t = NewTask::new(
-        id,
-        format!("file:///data/in/{id}.jpg"),
-        format!("file:///data/out/{id}.jpg"),
-        EnhanceParams::default(),
-    );
+    let mut t = NewTask::new(id, format!("file:///data/in/{id}.jpg"), format!("file:///data/out/{id}.jpg"), EnhanceParams::default());
     t.user_id = user.map(str::to_owned);
     t.request_id = Some(format!("req-{id}"));
     t
@@ -167,22 +155,12 @@ async fn happy_path(t: TestDb) {
     assert!(seen.contains(&(TaskStatus::Processing, 0.5)), "{seen:?}");
 
     let stats = run.dispatcher.stats();
-    assert_eq!(
-        (stats.dispatched, stats.completed, stats.retries),
-        (1, 1, 0)
-    );
+    assert_eq!((stats.dispatched, stats.completed, stats.retries), (1, 1, 0));
     run.shutdown().await;
 }
 
 async fn retryable_error_moves_to_another_worker(t: TestDb) {
-    let (flaky, good) = two_workers(
-        Behavior::Fail(
-            ErrorReason::Inference,
-            "CUDA error: out of memory at /opt/x",
-        ),
-        Behavior::Succeed,
-    )
-    .await;
+    let (flaky, good) = two_workers(Behavior::Fail(ErrorReason::Inference, "CUDA error: out of memory at /opt/x"), Behavior::Succeed).await;
     let fleet = test_fleet();
     add_workers(&fleet, &[&flaky.url, &good.url]).await;
     let run = Running::start(t.db.clone(), fleet, config());
@@ -192,11 +170,7 @@ async fn retryable_error_moves_to_another_worker(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(row.attempts, 2);
     assert_eq!(flaky.started(), ["retry-1"]);
-    assert_eq!(
-        good.started(),
-        ["retry-2"],
-        "the retry went to the other worker"
-    );
+    assert_eq!(good.started(), ["retry-2"], "the retry went to the other worker");
     assert_eq!(row.worker.as_deref(), Some(good.url.as_str()));
     assert_eq!(run.dispatcher.stats().retries, 1);
     run.shutdown().await;
@@ -226,14 +200,8 @@ async fn worker_killed_mid_job_completes_elsewhere(t: TestDb) {
 
 async fn bad_input_fails_once_without_retry(t: TestDb) {
     let (a, b) = two_workers(
-        Behavior::Fail(
-            ErrorReason::BadInput,
-            "cannot decode the image: not a JPEG, PNG, WebP or AVIF",
-        ),
-        Behavior::Fail(
-            ErrorReason::BadInput,
-            "cannot decode the image: not a JPEG, PNG, WebP or AVIF",
-        ),
+        Behavior::Fail(ErrorReason::BadInput, "cannot decode the image: not a JPEG, PNG, WebP or AVIF"),
+        Behavior::Fail(ErrorReason::BadInput, "cannot decode the image: not a JPEG, PNG, WebP or AVIF"),
     )
     .await;
     let fleet = test_fleet();
@@ -253,21 +221,12 @@ async fn bad_input_fails_once_without_retry(t: TestDb) {
     assert_eq!(a.submits().len() + b.submits().len(), 1, "no retry");
     let view = run.hub.get("garbage").unwrap();
     assert_eq!(view.error.as_ref().unwrap().code, "BAD_INPUT");
-    assert_eq!(
-        run.dispatcher
-            .metrics()
-            .failed_count(TaskErrorCode::BadInput),
-        1
-    );
+    assert_eq!(run.dispatcher.metrics().failed_count(TaskErrorCode::BadInput), 1);
     run.shutdown().await;
 }
 
 async fn attempts_are_bounded(t: TestDb) {
-    let worker = FakeWorker::start(
-        4,
-        Behavior::Fail(ErrorReason::Internal, "panic in /srv/worker/src/x.rs"),
-    )
-    .await;
+    let worker = FakeWorker::start(4, Behavior::Fail(ErrorReason::Internal, "panic in /srv/worker/src/x.rs")).await;
     let fleet = test_fleet();
     add_workers(&fleet, &[&worker.url]).await;
     let run = Running::start(t.db.clone(), fleet, config());
@@ -280,10 +239,7 @@ async fn attempts_are_bounded(t: TestDb) {
     assert_eq!(worker.started(), ["doomed-1", "doomed-2", "doomed-3"]);
     assert_eq!(row.error_code.as_deref(), Some("INTERNAL_ERROR"));
     let message = row.error_message.unwrap();
-    assert!(
-        !message.contains("/srv"),
-        "internal details stay in the logs: {message}"
-    );
+    assert!(!message.contains("/srv"), "internal details stay in the logs: {message}");
     run.shutdown().await;
 }
 
@@ -317,18 +273,9 @@ async fn deadline_cancels_the_worker_job(t: TestDb) {
 
     assert_eq!(row.status, TaskStatus::Failed);
     assert_eq!(row.error_code.as_deref(), Some("PROCESSING_TIMEOUT"));
-    assert!(
-        row.error_message.as_deref().unwrap().contains("deadline"),
-        "{:?}",
-        row.error_message
-    );
+    assert!(row.error_message.as_deref().unwrap().contains("deadline"), "{:?}", row.error_message);
     assert_eq!(worker.deletes(), ["slow-1"], "the worker job was cancelled");
-    assert_eq!(
-        run.dispatcher
-            .metrics()
-            .failed_count(TaskErrorCode::ProcessingTimeout),
-        1
-    );
+    assert_eq!(run.dispatcher.metrics().failed_count(TaskErrorCode::ProcessingTimeout), 1);
     run.shutdown().await;
 }
 
@@ -350,14 +297,8 @@ async fn cancel_queued_and_processing(t: TestDb) {
     let run = Running::start(t.db.clone(), fleet.clone(), config());
     // Queued (no worker yet): cancelled at once.
     run.enqueue("wait").await;
-    assert_eq!(
-        run.dispatcher.cancel("wait").await.unwrap(),
-        CancelOutcome::Cancelled
-    );
-    assert_eq!(
-        run.db.get_task("wait").await.unwrap().unwrap().status,
-        TaskStatus::Cancelled
-    );
+    assert_eq!(run.dispatcher.cancel("wait").await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(run.db.get_task("wait").await.unwrap().unwrap().status, TaskStatus::Cancelled);
     assert_eq!(run.hub.get("wait").unwrap().status, TaskStatus::Cancelled);
 
     // Processing: the worker job is deleted, then the task is cancelled.
@@ -366,10 +307,7 @@ async fn cancel_queued_and_processing(t: TestDb) {
     run.dispatcher.notify();
     run.enqueue("work").await;
     worker.wait_started(1).await;
-    assert_eq!(
-        run.dispatcher.cancel("work").await.unwrap(),
-        CancelOutcome::Cancelled
-    );
+    assert_eq!(run.dispatcher.cancel("work").await.unwrap(), CancelOutcome::Cancelled);
     let row = run.db.get_task("work").await.unwrap().unwrap();
     assert_eq!(row.status, TaskStatus::Cancelled);
     assert_eq!(worker.deletes(), ["work-1"]);
@@ -383,19 +321,9 @@ async fn cancel_queued_and_processing(t: TestDb) {
     add_workers(&fleet, &[&done_worker.url]).await;
     run.enqueue("done").await;
     run.finished("done").await;
-    assert_eq!(
-        run.dispatcher.cancel("done").await.unwrap(),
-        CancelOutcome::AlreadyFinished(TaskStatus::Completed)
-    );
-    assert_eq!(
-        run.dispatcher.cancel("nope").await.unwrap(),
-        CancelOutcome::NotFound
-    );
-    assert_eq!(
-        run.dispatcher.cancel("wait").await.unwrap(),
-        CancelOutcome::Cancelled,
-        "cancelling twice is harmless"
-    );
+    assert_eq!(run.dispatcher.cancel("done").await.unwrap(), CancelOutcome::AlreadyFinished(TaskStatus::Completed));
+    assert_eq!(run.dispatcher.cancel("nope").await.unwrap(), CancelOutcome::NotFound);
+    assert_eq!(run.dispatcher.cancel("wait").await.unwrap(), CancelOutcome::Cancelled, "cancelling twice is harmless");
     assert_eq!(run.dispatcher.stats().cancelled, 2);
     run.shutdown().await;
 }
@@ -415,9 +343,7 @@ async fn fairness_across_users(t: TestDb) {
     for (i, (id, user, priority)) in order_in.iter().enumerate() {
         let mut nt = task(id, *user);
         nt.priority = *priority;
-        t.db.insert_task_at(&nt, Duration::from_secs(300), base + i as i64)
-            .await
-            .unwrap();
+        t.db.insert_task_at(&nt, Duration::from_secs(300), base + i as i64).await.unwrap();
     }
     let fleet = test_fleet();
     let run = Running::start(t.db.clone(), fleet.clone(), config());
@@ -427,10 +353,7 @@ async fn fairness_across_users(t: TestDb) {
     for (id, _, _) in order_in {
         run.finished(id).await;
     }
-    assert_eq!(
-        worker.started(),
-        ["p1-1", "a1-1", "b1-1", "c1-1", "a2-1", "a3-1"]
-    );
+    assert_eq!(worker.started(), ["p1-1", "a1-1", "b1-1", "c1-1", "a2-1", "a3-1"]);
     run.shutdown().await;
 }
 
@@ -454,10 +377,7 @@ async fn restart_reattaches_to_the_same_job(t: TestDb) {
     let fleet = test_fleet();
     add_workers(&fleet, &[&worker.url]).await;
     let second = Running::start(db, fleet, config());
-    eventually(90, "the resubmission of the same job id", || async {
-        (worker.submits().len() >= 2).then_some(())
-    })
-    .await;
+    eventually(90, "the resubmission of the same job id", || async { (worker.submits().len() >= 2).then_some(()) }).await;
     worker.release(1);
     let row = second.finished("phoenix").await;
 
@@ -466,10 +386,7 @@ async fn restart_reattaches_to_the_same_job(t: TestDb) {
     assert_eq!(worker.submits(), ["phoenix-1", "phoenix-1"]);
     assert_eq!(worker.started(), ["phoenix-1"], "the job ran once");
     let stats = second.dispatcher.stats();
-    assert_eq!(
-        (stats.reattached, stats.completed, stats.dispatched),
-        (1, 1, 0)
-    );
+    assert_eq!((stats.reattached, stats.completed, stats.dispatched), (1, 1, 0));
     assert_eq!(first_stats.snapshot().completed, 0);
     second.shutdown().await;
 }
@@ -482,15 +399,8 @@ async fn graceful_shutdown_leaves_jobs_for_the_next_start(t: TestDb) {
     first.enqueue("calm").await;
     worker.wait_started(1).await;
     first.shutdown().await;
-    assert_eq!(
-        t.db.get_task("calm").await.unwrap().unwrap().status,
-        TaskStatus::Processing,
-        "shutdown neither fails nor re-runs the task"
-    );
-    assert!(
-        worker.deletes().is_empty(),
-        "the job keeps running on its worker"
-    );
+    assert_eq!(t.db.get_task("calm").await.unwrap().unwrap().status, TaskStatus::Processing, "shutdown neither fails nor re-runs the task");
+    assert!(worker.deletes().is_empty(), "the job keeps running on its worker");
 
     // Finished while no gateway was watching; the next start collects the result.
     worker.release(1);
@@ -503,32 +413,19 @@ async fn graceful_shutdown_leaves_jobs_for_the_next_start(t: TestDb) {
 
 async fn housekeeping_deletes_old_tasks_and_their_objects(t: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let storage =
-        Arc::new(Storage::new(dir.path().to_str().unwrap(), S3Options::default()).unwrap());
+    let storage = Arc::new(Storage::new(dir.path().to_str().unwrap(), S3Options::default()).unwrap());
     let mut objects = Vec::new();
     for id in ["old", "active"] {
         let input = storage.uri_for(&format!("in/{id}.jpg"));
         let output = storage.uri_for(&format!("out/{id}.jpg"));
-        storage
-            .put(&input, Bytes::from_static(b"in"))
-            .await
-            .unwrap();
-        storage
-            .put(&output, Bytes::from_static(b"out"))
-            .await
-            .unwrap();
+        storage.put(&input, Bytes::from_static(b"in")).await.unwrap();
+        storage.put(&output, Bytes::from_static(b"out")).await.unwrap();
         let mut nt = NewTask::new(id, &input, &output, EnhanceParams::default());
         nt.user_id = None;
-        t.db.insert_task(&nt, Duration::from_secs(300))
-            .await
-            .unwrap();
+        t.db.insert_task(&nt, Duration::from_secs(300)).await.unwrap();
         objects.push((input, output));
     }
-    assert!(
-        t.db.claim_task("old", 0, "http://w", "old-1")
-            .await
-            .unwrap()
-    );
+    assert!(t.db.claim_task("old", 0, "http://w", "old-1").await.unwrap());
     let result = result_for(&purrify_inference::protocol::JobRequest {
         id: "old-1".into(),
         input_uri: objects[0].0.clone(),
@@ -543,10 +440,7 @@ async fn housekeeping_deletes_old_tasks_and_their_objects(t: TestDb) {
         test_fleet(),
         Some(storage.clone()),
         ProgressHub::default(),
-        DispatchConfig {
-            retention: Some(Duration::ZERO),
-            ..config()
-        },
+        DispatchConfig { retention: Some(Duration::ZERO), ..config() },
     );
     assert_eq!(dispatcher.housekeep().await.unwrap(), 1);
     assert!(t.db.get_task("old").await.unwrap().is_none());
@@ -555,14 +449,8 @@ async fn housekeeping_deletes_old_tasks_and_their_objects(t: TestDb) {
         let path = url::Url::parse(uri).unwrap().to_file_path().unwrap();
         path.exists()
     };
-    assert!(
-        !exists(&objects[0].0) && !exists(&objects[0].1),
-        "old objects deleted"
-    );
-    assert!(
-        exists(&objects[1].0) && exists(&objects[1].1),
-        "active objects kept"
-    );
+    assert!(!exists(&objects[0].0) && !exists(&objects[0].1), "old objects deleted");
+    assert!(exists(&objects[1].0) && exists(&objects[1].1), "active objects kept");
     assert_eq!(dispatcher.housekeep().await.unwrap(), 0);
 }
 
@@ -586,10 +474,7 @@ async fn restart_with_an_unknown_worker_requeues(t: TestDb) {
     assert_eq!(row.status, TaskStatus::Completed);
     assert_eq!(row.attempts, 2);
     assert_eq!(other.started(), ["moved-2"]);
-    eventually(90, "the orphaned job to be cancelled on its old worker", || async {
-        (gone.deletes() == ["moved-1"]).then_some(())
-    })
-    .await;
+    eventually(90, "the orphaned job to be cancelled on its old worker", || async { (gone.deletes() == ["moved-1"]).then_some(()) }).await;
     second.shutdown().await;
 }
 
@@ -604,13 +489,7 @@ async fn cancel_reaches_a_job_nobody_follows(t: TestDb) {
 
     // A dispatcher whose loop is not running (e.g. still starting) can still cancel it.
     let idle = Dispatcher::new(t.db.clone(), fleet, None, ProgressHub::default(), config());
-    assert_eq!(
-        idle.cancel("adrift").await.unwrap(),
-        CancelOutcome::Cancelled
-    );
+    assert_eq!(idle.cancel("adrift").await.unwrap(), CancelOutcome::Cancelled);
     assert_eq!(worker.deletes(), ["adrift-1"]);
-    assert_eq!(
-        t.db.get_task("adrift").await.unwrap().unwrap().status,
-        TaskStatus::Cancelled
-    );
+    assert_eq!(t.db.get_task("adrift").await.unwrap().unwrap().status, TaskStatus::Cancelled);
 }

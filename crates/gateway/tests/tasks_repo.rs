@@ -6,9 +6,7 @@ mod tasks_common;
 
 use std::time::Duration;
 
-use purrify_gateway::tasks::{
-    Db, DbError, DbKind, Guard, NewTask, TaskErrorCode, TaskStatus, job_id_for, now_ms, settings,
-};
+use purrify_gateway::tasks::{Db, DbError, DbKind, Guard, NewTask, TaskErrorCode, TaskStatus, job_id_for, now_ms, settings};
 use purrify_inference::protocol::{EnhanceParams, FaceRestoration, JobResult, QualityLevel};
 use sqlx::Row;
 use tasks_common::TestDb;
@@ -20,12 +18,7 @@ fn new_task(id: &str, user: Option<&str>, priority: i32) -> NewTask {
         id,
         format!("file:///data/in/{id}.jpg"),
         format!("file:///data/out/{id}.jpg"),
-        EnhanceParams {
-            quality_level: QualityLevel::Fast,
-            scale: 4,
-            tile_size: 256,
-            ..EnhanceParams::default()
-        },
+        EnhanceParams { quality_level: QualityLevel::Fast, scale: 4, tile_size: 256, ..EnhanceParams::default() },
     );
     t.user_id = user.map(str::to_owned);
     t.priority = priority;
@@ -72,10 +65,7 @@ crate::on_both_databases!(
 async fn insert_is_read_back_whole(t: TestDb) {
     let db = &t.db;
     let before = now_ms();
-    let inserted = db
-        .insert_task(&new_task("a1", Some("alice"), 3), DEADLINE)
-        .await
-        .unwrap();
+    let inserted = db.insert_task(&new_task("a1", Some("alice"), 3), DEADLINE).await.unwrap();
     let got = db.get_task("a1").await.unwrap().expect("row exists");
     assert_eq!(got, inserted);
     assert_eq!(got.status, TaskStatus::Queued);
@@ -100,18 +90,14 @@ async fn insert_is_read_back_whole(t: TestDb) {
 
 async fn duplicate_ids_are_refused(t: TestDb) {
     let db = &t.db;
-    db.insert_task(&new_task("dup", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    db.insert_task(&new_task("dup", None, 0), DEADLINE).await.unwrap();
     let again = db.insert_task(&new_task("dup", None, 0), DEADLINE).await;
     assert!(matches!(again, Err(DbError::Duplicate(_))), "{again:?}");
 }
 
 async fn claim_only_moves_a_queued_task_once(t: TestDb) {
     let db = &t.db;
-    db.insert_task(&new_task("c", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    db.insert_task(&new_task("c", None, 0), DEADLINE).await.unwrap();
     let job = job_id_for("c", 1);
     // A dispatcher that read an older row (another attempt count) cannot claim.
     assert!(!db.claim_task("c", 7, "http://w1", &job).await.unwrap());
@@ -124,18 +110,12 @@ async fn claim_only_moves_a_queued_task_once(t: TestDb) {
     assert_eq!(row.job_id.as_deref(), Some("c-1"));
     assert_eq!(row.attempts, 1);
     assert!(row.started_at.is_some());
-    assert!(
-        !db.claim_task("missing", 0, "http://w1", "missing-1")
-            .await
-            .unwrap()
-    );
+    assert!(!db.claim_task("missing", 0, "http://w1", "missing-1").await.unwrap());
 }
 
 async fn finishing_needs_the_current_attempt(t: TestDb) {
     let db = &t.db;
-    db.insert_task(&new_task("f", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    db.insert_task(&new_task("f", None, 0), DEADLINE).await.unwrap();
     assert!(db.claim_task("f", 0, "http://w1", "f-1").await.unwrap());
     // Progress and results of another attempt change nothing.
     assert!(!db.update_progress("f", "f-0", 0.9).await.unwrap());
@@ -147,11 +127,7 @@ async fn finishing_needs_the_current_attempt(t: TestDb) {
     // Exactly once: a second finisher, a late requeue or failure, a late progress.
     assert!(!db.complete_task("f", "f-1", &result()).await.unwrap());
     assert!(!db.requeue_task("f", "f-1", true).await.unwrap());
-    assert!(
-        !db.fail_task("f", Guard::Job("f-1"), TaskErrorCode::InternalError, "x")
-            .await
-            .unwrap()
-    );
+    assert!(!db.fail_task("f", Guard::Job("f-1"), TaskErrorCode::InternalError, "x").await.unwrap());
     assert!(!db.update_progress("f", "f-1", 0.5).await.unwrap());
     let row = db.get_task("f").await.unwrap().unwrap();
     assert_eq!(row.status, TaskStatus::Completed);
@@ -162,9 +138,7 @@ async fn finishing_needs_the_current_attempt(t: TestDb) {
 
 async fn requeue_counts_or_refunds_the_attempt(t: TestDb) {
     let db = &t.db;
-    db.insert_task(&new_task("r", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    db.insert_task(&new_task("r", None, 0), DEADLINE).await.unwrap();
     assert!(db.claim_task("r", 0, "http://w1", "r-1").await.unwrap());
     // 429: nothing ran, the attempt is given back and the same job id is used again.
     assert!(db.requeue_task("r", "r-1", false).await.unwrap());
@@ -185,31 +159,11 @@ async fn requeue_counts_or_refunds_the_attempt(t: TestDb) {
 async fn fail_and_cancel_follow_their_guard(t: TestDb) {
     let db = &t.db;
     for id in ["q", "p", "x"] {
-        db.insert_task(&new_task(id, None, 0), DEADLINE)
-            .await
-            .unwrap();
+        db.insert_task(&new_task(id, None, 0), DEADLINE).await.unwrap();
     }
     // Queued: only the queued guard applies.
-    assert!(
-        !db.fail_task(
-            "q",
-            Guard::Job("q-1"),
-            TaskErrorCode::ProcessingTimeout,
-            "late"
-        )
-        .await
-        .unwrap()
-    );
-    assert!(
-        db.fail_task(
-            "q",
-            Guard::Queued,
-            TaskErrorCode::ProcessingTimeout,
-            "no worker in time"
-        )
-        .await
-        .unwrap()
-    );
+    assert!(!db.fail_task("q", Guard::Job("q-1"), TaskErrorCode::ProcessingTimeout, "late").await.unwrap());
+    assert!(db.fail_task("q", Guard::Queued, TaskErrorCode::ProcessingTimeout, "no worker in time").await.unwrap());
     let row = db.get_task("q").await.unwrap().unwrap();
     assert_eq!(row.status, TaskStatus::Failed);
     let failure = row.failure().unwrap();
@@ -248,45 +202,24 @@ async fn dispatch_order_is_priority_then_round_robin_by_user(t: TestDb) {
         ("w1", Some("alice"), 5),
     ];
     for (i, (id, user, priority)) in tasks.iter().enumerate() {
-        db.insert_task_at(&new_task(id, *user, *priority), DEADLINE, base + i as i64)
-            .await
-            .unwrap();
+        db.insert_task_at(&new_task(id, *user, *priority), DEADLINE, base + i as i64).await.unwrap();
     }
     // A task already taken is not offered.
-    db.insert_task_at(&new_task("gone", Some("dave"), 9), DEADLINE, base)
-        .await
-        .unwrap();
-    assert!(
-        db.claim_task("gone", 0, "http://w", "gone-1")
-            .await
-            .unwrap()
-    );
+    db.insert_task_at(&new_task("gone", Some("dave"), 9), DEADLINE, base).await.unwrap();
+    assert!(db.claim_task("gone", 0, "http://w", "gone-1").await.unwrap());
 
-    let order: Vec<String> = db
-        .queued_tasks(100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let order: Vec<String> = db.queued_tasks(100).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(
         order,
         [
             // priority 5: bob's first, alice's first, bob's second
-            "v1", "w1", "v2",
-            // priority 0, round 1: each group's oldest, by age (anonymous tasks are one group)
+            "v1", "w1", "v2", // priority 0, round 1: each group's oldest, by age (anonymous tasks are one group)
             "a1", "b1", "n1", "c1", // round 2
             "a2", "b2", "n2", // alice's burst waits for everyone else
             "a3", "a4",
         ]
     );
-    let first_two: Vec<String> = db
-        .queued_tasks(2)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let first_two: Vec<String> = db.queued_tasks(2).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(first_two, ["v1", "w1"]);
 }
 
@@ -294,9 +227,7 @@ async fn a_late_user_waits_behind_one_task_of_a_burst(t: TestDb) {
     let db = &t.db;
     let base = now_ms() - 60_000;
     for (i, id) in ["a1", "a2", "a3", "a4", "a5"].iter().enumerate() {
-        db.insert_task_at(&new_task(id, Some("alice"), 0), DEADLINE, base + i as i64)
-            .await
-            .unwrap();
+        db.insert_task_at(&new_task(id, Some("alice"), 0), DEADLINE, base + i as i64).await.unwrap();
     }
     // Two of the burst ran (and finished) before bob showed up.
     for id in ["a1", "a2"] {
@@ -304,19 +235,9 @@ async fn a_late_user_waits_behind_one_task_of_a_burst(t: TestDb) {
         assert!(db.claim_task(id, 0, "http://w", &job).await.unwrap());
         assert!(db.complete_task(id, &job, &result()).await.unwrap());
     }
-    db.insert_task_at(&new_task("b1", Some("bob"), 0), DEADLINE, base + 10)
-        .await
-        .unwrap();
-    db.insert_task_at(&new_task("b2", Some("bob"), 0), DEADLINE, base + 11)
-        .await
-        .unwrap();
-    let order: Vec<String> = db
-        .queued_tasks(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    db.insert_task_at(&new_task("b1", Some("bob"), 0), DEADLINE, base + 10).await.unwrap();
+    db.insert_task_at(&new_task("b2", Some("bob"), 0), DEADLINE, base + 11).await.unwrap();
+    let order: Vec<String> = db.queued_tasks(10).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(order, ["a3", "b1", "a4", "b2", "a5"]);
 
     // A retried task keeps its place at the front.
@@ -328,206 +249,93 @@ async fn a_late_user_waits_behind_one_task_of_a_burst(t: TestDb) {
 async fn scans_find_processing_and_overdue_tasks(t: TestDb) {
     let db = &t.db;
     let now = now_ms();
-    for (id, at) in [
-        ("old", now - 400_000),
-        ("old2", now - 350_000),
-        ("new", now),
-    ] {
-        db.insert_task_at(&new_task(id, None, 0), DEADLINE, at)
-            .await
-            .unwrap();
+    for (id, at) in [("old", now - 400_000), ("old2", now - 350_000), ("new", now)] {
+        db.insert_task_at(&new_task(id, None, 0), DEADLINE, at).await.unwrap();
     }
-    assert!(
-        db.claim_task("old2", 0, "http://w1", "old2-1")
-            .await
-            .unwrap()
-    );
+    assert!(db.claim_task("old2", 0, "http://w1", "old2-1").await.unwrap());
     assert!(db.claim_task("new", 0, "http://w1", "new-1").await.unwrap());
-    let processing: Vec<String> = db
-        .processing_tasks()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
+    let processing: Vec<String> = db.processing_tasks().await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(processing.len(), 2);
     assert!(processing.contains(&"old2".to_owned()) && processing.contains(&"new".to_owned()));
 
-    let overdue: Vec<(String, TaskStatus)> = db
-        .tasks_past_deadline(now_ms(), 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.id, t.status))
-        .collect();
-    assert_eq!(
-        overdue,
-        [
-            ("old".to_owned(), TaskStatus::Queued),
-            ("old2".to_owned(), TaskStatus::Processing)
-        ]
-    );
+    let overdue: Vec<(String, TaskStatus)> =
+        db.tasks_past_deadline(now_ms(), 10).await.unwrap().into_iter().map(|t| (t.id, t.status)).collect();
+    assert_eq!(overdue, [("old".to_owned(), TaskStatus::Queued), ("old2".to_owned(), TaskStatus::Processing)]);
 }
 
 async fn counts_and_housekeeping(t: TestDb) {
     let db = &t.db;
     for id in ["k1", "k2", "k3", "k4", "k5"] {
-        db.insert_task(&new_task(id, None, 0), DEADLINE)
-            .await
-            .unwrap();
+        db.insert_task(&new_task(id, None, 0), DEADLINE).await.unwrap();
     }
     assert!(db.claim_task("k2", 0, "http://w", "k2-1").await.unwrap());
     assert!(db.claim_task("k3", 0, "http://w", "k3-1").await.unwrap());
     assert!(db.complete_task("k3", "k3-1", &result()).await.unwrap());
-    assert!(
-        db.fail_task("k4", Guard::Queued, TaskErrorCode::BadInput, "nope")
-            .await
-            .unwrap()
-    );
+    assert!(db.fail_task("k4", Guard::Queued, TaskErrorCode::BadInput, "nope").await.unwrap());
     assert!(db.cancel_task("k5", Guard::Queued).await.unwrap());
 
     let all = db.count_by_status().await.unwrap();
-    assert_eq!(
-        (
-            all.queued,
-            all.processing,
-            all.completed,
-            all.failed,
-            all.cancelled
-        ),
-        (1, 1, 1, 1, 1)
-    );
+    assert_eq!((all.queued, all.processing, all.completed, all.failed, all.cancelled), (1, 1, 1, 1, 1));
     let active = db.count_active().await.unwrap();
-    assert_eq!(
-        (active.queued, active.processing, active.completed),
-        (1, 1, 0)
-    );
+    assert_eq!((active.queued, active.processing, active.completed), (1, 1, 0));
     assert_eq!(active.get(TaskStatus::Queued), 1);
 
     // Recent ones stay.
-    assert_eq!(
-        db.delete_finished_older_than(Duration::from_secs(3600))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(db.delete_finished_older_than(Duration::from_secs(3600)).await.unwrap(), 0);
     let old = db.finished_before(now_ms() + 1, 10).await.unwrap();
     let mut old_ids: Vec<String> = old.iter().map(|o| o.id.clone()).collect();
     old_ids.sort();
     assert_eq!(old_ids, ["k3", "k4", "k5"]);
-    assert_eq!(
-        old[0].input_uri,
-        format!("file:///data/in/{}.jpg", old[0].id)
-    );
+    assert_eq!(old[0].input_uri, format!("file:///data/in/{}.jpg", old[0].id));
     assert!(db.delete_finished_task("k3").await.unwrap());
-    assert!(
-        !db.delete_finished_task("k2").await.unwrap(),
-        "active tasks are never deleted"
-    );
+    assert!(!db.delete_finished_task("k2").await.unwrap(), "active tasks are never deleted");
 
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(
-        db.delete_finished_older_than(Duration::ZERO).await.unwrap(),
-        2
-    );
+    assert_eq!(db.delete_finished_older_than(Duration::ZERO).await.unwrap(), 2);
     let left = db.count_by_status().await.unwrap();
-    assert_eq!(
-        (left.queued, left.processing, left.completed, left.failed),
-        (1, 1, 0, 0)
-    );
+    assert_eq!((left.queued, left.processing, left.completed, left.failed), (1, 1, 0, 0));
 }
 
 async fn gpu_server_registration_is_idempotent(t: TestDb) {
     let db = &t.db;
-    let first = db
-        .upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000")
-        .await
-        .unwrap();
-    assert!(
-        first.id.starts_with("gpu-") && first.id.len() == 12,
-        "{}",
-        first.id
-    );
+    let first = db.upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000").await.unwrap();
+    assert!(first.id.starts_with("gpu-") && first.id.len() == 12, "{}", first.id);
     assert_eq!((first.ip.as_str(), first.port), ("10.0.0.1", 8000));
     assert_eq!(first.registered_at, first.last_seen);
 
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let again = db
-        .upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000")
-        .await
-        .unwrap();
+    let again = db.upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000").await.unwrap();
     assert_eq!(again.id, first.id, "re-registering keeps the id");
     assert_eq!(again.registered_at, first.registered_at);
     assert!(again.last_seen > first.last_seen);
 
-    let other = db
-        .upsert_gpu_server("10.0.0.1", 8001, "http://10.0.0.1:8001")
-        .await
-        .unwrap();
+    let other = db.upsert_gpu_server("10.0.0.1", 8001, "http://10.0.0.1:8001").await.unwrap();
     assert_ne!(other.id, first.id);
-    let clash = db
-        .upsert_gpu_server("10.0.0.2", 8000, "http://10.0.0.1:8000")
-        .await;
+    let clash = db.upsert_gpu_server("10.0.0.2", 8000, "http://10.0.0.1:8000").await;
     assert!(matches!(clash, Err(DbError::Duplicate(_))), "{clash:?}");
 
-    let listed: Vec<String> = db
-        .list_gpu_servers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed: Vec<String> = db.list_gpu_servers().await.unwrap().into_iter().map(|s| s.id).collect();
     assert_eq!(listed, [first.id.clone(), other.id.clone()]);
     assert!(db.touch_gpu_server(&other.id).await.unwrap());
 
-    assert_eq!(
-        db.delete_gpu_server("10.0.0.1", 8000).await.unwrap(),
-        Some(first.id.clone())
-    );
+    assert_eq!(db.delete_gpu_server("10.0.0.1", 8000).await.unwrap(), Some(first.id.clone()));
     assert_eq!(db.delete_gpu_server("10.0.0.1", 8000).await.unwrap(), None);
     assert_eq!(db.list_gpu_servers().await.unwrap().len(), 1);
     // A server that comes back after unregistering is a new registration.
-    let back = db
-        .upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000")
-        .await
-        .unwrap();
+    let back = db.upsert_gpu_server("10.0.0.1", 8000, "http://10.0.0.1:8000").await.unwrap();
     assert_ne!(back.id, first.id);
 }
 
 async fn settings_round_trip(t: TestDb) {
     let db = &t.db;
     assert_eq!(db.get_setting(settings::BACKEND_URL).await.unwrap(), None);
-    db.set_setting(settings::BACKEND_URL, "http://gpu-a:8000")
-        .await
-        .unwrap();
-    db.set_setting(settings::BACKEND_URL, "http://gpu-b:8000")
-        .await
-        .unwrap();
-    assert_eq!(
-        db.get_setting(settings::BACKEND_URL)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("http://gpu-b:8000")
-    );
-    assert_eq!(
-        db.get_bool_setting(settings::MULTI_BACKEND_ENABLED)
-            .await
-            .unwrap(),
-        None
-    );
-    db.set_bool_setting(settings::MULTI_BACKEND_ENABLED, false)
-        .await
-        .unwrap();
-    db.set_bool_setting(settings::FALLBACK_TO_DEFAULT, true)
-        .await
-        .unwrap();
-    assert_eq!(
-        db.get_bool_setting(settings::MULTI_BACKEND_ENABLED)
-            .await
-            .unwrap(),
-        Some(false)
-    );
+    db.set_setting(settings::BACKEND_URL, "http://gpu-a:8000").await.unwrap();
+    db.set_setting(settings::BACKEND_URL, "http://gpu-b:8000").await.unwrap();
+    assert_eq!(db.get_setting(settings::BACKEND_URL).await.unwrap().as_deref(), Some("http://gpu-b:8000"));
+    assert_eq!(db.get_bool_setting(settings::MULTI_BACKEND_ENABLED).await.unwrap(), None);
+    db.set_bool_setting(settings::MULTI_BACKEND_ENABLED, false).await.unwrap();
+    db.set_bool_setting(settings::FALLBACK_TO_DEFAULT, true).await.unwrap();
+    assert_eq!(db.get_bool_setting(settings::MULTI_BACKEND_ENABLED).await.unwrap(), Some(false));
     assert_eq!(
         db.settings().await.unwrap(),
         [
@@ -536,49 +344,22 @@ async fn settings_round_trip(t: TestDb) {
             ("multi_backend_enabled".to_owned(), "false".to_owned()),
         ]
     );
-    db.set_setting(settings::FALLBACK_TO_DEFAULT, "maybe")
-        .await
-        .unwrap();
-    assert!(matches!(
-        db.get_bool_setting(settings::FALLBACK_TO_DEFAULT).await,
-        Err(DbError::Corrupt(_))
-    ));
-    assert!(
-        db.delete_setting(settings::FALLBACK_TO_DEFAULT)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !db.delete_setting(settings::FALLBACK_TO_DEFAULT)
-            .await
-            .unwrap()
-    );
+    db.set_setting(settings::FALLBACK_TO_DEFAULT, "maybe").await.unwrap();
+    assert!(matches!(db.get_bool_setting(settings::FALLBACK_TO_DEFAULT).await, Err(DbError::Corrupt(_))));
+    assert!(db.delete_setting(settings::FALLBACK_TO_DEFAULT).await.unwrap());
+    assert!(!db.delete_setting(settings::FALLBACK_TO_DEFAULT).await.unwrap());
 }
 
 async fn reopening_keeps_data_and_migrations_are_idempotent(t: TestDb) {
-    t.db.insert_task(&new_task("keep", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    t.db.insert_task(&new_task("keep", None, 0), DEADLINE).await.unwrap();
     let again = t.reopen().await;
     assert_eq!(status_of(&again, "keep").await, TaskStatus::Queued);
     again.ping().await.unwrap();
-    let applied: i64 = sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations")
-        .fetch_one(again.pool())
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap();
-    assert_eq!(
-        applied,
-        purrify_gateway::tasks::migrator().iter().count() as i64
-    );
+    let applied: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations").fetch_one(again.pool()).await.unwrap().try_get("n").unwrap();
+    assert_eq!(applied, purrify_gateway::tasks::migrator().iter().count() as i64);
     if again.kind() == DbKind::Sqlite {
-        let mode: String = sqlx::query("PRAGMA journal_mode")
-            .fetch_one(again.pool())
-            .await
-            .unwrap()
-            .try_get(0)
-            .unwrap();
+        let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(again.pool()).await.unwrap().try_get(0).unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
     }
 }
@@ -586,16 +367,11 @@ async fn reopening_keeps_data_and_migrations_are_idempotent(t: TestDb) {
 #[tokio::test]
 async fn in_memory_sqlite_works_for_quick_runs() {
     let db = Db::connect("sqlite::memory:").await.unwrap();
-    db.insert_task(&new_task("m", None, 0), DEADLINE)
-        .await
-        .unwrap();
+    db.insert_task(&new_task("m", None, 0), DEADLINE).await.unwrap();
     assert_eq!(status_of(&db, "m").await, TaskStatus::Queued);
 }
 
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
-    assert!(matches!(
-        Db::connect("mysql://localhost/x").await,
-        Err(DbError::UnsupportedUrl)
-    ));
+    assert!(matches!(Db::connect("mysql://localhost/x").await, Err(DbError::UnsupportedUrl)));
 }

@@ -61,30 +61,16 @@ impl OutputFormat {
 /// Checks that a `width` x `height` result can be written as `format` and has at most
 /// `max_pixels` pixels. Callers run it on the size they *will* produce (input header times
 /// scale) before doing any work, so a request that cannot succeed fails at once, as bad input.
-pub fn check_output_size(
-    width: u64,
-    height: u64,
-    format: OutputFormat,
-    max_pixels: u64,
-) -> Result<(), ImageError> {
+pub fn check_output_size(width: u64, height: u64, format: OutputFormat, max_pixels: u64) -> Result<(), ImageError> {
     let max_side = format.max_side();
     if width == 0 || height == 0 {
         return Err(ImageError::Encode("the image is empty".into()));
     }
     if width.max(height) > u64::from(max_side) {
-        return Err(ImageError::OutputTooLarge {
-            width,
-            height,
-            format: format.name(),
-            max_side,
-        });
+        return Err(ImageError::OutputTooLarge { width, height, format: format.name(), max_side });
     }
     if width.saturating_mul(height) > max_pixels {
-        return Err(ImageError::OutputTooManyPixels {
-            width,
-            height,
-            max_pixels,
-        });
+        return Err(ImageError::OutputTooManyPixels { width, height, max_pixels });
     }
     Ok(())
 }
@@ -96,23 +82,14 @@ pub const DEFAULT_JPEG_QUALITY: u8 = 92;
 /// JPEG has no alpha channel: when `alpha` is given the image is composited over white, so
 /// transparent areas do not turn into whatever colour happened to be stored under them
 /// (often black). `jpeg_quality` is clamped to 1..=100 and ignored by the lossless formats.
-pub fn encode(
-    rgb: &RgbImage,
-    alpha: Option<&GrayImage>,
-    format: OutputFormat,
-    jpeg_quality: u8,
-) -> Result<Vec<u8>, ImageError> {
+pub fn encode(rgb: &RgbImage, alpha: Option<&GrayImage>, format: OutputFormat, jpeg_quality: u8) -> Result<Vec<u8>, ImageError> {
     let (w, h) = rgb.dimensions();
     // The pixels exist already, so only the format's own limit applies here.
     check_output_size(u64::from(w), u64::from(h), format, u64::MAX)?;
     if let Some(a) = alpha
         && a.dimensions() != (w, h)
     {
-        return Err(ImageError::Encode(format!(
-            "alpha is {}x{} but the image is {w}x{h}",
-            a.width(),
-            a.height()
-        )));
+        return Err(ImageError::Encode(format!("alpha is {}x{} but the image is {w}x{h}", a.width(), a.height())));
     }
     // Rough guess to avoid regrowing the output several times for large images.
     let mut out = Vec::with_capacity((w as usize * h as usize / 4).min(64 << 20));
@@ -127,8 +104,7 @@ pub fn encode(
         OutputFormat::Png => {
             // Fast deflate: the outputs are large upscaled photos where the default level
             // costs several times the time for a few percent of size.
-            let enc =
-                PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+            let enc = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
             match alpha {
                 Some(a) => enc.write_image(&interleave(rgb, a), w, h, ExtendedColorType::Rgba8),
                 None => enc.write_image(rgb.as_raw(), w, h, ExtendedColorType::Rgb8),
@@ -147,11 +123,7 @@ pub fn encode(
 }
 
 pub(crate) fn interleave(rgb: &RgbImage, alpha: &GrayImage) -> Vec<u8> {
-    rgb.as_raw()
-        .chunks_exact(3)
-        .zip(alpha.as_raw())
-        .flat_map(|(p, &a)| [p[0], p[1], p[2], a])
-        .collect()
+    rgb.as_raw().chunks_exact(3).zip(alpha.as_raw()).flat_map(|(p, &a)| [p[0], p[1], p[2], a]).collect()
 }
 
 fn over_white(rgb: &RgbImage, alpha: &GrayImage) -> Vec<u8> {

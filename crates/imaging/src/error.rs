@@ -21,40 +21,23 @@ pub enum ImageError {
     Malformed(String),
 
     #[error("image is {width}x{height} = {pixels} pixels; the limit is {max_pixels}", pixels = u64::from(*.width) * u64::from(*.height))]
-    TooLarge {
-        width: u32,
-        height: u32,
-        max_pixels: u64,
-    },
+    TooLarge { width: u32, height: u32, max_pixels: u64 },
 
     #[error("image is {width}x{height}; neither side may exceed {max_dimension} pixels")]
-    DimensionTooLarge {
-        width: u32,
-        height: u32,
-        max_dimension: u32,
-    },
+    DimensionTooLarge { width: u32, height: u32, max_dimension: u32 },
 
     /// The result would be wider or taller than the output format can store.
     #[error(
         "the result would be {width}x{height}, but {format} images cannot be wider or taller than {max_side} pixels; use a smaller scale, a smaller image or another output format"
     )]
-    OutputTooLarge {
-        width: u64,
-        height: u64,
-        format: &'static str,
-        max_side: u32,
-    },
+    OutputTooLarge { width: u64, height: u64, format: &'static str, max_side: u32 },
 
     /// The result would have more pixels than this service writes.
     #[error(
         "the result would be {width}x{height} = {pixels} pixels; the limit is {max_pixels}; use a smaller scale or a smaller image",
         pixels = .width.saturating_mul(*.height)
     )]
-    OutputTooManyPixels {
-        width: u64,
-        height: u64,
-        max_pixels: u64,
-    },
+    OutputTooManyPixels { width: u64, height: u64, max_pixels: u64 },
 
     #[error("could not encode the image: {0}")]
     Encode(String),
@@ -91,10 +74,7 @@ impl ImageError {
 
 fn unsupported_format_message(format: Option<Format>) -> String {
     match format {
-        Some(f) if !f.is_supported() => format!(
-            "{} images are not supported; upload a JPEG, PNG, WebP or AVIF image",
-            f.name()
-        ),
+        Some(f) if !f.is_supported() => format!("{} images are not supported; upload a JPEG, PNG, WebP or AVIF image", f.name()),
         _ => "the file is not a JPEG, PNG, WebP or AVIF image".to_string(),
     }
 }
@@ -107,11 +87,7 @@ pub(crate) fn one_line(s: &str, max_chars: usize) -> String {
             out.push_str("...");
             break;
         }
-        let c = if c.is_control() || c.is_whitespace() {
-            ' '
-        } else {
-            c
-        };
+        let c = if c.is_control() || c.is_whitespace() { ' ' } else { c };
         if c == ' ' {
             if last_space {
                 continue;
@@ -136,36 +112,16 @@ mod tests {
 
     #[test]
     fn messages_are_one_line_and_actionable() {
-        let e = ImageError::TooLarge {
-            width: 100_000,
-            height: 100_000,
-            max_pixels: 50_000_000,
-        };
+        let e = ImageError::TooLarge { width: 100_000, height: 100_000, max_pixels: 50_000_000 };
+        assert_eq!(e.to_string(), "image is 100000x100000 = 10000000000 pixels; the limit is 50000000");
+        assert_eq!(ImageError::UnsupportedFormat { format: None }.to_string(), "the file is not a JPEG, PNG, WebP or AVIF image");
         assert_eq!(
-            e.to_string(),
-            "image is 100000x100000 = 10000000000 pixels; the limit is 50000000"
-        );
-        assert_eq!(
-            ImageError::UnsupportedFormat { format: None }.to_string(),
-            "the file is not a JPEG, PNG, WebP or AVIF image"
-        );
-        assert_eq!(
-            ImageError::UnsupportedFormat {
-                format: Some(Format::Gif)
-            }
-            .to_string(),
+            ImageError::UnsupportedFormat { format: Some(Format::Gif) }.to_string(),
             "GIF images are not supported; upload a JPEG, PNG, WebP or AVIF image"
         );
         let m = ImageError::malformed("line one\n\tline two\r\n");
-        assert_eq!(
-            m.to_string(),
-            "the image file is damaged or incomplete (line one line two)"
-        );
-        assert!(
-            !ImageError::malformed("x".repeat(10_000))
-                .to_string()
-                .contains('\n')
-        );
+        assert_eq!(m.to_string(), "the image file is damaged or incomplete (line one line two)");
+        assert!(!ImageError::malformed("x".repeat(10_000)).to_string().contains('\n'));
         assert!(ImageError::malformed("x".repeat(10_000)).to_string().len() < 220);
     }
 
@@ -176,34 +132,13 @@ mod tests {
             ImageError::UnsupportedFormat { format: None },
             ImageError::UnsupportedFeature("x".into()),
             ImageError::malformed("x"),
-            ImageError::TooLarge {
-                width: 1,
-                height: 1,
-                max_pixels: 0,
-            },
-            ImageError::DimensionTooLarge {
-                width: 1,
-                height: 1,
-                max_dimension: 0,
-            },
-            ImageError::OutputTooLarge {
-                width: 1,
-                height: 1,
-                format: "JPEG",
-                max_side: 0,
-            },
-            ImageError::OutputTooManyPixels {
-                width: 1,
-                height: 1,
-                max_pixels: 0,
-            },
+            ImageError::TooLarge { width: 1, height: 1, max_pixels: 0 },
+            ImageError::DimensionTooLarge { width: 1, height: 1, max_dimension: 0 },
+            ImageError::OutputTooLarge { width: 1, height: 1, format: "JPEG", max_side: 0 },
+            ImageError::OutputTooManyPixels { width: 1, height: 1, max_pixels: 0 },
             ImageError::Encode("x".into()),
         ] {
-            assert!(
-                e.reason()
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
-            );
+            assert!(e.reason().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
     }
 }

@@ -44,32 +44,19 @@ impl Limits {
 impl Default for Limits {
     /// 50 megapixels (a large camera photo) and 20,000 pixels per side.
     fn default() -> Self {
-        Limits {
-            max_pixels: Self::DEFAULT_MAX_PIXELS,
-            max_dimension: Self::DEFAULT_MAX_DIMENSION,
-        }
+        Limits { max_pixels: Self::DEFAULT_MAX_PIXELS, max_dimension: Self::DEFAULT_MAX_DIMENSION }
     }
 }
 
 pub(crate) fn check_limits(width: u32, height: u32, limits: &Limits) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::malformed(format!(
-            "the image claims a size of {width}x{height}"
-        )));
+        return Err(ImageError::malformed(format!("the image claims a size of {width}x{height}")));
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(ImageError::TooLarge {
-            width,
-            height,
-            max_pixels: limits.max_pixels,
-        });
+        return Err(ImageError::TooLarge { width, height, max_pixels: limits.max_pixels });
     }
     if width.max(height) > limits.max_dimension {
-        return Err(ImageError::DimensionTooLarge {
-            width,
-            height,
-            max_dimension: limits.max_dimension,
-        });
+        return Err(ImageError::DimensionTooLarge { width, height, max_dimension: limits.max_dimension });
     }
     Ok(())
 }
@@ -110,11 +97,7 @@ fn detect(bytes: &[u8]) -> Result<Format, ImageError> {
 
 /// Runs a decoder step, turning a panic inside a decoder into `Malformed`.
 fn guarded<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        Err(ImageError::malformed(
-            "the decoder could not process this file",
-        ))
-    })
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(ImageError::malformed("the decoder could not process this file")))
 }
 
 /// Identifies the format and the displayed size and checks them against `limits`, reading
@@ -128,11 +111,7 @@ pub fn read_header(bytes: &[u8], limits: &Limits) -> Result<Header, ImageError> 
         Format::Avif => avif::read_header(bytes, limits),
         _ => raster::open(bytes, format, limits).map(|o| o.display_size()),
     })?;
-    Ok(Header {
-        format,
-        width,
-        height,
-    })
+    Ok(Header { format, width, height })
 }
 
 /// Decodes a JPEG, PNG, WebP or AVIF image to upright 8-bit RGB (+ alpha).
@@ -150,8 +129,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
         }),
         _ => {
             let opened = raster::open(bytes, format, limits)?;
-            let orientation_applied =
-                opened.orientation != image::metadata::Orientation::NoTransforms;
+            let orientation_applied = opened.orientation != image::metadata::Orientation::NoTransforms;
             raster::decode(bytes, format, opened).map(|r| Decoded {
                 rgb: r.rgb,
                 alpha: r.alpha,
@@ -161,11 +139,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
             })
         }
     })?;
-    if decoded
-        .alpha
-        .as_ref()
-        .is_some_and(|a| a.as_raw().iter().all(|&v| v == 255))
-    {
+    if decoded.alpha.as_ref().is_some_and(|a| a.as_raw().iter().all(|&v| v == 255)) {
         decoded.alpha = None;
     }
     Ok(decoded)

@@ -20,29 +20,15 @@ impl Opened<'_> {
     /// Size as displayed, i.e. after the EXIF orientation.
     pub(crate) fn display_size(&self) -> (u32, u32) {
         let (w, h) = self.decoder.dimensions();
-        if swaps_axes(self.orientation) {
-            (h, w)
-        } else {
-            (w, h)
-        }
+        if swaps_axes(self.orientation) { (h, w) } else { (w, h) }
     }
 }
 
 fn swaps_axes(o: Orientation) -> bool {
-    matches!(
-        o,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    )
+    matches!(o, Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH)
 }
 
-pub(crate) fn open<'a>(
-    bytes: &'a [u8],
-    format: Format,
-    limits: &Limits,
-) -> Result<Opened<'a>, ImageError> {
+pub(crate) fn open<'a>(bytes: &'a [u8], format: Format, limits: &Limits) -> Result<Opened<'a>, ImageError> {
     // The PNG size sits at a fixed offset: refuse bombs before any decoder exists.
     if format == Format::Png
         && let Some((w, h)) = png_ihdr_size(bytes)
@@ -54,24 +40,18 @@ pub(crate) fn open<'a>(
     let cursor = Cursor::new(bytes);
     let mut decoder: Box<dyn ImageDecoder + 'a> = match format {
         Format::Jpeg => Box::new(JpegDecoder::new(cursor).map_err(from_image)?),
-        Format::Png => {
-            Box::new(PngDecoder::with_limits(cursor, image_limits.clone()).map_err(from_image)?)
-        }
+        Format::Png => Box::new(PngDecoder::with_limits(cursor, image_limits.clone()).map_err(from_image)?),
         Format::Webp => {
             let d = WebPDecoder::new(cursor).map_err(from_image)?;
             // Only the first frame would come out; silently enhancing one frame of an
             // animation is worse than saying no.
             if d.has_animation() {
-                return Err(ImageError::UnsupportedFeature(
-                    "animated WebP images are not supported; upload a still image".into(),
-                ));
+                return Err(ImageError::UnsupportedFeature("animated WebP images are not supported; upload a still image".into()));
             }
             Box::new(d)
         }
         other => {
-            return Err(ImageError::UnsupportedFormat {
-                format: Some(other),
-            });
+            return Err(ImageError::UnsupportedFormat { format: Some(other) });
         }
     };
     let (w, h) = decoder.dimensions();
@@ -81,10 +61,7 @@ pub(crate) fn open<'a>(
     decoder.set_limits(image_limits).map_err(from_image)?;
     // Broken EXIF must not sink an otherwise fine photo: fall back to "as stored".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    Ok(Opened {
-        decoder,
-        orientation,
-    })
+    Ok(Opened { decoder, orientation })
 }
 
 pub(crate) struct RasterImage {
@@ -94,37 +71,21 @@ pub(crate) struct RasterImage {
 }
 
 /// `bytes` must be what `opened` was opened from.
-pub(crate) fn decode(
-    bytes: &[u8],
-    format: Format,
-    opened: Opened<'_>,
-) -> Result<RasterImage, ImageError> {
+pub(crate) fn decode(bytes: &[u8], format: Format, opened: Opened<'_>) -> Result<RasterImage, ImageError> {
     // Checked here, not in `open`: a header read may legitimately see only a prefix.
     if format == Format::Jpeg && jpeg_is_truncated(bytes) {
-        return Err(ImageError::malformed(
-            "the JPEG data ends early; the file was probably cut off",
-        ));
+        return Err(ImageError::malformed("the JPEG data ends early; the file was probably cut off"));
     }
-    let Opened {
-        decoder,
-        orientation,
-    } = opened;
+    let Opened { decoder, orientation } = opened;
     let mut img = DynamicImage::from_decoder(decoder).map_err(from_image)?;
     img.apply_orientation(orientation);
     let bit_depth = match img {
-        DynamicImage::ImageLuma16(_)
-        | DynamicImage::ImageLumaA16(_)
-        | DynamicImage::ImageRgb16(_)
-        | DynamicImage::ImageRgba16(_) => 16,
+        DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) | DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => 16,
         DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_) => 32,
         _ => 8,
     };
     let (rgb, alpha) = split(img);
-    Ok(RasterImage {
-        rgb,
-        alpha,
-        bit_depth,
-    })
+    Ok(RasterImage { rgb, alpha, bit_depth })
 }
 
 /// 16-bit to 8-bit with round-to-nearest (65535 / 255 = 257 exactly, and no value lands on a
@@ -137,64 +98,35 @@ fn split(img: DynamicImage) -> (RgbImage, Option<GrayImage>) {
     let (w, h) = (img.width(), img.height());
     let build = |rgb: Vec<u8>, alpha: Option<Vec<u8>>| {
         // Buffer sizes are w*h*3 and w*h by construction.
-        (
-            RgbImage::from_raw(w, h, rgb).unwrap_or_default(),
-            alpha.and_then(|a| GrayImage::from_raw(w, h, a)),
-        )
+        (RgbImage::from_raw(w, h, rgb).unwrap_or_default(), alpha.and_then(|a| GrayImage::from_raw(w, h, a)))
     };
     match img {
         DynamicImage::ImageRgb8(i) => (i, None),
-        DynamicImage::ImageLuma8(g) => {
-            build(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(), None)
-        }
+        DynamicImage::ImageLuma8(g) => build(g.as_raw().iter().flat_map(|&v| [v, v, v]).collect(), None),
         DynamicImage::ImageLumaA8(la) => {
             let raw = la.as_raw();
-            build(
-                raw.chunks_exact(2)
-                    .flat_map(|p| [p[0], p[0], p[0]])
-                    .collect(),
-                Some(raw.chunks_exact(2).map(|p| p[1]).collect()),
-            )
+            build(raw.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(), Some(raw.chunks_exact(2).map(|p| p[1]).collect()))
         }
         DynamicImage::ImageRgba8(rgba) => {
             let raw = rgba.as_raw();
-            build(
-                raw.chunks_exact(4)
-                    .flat_map(|p| [p[0], p[1], p[2]])
-                    .collect(),
-                Some(raw.chunks_exact(4).map(|p| p[3]).collect()),
-            )
+            build(raw.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(), Some(raw.chunks_exact(4).map(|p| p[3]).collect()))
         }
-        DynamicImage::ImageLuma16(g) => {
-            build(g.as_raw().iter().flat_map(|&v| [to8(v); 3]).collect(), None)
-        }
+        DynamicImage::ImageLuma16(g) => build(g.as_raw().iter().flat_map(|&v| [to8(v); 3]).collect(), None),
         DynamicImage::ImageLumaA16(la) => {
             let raw = la.as_raw();
-            build(
-                raw.chunks_exact(2).flat_map(|p| [to8(p[0]); 3]).collect(),
-                Some(raw.chunks_exact(2).map(|p| to8(p[1])).collect()),
-            )
+            build(raw.chunks_exact(2).flat_map(|p| [to8(p[0]); 3]).collect(), Some(raw.chunks_exact(2).map(|p| to8(p[1])).collect()))
         }
         DynamicImage::ImageRgb16(i) => build(i.as_raw().iter().map(|&v| to8(v)).collect(), None),
         DynamicImage::ImageRgba16(rgba) => {
             let raw = rgba.as_raw();
             build(
-                raw.chunks_exact(4)
-                    .flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])])
-                    .collect(),
+                raw.chunks_exact(4).flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])]).collect(),
                 Some(raw.chunks_exact(4).map(|p| to8(p[3])).collect()),
             )
         }
         // Float images do not come out of the decoders we use; keep a correct fallback.
         other => {
-            let alpha = other.color().has_alpha().then(|| {
-                other
-                    .to_rgba8()
-                    .as_raw()
-                    .chunks_exact(4)
-                    .map(|p| p[3])
-                    .collect()
-            });
+            let alpha = other.color().has_alpha().then(|| other.to_rgba8().as_raw().chunks_exact(4).map(|p| p[3]).collect());
             build(other.to_rgb8().into_raw(), alpha)
         }
     }

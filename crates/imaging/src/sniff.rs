@@ -17,10 +17,7 @@ pub enum Format {
 
 impl Format {
     pub fn is_supported(self) -> bool {
-        matches!(
-            self,
-            Format::Jpeg | Format::Png | Format::Webp | Format::Avif
-        )
+        matches!(self, Format::Jpeg | Format::Png | Format::Webp | Format::Avif)
     }
 
     /// Short user-facing name.
@@ -78,11 +75,7 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
         return Some(Format::Gif);
     }
-    if b.starts_with(b"II*\0")
-        || b.starts_with(b"MM\0*")
-        || b.starts_with(b"II+\0")
-        || b.starts_with(b"MM\0+")
-    {
+    if b.starts_with(b"II*\0") || b.starts_with(b"MM\0*") || b.starts_with(b"II+\0") || b.starts_with(b"MM\0+") {
         return Some(Format::Tiff);
     }
     if let Some(f) = sniff_ftyp(b) {
@@ -115,9 +108,7 @@ fn sniff_ftyp(b: &[u8]) -> Option<Format> {
     for brand in brands {
         match brand {
             b"avif" | b"avis" => return Some(Format::Avif),
-            b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => {
-                heif = true
-            }
+            b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => heif = true,
             _ => {}
         }
     }
@@ -137,18 +128,9 @@ mod tests {
         assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
         assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Some(Format::Gif));
         assert_eq!(sniff(b"II*\0\x08\0\0\0"), Some(Format::Tiff));
-        assert_eq!(
-            sniff(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"),
-            Some(Format::Avif)
-        );
-        assert_eq!(
-            sniff(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf"),
-            Some(Format::Avif)
-        );
-        assert_eq!(
-            sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"),
-            Some(Format::Heic)
-        );
+        assert_eq!(sniff(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf"), Some(Format::Avif));
+        assert_eq!(sniff(b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf"), Some(Format::Avif));
+        assert_eq!(sniff(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"), Some(Format::Heic));
         assert_eq!(sniff(b"\0\0\0\x18ftypisom\0\0\0\0isommp42"), None);
         let mut bmp = b"BM\0\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0".to_vec();
         assert_eq!(sniff(&bmp), Some(Format::Bmp));

@@ -14,9 +14,7 @@ use purrify_imaging::{Limits, decode, read_header};
 fn quiet_dependency_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let in_dependency = info
-            .location()
-            .is_some_and(|l| l.file().contains("/.cargo/registry/"));
+        let in_dependency = info.location().is_some_and(|l| l.file().contains("/.cargo/registry/"));
         if !in_dependency {
             default(info);
         }

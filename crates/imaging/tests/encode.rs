@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use image::{ExtendedColorType, GrayImage, Luma};
 use purrify_imaging::{
-    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, check_output_size, decode,
-    encode, resize_gray, resize_rgb, resize_rgb_alpha, sniff,
+    DEFAULT_JPEG_QUALITY, Format, ImageError, Limits, OutputFormat, check_output_size, decode, encode, resize_gray, resize_rgb,
+    resize_rgb_alpha, sniff,
 };
 
 #[test]
@@ -28,11 +28,7 @@ fn jpeg_round_trip_and_quality() {
 fn jpeg_with_alpha_is_composited_over_white() {
     let img = image::RgbImage::from_pixel(16, 16, image::Rgb([0, 0, 0]));
     let alpha = GrayImage::from_fn(16, 16, |x, _| Luma([if x < 8 { 255 } else { 0 }]));
-    let d = decode(
-        &encode(&img, Some(&alpha), OutputFormat::Jpeg, 95).unwrap(),
-        &Limits::default(),
-    )
-    .unwrap();
+    let d = decode(&encode(&img, Some(&alpha), OutputFormat::Jpeg, 95).unwrap(), &Limits::default()).unwrap();
     assert!(d.alpha.is_none());
     assert!(d.rgb.get_pixel(2, 8).0.iter().all(|&c| c < 10));
     assert!(d.rgb.get_pixel(13, 8).0.iter().all(|&c| c > 245));
@@ -64,10 +60,7 @@ fn rgba_png_decode_resize_encode() {
     let d = decode(&bytes, &Limits::default()).unwrap();
     let alpha = d.alpha.expect("source has transparency");
     let (rgb2, alpha2) = resize_rgb_alpha(&d.rgb, &alpha, 96, 64);
-    assert_eq!(
-        (rgb2.dimensions(), alpha2.dimensions()),
-        ((96, 64), (96, 64))
-    );
+    assert_eq!((rgb2.dimensions(), alpha2.dimensions()), ((96, 64), (96, 64)));
     // Opaque left edge stays opaque, transparent right edge stays transparent.
     assert!(alpha2.get_pixel(1, 30).0[0] > 250);
     assert!(alpha2.get_pixel(94, 30).0[0] < 5);
@@ -95,28 +88,15 @@ fn encode_rejects_bad_arguments() {
     let e = encode(&img, Some(&wrong), OutputFormat::Png, 0).unwrap_err();
     assert_eq!(e.reason(), "encode");
     assert!(!e.is_input_error());
-    assert!(matches!(
-        encode(&image::RgbImage::new(0, 0), None, OutputFormat::Jpeg, 90),
-        Err(ImageError::Encode(_))
-    ));
+    assert!(matches!(encode(&image::RgbImage::new(0, 0), None, OutputFormat::Jpeg, 90), Err(ImageError::Encode(_))));
 }
 
 #[test]
 fn sixteen_bit_source_encodes_as_8_bit() {
-    let native: Vec<u8> = [1000u16, 40000, 65535]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-    let d = decode(
-        &png_bytes(&native, 1, 1, ExtendedColorType::Rgb16),
-        &Limits::default(),
-    )
-    .unwrap();
+    let native: Vec<u8> = [1000u16, 40000, 65535].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let d = decode(&png_bytes(&native, 1, 1, ExtendedColorType::Rgb16), &Limits::default()).unwrap();
     let png = encode(&d.rgb, None, OutputFormat::Png, 0).unwrap();
-    assert_eq!(
-        decode(&png, &Limits::default()).unwrap().source_bit_depth,
-        8
-    );
+    assert_eq!(decode(&png, &Limits::default()).unwrap().source_bit_depth, 8);
 }
 
 /// `max_side` is exactly where the formats stop working: one more pixel fails in the JPEG
@@ -125,30 +105,20 @@ fn sixteen_bit_source_encodes_as_8_bit() {
 #[test]
 fn output_side_limits_match_the_encoders() {
     use image::ImageEncoder;
-    let any_size = Limits {
-        max_pixels: u64::MAX,
-        max_dimension: u32::MAX,
-    };
+    let any_size = Limits { max_pixels: u64::MAX, max_dimension: u32::MAX };
     for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
         let max = format.max_side();
         for (w, h) in [(max, 1), (1, max)] {
             let img = image::RgbImage::from_pixel(w, h, image::Rgb([10, 200, 30]));
-            let bytes = encode(&img, None, format, 90)
-                .unwrap_or_else(|e| panic!("{format:?} {w}x{h} must encode: {e}"));
-            let d = decode(&bytes, &any_size)
-                .unwrap_or_else(|e| panic!("{format:?} {w}x{h} must decode: {e}"));
+            let bytes = encode(&img, None, format, 90).unwrap_or_else(|e| panic!("{format:?} {w}x{h} must encode: {e}"));
+            let d = decode(&bytes, &any_size).unwrap_or_else(|e| panic!("{format:?} {w}x{h} must decode: {e}"));
             assert_eq!(d.rgb.dimensions(), (w, h), "{format:?}");
         }
         let over = image::RgbImage::new(max + 1, 1);
         let mut sink = Vec::new();
         match format {
             OutputFormat::Jpeg => {
-                let raw = image::codecs::jpeg::JpegEncoder::new(&mut sink).write_image(
-                    over.as_raw(),
-                    max + 1,
-                    1,
-                    ExtendedColorType::Rgb8,
-                );
+                let raw = image::codecs::jpeg::JpegEncoder::new(&mut sink).write_image(over.as_raw(), max + 1, 1, ExtendedColorType::Rgb8);
                 assert!(raw.is_err(), "the JPEG encoder accepts {} px", max + 1);
             }
             _ => {
@@ -160,17 +130,11 @@ fn output_side_limits_match_the_encoders() {
             }
         }
         let e = encode(&over, None, format, 90).unwrap_err();
-        assert!(
-            matches!(e, ImageError::OutputTooLarge { .. }),
-            "{format:?}: {e:?}"
-        );
+        assert!(matches!(e, ImageError::OutputTooLarge { .. }), "{format:?}: {e:?}");
         assert!(e.is_input_error());
         assert_eq!(e.reason(), "too_large");
         let msg = e.to_string();
-        assert!(
-            msg.contains(format.name()) && msg.contains(&max.to_string()),
-            "{msg}"
-        );
+        assert!(msg.contains(format.name()) && msg.contains(&max.to_string()), "{msg}");
     }
     assert_eq!(OutputFormat::Png.max_side(), (1 << 31) - 1);
 }
@@ -184,14 +148,7 @@ fn output_size_is_checked_against_pixels_and_sides() {
         assert!(matches!(e, ImageError::OutputTooLarge { .. }), "{e:?}");
     }
     let e = check_output_size(w, h, OutputFormat::Png, 200_000_000).unwrap_err();
-    assert_eq!(
-        e,
-        ImageError::OutputTooManyPixels {
-            width: w,
-            height: h,
-            max_pixels: 200_000_000
-        }
-    );
+    assert_eq!(e, ImageError::OutputTooManyPixels { width: w, height: h, max_pixels: 200_000_000 });
     assert_eq!(
         e.to_string(),
         "the result would be 80000x80000 = 6400000000 pixels; the limit is 200000000; use a smaller scale or a smaller image"

@@ -22,59 +22,34 @@ fn check_avif(name: &str, depth: u8) {
     assert_eq!(d.format, Format::Avif);
     assert_eq!(d.source_bit_depth, depth, "{name}");
     let h = read_header(&bytes, &limits()).unwrap();
-    assert_eq!(
-        (h.width, h.height),
-        d.rgb.dimensions(),
-        "{name}: header vs pixels"
-    );
+    assert_eq!((h.width, h.height), d.rgb.dimensions(), "{name}: header vs pixels");
 
     let exact_name = name.replace(".avif", "_exact.png");
-    if std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(&exact_name)
-        .exists()
-    {
+    if std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(&exact_name).exists() {
         let (exact, _) = reference(&exact_name);
         let (max, mean) = diff(d.rgb.as_raw(), exact.as_raw());
         eprintln!("{name}: vs exact: max {max} mean {mean:.3}");
-        assert!(
-            max <= 1 && mean <= 0.05,
-            "{name}: differs from the exact conversion: max {max}, mean {mean:.3}"
-        );
+        assert!(max <= 1 && mean <= 0.05, "{name}: differs from the exact conversion: max {max}, mean {mean:.3}");
     }
 
     let (ref_rgb, ref_alpha) = reference(&name.replace(".avif", "_ref.png"));
     assert_eq!(d.rgb.dimensions(), ref_rgb.dimensions(), "{name}");
     let (w, _) = ref_rgb.dimensions();
     let cols = if w % 2 == 1 { w - 1 } else { w };
-    let crop = |img: &RgbImage| -> Vec<u8> {
-        img.rows()
-            .flat_map(|r| r.take(cols as usize).flat_map(|p| p.0))
-            .collect()
-    };
+    let crop = |img: &RgbImage| -> Vec<u8> { img.rows().flat_map(|r| r.take(cols as usize).flat_map(|p| p.0)).collect() };
     let (max, _) = diff(&crop(&d.rgb), &crop(&ref_rgb));
     let (_, mean) = diff(d.rgb.as_raw(), ref_rgb.as_raw());
     eprintln!("{name}: vs Pillow: max {max} mean {mean:.3}");
-    assert!(
-        max <= 6 && mean <= 1.2,
-        "{name}: rgb differs from Pillow: max {max}, mean {mean:.3}"
-    );
+    assert!(max <= 6 && mean <= 1.2, "{name}: rgb differs from Pillow: max {max}, mean {mean:.3}");
 
     match (d.alpha, ref_alpha) {
         (Some(a), Some(r)) => {
             let (max, mean) = diff(a.as_raw(), r.as_raw());
             eprintln!("{name}: alpha max {max} mean {mean:.3}");
-            assert!(
-                max <= 1 && mean <= 0.05,
-                "{name}: alpha max {max}, mean {mean:.3}"
-            );
+            assert!(max <= 1 && mean <= 0.05, "{name}: alpha max {max}, mean {mean:.3}");
         }
         (None, None) => {}
-        (a, r) => panic!(
-            "{name}: alpha presence differs: ours {} reference {}",
-            a.is_some(),
-            r.is_some()
-        ),
+        (a, r) => panic!("{name}: alpha presence differs: ours {} reference {}", a.is_some(), r.is_some()),
     }
 }
 
@@ -189,11 +164,7 @@ fn exif_rotated_jpeg() {
     assert_eq!(d.rgb.dimensions(), (32, 64));
     let red = |p: &Rgb<u8>| p.0[0] > 180 && p.0[1] < 80 && p.0[2] < 80;
     // Top-left goes to top-right under a clockwise quarter turn.
-    assert!(
-        red(d.rgb.get_pixel(32 - 4, 3)),
-        "{:?}",
-        d.rgb.get_pixel(28, 3)
-    );
+    assert!(red(d.rgb.get_pixel(32 - 4, 3)), "{:?}", d.rgb.get_pixel(28, 3));
     assert!(!red(d.rgb.get_pixel(3, 3)));
     assert!(!red(d.rgb.get_pixel(32 - 4, 64 - 4)));
 
@@ -210,12 +181,7 @@ fn exif_orientation_in_png() {
     img.put_pixel(0, 0, Rgb([255, 255, 255]));
     let png = png_bytes(img.as_raw(), 10, 6, ExtendedColorType::Rgb8);
     let ihdr_end = 8 + 25;
-    let png = [
-        &png[..ihdr_end],
-        &png_chunk(b"eXIf", &exif_tiff(3)),
-        &png[ihdr_end..],
-    ]
-    .concat();
+    let png = [&png[..ihdr_end], &png_chunk(b"eXIf", &exif_tiff(3)), &png[ihdr_end..]].concat();
     let d = decode(&png, &limits()).unwrap();
     assert!(d.orientation_applied);
     assert_eq!(d.rgb.get_pixel(9, 5).0, [255, 255, 255]);
@@ -231,10 +197,7 @@ fn sixteen_bit_png_rounds() {
     let png = png_bytes(&native, 2, 1, ExtendedColorType::Rgb16);
     let d = decode(&png, &limits()).unwrap();
     assert_eq!(d.source_bit_depth, 16);
-    let expect: Vec<u8> = samples
-        .iter()
-        .map(|&v| (f64::from(v) / 257.0).round() as u8)
-        .collect();
+    let expect: Vec<u8> = samples.iter().map(|&v| (f64::from(v) / 257.0).round() as u8).collect();
     assert_eq!(d.rgb.as_raw(), &expect);
     assert_eq!(expect, vec![0, 1, 127, 128, 255, 255]);
 }
@@ -243,11 +206,7 @@ fn sixteen_bit_png_rounds() {
 fn sixteen_bit_rgba_png_keeps_alpha() {
     let samples: [u16; 8] = [65535, 0, 0, 32896, 0, 65535, 0, 65535];
     let native: Vec<u8> = samples.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let d = decode(
-        &png_bytes(&native, 2, 1, ExtendedColorType::Rgba16),
-        &limits(),
-    )
-    .unwrap();
+    let d = decode(&png_bytes(&native, 2, 1, ExtendedColorType::Rgba16), &limits()).unwrap();
     assert_eq!(d.source_bit_depth, 16);
     assert_eq!(d.rgb.as_raw(), &vec![255, 0, 0, 0, 255, 0]);
     assert_eq!(d.alpha.unwrap().as_raw(), &vec![128, 255]);
@@ -256,11 +215,7 @@ fn sixteen_bit_rgba_png_keeps_alpha() {
 #[test]
 fn grayscale_png_becomes_rgb() {
     let g = GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 50 + y) as u8]));
-    let d = decode(
-        &png_bytes(g.as_raw(), 5, 3, ExtendedColorType::L8),
-        &limits(),
-    )
-    .unwrap();
+    let d = decode(&png_bytes(g.as_raw(), 5, 3, ExtendedColorType::L8), &limits()).unwrap();
     assert!(d.alpha.is_none());
     for (p, q) in d.rgb.pixels().zip(g.pixels()) {
         assert_eq!(p.0, [q.0[0]; 3]);
@@ -277,10 +232,7 @@ fn gray_alpha_png() {
 
 #[test]
 fn opaque_alpha_is_dropped() {
-    let rgba: Vec<u8> = test_image(6, 4)
-        .pixels()
-        .flat_map(|p| [p.0[0], p.0[1], p.0[2], 255])
-        .collect();
+    let rgba: Vec<u8> = test_image(6, 4).pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2], 255]).collect();
     let d = decode(&png_bytes(&rgba, 6, 4, ExtendedColorType::Rgba8), &limits()).unwrap();
     assert!(d.alpha.is_none());
     assert_eq!(d.rgb, test_image(6, 4));
@@ -315,12 +267,8 @@ fn real_photos() {
     ];
     for (name, format, size) in expected {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; run `make models` (or set PURRIFY_CACHE) first",
-                path.display()
-            )
-        });
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `make models` (or set PURRIFY_CACHE) first", path.display()));
         let h = read_header(&bytes, &limits()).unwrap();
         let d = decode(&bytes, &limits()).unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_eq!(d.format, format, "{name}");
@@ -328,13 +276,7 @@ fn real_photos() {
         assert_eq!(d.rgb.dimensions(), size, "{name}: pixels");
         // A real photo, not a blank buffer: plenty of distinct values.
         let mut seen = [false; 256];
-        d.rgb
-            .as_raw()
-            .iter()
-            .for_each(|&v| seen[usize::from(v)] = true);
-        assert!(
-            seen.iter().filter(|&&s| s).count() > 128,
-            "{name}: too few distinct values"
-        );
+        d.rgb.as_raw().iter().for_each(|&v| seen[usize::from(v)] = true);
+        assert!(seen.iter().filter(|&&s| s).count() > 128, "{name}: too few distinct values");
     }
 }

@@ -199,11 +199,8 @@ pub fn install_panic_hook() {
 
 /// The one line [`install_panic_hook`] prints.
 pub fn panic_line(payload: &(dyn std::any::Any + Send), location: Option<&std::panic::Location<'_>>) -> String {
-    let message = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown cause");
+    let message =
+        payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("unknown cause");
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     match location {
         Some(l) => format!("purrify-inference: internal error: {message} (at {}:{}); please report it", l.file(), l.line()),

@@ -10,12 +10,12 @@ pub mod protocol;
 pub mod client;
 
 #[cfg(feature = "engine")]
+pub mod cli;
+#[cfg(feature = "engine")]
 pub mod pipeline;
 #[cfg(feature = "engine")]
 pub mod runtime;
-#[cfg(feature = "storage")]
-pub mod storage;
 #[cfg(feature = "engine")]
 pub mod server;
-#[cfg(feature = "engine")]
-pub mod cli;
+#[cfg(feature = "storage")]
+pub mod storage;

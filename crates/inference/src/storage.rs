@@ -92,10 +92,8 @@ impl Storage {
         }
         if root.scheme() == "file" {
             let dir = root.to_file_path().map_err(|()| invalid(root.as_str(), "not a local path"))?;
-            std::fs::create_dir_all(&dir).map_err(|e| StorageError::Backend {
-                uri: root.to_string(),
-                message: format!("cannot create {}: {e}", dir.display()),
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StorageError::Backend { uri: root.to_string(), message: format!("cannot create {}: {e}", dir.display()) })?;
         }
         Ok(Self { root, s3, stores: Mutex::new(HashMap::new()) })
     }
@@ -111,9 +109,8 @@ impl Storage {
 
     fn resolve(&self, uri: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), StorageError> {
         let url = parse_uri(uri)?;
-        let inside = url.scheme() == self.root.scheme()
-            && url.host_str() == self.root.host_str()
-            && url.path().starts_with(self.root.path());
+        let inside =
+            url.scheme() == self.root.scheme() && url.host_str() == self.root.host_str() && url.path().starts_with(self.root.path());
         if !inside {
             return Err(StorageError::OutsideRoot { uri: uri.to_string(), root: self.root.to_string() });
         }

@@ -9,11 +9,7 @@ use std::process::{Command, Stdio};
 use common::*;
 
 fn enhance(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_purrify-inference"))
-        .arg("enhance")
-        .args(args)
-        .output()
-        .expect("binary runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_purrify-inference")).arg("enhance").args(args).output().expect("binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     (out.status.success(), stderr)
@@ -110,10 +106,8 @@ fn hostile_files_exit_non_zero_with_one_line() {
 /// Argument errors stay clap's own: exit code 2, the argument named, a usage hint.
 #[test]
 fn argument_errors_name_the_argument() {
-    let out = Command::new(env!("CARGO_BIN_EXE_purrify-inference"))
-        .args(["enhance", "in.jpg", "out.jpg", "--scale", "two"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_purrify-inference")).args(["enhance", "in.jpg", "out.jpg", "--scale", "two"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let first = stderr.lines().next().unwrap_or_default();

@@ -29,8 +29,8 @@ fn max_abs_diff(a: &RgbImage, b: &RgbImage) -> u8 {
 }
 
 fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
-    let mse: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>()
-        / a.as_raw().len() as f64;
+    let mse: f64 =
+        a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>() / a.as_raw().len() as f64;
     10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10()
 }
 
@@ -93,11 +93,11 @@ fn tile_model_times_are_reported_per_tile() {
     let mut samples: Vec<Duration> = Vec::new();
     let mut record = |d: Duration| samples.push(d);
     let out = fast_engine()
-        .enhance(&input, &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg), JobControl {
-            cancelled: &|| false,
-            progress: &mut |_, _| {},
-            tile_model_time: Some(&mut record),
-        })
+        .enhance(
+            &input,
+            &params(QualityLevel::Fast, 2, 32, OutputFormat::Jpeg),
+            JobControl { cancelled: &|| false, progress: &mut |_, _| {}, tile_model_time: Some(&mut record) },
+        )
         .unwrap();
     assert_eq!(samples.len() as u32, out.tiles);
     let sum: Duration = samples.iter().sum();

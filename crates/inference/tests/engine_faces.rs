@@ -25,22 +25,14 @@ fn faces_are_restored_and_pasted_back_only_where_they_are() {
     let dir = tempfile::tempdir().unwrap();
     // +0.3 in [-1, 1] units brightens restored faces by about 38/255.
     let model = shift_restoration_model(dir.path(), "brighten", &FACE_SHAPE, &FACE_SHAPE, 0.3);
-    let engine = Engine::load(EngineConfig {
-        quality_levels: vec![QualityLevel::Fast],
-        face_model: Some(model),
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let engine =
+        Engine::load(EngineConfig { quality_levels: vec![QualityLevel::Fast], face_model: Some(model), ..EngineConfig::default() })
+            .unwrap();
     engine.warm_up().unwrap();
     let input = png_bytes(&crop(&photo("astronaut.png"), 100, 0, 320, 320));
     let run = |face_enhance| {
-        let params = EnhanceParams {
-            tile_size: 400,
-            quality_level: QualityLevel::Fast,
-            scale: 2,
-            face_enhance,
-            output_format: OutputFormat::Png,
-        };
+        let params =
+            EnhanceParams { tile_size: 400, quality_level: QualityLevel::Fast, scale: 2, face_enhance, output_format: OutputFormat::Png };
         let mut seen: Vec<(Stage, f32)> = Vec::new();
         let out = engine.enhance(&input, &params, JobControl::new(&|| false, &mut |s, p| seen.push((s, p)))).unwrap();
         (out, seen)

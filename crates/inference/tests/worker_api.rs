@@ -36,13 +36,7 @@ async fn start_with_grace(jobs: JobsConfig, engine: EngineSource, shutdown_grace
     let storage = Arc::new(Storage::new(&format!("file://{}", dir.path().display()), S3Options::default()).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let worker = purrify_inference::server::start(
-        WorkerConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            storage: storage.clone(),
-            jobs,
-            engine,
-            shutdown_grace,
-        },
+        WorkerConfig { addr: "127.0.0.1:0".parse().unwrap(), storage: storage.clone(), jobs, engine, shutdown_grace },
         async move {
             let _ = rx.await;
         },
@@ -101,14 +95,7 @@ async fn job_runs_with_events_result_info_and_metrics() {
     let h = ready_worker(2).await;
     let input = h.put_input("a.png", small_photo()).await;
     let job = h.job("job-1", &input, fast(32));
-    let resp = h
-        .http
-        .post(format!("{}/v1/jobs", h.base))
-        .header("x-request-id", "req-123")
-        .json(&job)
-        .send()
-        .await
-        .unwrap();
+    let resp = h.http.post(format!("{}/v1/jobs", h.base)).header("x-request-id", "req-123").json(&job).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.headers()["x-request-id"], "req-123", "request id is propagated");
     let accepted: JobAccepted = resp.json().await.unwrap();
@@ -216,9 +203,7 @@ async fn cancel_stops_a_running_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_the_worker_keeps_serving() {
     let h = ready_worker(4).await;
-    let post = |body: String| {
-        h.http.post(format!("{}/v1/jobs", h.base)).header("content-type", "application/json").body(body).send()
-    };
+    let post = |body: String| h.http.post(format!("{}/v1/jobs", h.base)).header("content-type", "application/json").body(body).send();
     assert_eq!(post("{not json".into()).await.unwrap().status(), 422);
     assert_eq!(post(json!({"id": "x"}).to_string()).await.unwrap().status(), 422, "missing uris");
     let bad_scale = json!({"id": "x", "input_uri": "file:///a", "output_uri": "file:///b", "params": {"scale": 3}});

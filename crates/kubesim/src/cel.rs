@@ -41,11 +41,7 @@ impl CVal {
             }
             Value::String(s) => CVal::Str(s.clone()),
             Value::Array(a) => CVal::List(a.iter().map(CVal::from_json).collect()),
-            Value::Object(m) => CVal::Map(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), CVal::from_json(v)))
-                    .collect(),
-            ),
+            Value::Object(m) => CVal::Map(m.iter().map(|(k, v)| (k.clone(), CVal::from_json(v))).collect()),
         }
     }
 
@@ -116,11 +112,7 @@ enum Expr {
     Ident(String),
     Select(Box<Expr>, String),
     Index(Box<Expr>, Box<Expr>),
-    Call {
-        target: Option<Box<Expr>>,
-        name: String,
-        args: Vec<Expr>,
-    },
+    Call { target: Option<Box<Expr>>, name: String, args: Vec<Expr> },
     Not(Box<Expr>),
     Neg(Box<Expr>),
     Bin(BinOp, Box<Expr>, Box<Expr>),
@@ -130,12 +122,7 @@ enum Expr {
     List(Vec<Expr>),
     Map(Vec<(Expr, Expr)>),
     Has(Box<Expr>, String),
-    Macro {
-        kind: MacroKind,
-        range: Box<Expr>,
-        var: String,
-        body: Box<Expr>,
-    },
+    Macro { kind: MacroKind, range: Box<Expr>, var: String, body: Box<Expr> },
 }
 
 /// A compiled rule.
@@ -156,10 +143,7 @@ impl Program {
         let mut scope = vec!["self".to_string(), "oldSelf".to_string()];
         let mut uses_old_self = false;
         check(&expr, &mut scope, &mut uses_old_self)?;
-        Ok(Program {
-            expr,
-            uses_old_self,
-        })
+        Ok(Program { expr, uses_old_self })
     }
 
     /// Transition rules only run on updates where the old value exists.
@@ -193,10 +177,8 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
-    const PUNCTS: [&str; 23] = [
-        "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", "?", ":", "!",
-        "-", "+", "*", "/", "%", "<",
-    ];
+    const PUNCTS: [&str; 23] =
+        ["==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", "?", ":", "!", "-", "+", "*", "/", "%", "<"];
     while i < chars.len() {
         let c = chars[i];
         if c.is_whitespace() {
@@ -239,9 +221,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             }
             let s: String = chars[start..i].iter().collect();
             if is_double {
-                out.push(Tok::Double(
-                    s.parse().map_err(|_| format!("bad number {s}"))?,
-                ));
+                out.push(Tok::Double(s.parse().map_err(|_| format!("bad number {s}"))?));
             } else if i < chars.len() && (chars[i] == 'u' || chars[i] == 'U') {
                 i += 1;
                 out.push(Tok::UInt(s.parse().map_err(|_| format!("bad number {s}"))?));
@@ -250,9 +230,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             }
             continue;
         }
-        let raw = (c == 'r' || c == 'R')
-            && i + 1 < chars.len()
-            && (chars[i + 1] == '"' || chars[i + 1] == '\'');
+        let raw = (c == 'r' || c == 'R') && i + 1 < chars.len() && (chars[i + 1] == '"' || chars[i + 1] == '\'');
         if c == '"' || c == '\'' || raw {
             if raw {
                 i += 1;
@@ -266,11 +244,7 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
                     return Err("unterminated string literal".into());
                 }
                 if triple {
-                    if i + 2 < chars.len()
-                        && chars[i] == q
-                        && chars[i + 1] == q
-                        && chars[i + 2] == q
-                    {
+                    if i + 2 < chars.len() && chars[i] == q && chars[i + 1] == q && chars[i + 2] == q {
                         i += 3;
                         break;
                     }
@@ -348,14 +322,7 @@ impl Parser {
     }
 
     fn expect(&mut self, p: &str) -> Result<(), String> {
-        if self.eat_punct(p) {
-            Ok(())
-        } else {
-            Err(format!(
-                "expected {p:?}, found {:?}",
-                self.tokens.get(self.pos)
-            ))
-        }
+        if self.eat_punct(p) { Ok(()) } else { Err(format!("expected {p:?}, found {:?}", self.tokens.get(self.pos))) }
     }
 
     fn expr(&mut self) -> Result<Expr, String> {
@@ -492,11 +459,7 @@ impl Parser {
     }
 
     fn primary(&mut self) -> Result<Expr, String> {
-        let t = self
-            .tokens
-            .get(self.pos)
-            .cloned()
-            .ok_or("unexpected end of expression")?;
+        let t = self.tokens.get(self.pos).cloned().ok_or("unexpected end of expression")?;
         self.pos += 1;
         match t {
             Tok::Int(i) => Ok(Expr::Lit(CVal::Int(i))),
@@ -516,11 +479,7 @@ impl Parser {
                                 _ => Err("has() takes a single field selection".into()),
                             };
                         }
-                        Ok(Expr::Call {
-                            target: None,
-                            name,
-                            args,
-                        })
+                        Ok(Expr::Call { target: None, name, args })
                     } else {
                         Ok(Expr::Ident(name))
                     }
@@ -585,47 +544,21 @@ fn make_method(target: Expr, name: String, args: Vec<Expr>) -> Result<Expr, Stri
         let var = match args.next() {
             Some(Expr::Ident(v)) => v,
             _ => {
-                return Err(format!(
-                    "{name}() needs a variable name as its first argument"
-                ));
+                return Err(format!("{name}() needs a variable name as its first argument"));
             }
         };
-        let body = args
-            .next()
-            .ok_or_else(|| format!("{name}() needs a predicate"))?;
+        let body = args.next().ok_or_else(|| format!("{name}() needs a predicate"))?;
         if args.next().is_some() {
             return Err(format!("{name}() with a filter argument is not supported"));
         }
-        return Ok(Expr::Macro {
-            kind,
-            range: Box::new(target),
-            var,
-            body: Box::new(body),
-        });
+        return Ok(Expr::Macro { kind, range: Box::new(target), var, body: Box::new(body) });
     }
-    Ok(Expr::Call {
-        target: Some(Box::new(target)),
-        name,
-        args,
-    })
+    Ok(Expr::Call { target: Some(Box::new(target)), name, args })
 }
 
-const GLOBAL_FNS: [&str; 8] = [
-    "size", "int", "uint", "double", "string", "bool", "dyn", "matches",
-];
-const METHODS: [&str; 11] = [
-    "size",
-    "startsWith",
-    "endsWith",
-    "contains",
-    "matches",
-    "lowerAscii",
-    "upperAscii",
-    "trim",
-    "split",
-    "join",
-    "indexOf",
-];
+const GLOBAL_FNS: [&str; 8] = ["size", "int", "uint", "double", "string", "bool", "dyn", "matches"];
+const METHODS: [&str; 11] =
+    ["size", "startsWith", "endsWith", "contains", "matches", "lowerAscii", "upperAscii", "trim", "split", "join", "indexOf"];
 
 fn check(e: &Expr, scope: &mut Vec<String>, old: &mut bool) -> Result<(), String> {
     match e {
@@ -634,11 +567,7 @@ fn check(e: &Expr, scope: &mut Vec<String>, old: &mut bool) -> Result<(), String
             if n == "oldSelf" {
                 *old = true;
             }
-            if scope.iter().any(|s| s == n) {
-                Ok(())
-            } else {
-                Err(format!("undeclared reference to '{n}'"))
-            }
+            if scope.iter().any(|s| s == n) { Ok(()) } else { Err(format!("undeclared reference to '{n}'")) }
         }
         Expr::Select(t, _) | Expr::Has(t, _) | Expr::Not(t) | Expr::Neg(t) => check(t, scope, old),
         Expr::Index(a, b) | Expr::Bin(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => {
@@ -656,24 +585,16 @@ fn check(e: &Expr, scope: &mut Vec<String>, old: &mut bool) -> Result<(), String
             check(v, scope, old)
         }),
         Expr::Call { target, name, args } => {
-            let known = if target.is_some() {
-                METHODS.contains(&name.as_str())
-            } else {
-                GLOBAL_FNS.contains(&name.as_str())
-            };
+            let known = if target.is_some() { METHODS.contains(&name.as_str()) } else { GLOBAL_FNS.contains(&name.as_str()) };
             if !known {
-                return Err(format!(
-                    "function '{name}' is not supported by this server's CEL subset"
-                ));
+                return Err(format!("function '{name}' is not supported by this server's CEL subset"));
             }
             if let Some(t) = target {
                 check(t, scope, old)?;
             }
             args.iter().try_for_each(|a| check(a, scope, old))
         }
-        Expr::Macro {
-            range, var, body, ..
-        } => {
+        Expr::Macro { range, var, body, .. } => {
             check(range, scope, old)?;
             scope.push(var.clone());
             let r = check(body, scope, old);
@@ -691,12 +612,7 @@ struct Env {
 
 impl Env {
     fn lookup(&self, n: &str) -> Result<CVal, String> {
-        self.vars
-            .iter()
-            .rev()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| format!("no such variable '{n}'"))
+        self.vars.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone()).ok_or_else(|| format!("no such variable '{n}'"))
     }
 }
 
@@ -713,10 +629,7 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
         Expr::Ident(n) => env.lookup(n),
         Expr::Select(t, f) => match eval(t, env)? {
             CVal::Map(m) => m.get(f).cloned().ok_or_else(|| format!("no such key: {f}")),
-            other => Err(format!(
-                "cannot select field '{f}' from {}",
-                other.type_name()
-            )),
+            other => Err(format!("cannot select field '{f}' from {}", other.type_name())),
         },
         Expr::Has(t, f) => match eval(t, env)? {
             CVal::Map(m) => Ok(CVal::Bool(m.contains_key(f))),
@@ -738,15 +651,8 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
                     }
                     Ok(l[n as usize].clone())
                 }
-                (CVal::Map(m), CVal::Str(k)) => m
-                    .get(&k)
-                    .cloned()
-                    .ok_or_else(|| format!("no such key: {k}")),
-                (t, i) => Err(format!(
-                    "cannot index {} with {}",
-                    t.type_name(),
-                    i.type_name()
-                )),
+                (CVal::Map(m), CVal::Str(k)) => m.get(&k).cloned().ok_or_else(|| format!("no such key: {k}")),
+                (t, i) => Err(format!("cannot index {} with {}", t.type_name(), i.type_name())),
             }
         }
         Expr::Not(x) => Ok(CVal::Bool(!as_bool(eval(x, env)?)?)),
@@ -790,12 +696,7 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
                 eval(b, env)
             }
         }
-        Expr::List(items) => Ok(CVal::List(
-            items
-                .iter()
-                .map(|i| eval(i, env))
-                .collect::<Result<_, _>>()?,
-        )),
+        Expr::List(items) => Ok(CVal::List(items.iter().map(|i| eval(i, env)).collect::<Result<_, _>>()?)),
         Expr::Map(entries) => {
             let mut m = BTreeMap::new();
             for (k, v) in entries {
@@ -817,18 +718,10 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
                 Some(t) => Some(eval(t, env)?),
                 None => None,
             };
-            let args: Vec<CVal> = args
-                .iter()
-                .map(|a| eval(a, env))
-                .collect::<Result<_, _>>()?;
+            let args: Vec<CVal> = args.iter().map(|a| eval(a, env)).collect::<Result<_, _>>()?;
             call(target, name, args)
         }
-        Expr::Macro {
-            kind,
-            range,
-            var,
-            body,
-        } => {
+        Expr::Macro { kind, range, var, body } => {
             let items: Vec<CVal> = match eval(range, env)? {
                 CVal::List(l) => l,
                 CVal::Map(m) => m.into_keys().map(CVal::Str).collect(),
@@ -873,12 +766,7 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
                     }
                     Ok(CVal::Bool(n == 1))
                 }
-                MacroKind::Map => Ok(CVal::List(
-                    results
-                        .into_iter()
-                        .map(|(_, r)| r)
-                        .collect::<Result<_, _>>()?,
-                )),
+                MacroKind::Map => Ok(CVal::List(results.into_iter().map(|(_, r)| r).collect::<Result<_, _>>()?)),
                 MacroKind::Filter => {
                     let mut out = Vec::new();
                     for (item, r) in results {
@@ -895,14 +783,8 @@ fn eval(e: &Expr, env: &mut Env) -> Result<CVal, String> {
 
 fn values_equal(a: &CVal, b: &CVal) -> bool {
     match (a, b) {
-        (CVal::List(x), CVal::List(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q))
-        }
-        (CVal::Map(x), CVal::Map(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
-        }
+        (CVal::List(x), CVal::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q)),
+        (CVal::Map(x), CVal::Map(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w))),
         _ => match (a.as_f64(), b.as_f64()) {
             (Some(x), Some(y)) => x == y,
             _ => a == b,
@@ -916,14 +798,8 @@ fn compare(a: &CVal, b: &CVal) -> Result<std::cmp::Ordering, String> {
         (CVal::Bool(x), CVal::Bool(y)) => Ok(x.cmp(y)),
         (CVal::Int(x), CVal::Int(y)) => Ok(x.cmp(y)),
         _ => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => x
-                .partial_cmp(&y)
-                .ok_or_else(|| "comparison with NaN".to_string()),
-            _ => Err(format!(
-                "no such overload: {} < {}",
-                a.type_name(),
-                b.type_name()
-            )),
+            (Some(x), Some(y)) => x.partial_cmp(&y).ok_or_else(|| "comparison with NaN".to_string()),
+            _ => Err(format!("no such overload: {} < {}", a.type_name(), b.type_name())),
         },
     }
 }
@@ -980,19 +856,14 @@ fn binary(op: BinOp, l: CVal, r: CVal) -> Result<CVal, String> {
             (CVal::Int(a), CVal::Int(b)) => CVal::Int(a.checked_rem(b).ok_or("int overflow")?),
             (CVal::UInt(a), CVal::UInt(b)) => CVal::UInt(a % b),
             (a, b) => {
-                return Err(format!(
-                    "no such overload: {} % {}",
-                    a.type_name(),
-                    b.type_name()
-                ));
+                return Err(format!("no such overload: {} % {}", a.type_name(), b.type_name()));
             }
         },
     })
 }
 
 fn num(v: &CVal) -> Result<f64, String> {
-    v.as_f64()
-        .ok_or_else(|| format!("expected a number, got {}", v.type_name()))
+    v.as_f64().ok_or_else(|| format!("expected a number, got {}", v.type_name()))
 }
 
 fn string_arg(args: &[CVal], i: usize, f: &str) -> Result<String, String> {
@@ -1008,9 +879,7 @@ fn call(target: Option<CVal>, name: &str, args: Vec<CVal>) -> Result<CVal, Strin
         Some(t) => (t, args),
         None => {
             let mut it = args.into_iter();
-            let first = it
-                .next()
-                .ok_or_else(|| format!("{name}() needs an argument"))?;
+            let first = it.next().ok_or_else(|| format!("{name}() needs an argument"))?;
             (first, it.collect())
         }
     };
@@ -1033,17 +902,11 @@ fn call(target: Option<CVal>, name: &str, args: Vec<CVal>) -> Result<CVal, Strin
             CVal::Int(i) => u64::try_from(i).map(CVal::UInt).map_err(|e| e.to_string()),
             CVal::UInt(u) => Ok(CVal::UInt(u)),
             CVal::Double(d) if d >= 0.0 => Ok(CVal::UInt(d.trunc() as u64)),
-            CVal::Str(s) => s
-                .parse()
-                .map(CVal::UInt)
-                .map_err(|_| format!("uint({s:?})")),
+            CVal::Str(s) => s.parse().map(CVal::UInt).map_err(|_| format!("uint({s:?})")),
             other => Err(format!("uint() of {}", other.type_name())),
         },
         "double" => match recv {
-            CVal::Str(s) => s
-                .parse()
-                .map(CVal::Double)
-                .map_err(|_| format!("double({s:?})")),
+            CVal::Str(s) => s.parse().map(CVal::Double).map_err(|_| format!("double({s:?})")),
             other => Ok(CVal::Double(num(&other)?)),
         },
         "string" => Ok(CVal::Str(recv.display())),
@@ -1066,11 +929,7 @@ fn call(target: Option<CVal>, name: &str, args: Vec<CVal>) -> Result<CVal, Strin
                 "startsWith" => CVal::Bool(s.starts_with(&a)),
                 "endsWith" => CVal::Bool(s.ends_with(&a)),
                 "contains" => CVal::Bool(s.contains(&a)),
-                "indexOf" => CVal::Int(
-                    s.find(&a)
-                        .map(|byte| s[..byte].chars().count() as i64)
-                        .unwrap_or(-1),
-                ),
+                "indexOf" => CVal::Int(s.find(&a).map(|byte| s[..byte].chars().count() as i64).unwrap_or(-1)),
                 _ => {
                     let re = regex::Regex::new(&a).map_err(|e| e.to_string())?;
                     CVal::Bool(re.is_match(&s))
@@ -1088,21 +947,13 @@ fn call(target: Option<CVal>, name: &str, args: Vec<CVal>) -> Result<CVal, Strin
         "split" => match recv {
             CVal::Str(s) => {
                 let sep = string_arg(&args, 0, name)?;
-                Ok(CVal::List(
-                    s.split(sep.as_str())
-                        .map(|p| CVal::Str(p.to_string()))
-                        .collect(),
-                ))
+                Ok(CVal::List(s.split(sep.as_str()).map(|p| CVal::Str(p.to_string())).collect()))
             }
             other => Err(format!("split() on {}", other.type_name())),
         },
         "join" => match recv {
             CVal::List(items) => {
-                let sep = if args.is_empty() {
-                    String::new()
-                } else {
-                    string_arg(&args, 0, name)?
-                };
+                let sep = if args.is_empty() { String::new() } else { string_arg(&args, 0, name)? };
                 let parts: Result<Vec<String>, String> = items
                     .into_iter()
                     .map(|i| match i {
@@ -1134,37 +985,19 @@ mod tests {
 
     #[test]
     fn immutability_and_comparisons() {
-        assert_eq!(
-            run("self == oldSelf", json!({"a": 1}), Some(json!({"a": 1}))),
-            Ok(CVal::Bool(true))
-        );
-        assert_eq!(
-            run("self == oldSelf", json!({"a": 1}), Some(json!({"a": 2}))),
-            Ok(CVal::Bool(false))
-        );
+        assert_eq!(run("self == oldSelf", json!({"a": 1}), Some(json!({"a": 1}))), Ok(CVal::Bool(true)));
+        assert_eq!(run("self == oldSelf", json!({"a": 1}), Some(json!({"a": 2}))), Ok(CVal::Bool(false)));
         assert!(Program::compile("self == oldSelf").unwrap().is_transition());
-        assert_eq!(
-            run("self.min <= self.max", json!({"min": 1, "max": 3}), None),
-            Ok(CVal::Bool(true))
-        );
-        assert_eq!(
-            run("self.min <= self.max", json!({"min": 4, "max": 3.5}), None),
-            Ok(CVal::Bool(false))
-        );
+        assert_eq!(run("self.min <= self.max", json!({"min": 1, "max": 3}), None), Ok(CVal::Bool(true)));
+        assert_eq!(run("self.min <= self.max", json!({"min": 4, "max": 3.5}), None), Ok(CVal::Bool(false)));
     }
 
     #[test]
     fn functions_and_macros() {
         let v = json!({"name": "gpu-a", "items": [1, 2, 3], "tags": {"x": "y"}});
         for (rule, want) in [
-            (
-                "self.name.startsWith('gpu-') && size(self.items) == 3",
-                true,
-            ),
-            (
-                "self.items.all(i, i > 0) && self.items.exists(i, i == 2)",
-                true,
-            ),
+            ("self.name.startsWith('gpu-') && size(self.items) == 3", true),
+            ("self.items.all(i, i > 0) && self.items.exists(i, i == 2)", true),
             ("self.items.exists_one(i, i > 2)", true),
             ("self.items.map(i, i * 2) == [2, 4, 6]", true),
             ("self.items.filter(i, i % 2 == 1).size() == 2", true),

@@ -9,26 +9,17 @@ use crate::resource::ResourceInfo;
 use crate::schema::Schema;
 
 fn invalid(field: &str, message: String) -> Cause {
-    Cause {
-        reason: "FieldValueInvalid".into(),
-        message,
-        field: field.into(),
-    }
+    Cause { reason: "FieldValueInvalid".into(), message, field: field.into() }
 }
 
 fn required(field: &str) -> Cause {
-    Cause {
-        reason: "FieldValueRequired".into(),
-        message: "Required value".into(),
-        field: field.into(),
-    }
+    Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: field.into() }
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -36,17 +27,9 @@ fn is_dns_label(s: &str) -> bool {
 /// Compiles a CRD into one `ResourceInfo` per served version, or the causes of a 422.
 pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Vec<Cause>> {
     let mut errs = Vec::new();
-    let name = crd
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
-    let s = |p: &str| {
-        spec.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let s = |p: &str| spec.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
     let group = s("/group");
     let plural = s("/names/plural");
     let kind = s("/names/kind");
@@ -62,15 +45,15 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
     if group.is_empty() {
         errs.push(required("spec.group"));
     } else if !group.contains('.') {
-        errs.push(invalid(
-            "spec.group",
-            format!("Invalid value: {group:?}: should be a domain with at least one dot"),
-        ));
+        errs.push(invalid("spec.group", format!("Invalid value: {group:?}: should be a domain with at least one dot")));
     }
     if plural.is_empty() {
         errs.push(required("spec.names.plural"));
     } else if !is_dns_label(&plural) {
-        errs.push(invalid("spec.names.plural", format!("Invalid value: {plural:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'")));
+        errs.push(invalid(
+            "spec.names.plural",
+            format!("Invalid value: {plural:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"),
+        ));
     }
     if kind.is_empty() {
         errs.push(required("spec.names.kind"));
@@ -79,10 +62,7 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
         return Err(errs);
     }
     if name != format!("{plural}.{group}") {
-        errs.push(invalid(
-            "metadata.name",
-            format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"),
-        ));
+        errs.push(invalid("metadata.name", format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group")));
     }
     let namespaced = match scope.as_str() {
         "Namespaced" => true,
@@ -94,54 +74,32 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
         other => {
             errs.push(Cause {
                 reason: "FieldValueNotSupported".into(),
-                message: format!(
-                    "Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""
-                ),
+                message: format!("Unsupported value: {other:?}: supported values: \"Cluster\", \"Namespaced\""),
                 field: "spec.scope".into(),
             });
             true
         }
     };
-    if let Some(old_scope) = old
-        .and_then(|o| o.pointer("/spec/scope"))
-        .and_then(Value::as_str)
+    if let Some(old_scope) = old.and_then(|o| o.pointer("/spec/scope")).and_then(Value::as_str)
         && old_scope != scope
     {
-        errs.push(invalid(
-            "spec.scope",
-            format!("Invalid value: {scope:?}: field is immutable"),
-        ));
+        errs.push(invalid("spec.scope", format!("Invalid value: {scope:?}: field is immutable")));
     }
     let short_names: Vec<String> = spec
         .pointer("/names/shortNames")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let categories: Vec<String> = spec
         .pointer("/names/categories")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let versions = spec
-        .get("versions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
     if versions.is_empty() {
         errs.push(required("spec.versions"));
     }
-    let storage_count = versions
-        .iter()
-        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-        .count();
+    let storage_count = versions.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).count();
     if !versions.is_empty() && storage_count != 1 {
         errs.push(invalid(
             "spec.versions",
@@ -150,11 +108,7 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
     }
     let mut out = Vec::new();
     for (i, v) in versions.iter().enumerate() {
-        let vname = v
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let vname = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         if vname.is_empty() {
             errs.push(required(&format!("spec.versions[{i}].name")));
             continue;
@@ -167,10 +121,7 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
             }
             Some(raw) => {
                 if raw.get("type").and_then(Value::as_str) != Some("object") {
-                    errs.push(invalid(
-                        &format!("{field}.type"),
-                        "Unsupported value: must be object at the root".into(),
-                    ));
+                    errs.push(invalid(&format!("{field}.type"), "Unsupported value: must be object at the root".into()));
                 }
                 match Schema::parse(raw, &field) {
                     Ok(s) => s,
@@ -220,11 +171,7 @@ pub fn status(crd: &Value, old_status: Option<&Value>, now: &str) -> Value {
     let mut stored: Vec<String> = old_status
         .and_then(|s| s.get("storedVersions"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     if let Some(versions) = crd.pointer("/spec/versions").and_then(Value::as_array) {
         for v in versions {
@@ -241,10 +188,7 @@ pub fn status(crd: &Value, old_status: Option<&Value>, now: &str) -> Value {
         old_status
             .and_then(|s| s.get("conditions"))
             .and_then(Value::as_array)
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some(t))
-            })
+            .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(t)))
             .and_then(|c| c.get("lastTransitionTime"))
             .and_then(Value::as_str)
             .unwrap_or(now)

@@ -60,22 +60,13 @@ pub struct Qualified<'a> {
 
 impl std::fmt::Display for Qualified<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() {
-            f.write_str(self.plural)
-        } else {
-            write!(f, "{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { f.write_str(self.plural) } else { write!(f, "{}.{}", self.plural, self.group) }
     }
 }
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: Box::default(),
-        }
+        ApiError { code, reason, message: message.into(), details: Box::default() }
     }
 
     fn with_target(mut self, q: &Qualified<'_>, name: &str) -> Self {
@@ -97,66 +88,28 @@ impl ApiError {
 
     /// 404 for a path the server has no handler for.
     pub fn no_route() -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
+        Self::new(404, "NotFound", "the server could not find the requested resource")
     }
 
     pub fn already_exists(q: &Qualified<'_>, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{q} \"{name}\" already exists"),
-        )
-        .with_target(q, name)
+        Self::new(409, "AlreadyExists", format!("{q} \"{name}\" already exists")).with_target(q, name)
     }
 
     pub fn conflict(q: &Qualified<'_>, name: &str, why: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!("Operation cannot be fulfilled on {q} \"{name}\": {why}"),
-        )
-        .with_target(q, name)
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {q} \"{name}\": {why}")).with_target(q, name)
     }
 
     pub fn stale(q: &Qualified<'_>, name: &str) -> Self {
-        Self::conflict(
-            q,
-            name,
-            "the object has been modified; please apply your changes to the latest version and try again",
-        )
+        Self::conflict(q, name, "the object has been modified; please apply your changes to the latest version and try again")
     }
 
     /// A 422 whose message lists every cause, the way the real server words it.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let qualified_kind = if group.is_empty() {
-            kind.to_string()
-        } else {
-            format!("{kind}.{group}")
-        };
-        let list: Vec<String> = causes
-            .iter()
-            .map(|c| {
-                if c.field.is_empty() {
-                    c.message.clone()
-                } else {
-                    format!("{}: {}", c.field, c.message)
-                }
-            })
-            .collect();
-        let body = if list.len() == 1 {
-            list[0].clone()
-        } else {
-            format!("[{}]", list.join(", "))
-        };
-        let mut e = Self::new(
-            422,
-            "Invalid",
-            format!("{qualified_kind} \"{name}\" is invalid: {body}"),
-        );
+        let qualified_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let list: Vec<String> =
+            causes.iter().map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) }).collect();
+        let body = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let mut e = Self::new(422, "Invalid", format!("{qualified_kind} \"{name}\" is invalid: {body}"));
         e.details.name = Some(name.to_string());
         if !group.is_empty() {
             e.details.group = Some(group.to_string());
@@ -190,11 +143,7 @@ impl ApiError {
     }
 
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
-        let mut e = Self::new(
-            504,
-            "Timeout",
-            format!("Too large resource version: {requested}, current: {current}"),
-        );
+        let mut e = Self::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"));
         e.details.causes.push(Cause {
             reason: "ResourceVersionTooLarge".into(),
             message: "Too large resource version".into(),
@@ -203,35 +152,17 @@ impl ApiError {
         e
     }
 
-    pub fn apply_conflicts(
-        q: &Qualified<'_>,
-        name: &str,
-        conflicts: Vec<(String, String)>,
-    ) -> Self {
+    pub fn apply_conflicts(q: &Qualified<'_>, name: &str, conflicts: Vec<(String, String)>) -> Self {
         let message = if conflicts.len() == 1 {
-            format!(
-                "Apply failed with 1 conflict: conflict with \"{}\": {}",
-                conflicts[0].0, conflicts[0].1
-            )
+            format!("Apply failed with 1 conflict: conflict with \"{}\": {}", conflicts[0].0, conflicts[0].1)
         } else {
-            let lines: Vec<String> = conflicts
-                .iter()
-                .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
-                .collect();
-            format!(
-                "Apply failed with {} conflicts: {}",
-                conflicts.len(),
-                lines.join("\n")
-            )
+            let lines: Vec<String> = conflicts.iter().map(|(m, f)| format!("conflict with \"{m}\": {f}")).collect();
+            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
         };
         let mut e = Self::new(409, "Conflict", message).with_target(q, name);
         e.details.causes = conflicts
             .into_iter()
-            .map(|(m, f)| Cause {
-                reason: "FieldManagerConflict".into(),
-                message: format!("conflict with \"{m}\""),
-                field: f,
-            })
+            .map(|(m, f)| Cause { reason: "FieldManagerConflict".into(), message: format!("conflict with \"{m}\""), field: f })
             .collect();
         e
     }

@@ -74,11 +74,7 @@ fn metadata_schema() -> &'static Schema {
 
 /// The schema for a top-level field, with `metadata` handled uniformly.
 fn root_child<'a>(schema: &'a Schema, key: &str) -> Option<&'a Schema> {
-    if key == "metadata" {
-        Some(metadata_schema())
-    } else {
-        schema.child(key)
-    }
+    if key == "metadata" { Some(metadata_schema()) } else { schema.child(key) }
 }
 
 pub fn canonical(v: &Value) -> String {
@@ -134,12 +130,7 @@ pub fn scoped(v: &Value, scope: Scope) -> Value {
                 out.insert(k.clone(), val.clone());
             }
             (_, Scope::Status) => {}
-            (
-                "status",
-                Scope::Main {
-                    exclude_status: true,
-                },
-            ) => {}
+            ("status", Scope::Main { exclude_status: true }) => {}
             _ => {
                 out.insert(k.clone(), val.clone());
             }
@@ -206,8 +197,7 @@ fn key_matches(e: &Value, key_json: &str) -> bool {
     let Ok(Value::Object(key)) = serde_json::from_str::<Value>(key_json) else {
         return false;
     };
-    key.iter()
-        .all(|(k, want)| e.get(k).unwrap_or(&Value::Null) == want)
+    key.iter().all(|(k, want)| e.get(k).unwrap_or(&Value::Null) == want)
 }
 
 pub fn get<'a>(v: &'a Value, path: &[PE]) -> Option<&'a Value> {
@@ -230,10 +220,7 @@ fn get_mut<'a>(v: &'a mut Value, path: &[PE]) -> Option<&'a mut Value> {
     for pe in path {
         cur = match pe {
             PE::F(k) => cur.get_mut(k)?,
-            PE::K(kj) => cur
-                .as_array_mut()?
-                .iter_mut()
-                .find(|e| key_matches(e, kj))?,
+            PE::K(kj) => cur.as_array_mut()?.iter_mut().find(|e| key_matches(e, kj))?,
             PE::V(vj) => {
                 let want: Value = serde_json::from_str(vj).ok()?;
                 cur.as_array_mut()?.iter_mut().find(|e| **e == want)?
@@ -281,11 +268,7 @@ fn merge(live: &mut Value, applied: &Value, schema: Option<&Schema>, root: bool)
     match (&mut *live, applied) {
         (Value::Object(l), Value::Object(a)) if !schema.is_some_and(Schema::is_atomic_map) => {
             for (k, av) in a {
-                let child = if root {
-                    schema.and_then(|s| root_child(s, k))
-                } else {
-                    schema.and_then(|s| s.child(k))
-                };
+                let child = if root { schema.and_then(|s| root_child(s, k)) } else { schema.and_then(|s| s.child(k)) };
                 match l.get_mut(k) {
                     Some(lv) => merge(lv, av, child, false),
                     None => {
@@ -355,17 +338,9 @@ pub fn decode(v: &Value) -> FieldSet {
                 PE::F(x.to_string())
             } else if let Some(x) = k.strip_prefix("k:") {
                 // Re-canonicalise: other writers may order keys differently.
-                PE::K(
-                    serde_json::from_str::<Value>(x)
-                        .map(|v| canonical(&v))
-                        .unwrap_or_else(|_| x.to_string()),
-                )
+                PE::K(serde_json::from_str::<Value>(x).map(|v| canonical(&v)).unwrap_or_else(|_| x.to_string()))
             } else if let Some(x) = k.strip_prefix("v:") {
-                PE::V(
-                    serde_json::from_str::<Value>(x)
-                        .map(|v| canonical(&v))
-                        .unwrap_or_else(|_| x.to_string()),
-                )
+                PE::V(serde_json::from_str::<Value>(x).map(|v| canonical(&v)).unwrap_or_else(|_| x.to_string()))
             } else {
                 continue;
             };
@@ -392,12 +367,7 @@ pub fn read_entries(obj: &Value) -> Vec<Entry> {
         .map(|list| {
             list.iter()
                 .filter_map(|e| {
-                    let s = |k: &str| {
-                        e.get(k)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string()
-                    };
+                    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
                     let manager = s("manager");
                     if manager.is_empty() && e.get("fieldsV1").is_none() {
                         return None;
@@ -476,9 +446,7 @@ pub struct Writer<'a> {
 }
 
 fn find_entry<'e>(entries: &'e mut Vec<Entry>, w: &Writer<'_>, op: &str) -> &'e mut Entry {
-    let pos = entries.iter().position(|e| {
-        e.manager == w.manager && e.operation == op && e.subresource == w.subresource
-    });
+    let pos = entries.iter().position(|e| e.manager == w.manager && e.operation == op && e.subresource == w.subresource);
     match pos {
         Some(i) => &mut entries[i],
         None => {
@@ -520,9 +488,7 @@ pub fn apply(
     schema.prune(&mut applied_scoped, true);
     let applied_set = field_set(&applied_scoped, schema);
 
-    let is_self = |e: &Entry| {
-        e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource
-    };
+    let is_self = |e: &Entry| e.manager == w.manager && e.operation == "Apply" && e.subresource == w.subresource;
     let mut conflicts = Vec::new();
     let mut forced: Vec<(usize, Path)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -564,16 +530,8 @@ pub fn apply(
         }
     }
 
-    let prev: FieldSet = entries
-        .iter()
-        .find(|e| is_self(e))
-        .map(|e| e.set.clone())
-        .unwrap_or_default();
-    let others: FieldSet = entries
-        .iter()
-        .filter(|e| !is_self(e))
-        .flat_map(|e| e.set.iter().cloned())
-        .collect();
+    let prev: FieldSet = entries.iter().find(|e| is_self(e)).map(|e| e.set.clone()).unwrap_or_default();
+    let others: FieldSet = entries.iter().filter(|e| !is_self(e)).flat_map(|e| e.set.iter().cloned()).collect();
     let mut dropped: Vec<&Path> = prev
         .iter()
         .filter(|p| !applied_set.contains(*p) && !others.contains(*p))
@@ -593,13 +551,7 @@ pub fn apply(
 }
 
 /// Records a non-apply write: the writer's Update entry gains every changed path.
-pub fn record_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    schema: &Schema,
-    scope: Scope,
-    w: &Writer<'_>,
-) {
+pub fn record_update(old: Option<&Value>, new: &mut Value, schema: &Schema, scope: Scope, w: &Writer<'_>) {
     let empty = json!({});
     let old_v = old.unwrap_or(&empty);
     let mut entries = read_entries(old_v);
@@ -607,23 +559,14 @@ pub fn record_update(
     let new_scoped = scoped(new, scope);
     let old_set = field_set(&old_scoped, schema);
     let new_set = field_set(&new_scoped, schema);
-    let changed: FieldSet = new_set
-        .iter()
-        .filter(|p| get(&old_scoped, p) != get(&new_scoped, p))
-        .cloned()
-        .collect();
+    let changed: FieldSet = new_set.iter().filter(|p| get(&old_scoped, p) != get(&new_scoped, p)).cloned().collect();
     let removed: FieldSet = old_set.difference(&new_set).cloned().collect();
     if changed.is_empty() && removed.is_empty() {
         write_entries(new, &entries);
         return;
     }
     for e in entries.iter_mut() {
-        let keep: FieldSet = e
-            .set
-            .iter()
-            .filter(|p| !changed.contains(*p) && !removed.contains(*p))
-            .cloned()
-            .collect();
+        let keep: FieldSet = e.set.iter().filter(|p| !changed.contains(*p) && !removed.contains(*p)).cloned().collect();
         if keep != e.set {
             e.set = keep;
         }
@@ -655,17 +598,10 @@ mod tests {
     }
 
     fn w(m: &'static str) -> Writer<'static> {
-        Writer {
-            manager: m,
-            subresource: "",
-            api_version: "v1",
-            now: "2024-01-01T00:00:00Z",
-        }
+        Writer { manager: m, subresource: "", api_version: "v1", now: "2024-01-01T00:00:00Z" }
     }
 
-    const MAIN: Scope = Scope::Main {
-        exclude_status: true,
-    };
+    const MAIN: Scope = Scope::Main { exclude_status: true };
 
     #[test]
     fn fields_v1_round_trip() {
@@ -673,10 +609,7 @@ mod tests {
             "spec": {"replicas": 1, "containers": [{"name": "c", "image": "i"}], "empty": {}}});
         let set = field_set(&scoped(&v, MAIN), &schema());
         let enc = encode(&set);
-        assert_eq!(
-            enc["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["."],
-            json!({})
-        );
+        assert_eq!(enc["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["."], json!({}));
         assert_eq!(enc["f:metadata"]["f:finalizers"]["v:\"x\""], json!({}));
         assert_eq!(decode(&enc), set);
     }
@@ -699,10 +632,7 @@ mod tests {
         let a4 = json!({"apiVersion": "v1", "kind": "K", "metadata": {"name": "x"},
             "spec": {"containers": [{"name": "c", "image": "i"}]}});
         let after = apply(Some(&forced), &a4, &s, MAIN, false, &w("one")).unwrap();
-        assert_eq!(
-            after["spec"]["containers"],
-            json!([{"name": "c", "image": "i"}])
-        );
+        assert_eq!(after["spec"]["containers"], json!([{"name": "c", "image": "i"}]));
         assert_eq!(after["spec"]["replicas"], 2);
     }
 
@@ -716,17 +646,9 @@ mod tests {
         record_update(Some(&live), &mut edited, &s, MAIN, &w("editor"));
         let entries = read_entries(&edited);
         let editor = entries.iter().find(|e| e.manager == "editor").unwrap();
-        assert!(
-            editor
-                .set
-                .contains(&vec![PE::F("spec".into()), PE::F("replicas".into())])
-        );
+        assert!(editor.set.contains(&vec![PE::F("spec".into()), PE::F("replicas".into())]));
         let applier = entries.iter().find(|e| e.manager == "applier").unwrap();
-        assert!(
-            !applier
-                .set
-                .contains(&vec![PE::F("spec".into()), PE::F("replicas".into())])
-        );
+        assert!(!applier.set.contains(&vec![PE::F("spec".into()), PE::F("replicas".into())]));
         // Re-applying the old value now conflicts with the editor.
         assert!(apply(Some(&edited), &a1, &s, MAIN, false, &w("applier")).is_err());
     }

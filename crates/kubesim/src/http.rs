@@ -31,11 +31,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            watch_history: 10_000,
-            bookmark_interval: Duration::from_secs(30),
-        }
+        ServerConfig { addr: SocketAddr::from(([127, 0, 0, 1], 0)), watch_history: 10_000, bookmark_interval: Duration::from_secs(30) }
     }
 }
 
@@ -56,15 +52,8 @@ pub enum Presentation {
 
 impl Presentation {
     fn from_accept(headers: &HeaderMap) -> Presentation {
-        let accept = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if accept.contains("as=PartialObjectMetadata") {
-            Presentation::Metadata
-        } else {
-            Presentation::Full
-        }
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if accept.contains("as=PartialObjectMetadata") { Presentation::Metadata } else { Presentation::Full }
     }
 
     pub fn object(self, o: Value) -> Value {
@@ -94,39 +83,26 @@ impl Presentation {
     fn content_type(self, list: bool) -> &'static str {
         match (self, list) {
             (Presentation::Full, _) => "application/json",
-            (Presentation::Metadata, false) => {
-                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
-            }
-            (Presentation::Metadata, true) => {
-                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-            }
+            (Presentation::Metadata, false) => "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            (Presentation::Metadata, true) => "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
         }
     }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .fallback(handle)
-        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
-        .with_state(shared)
+    Router::new().fallback(handle).layer(DefaultBodyLimit::max(16 * 1024 * 1024)).with_state(shared)
 }
 
 fn json_response(code: StatusCode, v: &Value, content_type: &str) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = (code, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
     r
 }
 
 fn error_response(e: &ApiError) -> Response {
-    json_response(
-        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &e.to_status(),
-        "application/json",
-    )
+    json_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status(), "application/json")
 }
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
@@ -162,27 +138,16 @@ fn parse_target(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> A
     }
     let st = shared.store.lock();
     let reg = &st.registry;
-    let (namespace, plural, name, sub) = if rest.first() == Some(&"namespaces")
-        && rest.len() >= 3
-        && reg
-            .get(group, version, rest[2])
-            .is_some_and(|i| i.namespaced)
-    {
-        (Some(rest[1].to_string()), rest[2], rest.get(3), rest.get(4))
-    } else {
-        (
-            None,
-            *rest.first().ok_or_else(ApiError::no_route)?,
-            rest.get(1),
-            rest.get(2),
-        )
-    };
+    let (namespace, plural, name, sub) =
+        if rest.first() == Some(&"namespaces") && rest.len() >= 3 && reg.get(group, version, rest[2]).is_some_and(|i| i.namespaced) {
+            (Some(rest[1].to_string()), rest[2], rest.get(3), rest.get(4))
+        } else {
+            (None, *rest.first().ok_or_else(ApiError::no_route)?, rest.get(1), rest.get(2))
+        };
     if rest.len() > if namespace.is_some() { 5 } else { 3 } {
         return Err(ApiError::no_route());
     }
-    let info = reg
-        .get(group, version, plural)
-        .ok_or_else(ApiError::no_route)?;
+    let info = reg.get(group, version, plural).ok_or_else(ApiError::no_route)?;
     let status = match sub {
         None => false,
         Some(&"status") if info.status_subresource => true,
@@ -191,13 +156,7 @@ fn parse_target(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> A
     if info.namespaced && namespace.is_none() && name.is_some() {
         return Err(ApiError::no_route());
     }
-    Ok(Target {
-        info,
-        namespace,
-        name: name.map(|s| s.to_string()),
-        status,
-        watch_path,
-    })
+    Ok(Target { info, namespace, name: name.map(|s| s.to_string()), status, watch_path })
 }
 
 fn manager_name(q: &HashMap<String, String>, headers: &HeaderMap) -> String {
@@ -215,67 +174,39 @@ fn manager_name(q: &HashMap<String, String>, headers: &HeaderMap) -> String {
 }
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))
 }
 
 /// JSON, or YAML when the content type says so (JSON is valid YAML, so apply bodies
 /// in either form work).
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !ct.contains("yaml") {
         return parse_json(body);
     }
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
     }
-    serde_yaml::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 fn list_opts(q: &HashMap<String, String>) -> ApiResult<ListOpts> {
     Ok(ListOpts {
-        labels: LabelSelector::parse(
-            q.get("labelSelector")
-                .map(String::as_str)
-                .unwrap_or_default(),
-        )?,
-        fields: FieldSelector::parse(
-            q.get("fieldSelector")
-                .map(String::as_str)
-                .unwrap_or_default(),
-        )?,
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())?,
         limit: match q.get("limit") {
-            Some(l) => Some(
-                l.parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-            ),
+            Some(l) => Some(l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
             None => None,
         },
         continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").cloned(),
-        resource_version_match: q
-            .get("resourceVersionMatch")
-            .filter(|m| !m.is_empty())
-            .cloned(),
+        resource_version_match: q.get("resourceVersionMatch").filter(|m| !m.is_empty()).cloned(),
     })
 }
 
 fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts> {
-    let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        parse_json(body)?
-    };
-    let policy = b
-        .get("propagationPolicy")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or_else(|| q.get("propagationPolicy").cloned());
+    let b: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(body)? };
+    let policy = b.get("propagationPolicy").and_then(Value::as_str).map(str::to_string).or_else(|| q.get("propagationPolicy").cloned());
     let propagation = match policy.as_deref() {
         None | Some("") => None,
         Some("Background") => Some(Propagation::Background),
@@ -292,21 +223,12 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts
         Some(true) => Some(Propagation::Orphan),
         _ => None,
     });
-    let dry_run = b
-        .get("dryRun")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|x| x == "All"))
+    let dry_run = b.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"))
         || q.get("dryRun").is_some_and(|d| d == "All");
     Ok(DeleteOpts {
         propagation,
-        precondition_uid: b
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        precondition_rv: b
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        precondition_uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+        precondition_rv: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
         dry_run,
     })
 }
@@ -326,12 +248,7 @@ fn version_doc() -> Value {
 }
 
 /// The verb and resource label for metrics, decided before the request runs.
-fn classify(
-    method: &Method,
-    t: &Target,
-    q: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> &'static str {
+fn classify(method: &Method, t: &Target, q: &HashMap<String, String>, headers: &HeaderMap) -> &'static str {
     let is_watch = t.watch_path || truthy(q, "watch");
     match *method {
         Method::GET if is_watch => "watch",
@@ -340,15 +257,8 @@ fn classify(
         Method::POST => "create",
         Method::PUT => "update",
         Method::PATCH => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if ct.starts_with("application/apply-patch") {
-                "apply"
-            } else {
-                "patch"
-            }
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if ct.starts_with("application/apply-patch") { "apply" } else { "patch" }
         }
         Method::DELETE if t.name.is_some() => "delete",
         Method::DELETE => "deletecollection",
@@ -356,33 +266,18 @@ fn classify(
     }
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().trim_matches('/');
-    let segs: Vec<&str> = if path.is_empty() {
-        Vec::new()
-    } else {
-        path.split('/').collect()
-    };
+    let segs: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
     let q = query_map(&uri);
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let aggregated = accept.contains("as=APIGroupDiscoveryList");
     let aggregated_ct = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
     let ok = |v: Value| json_response(StatusCode::OK, &v, "application/json");
     let is_get = method == Method::GET;
     match segs.as_slice() {
         [] if is_get => {
-            return ok(
-                json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/readyz", "/version"]}),
-            );
+            return ok(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/readyz", "/version"]}));
         }
         ["version"] if is_get => return ok(version_doc()),
         ["healthz" | "livez" | "readyz"] if is_get => {
@@ -391,10 +286,7 @@ async fn handle(
         ["metrics"] if is_get => {
             let rv = shared.store.lock().resource_version();
             let mut r = (StatusCode::OK, shared.metrics.render(rv)).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return r;
         }
         ["api"] if is_get => {
@@ -408,32 +300,22 @@ async fn handle(
         ["apis"] if is_get => {
             let st = shared.store.lock();
             return if aggregated {
-                json_response(
-                    StatusCode::OK,
-                    &st.registry.aggregated(false),
-                    aggregated_ct,
-                )
+                json_response(StatusCode::OK, &st.registry.aggregated(false), aggregated_ct)
             } else {
                 ok(st.registry.api_group_list())
             };
         }
         ["api", "v1"] if is_get => {
             let doc = shared.store.lock().registry.resource_list("", "v1");
-            return doc
-                .map(ok)
-                .unwrap_or_else(|| error_response(&ApiError::no_route()));
+            return doc.map(ok).unwrap_or_else(|| error_response(&ApiError::no_route()));
         }
         ["apis", g] if is_get => {
             let doc = shared.store.lock().registry.api_group_doc(g);
-            return doc
-                .map(ok)
-                .unwrap_or_else(|| error_response(&ApiError::no_route()));
+            return doc.map(ok).unwrap_or_else(|| error_response(&ApiError::no_route()));
         }
         ["apis", g, v] if is_get => {
             let doc = shared.store.lock().registry.resource_list(g, v);
-            return doc
-                .map(ok)
-                .unwrap_or_else(|| error_response(&ApiError::no_route()));
+            return doc.map(ok).unwrap_or_else(|| error_response(&ApiError::no_route()));
         }
         _ => {}
     }
@@ -447,18 +329,12 @@ async fn handle(
         Err(e) => return error_response(&e),
     };
     let verb = classify(&method, &target, &q, &headers);
-    let resource = if target.status {
-        format!("{}/status", target.info.plural)
-    } else {
-        target.info.plural.clone()
-    };
+    let resource = if target.status { format!("{}/status", target.info.plural) } else { target.info.plural.clone() };
     let response = match resource_request(&shared, &method, &target, &q, &headers, &body) {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
-    shared
-        .metrics
-        .record(verb, &resource, response.status().as_u16());
+    shared.metrics.record(verb, &resource, response.status().as_u16());
     tracing::debug!(verb, resource = %resource, code = response.status().as_u16(), "request");
     response
 }
@@ -482,20 +358,10 @@ fn resource_request(
         manager: manager_name(q, headers),
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
     };
-    let obj_response = |code: StatusCode, v: Value| {
-        json_response(
-            code,
-            &presentation.object(v),
-            presentation.content_type(false),
-        )
-    };
+    let obj_response = |code: StatusCode, v: Value| json_response(code, &presentation.object(v), presentation.content_type(false));
     match (method.clone(), t.name.as_deref()) {
         (Method::GET, name) if is_watch => {
-            let mut fields = FieldSelector::parse(
-                q.get("fieldSelector")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-            )?;
+            let mut fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())?;
             if let Some(n) = name {
                 // The legacy single-object watch path is a name field selector.
                 fields = FieldSelector::parse(&format!("metadata.name={n}"))?;
@@ -503,29 +369,16 @@ fn resource_request(
             let params = WatchParams {
                 namespace: ns,
                 resource_version: q.get("resourceVersion").cloned(),
-                resource_version_match: q
-                    .get("resourceVersionMatch")
-                    .filter(|m| !m.is_empty())
-                    .cloned(),
+                resource_version_match: q.get("resourceVersionMatch").filter(|m| !m.is_empty()).cloned(),
                 send_initial_events: q.get("sendInitialEvents").map(|v| v == "true" || v == "1"),
                 bookmarks: truthy(q, "allowWatchBookmarks"),
-                timeout: q
-                    .get("timeoutSeconds")
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .map(Duration::from_secs),
-                labels: LabelSelector::parse(
-                    q.get("labelSelector")
-                        .map(String::as_str)
-                        .unwrap_or_default(),
-                )?,
+                timeout: q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs),
+                labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
                 fields,
             };
             let stream = watch::start(shared.clone(), info, params, presentation)?;
             let mut r = Response::new(Body::from_stream(stream));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(r)
         }
         (Method::GET, Some(name)) => {
@@ -535,17 +388,11 @@ fn resource_request(
         (Method::GET, None) => {
             let opts = list_opts(q)?;
             let l = shared.store.lock().list(&info, ns.as_deref(), &opts)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &presentation.list(l),
-                presentation.content_type(true),
-            ))
+            Ok(json_response(StatusCode::OK, &presentation.list(l), presentation.content_type(true)))
         }
         (Method::POST, None) => {
             if info.namespaced && ns.is_none() {
-                return Err(ApiError::method_not_allowed(
-                    "create of a namespaced resource needs a namespace in the path",
-                ));
+                return Err(ApiError::method_not_allowed("create of a namespaced resource needs a namespace in the path"));
             }
             let v = parse_body(headers, body)?;
             let c = ctx();
@@ -559,10 +406,7 @@ fn resource_request(
             Ok(obj_response(StatusCode::OK, out))
         }
         (Method::PATCH, Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let media = ct.split(';').next().unwrap_or_default().trim();
             let kind = match media {
                 "application/merge-patch+json" => PatchKind::Merge,
@@ -580,58 +424,32 @@ fn resource_request(
                             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                         ));
                     }
-                    PatchKind::Apply {
-                        force: truthy(q, "force"),
-                    }
+                    PatchKind::Apply { force: truthy(q, "force") }
                 }
                 _ => return Err(ApiError::unsupported_media_type(ct)),
             };
             if truthy(q, "force") && !matches!(kind, PatchKind::Apply { .. }) {
-                return Err(ApiError::bad_request(
-                    "force: Forbidden: may not be specified for non-apply patch",
-                ));
+                return Err(ApiError::bad_request("force: Forbidden: may not be specified for non-apply patch"));
             }
             let v = parse_body(headers, body)?;
             let c = ctx();
             let (out, created) = shared.store.write(|st| st.patch(&c, name, kind, &v))?;
-            Ok(obj_response(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                out,
-            ))
+            Ok(obj_response(if created { StatusCode::CREATED } else { StatusCode::OK }, out))
         }
         (Method::DELETE, Some(name)) => {
             let opts = delete_opts(q, body)?;
             let c = ctx();
             let out = shared.store.write(|st| st.delete(&c, name, &opts))?;
             let still_there = shared.store.lock().get(&info, ns.as_deref(), name).is_ok();
-            Ok(obj_response(
-                if still_there && !opts.dry_run {
-                    StatusCode::ACCEPTED
-                } else {
-                    StatusCode::OK
-                },
-                out,
-            ))
+            Ok(obj_response(if still_there && !opts.dry_run { StatusCode::ACCEPTED } else { StatusCode::OK }, out))
         }
         (Method::DELETE, None) => {
             let opts = list_opts(q)?;
             let del = delete_opts(q, body)?;
             let c = ctx();
-            let out = shared
-                .store
-                .write(|st| st.delete_collection(&c, &opts, &del))?;
-            Ok(json_response(
-                StatusCode::OK,
-                &presentation.list(out),
-                presentation.content_type(true),
-            ))
+            let out = shared.store.write(|st| st.delete_collection(&c, &opts, &del))?;
+            Ok(json_response(StatusCode::OK, &presentation.list(out), presentation.content_type(true)))
         }
-        (m, _) => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource: {m}"
-        ))),
+        (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource: {m}"))),
     }
 }

@@ -81,24 +81,13 @@ pub struct ServerHandle {
 impl Server {
     /// Binds `addr` (port 0 picks a free port) and serves until the handle stops it.
     pub async fn start(addr: SocketAddr) -> Result<(SocketAddr, ServerHandle), Error> {
-        Self::start_with(ServerConfig {
-            addr,
-            ..ServerConfig::default()
-        })
-        .await
+        Self::start_with(ServerConfig { addr, ..ServerConfig::default() }).await
     }
 
     pub async fn start_with(config: ServerConfig) -> Result<(SocketAddr, ServerHandle), Error> {
-        let listener = tokio::net::TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.addr.to_string(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.addr.to_string(),
-            source,
-        })?;
+        let listener =
+            tokio::net::TcpListener::bind(config.addr).await.map_err(|source| Error::Bind { addr: config.addr.to_string(), source })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.addr.to_string(), source })?;
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             store: store::Store::new(config.watch_history),
@@ -121,15 +110,7 @@ impl Server {
                 .map_err(Error::Serve)
         });
         tracing::info!(%addr, "kubesim serving");
-        Ok((
-            addr,
-            ServerHandle {
-                addr,
-                shared,
-                shutdown,
-                task: Some(task),
-            },
-        ))
+        Ok((addr, ServerHandle { addr, shared, shutdown, task: Some(task) }))
     }
 }
 
@@ -199,10 +180,7 @@ pub fn kubeconfig_yaml(addr: SocketAddr) -> String {
 }
 
 pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> Result<(), Error> {
-    let err = |source| Error::Kubeconfig {
-        path: path.display().to_string(),
-        source,
-    };
+    let err = |source| Error::Kubeconfig { path: path.display().to_string(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -213,11 +191,7 @@ pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> Result<(), Error> {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "purrify-kubesim",
-    version,
-    about = "In-memory Kubernetes API server for tests and local runs"
-)]
+#[command(name = "purrify-kubesim", version, about = "In-memory Kubernetes API server for tests and local runs")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -241,11 +215,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBESIM_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
     /// Seconds between BOOKMARK events on watches that allow them.
-    #[arg(
-        long,
-        env = "KUBESIM_BOOKMARK_INTERVAL_SECONDS",
-        default_value_t = 30.0
-    )]
+    #[arg(long, env = "KUBESIM_BOOKMARK_INTERVAL_SECONDS", default_value_t = 30.0)]
     pub bookmark_interval_seconds: f64,
     /// Allow a non-loopback address. The server has no authentication at all.
     #[arg(long, env = "KUBESIM_INSECURE_ALLOW_REMOTE", default_value_t = false)]
@@ -268,8 +238,7 @@ pub async fn run() -> Result<(), Error> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -12,17 +12,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn record(&self, verb: &str, resource: &str, code: u16) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *c.entry((verb.to_string(), resource.to_string(), code))
-            .or_default() += 1;
+        *c.entry((verb.to_string(), resource.to_string(), code)).or_default() += 1;
     }
 
     /// Requests of `verb` on `resource` (`"pods"`, `"enhancetasks/status"`), any code.
     pub fn count(&self, verb: &str, resource: &str) -> u64 {
         let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.iter()
-            .filter(|((v, r, _), _)| v == verb && r == resource)
-            .map(|(_, n)| n)
-            .sum()
+        c.iter().filter(|((v, r, _), _)| v == verb && r == resource).map(|(_, n)| n).sum()
     }
 
     pub fn render(&self, resource_version: u64) -> String {
@@ -31,10 +27,7 @@ impl Metrics {
         out.push_str("# HELP kubesim_requests_total API requests served, by verb, resource and HTTP status code.\n");
         out.push_str("# TYPE kubesim_requests_total counter\n");
         for ((verb, resource, code), n) in c.iter() {
-            let _ = writeln!(
-                out,
-                "kubesim_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
-            );
+            let _ = writeln!(out, "kubesim_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}");
         }
         out.push_str("# HELP kubesim_resource_version The latest resource version handed out.\n");
         out.push_str("# TYPE kubesim_resource_version gauge\n");

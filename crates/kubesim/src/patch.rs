@@ -38,9 +38,7 @@ fn split_pointer(p: &str) -> Result<Vec<String>, String> {
     if p.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = p
-        .strip_prefix('/')
-        .ok_or_else(|| format!("invalid JSON pointer {p:?}"))?;
+    let rest = p.strip_prefix('/').ok_or_else(|| format!("invalid JSON pointer {p:?}"))?;
     Ok(rest.split('/').map(unescape).collect())
 }
 
@@ -48,13 +46,10 @@ fn parent_mut<'a>(doc: &'a mut Value, toks: &[String]) -> Result<&'a mut Value, 
     let mut cur = doc;
     for t in toks {
         cur = match cur {
-            Value::Object(m) => m
-                .get_mut(t)
-                .ok_or_else(|| format!("path element {t:?} not found"))?,
+            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("path element {t:?} not found"))?,
             Value::Array(a) => {
                 let i: usize = t.parse().map_err(|_| format!("bad array index {t:?}"))?;
-                a.get_mut(i)
-                    .ok_or_else(|| format!("array index {i} out of range"))?
+                a.get_mut(i).ok_or_else(|| format!("array index {i} out of range"))?
             }
             _ => return Err(format!("cannot descend into a scalar at {t:?}")),
         };
@@ -89,9 +84,7 @@ fn add_at(doc: &mut Value, toks: &[String], v: Value) -> Result<(), String> {
                 a.push(v);
                 return Ok(());
             }
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("bad array index {last:?}"))?;
+            let i: usize = last.parse().map_err(|_| format!("bad array index {last:?}"))?;
             if i > a.len() {
                 return Err(format!("array index {i} out of range"));
             }
@@ -103,17 +96,11 @@ fn add_at(doc: &mut Value, toks: &[String], v: Value) -> Result<(), String> {
 }
 
 fn remove_at(doc: &mut Value, toks: &[String]) -> Result<Value, String> {
-    let (last, parent) = toks
-        .split_last()
-        .ok_or("cannot remove the whole document")?;
+    let (last, parent) = toks.split_last().ok_or("cannot remove the whole document")?;
     match parent_mut(doc, parent)? {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| format!("unable to remove nonexistent key: {last}")),
+        Value::Object(m) => m.remove(last).ok_or_else(|| format!("unable to remove nonexistent key: {last}")),
         Value::Array(a) => {
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("bad array index {last:?}"))?;
+            let i: usize = last.parse().map_err(|_| format!("bad array index {last:?}"))?;
             if i >= a.len() {
                 return Err(format!("array index {i} out of range"));
             }
@@ -124,30 +111,13 @@ fn remove_at(doc: &mut Value, toks: &[String]) -> Result<Value, String> {
 }
 
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
-    let ops = patch
-        .as_array()
-        .ok_or("a JSON patch must be an array of operations")?;
+    let ops = patch.as_array().ok_or("a JSON patch must be an array of operations")?;
     for op in ops {
-        let name = op
-            .get("op")
-            .and_then(Value::as_str)
-            .ok_or("operation without \"op\"")?;
-        let path = split_pointer(
-            op.get("path")
-                .and_then(Value::as_str)
-                .ok_or("operation without \"path\"")?,
-        )?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| format!("{name} operation without \"value\""))
-        };
+        let name = op.get("op").and_then(Value::as_str).ok_or("operation without \"op\"")?;
+        let path = split_pointer(op.get("path").and_then(Value::as_str).ok_or("operation without \"path\"")?)?;
+        let value = || op.get("value").cloned().ok_or_else(|| format!("{name} operation without \"value\""));
         let from = || -> Result<Vec<String>, String> {
-            split_pointer(
-                op.get("from")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| format!("{name} operation without \"from\""))?,
-            )
+            split_pointer(op.get("from").and_then(Value::as_str).ok_or_else(|| format!("{name} operation without \"from\""))?)
         };
         match name {
             "add" => add_at(doc, &path, value()?)?,
@@ -158,12 +128,8 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
                 if path.is_empty() {
                     *doc = value()?;
                 } else {
-                    remove_at(doc, &path).map_err(|_| {
-                        format!(
-                            "replace operation does not apply: doc is missing key: /{}",
-                            path.join("/")
-                        )
-                    })?;
+                    remove_at(doc, &path)
+                        .map_err(|_| format!("replace operation does not apply: doc is missing key: /{}", path.join("/")))?;
                     add_at(doc, &path, value()?)?;
                 }
             }
@@ -172,9 +138,7 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
                 add_at(doc, &path, v)?;
             }
             "copy" => {
-                let v = get_at(doc, &from()?)
-                    .cloned()
-                    .ok_or("copy from a missing path")?;
+                let v = get_at(doc, &from()?).cloned().ok_or("copy from a missing path")?;
                 add_at(doc, &path, v)?;
             }
             "test" => {
@@ -263,9 +227,7 @@ fn merge_list(existing: &mut Value, items: &[Value], schema: Option<&Schema>) {
                     cur.remove(i);
                 }
                 (None, true) => {}
-                (Some(i), false) => {
-                    strategic_merge(&mut cur[i], item, schema.and_then(Schema::item))
-                }
+                (Some(i), false) => strategic_merge(&mut cur[i], item, schema.and_then(Schema::item)),
                 (None, false) => {
                     let mut fresh = Value::Null;
                     strategic_merge(&mut fresh, item, schema.and_then(Schema::item));
@@ -315,13 +277,7 @@ mod tests {
         .unwrap();
         assert_eq!(d, json!({"a": [2, 3], "b": {"c": 2}, "y": 2}));
         assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/y", "value": 9}])).is_err());
-        assert!(
-            json_patch(
-                &mut d,
-                &json!([{"op": "replace", "path": "/nope", "value": 9}])
-            )
-            .is_err()
-        );
+        assert!(json_patch(&mut d, &json!([{"op": "replace", "path": "/nope", "value": 9}])).is_err());
     }
 
     #[test]
@@ -332,16 +288,12 @@ mod tests {
             "",
         )
         .unwrap();
-        let mut t =
-            json!({"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]});
+        let mut t = json!({"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]});
         strategic_merge(
             &mut t,
             &json!({"containers": [{"name": "b", "image": "z"}, {"name": "a", "$patch": "delete"}, {"name": "c", "image": "w"}]}),
             Some(&schema),
         );
-        assert_eq!(
-            t,
-            json!({"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}]})
-        );
+        assert_eq!(t, json!({"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}]}));
     }
 }

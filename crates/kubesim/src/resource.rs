@@ -37,38 +37,19 @@ pub struct ResourceInfo {
 
 impl ResourceInfo {
     pub fn key(&self) -> ResKey {
-        ResKey {
-            group: self.group.clone(),
-            plural: self.plural.clone(),
-        }
+        ResKey { group: self.group.clone(), plural: self.plural.clone() }
     }
 
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
     pub fn qualified(&self) -> crate::error::Qualified<'_> {
-        crate::error::Qualified {
-            plural: &self.plural,
-            group: &self.group,
-        }
+        crate::error::Qualified { plural: &self.plural, group: &self.group }
     }
 
     fn verbs(&self) -> Vec<&'static str> {
-        vec![
-            "create",
-            "delete",
-            "deletecollection",
-            "get",
-            "list",
-            "patch",
-            "update",
-            "watch",
-        ]
+        vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 
     fn discovery_entries(&self) -> Vec<Value> {
@@ -126,7 +107,8 @@ impl ResourceInfo {
 /// Built-in list topology: which lists merge by key (containers by name, ...), so
 /// strategic merge and apply behave as they do for the real types.
 fn pod_spec_hints() -> Value {
-    let by_name = |items: Value| json!({"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"], "items": items});
+    let by_name =
+        |items: Value| json!({"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"], "items": items});
     let container = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {
         "ports": {"type": "array", "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["containerPort", "protocol"], "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
@@ -193,16 +175,7 @@ const BUILTINS: &[Builtin] = &[
         short: &["ns"],
         status: true,
     },
-    Builtin {
-        group: "",
-        version: "v1",
-        plural: "pods",
-        singular: "pod",
-        kind: "Pod",
-        namespaced: true,
-        short: &["po"],
-        status: true,
-    },
+    Builtin { group: "", version: "v1", plural: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], status: true },
     Builtin {
         group: "",
         version: "v1",
@@ -338,8 +311,7 @@ impl Registry {
     pub fn with_builtins() -> Registry {
         let mut r = Registry::default();
         for b in BUILTINS {
-            let schema = Schema::parse(&builtin_hints(b.plural), "builtin")
-                .expect("builtin hints are valid");
+            let schema = Schema::parse(&builtin_hints(b.plural), "builtin").expect("builtin hints are valid");
             r.insert(ResourceInfo {
                 group: b.group.into(),
                 version: b.version.into(),
@@ -349,11 +321,7 @@ impl Registry {
                 list_kind: format!("{}List", b.kind),
                 namespaced: b.namespaced,
                 short_names: b.short.iter().map(|s| s.to_string()).collect(),
-                categories: if matches!(b.plural, "pods" | "services" | "deployments") {
-                    vec!["all".into()]
-                } else {
-                    Vec::new()
-                },
+                categories: if matches!(b.plural, "pods" | "services" | "deployments") { vec!["all".into()] } else { Vec::new() },
                 status_subresource: b.status,
                 validating: false,
                 schema: Arc::new(schema),
@@ -364,25 +332,15 @@ impl Registry {
     }
 
     pub fn insert(&mut self, info: ResourceInfo) {
-        self.by_gvr.insert(
-            (
-                info.group.clone(),
-                info.version.clone(),
-                info.plural.clone(),
-            ),
-            Arc::new(info),
-        );
+        self.by_gvr.insert((info.group.clone(), info.version.clone(), info.plural.clone()), Arc::new(info));
     }
 
     pub fn remove_crd(&mut self, crd_name: &str) {
-        self.by_gvr
-            .retain(|_, v| v.crd.as_deref() != Some(crd_name));
+        self.by_gvr.retain(|_, v| v.crd.as_deref() != Some(crd_name));
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
-        self.by_gvr
-            .get(&(group.to_string(), version.to_string(), plural.to_string()))
-            .cloned()
+        self.by_gvr.get(&(group.to_string(), version.to_string(), plural.to_string())).cloned()
     }
 
     /// Any served version of a kind (used for GC and namespace cleanup).
@@ -391,12 +349,8 @@ impl Registry {
     }
 
     pub fn versions_of(&self, key: &ResKey) -> Vec<Arc<ResourceInfo>> {
-        let mut v: Vec<Arc<ResourceInfo>> = self
-            .by_gvr
-            .values()
-            .filter(|i| i.group == key.group && i.plural == key.plural)
-            .cloned()
-            .collect();
+        let mut v: Vec<Arc<ResourceInfo>> =
+            self.by_gvr.values().filter(|i| i.group == key.group && i.plural == key.plural).cloned().collect();
         v.sort_by_key(|i| std::cmp::Reverse(version_priority(&i.version)));
         v
     }
@@ -409,9 +363,7 @@ impl Registry {
     }
 
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.by_gvr
-            .keys()
-            .any(|(g, v, _)| g == group && v == version)
+        self.by_gvr.keys().any(|(g, v, _)| g == group && v == version)
     }
 
     /// Groups (excluding core) and their versions, best version first.
@@ -441,19 +393,12 @@ impl Registry {
     }
 
     pub fn api_group_list(&self) -> Value {
-        let groups: Vec<Value> = self
-            .groups()
-            .into_iter()
-            .map(|(g, vs)| self.api_group(&g, &vs))
-            .collect();
+        let groups: Vec<Value> = self.groups().into_iter().map(|(g, vs)| self.api_group(&g, &vs)).collect();
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
     fn api_group(&self, g: &str, vs: &[String]) -> Value {
-        let versions: Vec<Value> = vs
-            .iter()
-            .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
-            .collect();
+        let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
         json!({
             "kind": "APIGroup",
             "apiVersion": "v1",
@@ -471,17 +416,9 @@ impl Registry {
         if !self.has_group_version(group, version) {
             return None;
         }
-        let resources: Vec<Value> = self
-            .by_gvr
-            .iter()
-            .filter(|((g, v, _), _)| g == group && v == version)
-            .flat_map(|(_, i)| i.discovery_entries())
-            .collect();
-        let gv = if group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{group}/{version}")
-        };
+        let resources: Vec<Value> =
+            self.by_gvr.iter().filter(|((g, v, _), _)| g == group && v == version).flat_map(|(_, i)| i.discovery_entries()).collect();
+        let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
         Some(json!({
             "kind": "APIResourceList",
             "apiVersion": "v1",
@@ -492,11 +429,8 @@ impl Registry {
 
     /// Aggregated discovery (`apidiscovery.k8s.io/v2`) for `/api` (core) or `/apis`.
     pub fn aggregated(&self, core: bool) -> Value {
-        let mut groups: Vec<(String, Vec<String>)> = if core {
-            vec![(String::new(), vec!["v1".to_string()])]
-        } else {
-            self.groups().into_iter().collect()
-        };
+        let mut groups: Vec<(String, Vec<String>)> =
+            if core { vec![(String::new(), vec!["v1".to_string()])] } else { self.groups().into_iter().collect() };
         groups.retain(|(g, _)| core == g.is_empty());
         let items: Vec<Value> = groups
             .iter()
@@ -504,12 +438,8 @@ impl Registry {
                 let versions: Vec<Value> = vs
                     .iter()
                     .map(|v| {
-                        let resources: Vec<Value> = self
-                            .by_gvr
-                            .iter()
-                            .filter(|((gg, vv, _), _)| gg == g && vv == v)
-                            .map(|(_, i)| i.aggregated_entry())
-                            .collect();
+                        let resources: Vec<Value> =
+                            self.by_gvr.iter().filter(|((gg, vv, _), _)| gg == g && vv == v).map(|(_, i)| i.aggregated_entry()).collect();
                         json!({"version": v, "resources": resources, "freshness": "Current"})
                     })
                     .collect();

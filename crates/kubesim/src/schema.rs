@@ -77,10 +77,7 @@ fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
 impl Schema {
     /// A schema that accepts anything and keeps unknown fields (built-in kinds).
     pub fn permissive() -> Schema {
-        Schema {
-            preserve_unknown: true,
-            ..Default::default()
-        }
+        Schema { preserve_unknown: true, ..Default::default() }
     }
 
     /// Parses a schema; compile errors (bad regex, unsupported CEL) come back as causes
@@ -93,11 +90,7 @@ impl Schema {
 
     fn parse_inner(v: &Value, path: &str, errs: &mut Vec<Cause>) -> Schema {
         let Some(m) = v.as_object() else {
-            errs.push(Cause {
-                reason: "FieldValueInvalid".into(),
-                message: "Invalid value: must be an object".into(),
-                field: path.into(),
-            });
+            errs.push(Cause { reason: "FieldValueInvalid".into(), message: "Invalid value: must be an object".into(), field: path.into() });
             return Schema::default();
         };
         let mut s = Schema {
@@ -105,11 +98,7 @@ impl Schema {
             required: m
                 .get("required")
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             enum_: m.get("enum").and_then(Value::as_array).cloned(),
             minimum: f64_field(m, "minimum"),
@@ -134,11 +123,7 @@ impl Schema {
             list_map_keys: m
                 .get("x-kubernetes-list-map-keys")
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             map_type: str_field(m, "x-kubernetes-map-type"),
             ..Default::default()
@@ -148,45 +133,28 @@ impl Schema {
                 Ok(re) => s.pattern = Some((p.to_string(), re)),
                 Err(e) => errs.push(Cause {
                     reason: "FieldValueInvalid".into(),
-                    message: format!(
-                        "Invalid value: {p:?}: must be a valid regular expression: {e}"
-                    ),
+                    message: format!("Invalid value: {p:?}: must be a valid regular expression: {e}"),
                     field: format!("{path}.pattern"),
                 }),
             }
         }
         if let Some(props) = m.get("properties").and_then(Value::as_object) {
             for (k, pv) in props {
-                s.properties.insert(
-                    k.clone(),
-                    Self::parse_inner(pv, &format!("{path}.properties[{k}]"), errs),
-                );
+                s.properties.insert(k.clone(), Self::parse_inner(pv, &format!("{path}.properties[{k}]"), errs));
             }
         }
         if let Some(items) = m.get("items") {
-            s.items = Some(Box::new(Self::parse_inner(
-                items,
-                &format!("{path}.items"),
-                errs,
-            )));
+            s.items = Some(Box::new(Self::parse_inner(items, &format!("{path}.items"), errs)));
         }
         match m.get("additionalProperties") {
             Some(Value::Bool(b)) => s.additional_allowed = *b,
             Some(ap @ Value::Object(_)) => {
                 s.additional_allowed = true;
-                s.additional = Some(Box::new(Self::parse_inner(
-                    ap,
-                    &format!("{path}.additionalProperties"),
-                    errs,
-                )));
+                s.additional = Some(Box::new(Self::parse_inner(ap, &format!("{path}.additionalProperties"), errs)));
             }
             _ => {}
         }
-        for (key, target) in [
-            ("allOf", &mut s.all_of),
-            ("anyOf", &mut s.any_of),
-            ("oneOf", &mut s.one_of),
-        ] {
+        for (key, target) in [("allOf", &mut s.all_of), ("anyOf", &mut s.any_of), ("oneOf", &mut s.one_of)] {
             if let Some(list) = m.get(key).and_then(Value::as_array) {
                 for (i, sub) in list.iter().enumerate() {
                     target.push(Self::parse_inner(sub, &format!("{path}.{key}[{i}]"), errs));
@@ -200,11 +168,7 @@ impl Schema {
             for (i, r) in rules.iter().enumerate() {
                 let field = format!("{path}.x-kubernetes-validations[{i}].rule");
                 let Some(src) = r.get("rule").and_then(Value::as_str) else {
-                    errs.push(Cause {
-                        reason: "FieldValueRequired".into(),
-                        message: "Required value".into(),
-                        field,
-                    });
+                    errs.push(Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field });
                     continue;
                 };
                 let program = match cel::Program::compile(src) {
@@ -226,9 +190,7 @@ impl Schema {
                         Err(e) => {
                             errs.push(Cause {
                                 reason: "FieldValueInvalid".into(),
-                                message: format!(
-                                    "Invalid value: {me:?}: messageExpression compilation failed: {e}"
-                                ),
+                                message: format!("Invalid value: {me:?}: messageExpression compilation failed: {e}"),
                                 field: format!("{path}.x-kubernetes-validations[{i}].messageExpression"),
                             });
                             None
@@ -242,10 +204,7 @@ impl Schema {
                     message: str_field(r.as_object().expect("checked above"), "message"),
                     message_expression,
                     reason: r.get("reason").and_then(Value::as_str).map(str::to_string),
-                    field_path: r
-                        .get("fieldPath")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    field_path: r.get("fieldPath").and_then(Value::as_str).map(str::to_string),
                 });
             }
         }
@@ -254,10 +213,7 @@ impl Schema {
 
     /// The schema of a property (or of any key of a map).
     pub fn child(&self, key: &str) -> Option<&Schema> {
-        self.properties
-            .get(key)
-            .or(self.additional.as_deref())
-            .or_else(|| self.all_of.iter().find_map(|s| s.properties.get(key)))
+        self.properties.get(key).or(self.additional.as_deref()).or_else(|| self.all_of.iter().find_map(|s| s.properties.get(key)))
     }
 
     pub fn item(&self) -> Option<&Schema> {
@@ -266,11 +222,7 @@ impl Schema {
 
     /// The keys of a `map`-typed list, or `None` for atomic/set lists.
     pub fn map_keys(&self) -> Option<&[String]> {
-        if self.list_type.as_deref() == Some("map") && !self.list_map_keys.is_empty() {
-            Some(&self.list_map_keys)
-        } else {
-            None
-        }
+        if self.list_type.as_deref() == Some("map") && !self.list_map_keys.is_empty() { Some(&self.list_map_keys) } else { None }
     }
 
     pub fn is_set(&self) -> bool {
@@ -327,14 +279,7 @@ impl Schema {
     pub fn apply_defaults(&self, v: &mut Value) {
         match v {
             Value::Object(m) => {
-                m.retain(|k, val| {
-                    !(val.is_null()
-                        && self
-                            .properties
-                            .get(k)
-                            .or(self.additional.as_deref())
-                            .is_some_and(|s| !s.nullable))
-                });
+                m.retain(|k, val| !(val.is_null() && self.properties.get(k).or(self.additional.as_deref()).is_some_and(|s| !s.nullable)));
                 for (k, s) in &self.properties {
                     if !m.contains_key(k)
                         && let Some(d) = &s.default
@@ -372,11 +317,7 @@ impl Schema {
             Value::Object(m) => {
                 for r in &self.required {
                     if !m.contains_key(r) {
-                        errs.push(cause(
-                            "FieldValueRequired",
-                            join(path, r),
-                            "Required value".into(),
-                        ));
+                        errs.push(cause("FieldValueRequired", join(path, r), "Required value".into()));
                     }
                 }
                 for (k, child) in m {
@@ -408,8 +349,7 @@ impl Schema {
     fn correlate_item<'a>(&self, item: &Value, old: &'a Value) -> Option<&'a Value> {
         let olds = old.as_array()?;
         if let Some(keys) = self.map_keys() {
-            olds.iter()
-                .find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+            olds.iter().find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
         } else if self.is_set() {
             olds.iter().find(|o| *o == item)
         } else {
@@ -424,14 +364,7 @@ impl Schema {
             }
             let outcome = r.program.eval(v, old);
             let field = match &r.field_path {
-                Some(fp) => format!(
-                    "{path}{}",
-                    if fp.starts_with('.') || fp.starts_with('[') {
-                        fp.clone()
-                    } else {
-                        format!(".{fp}")
-                    }
-                ),
+                Some(fp) => format!("{path}{}", if fp.starts_with('.') || fp.starts_with('[') { fp.clone() } else { format!(".{fp}") }),
                 None => path.to_string(),
             };
             let field = field.trim_start_matches('.').to_string();
@@ -464,20 +397,12 @@ impl Schema {
                 Ok(other) => errs.push(cause(
                     "FieldValueInvalid",
                     field,
-                    format!(
-                        "Invalid value: {}: rule did not evaluate to a bool: {:?}",
-                        render(v),
-                        other
-                    ),
+                    format!("Invalid value: {}: rule did not evaluate to a bool: {:?}", render(v), other),
                 )),
                 Err(e) => errs.push(cause(
                     "FieldValueInvalid",
                     field,
-                    format!(
-                        "Invalid value: {}: rule {:?} evaluation error: {e}",
-                        render(v),
-                        r.source
-                    ),
+                    format!("Invalid value: {}: rule {:?} evaluation error: {e}", render(v), r.source),
                 )),
             }
         }
@@ -506,28 +431,17 @@ impl Schema {
                 errs.push(cause(
                     "FieldValueTypeInvalid",
                     path.into(),
-                    format!(
-                        "Invalid value: \"null\": {p} in body must be of type {}: \"null\"",
-                        self.type_.as_deref().unwrap_or("object")
-                    ),
+                    format!("Invalid value: \"null\": {p} in body must be of type {}: \"null\"", self.type_.as_deref().unwrap_or("object")),
                 ));
             }
             return;
         }
         if !self.type_ok(v) {
-            let want = if self.int_or_string {
-                "integer or string"
-            } else {
-                self.type_.as_deref().unwrap_or("")
-            };
+            let want = if self.int_or_string { "integer or string" } else { self.type_.as_deref().unwrap_or("") };
             errs.push(cause(
                 "FieldValueTypeInvalid",
                 path.into(),
-                format!(
-                    "Invalid value: {}: {p} in body must be of type {want}: {}",
-                    render(v),
-                    json_type_quoted(v)
-                ),
+                format!("Invalid value: {}: {p} in body must be of type {want}: {}", render(v), json_type_quoted(v)),
             ));
             return;
         }
@@ -538,55 +452,29 @@ impl Schema {
             errs.push(cause(
                 "FieldValueNotSupported",
                 path.into(),
-                format!(
-                    "Unsupported value: {}: supported values: {}",
-                    v,
-                    list.join(", ")
-                ),
+                format!("Unsupported value: {}: supported values: {}", v, list.join(", ")),
             ));
         }
         if let Some(n) = v.as_f64() {
             if let Some(max) = self.maximum {
-                let bad = if self.exclusive_maximum {
-                    n >= max
-                } else {
-                    n > max
-                };
+                let bad = if self.exclusive_maximum { n >= max } else { n > max };
                 if bad {
-                    let rel = if self.exclusive_maximum {
-                        "less than"
-                    } else {
-                        "less than or equal to"
-                    };
+                    let rel = if self.exclusive_maximum { "less than" } else { "less than or equal to" };
                     errs.push(cause(
                         "FieldValueInvalid",
                         path.into(),
-                        format!(
-                            "Invalid value: {v}: {p} in body should be {rel} {}",
-                            fmt_num(max)
-                        ),
+                        format!("Invalid value: {v}: {p} in body should be {rel} {}", fmt_num(max)),
                     ));
                 }
             }
             if let Some(min) = self.minimum {
-                let bad = if self.exclusive_minimum {
-                    n <= min
-                } else {
-                    n < min
-                };
+                let bad = if self.exclusive_minimum { n <= min } else { n < min };
                 if bad {
-                    let rel = if self.exclusive_minimum {
-                        "greater than"
-                    } else {
-                        "greater than or equal to"
-                    };
+                    let rel = if self.exclusive_minimum { "greater than" } else { "greater than or equal to" };
                     errs.push(cause(
                         "FieldValueInvalid",
                         path.into(),
-                        format!(
-                            "Invalid value: {v}: {p} in body should be {rel} {}",
-                            fmt_num(min)
-                        ),
+                        format!("Invalid value: {v}: {p} in body should be {rel} {}", fmt_num(min)),
                     ));
                 }
             }
@@ -597,10 +485,7 @@ impl Schema {
                 errs.push(cause(
                     "FieldValueInvalid",
                     path.into(),
-                    format!(
-                        "Invalid value: {v}: {p} in body should be a multiple of {}",
-                        fmt_num(m)
-                    ),
+                    format!("Invalid value: {v}: {p} in body should be a multiple of {}", fmt_num(m)),
                 ));
             }
         }
@@ -609,11 +494,7 @@ impl Schema {
             if let Some(max) = self.max_length
                 && len > max
             {
-                errs.push(cause(
-                    "FieldValueTooLong",
-                    path.into(),
-                    format!("Too long: may not be more than {max} bytes"),
-                ));
+                errs.push(cause("FieldValueTooLong", path.into(), format!("Too long: may not be more than {max} bytes")));
             }
             if let Some(min) = self.min_length
                 && len < min
@@ -627,20 +508,12 @@ impl Schema {
             if let Some((src, re)) = &self.pattern
                 && !re.is_match(s)
             {
-                errs.push(cause(
-                    "FieldValueInvalid",
-                    path.into(),
-                    format!("Invalid value: {v}: {p} in body should match '{src}'"),
-                ));
+                errs.push(cause("FieldValueInvalid", path.into(), format!("Invalid value: {v}: {p} in body should match '{src}'")));
             }
             if let Some(f) = &self.format
                 && !format_ok(f, s)
             {
-                errs.push(cause(
-                    "FieldValueInvalid",
-                    path.into(),
-                    format!("Invalid value: {v}: {p} in body must be of type {f}: {v}"),
-                ));
+                errs.push(cause("FieldValueInvalid", path.into(), format!("Invalid value: {v}: {p} in body must be of type {f}: {v}")));
             }
         }
         if let Some(items) = v.as_array() {
@@ -648,11 +521,7 @@ impl Schema {
             if let Some(max) = self.max_items
                 && n > max
             {
-                errs.push(cause(
-                    "FieldValueTooMany",
-                    path.into(),
-                    format!("Too many: {n}: must have at most {max} items"),
-                ));
+                errs.push(cause("FieldValueTooMany", path.into(), format!("Too many: {n}: must have at most {max} items")));
             }
             if let Some(min) = self.min_items
                 && n < min
@@ -666,21 +535,14 @@ impl Schema {
             if self.unique_items || self.is_set() {
                 for (i, a) in items.iter().enumerate() {
                     if items[..i].contains(a) {
-                        errs.push(cause(
-                            "FieldValueDuplicate",
-                            format!("{path}[{i}]"),
-                            format!("Duplicate value: {a}"),
-                        ));
+                        errs.push(cause("FieldValueDuplicate", format!("{path}[{i}]"), format!("Duplicate value: {a}")));
                     }
                 }
             }
             if let Some(keys) = self.map_keys() {
                 for (i, a) in items.iter().enumerate() {
                     let key: Vec<Option<&Value>> = keys.iter().map(|k| a.get(k)).collect();
-                    if items[..i]
-                        .iter()
-                        .any(|b| keys.iter().map(|k| b.get(k)).collect::<Vec<_>>() == key)
-                    {
+                    if items[..i].iter().any(|b| keys.iter().map(|k| b.get(k)).collect::<Vec<_>>() == key) {
                         errs.push(cause(
                             "FieldValueDuplicate",
                             format!("{path}[{i}]"),
@@ -695,11 +557,7 @@ impl Schema {
             if let Some(max) = self.max_properties
                 && n > max
             {
-                errs.push(cause(
-                    "FieldValueTooMany",
-                    path.into(),
-                    format!("Too many: {n}: must have at most {max} items"),
-                ));
+                errs.push(cause("FieldValueTooMany", path.into(), format!("Too many: {n}: must have at most {max} items")));
             }
             if let Some(min) = self.min_properties
                 && n < min
@@ -707,9 +565,7 @@ impl Schema {
                 errs.push(cause(
                     "FieldValueInvalid",
                     path.into(),
-                    format!(
-                        "Invalid value: {n}: {p} in body should have at least {min} properties"
-                    ),
+                    format!("Invalid value: {n}: {p} in body should have at least {min} properties"),
                 ));
             }
         }
@@ -720,27 +576,14 @@ impl Schema {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!(
-                    "Invalid value: {}: {p} in body must match at least one schema in anyOf",
-                    render(v)
-                ),
+                format!("Invalid value: {}: {p} in body must match at least one schema in anyOf", render(v)),
             ));
         }
-        if !self.one_of.is_empty()
-            && self
-                .one_of
-                .iter()
-                .filter(|s| s.matches_value(v, path))
-                .count()
-                != 1
-        {
+        if !self.one_of.is_empty() && self.one_of.iter().filter(|s| s.matches_value(v, path)).count() != 1 {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!(
-                    "Invalid value: {}: {p} in body must match exactly one schema in oneOf",
-                    render(v)
-                ),
+                format!("Invalid value: {}: {p} in body must match exactly one schema in oneOf", render(v)),
             ));
         }
         if let Some(n) = &self.not
@@ -749,10 +592,7 @@ impl Schema {
             errs.push(cause(
                 "FieldValueInvalid",
                 path.into(),
-                format!(
-                    "Invalid value: {}: {p} in body must not validate the schema (not)",
-                    render(v)
-                ),
+                format!("Invalid value: {}: {p} in body must not validate the schema (not)", render(v)),
             ));
         }
     }
@@ -765,36 +605,22 @@ impl Schema {
 }
 
 fn cause(reason: &str, field: String, message: String) -> Cause {
-    Cause {
-        reason: reason.into(),
-        message,
-        field,
-    }
+    Cause { reason: reason.into(), message, field }
 }
 
 fn join(path: &str, k: &str) -> String {
-    if path.is_empty() {
-        k.to_string()
-    } else {
-        format!("{path}.{k}")
-    }
+    if path.is_empty() { k.to_string() } else { format!("{path}.{k}") }
 }
 
 fn is_integer(v: &Value) -> bool {
     match v {
-        Value::Number(n) => {
-            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
-        }
+        Value::Number(n) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
         _ => false,
     }
 }
 
 fn fmt_num(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
-        format!("{}", n as i64)
-    } else {
-        n.to_string()
-    }
+    if n.fract() == 0.0 && n.abs() < 1e15 { format!("{}", n as i64) } else { n.to_string() }
 }
 
 /// How the real server prints a value in "Invalid value: X".
@@ -819,10 +645,7 @@ fn json_type_quoted(v: &Value) -> &'static str {
 }
 
 fn key_render(keys: &[String], v: &Value) -> String {
-    let parts: Vec<String> = keys
-        .iter()
-        .map(|k| format!("\"{k}\":{}", v.get(k).cloned().unwrap_or(Value::Null)))
-        .collect();
+    let parts: Vec<String> = keys.iter().map(|k| format!("\"{k}\":{}", v.get(k).cloned().unwrap_or(Value::Null))).collect();
     format!("map[{}]", parts.join(" "))
 }
 
@@ -832,11 +655,7 @@ fn format_ok(format: &str, s: &str) -> bool {
         "date" => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok(),
         "uuid" => uuid::Uuid::parse_str(s).is_ok(),
         "uri" => url::Url::parse(s).is_ok(),
-        "byte" => {
-            s.len().is_multiple_of(4)
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-        }
+        "byte" => s.len().is_multiple_of(4) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='),
         // Unknown formats are informational, as on the real server.
         _ => true,
     }
@@ -920,13 +739,7 @@ mod tests {
         assert!(fields.contains(&"spec.replicas.max"), "{errs:?}");
         assert!(fields.contains(&"spec.port"), "{errs:?}");
         assert!(fields.contains(&"spec.labels.a"), "{errs:?}");
-        assert!(
-            check(
-                json!({"spec": {"image": "ok", "port": "http", "note": null}}),
-                None
-            )
-            .is_empty()
-        );
+        assert!(check(json!({"spec": {"image": "ok", "port": "http", "note": null}}), None).is_empty());
         let errs = check(json!({"spec": {}}), None);
         assert_eq!(errs[0].field, "spec.image");
         assert_eq!(errs[0].reason, "FieldValueRequired");
@@ -934,10 +747,7 @@ mod tests {
 
     #[test]
     fn cel_rules() {
-        let errs = check(
-            json!({"spec": {"image": "a", "replicas": {"min": 3, "max": 2}}}),
-            None,
-        );
+        let errs = check(json!({"spec": {"image": "a", "replicas": {"min": 3, "max": 2}}}), None);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].message.contains("min must not exceed max"));
         let old = json!({"spec": {"image": "a", "mode": "cpu", "replicas": {"min": 1, "max": 1}}});
@@ -949,11 +759,7 @@ mod tests {
 
     #[test]
     fn bad_cel_rejected_at_parse() {
-        let e = Schema::parse(
-            &json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.foo.bar()"}]}),
-            "s",
-        )
-        .unwrap_err();
+        let e = Schema::parse(&json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.foo.bar()"}]}), "s").unwrap_err();
         assert!(e[0].message.contains("compilation failed"));
     }
 }

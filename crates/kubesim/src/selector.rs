@@ -37,10 +37,7 @@ fn split_top(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter()
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
+    out.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
 }
 
 fn set_values(s: &str) -> Result<Vec<String>, ApiError> {
@@ -48,34 +45,19 @@ fn set_values(s: &str) -> Result<Vec<String>, ApiError> {
     let inner = s
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unable to parse requirement: expected a parenthesized set, found {s:?}"
-            ))
-        })?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: expected a parenthesized set, found {s:?}")))?;
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<LabelSelector, ApiError> {
         let mut reqs = Vec::new();
         for part in split_top(s) {
-            let bad = || {
-                ApiError::bad_request(format!(
-                    "unable to parse requirement: invalid label selector {part:?}"
-                ))
-            };
+            let bad = || ApiError::bad_request(format!("unable to parse requirement: invalid label selector {part:?}"));
             let req = if let Some(k) = part.strip_prefix('!') {
                 LabelReq::NotExists(k.trim().to_string())
             } else if let Some((k, v)) = part.split_once("!=") {
@@ -143,9 +125,7 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid selector: '{part}'; can't understand '{part}'"
-                )));
+                return Err(ApiError::bad_request(format!("invalid selector: '{part}'; can't understand '{part}'")));
             };
             reqs.push((k.trim().to_string(), eq, v.trim().to_string()));
         }
@@ -193,34 +173,17 @@ mod tests {
             ("missing!=x", true),
             ("", true),
         ] {
-            assert_eq!(
-                LabelSelector::parse(sel).unwrap().matches(&o),
-                want,
-                "{sel}"
-            );
+            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
         }
         assert!(LabelSelector::parse("app in web").is_err());
     }
 
     #[test]
     fn field_selectors() {
-        let o =
-            json!({"metadata": {"name": "a", "namespace": "ns"}, "status": {"phase": "Running"}});
-        assert!(
-            FieldSelector::parse("metadata.name=a,metadata.namespace==ns")
-                .unwrap()
-                .matches(&o)
-        );
-        assert!(
-            !FieldSelector::parse("metadata.name!=a")
-                .unwrap()
-                .matches(&o)
-        );
-        assert!(
-            FieldSelector::parse("status.phase=Running")
-                .unwrap()
-                .matches(&o)
-        );
+        let o = json!({"metadata": {"name": "a", "namespace": "ns"}, "status": {"phase": "Running"}});
+        assert!(FieldSelector::parse("metadata.name=a,metadata.namespace==ns").unwrap().matches(&o));
+        assert!(!FieldSelector::parse("metadata.name!=a").unwrap().matches(&o));
+        assert!(FieldSelector::parse("status.phase=Running").unwrap().matches(&o));
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

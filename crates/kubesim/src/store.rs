@@ -148,11 +148,7 @@ fn finalizers(v: &Value) -> Vec<String> {
     meta(v)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -160,11 +156,7 @@ fn owner_uids(v: &Value) -> Vec<String> {
     meta(v)
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -173,9 +165,7 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|part| {
             !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         })
@@ -184,9 +174,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     s.len() <= 63
         && (s.is_empty()
-            || (s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            || (s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 && s.as_bytes()[0].is_ascii_alphanumeric()
                 && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()))
 }
@@ -194,12 +182,7 @@ fn is_label_value(s: &str) -> bool {
 fn random_suffix() -> String {
     // The alphabet the real server uses: no vowels, no confusable characters.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .take(5)
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
+    uuid::Uuid::new_v4().as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 
 fn hex(s: &str) -> String {
@@ -210,10 +193,7 @@ fn unhex(s: &str) -> Option<String> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
+    let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
     String::from_utf8(bytes?).ok()
 }
 
@@ -253,31 +233,15 @@ impl Store {
             next_service_ip: 1,
             pending: VecDeque::new(),
         };
-        let ns_info = st
-            .registry
-            .get("", "v1", "namespaces")
-            .expect("namespaces are built in");
+        let ns_info = st.registry.get("", "v1", "namespaces").expect("namespaces are built in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let ctx = WriteCtx {
-                info: ns_info.clone(),
-                namespace: None,
-                status: false,
-                manager: "kubesim".into(),
-                dry_run: false,
-            };
-            st.create(
-                &ctx,
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-            )
-            .expect("creating a system namespace");
+            let ctx = WriteCtx { info: ns_info.clone(), namespace: None, status: false, manager: "kubesim".into(), dry_run: false };
+            st.create(&ctx, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+                .expect("creating a system namespace");
         }
         let (notify, _) = tokio::sync::watch::channel(st.rv);
         let (expiry, _) = tokio::sync::watch::channel(0);
-        Store {
-            state: Mutex::new(st),
-            notify,
-            expiry,
-        }
+        Store { state: Mutex::new(st), notify, expiry }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -328,14 +292,7 @@ impl State {
     }
 
     fn obj_key(info: &ResourceInfo, ns: Option<&str>, name: &str) -> ObjKey {
-        (
-            if info.namespaced {
-                ns.unwrap_or_default().to_string()
-            } else {
-                String::new()
-            },
-            name.to_string(),
-        )
+        (if info.namespaced { ns.unwrap_or_default().to_string() } else { String::new() }, name.to_string())
     }
 
     pub fn get(&self, info: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Value> {
@@ -371,42 +328,25 @@ impl State {
         }
         if let Some(n) = new {
             for u in owner_uids(n) {
-                self.dependents
-                    .entry(u)
-                    .or_default()
-                    .insert((res.clone(), key.clone()));
+                self.dependents.entry(u).or_default().insert((res.clone(), key.clone()));
             }
             if let Some(uid) = meta_str(n, "uid") {
-                self.uids
-                    .insert(uid.to_string(), (res.clone(), key.clone()));
+                self.uids.insert(uid.to_string(), (res.clone(), key.clone()));
             }
         }
     }
 
     /// Stores `new` under a fresh resource version.
-    fn commit(
-        &mut self,
-        res: &ResKey,
-        key: ObjKey,
-        old: Option<Arc<Value>>,
-        mut new: Value,
-    ) -> Arc<Value> {
+    fn commit(&mut self, res: &ResKey, key: ObjKey, old: Option<Arc<Value>>, mut new: Value) -> Arc<Value> {
         self.rv += 1;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let new = Arc::new(new);
         self.index(res, &key, old.as_deref(), Some(&new));
-        self.objects
-            .entry(res.clone())
-            .or_default()
-            .insert(key, new.clone());
+        self.objects.entry(res.clone()).or_default().insert(key, new.clone());
         self.push_history(HistoryEvent {
             rv: self.rv,
             res: res.clone(),
-            kind: if old.is_some() {
-                EventType::Modified
-            } else {
-                EventType::Added
-            },
+            kind: if old.is_some() { EventType::Modified } else { EventType::Added },
             obj: new.clone(),
             prev: old,
         });
@@ -430,8 +370,7 @@ impl State {
         });
         if let Some(uid) = meta_str(&old, "uid") {
             for dep in self.dependents.get(uid).cloned().unwrap_or_default() {
-                self.pending
-                    .push_back(Work::Delete(dep.0, dep.1, Propagation::Background, true));
+                self.pending.push_back(Work::Delete(dep.0, dep.1, Propagation::Background, true));
             }
         }
         for owner in owner_uids(&old) {
@@ -448,23 +387,10 @@ impl State {
 
     fn drop_crd(&mut self, crd_obj: &Value) {
         let name = meta_str(crd_obj, "name").unwrap_or_default().to_string();
-        let group = crd_obj
-            .pointer("/spec/group")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let plural = crd_obj
-            .pointer("/spec/names/plural")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let res = ResKey {
-            group: group.into(),
-            plural: plural.into(),
-        };
-        let keys: Vec<ObjKey> = self
-            .objects
-            .get(&res)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let group = crd_obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+        let plural = crd_obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+        let res = ResKey { group: group.into(), plural: plural.into() };
+        let keys: Vec<ObjKey> = self.objects.get(&res).map(|m| m.keys().cloned().collect()).unwrap_or_default();
         for k in keys {
             self.remove(&res, &k);
         }
@@ -482,13 +408,9 @@ impl State {
                     // A dependent with another solid owner only loses the dangling reference.
                     let solid_owner = owner_uids(&obj).iter().any(|u| self.owner_solid(u));
                     if gc && solid_owner {
-                        let dead: Vec<String> = owner_uids(&obj)
-                            .into_iter()
-                            .filter(|u| !self.uids.contains_key(u))
-                            .collect();
+                        let dead: Vec<String> = owner_uids(&obj).into_iter().filter(|u| !self.uids.contains_key(u)).collect();
                         for u in dead {
-                            self.pending
-                                .push_back(Work::DropOwnerRef(res.clone(), key.clone(), u));
+                            self.pending.push_back(Work::DropOwnerRef(res.clone(), key.clone(), u));
                         }
                         continue;
                     }
@@ -499,13 +421,8 @@ impl State {
                         continue;
                     };
                     let _ = self.internal_update(&res, &obj, |v| {
-                        if let Some(refs) = v
-                            .pointer_mut("/metadata/ownerReferences")
-                            .and_then(Value::as_array_mut)
-                        {
-                            refs.retain(|r| {
-                                r.get("uid").and_then(Value::as_str) != Some(uid.as_str())
-                            });
+                        if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
                             if refs.is_empty() {
                                 meta_mut(v).remove("ownerReferences");
                             }
@@ -521,32 +438,18 @@ impl State {
                     };
                     let waiting = meta(&owner).is_some_and(|m| m.contains_key("deletionTimestamp"))
                         && finalizers(&owner).iter().any(|f| f == "foregroundDeletion");
-                    if waiting
-                        && self
-                            .dependents
-                            .get(&owner_uid)
-                            .is_none_or(BTreeSet::is_empty)
-                    {
-                        let _ = self.internal_update(&res, &owner, |v| {
-                            remove_finalizer(v, "foregroundDeletion")
-                        });
+                    if waiting && self.dependents.get(&owner_uid).is_none_or(BTreeSet::is_empty) {
+                        let _ = self.internal_update(&res, &owner, |v| remove_finalizer(v, "foregroundDeletion"));
                     }
                 }
                 Work::CheckNamespace(ns) => {
-                    let ns_res = ResKey {
-                        group: String::new(),
-                        plural: "namespaces".into(),
-                    };
+                    let ns_res = ResKey { group: String::new(), plural: "namespaces".into() };
                     let ns_key = (String::new(), ns.clone());
                     let Some(nso) = self.lookup(&ns_res, &ns_key) else {
                         continue;
                     };
-                    let terminating =
-                        meta(&nso).is_some_and(|m| m.contains_key("deletionTimestamp"));
-                    let empty = self
-                        .objects
-                        .values()
-                        .all(|m| m.keys().all(|(n, _)| *n != ns));
+                    let terminating = meta(&nso).is_some_and(|m| m.contains_key("deletionTimestamp"));
+                    let empty = self.objects.values().all(|m| m.keys().all(|(n, _)| *n != ns));
                     if terminating && empty && finalizers(&nso).is_empty() {
                         self.remove(&ns_res, &ns_key);
                     }
@@ -563,51 +466,28 @@ impl State {
         let Some(o) = self.lookup(res, key) else {
             return false;
         };
-        !(meta(&o).is_some_and(|m| m.contains_key("deletionTimestamp"))
-            && finalizers(&o).iter().any(|f| f == "foregroundDeletion"))
+        !(meta(&o).is_some_and(|m| m.contains_key("deletionTimestamp")) && finalizers(&o).iter().any(|f| f == "foregroundDeletion"))
     }
 
     /// A server-initiated metadata change (GC, finalizer bookkeeping).
-    fn internal_update(
-        &mut self,
-        res: &ResKey,
-        obj: &Arc<Value>,
-        f: impl FnOnce(&mut Value),
-    ) -> ApiResult<()> {
+    fn internal_update(&mut self, res: &ResKey, obj: &Arc<Value>, f: impl FnOnce(&mut Value)) -> ApiResult<()> {
         let Some(info) = self.registry.any_version(res) else {
             return Ok(());
         };
         let mut new = (**obj).clone();
         f(&mut new);
         let ns = meta_str(obj, "namespace").map(str::to_string);
-        let ctx = WriteCtx {
-            info,
-            namespace: ns,
-            status: false,
-            manager: String::new(),
-            dry_run: false,
-        };
+        let ctx = WriteCtx { info, namespace: ns, status: false, manager: String::new(), dry_run: false };
         self.write_object(&ctx, Some(obj.clone()), new, FieldMode::Update(""))?;
         Ok(())
     }
 
     fn namespace_usable(&self, ns: &str) -> ApiResult<()> {
-        let res = ResKey {
-            group: String::new(),
-            plural: "namespaces".into(),
-        };
+        let res = ResKey { group: String::new(), plural: "namespaces".into() };
         match self.lookup(&res, &(String::new(), ns.to_string())) {
-            None => Err(ApiError::not_found(
-                &crate::error::Qualified {
-                    plural: "namespaces",
-                    group: "",
-                },
-                ns,
-            )),
+            None => Err(ApiError::not_found(&crate::error::Qualified { plural: "namespaces", group: "" }, ns)),
             Some(o) if meta(&o).is_some_and(|m| m.contains_key("deletionTimestamp")) => {
-                let mut e = ApiError::forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                ));
+                let mut e = ApiError::forbidden(format!("unable to create new content in namespace {ns} because it is being terminated"));
                 e.details.causes.push(Cause {
                     reason: "NamespaceTerminating".into(),
                     message: format!("namespace {ns} is being terminated"),
@@ -623,9 +503,7 @@ impl State {
     fn check_identity(ctx: &WriteCtx, body: &Value) -> ApiResult<()> {
         let info = &ctx.info;
         if !body.is_object() {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            ));
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
         }
         if let Some(av) = body.get("apiVersion").and_then(Value::as_str)
             && av != info.api_version()
@@ -638,33 +516,21 @@ impl State {
         if let Some(k) = body.get("kind").and_then(Value::as_str)
             && k != info.kind
         {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the data ({k}) does not match the expected kind ({})",
-                info.kind
-            )));
+            return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", info.kind)));
         }
         if info.namespaced
-            && let (Some(body_ns), Some(ns)) =
-                (meta_str(body, "namespace"), ctx.namespace.as_deref())
+            && let (Some(body_ns), Some(ns)) = (meta_str(body, "namespace"), ctx.namespace.as_deref())
             && !body_ns.is_empty()
             && body_ns != ns
         {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
         }
         Ok(())
     }
 
     /// The common tail of every write: scoping to main/status, defaulting, pruning,
     /// validation, generation, managed fields, no-op detection and commit.
-    fn write_object(
-        &mut self,
-        ctx: &WriteCtx,
-        old: Option<Arc<Value>>,
-        mut new: Value,
-        fields: FieldMode<'_>,
-    ) -> ApiResult<Value> {
+    fn write_object(&mut self, ctx: &WriteCtx, old: Option<Arc<Value>>, mut new: Value, fields: FieldMode<'_>) -> ApiResult<Value> {
         let info = ctx.info.clone();
         let name = meta_str(&new, "name").unwrap_or_default().to_string();
         let key = Self::obj_key(&info, ctx.namespace.as_deref(), &name);
@@ -703,20 +569,10 @@ impl State {
                 }
             }
             // Storage keeps the version first written; clients see theirs via `present`.
-            new["apiVersion"] = o
-                .get("apiVersion")
-                .cloned()
-                .unwrap_or(json!(info.api_version()));
+            new["apiVersion"] = o.get("apiVersion").cloned().unwrap_or(json!(info.api_version()));
             let om = meta(o).cloned().unwrap_or_default();
             let m = meta_mut(&mut new);
-            for k in [
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-                "resourceVersion",
-            ] {
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion"] {
                 match om.get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
                     None => m.remove(k),
@@ -781,8 +637,7 @@ impl State {
         if info.plural == "customresourcedefinitions" && info.group == "apiextensions.k8s.io" {
             match crd::compile(&new, old.as_deref()) {
                 Ok(_) => {
-                    let st =
-                        crd::status(&new, old.as_deref().and_then(|o| o.get("status")), &now());
+                    let st = crd::status(&new, old.as_deref().and_then(|o| o.get("status")), &now());
                     new["status"] = st;
                 }
                 Err(mut e) => errs.append(&mut e),
@@ -796,33 +651,17 @@ impl State {
         let generation = match old.as_deref() {
             None => 1,
             Some(o) => {
-                let g = meta(o)
-                    .and_then(|m| m.get("generation"))
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1);
-                if spec_part(o, exclude_status) != spec_part(&new, exclude_status) {
-                    g + 1
-                } else {
-                    g
-                }
+                let g = meta(o).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+                if spec_part(o, exclude_status) != spec_part(&new, exclude_status) { g + 1 } else { g }
             }
         };
         meta_mut(&mut new).insert("generation".into(), json!(generation));
 
         if let FieldMode::Update(manager) = fields {
-            let scope = if ctx.status {
-                Scope::Status
-            } else {
-                Scope::Main { exclude_status }
-            };
+            let scope = if ctx.status { Scope::Status } else { Scope::Main { exclude_status } };
             let stamp = now();
             let api_version = info.api_version();
-            let w = Writer {
-                manager,
-                subresource: if ctx.status { "status" } else { "" },
-                api_version: &api_version,
-                now: &stamp,
-            };
+            let w = Writer { manager, subresource: if ctx.status { "status" } else { "" }, api_version: &api_version, now: &stamp };
             fieldmanager::record_update(old.as_deref(), &mut new, &info.schema, scope, &w);
         }
 
@@ -834,22 +673,16 @@ impl State {
         if ctx.dry_run {
             return Ok(present(&new, &info));
         }
-        if meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"))
-            && finalizers(&new).is_empty()
-        {
+        if meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp")) && finalizers(&new).is_empty() {
             // The last finalizer is gone: the object goes away now.
             let res = info.key();
-            self.objects
-                .entry(res.clone())
-                .or_default()
-                .insert(key.clone(), Arc::new(new));
+            self.objects.entry(res.clone()).or_default().insert(key.clone(), Arc::new(new));
             let gone = self.remove(&res, &key).expect("just inserted");
             self.drain_pending();
             return Ok(present(&gone, &info));
         }
         if info.plural == "customresourcedefinitions" && info.group == "apiextensions.k8s.io" {
-            let compiled = crd::compile(&new, old.as_deref())
-                .map_err(|e| ApiError::invalid(&info.kind, &info.group, &name, e))?;
+            let compiled = crd::compile(&new, old.as_deref()).map_err(|e| ApiError::invalid(&info.kind, &info.group, &name, e))?;
             self.registry.remove_crd(&name);
             for ri in compiled {
                 self.registry.insert(ri);
@@ -915,36 +748,19 @@ impl State {
         self.create_with(ctx, body, FieldMode::Update(&ctx.manager))
     }
 
-    fn create_with(
-        &mut self,
-        ctx: &WriteCtx,
-        mut body: Value,
-        fields: FieldMode<'_>,
-    ) -> ApiResult<Value> {
+    fn create_with(&mut self, ctx: &WriteCtx, mut body: Value, fields: FieldMode<'_>) -> ApiResult<Value> {
         Self::check_identity(ctx, &body)?;
         let info = ctx.info.clone();
         if ctx.status {
-            return Err(ApiError::method_not_allowed(
-                "create is not supported on the status subresource",
-            ));
+            return Err(ApiError::method_not_allowed("create is not supported on the status subresource"));
         }
         if meta_str(&body, "resourceVersion").is_some_and(|r| !r.is_empty()) {
-            return Err(ApiError::bad_request(
-                "resourceVersion should not be set on objects to be created",
-            ));
+            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
         }
         let m = meta_mut(&mut body);
-        let mut name = m
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let mut name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         if name.is_empty() {
-            let prefix = m
-                .get("generateName")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let prefix = m.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
             if prefix.is_empty() {
                 return Err(ApiError::invalid(
                     &info.kind,
@@ -962,11 +778,7 @@ impl State {
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(now()));
-        for k in [
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-        ] {
+        for k in ["deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             m.remove(k);
         }
         if !matches!(fields, FieldMode::Applied) {
@@ -983,12 +795,7 @@ impl State {
         self.write_object(ctx, None, body, fields)
     }
 
-    fn check_precondition(
-        info: &ResourceInfo,
-        name: &str,
-        body: &Value,
-        current: &Value,
-    ) -> ApiResult<()> {
+    fn check_precondition(info: &ResourceInfo, name: &str, body: &Value, current: &Value) -> ApiResult<()> {
         if let Some(rv) = meta_str(body, "resourceVersion")
             && !rv.is_empty()
             && Some(rv) != meta_str(current, "resourceVersion")
@@ -1031,22 +838,14 @@ impl State {
     }
 
     /// Returns the object and whether it was created (server-side apply may create).
-    pub fn patch(
-        &mut self,
-        ctx: &WriteCtx,
-        name: &str,
-        kind: PatchKind,
-        body: &Value,
-    ) -> ApiResult<(Value, bool)> {
+    pub fn patch(&mut self, ctx: &WriteCtx, name: &str, kind: PatchKind, body: &Value) -> ApiResult<(Value, bool)> {
         let info = ctx.info.clone();
         let key = Self::obj_key(&info, ctx.namespace.as_deref(), name);
         let current = self.lookup(&info.key(), &key);
         if let PatchKind::Apply { force } = kind {
             Self::check_identity(ctx, body)?;
             if body.get("apiVersion").is_none() || body.get("kind").is_none() {
-                return Err(ApiError::bad_request(
-                    "apiVersion and kind must be set in an apply patch",
-                ));
+                return Err(ApiError::bad_request("apiVersion and kind must be set in an apply patch"));
             }
             if meta_str(body, "name").is_some_and(|n| n != name) {
                 return Err(ApiError::bad_request(format!(
@@ -1059,13 +858,7 @@ impl State {
             } else if ctx.status {
                 return Err(ApiError::not_found(&info.qualified(), name));
             }
-            let scope = if ctx.status {
-                Scope::Status
-            } else {
-                Scope::Main {
-                    exclude_status: info.status_subresource,
-                }
-            };
+            let scope = if ctx.status { Scope::Status } else { Scope::Main { exclude_status: info.status_subresource } };
             let stamp = now();
             let api_version = info.api_version();
             let w = Writer {
@@ -1075,15 +868,11 @@ impl State {
                 now: &stamp,
             };
             let live = current.as_deref().map(|c| present(c, &info));
-            let mut merged =
-                fieldmanager::apply(live.as_ref(), body, &info.schema, scope, force, &w)
-                    .map_err(|c| ApiError::apply_conflicts(&info.qualified(), name, c))?;
+            let mut merged = fieldmanager::apply(live.as_ref(), body, &info.schema, scope, force, &w)
+                .map_err(|c| ApiError::apply_conflicts(&info.qualified(), name, c))?;
             meta_mut(&mut merged).insert("name".into(), json!(name));
             return match current {
-                Some(c) => Ok((
-                    self.write_object(ctx, Some(c), merged, FieldMode::Applied)?,
-                    false,
-                )),
+                Some(c) => Ok((self.write_object(ctx, Some(c), merged, FieldMode::Applied)?, false)),
                 None => {
                     meta_mut(&mut merged).remove("resourceVersion");
                     Ok((self.create_with(ctx, merged, FieldMode::Applied)?, true))
@@ -1099,30 +888,22 @@ impl State {
             PatchKind::Strategic => patch::strategic_merge(&mut target, body, Some(&info.schema)),
             PatchKind::Json => patch::json_patch(&mut target, body).map_err(|e| {
                 let mut err = ApiError::invalid(&info.kind, &info.group, name, vec![]);
-                err.message =
-                    format!("the server rejected our request due to an error in our request: {e}");
+                err.message = format!("the server rejected our request due to an error in our request: {e}");
                 err
             })?,
             PatchKind::Apply { .. } => unreachable!("handled above"),
         }
         if let PatchKind::Merge | PatchKind::Strategic = kind
-            && let Some(rv) = body
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
+            && let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
             && Some(rv) != meta_str(&current, "resourceVersion")
         {
             return Err(ApiError::stale(&info.qualified(), name));
         }
         if meta_str(&target, "name") != Some(name) {
-            return Err(ApiError::bad_request(
-                "the name of a patched object cannot change",
-            ));
+            return Err(ApiError::bad_request("the name of a patched object cannot change"));
         }
         Self::check_identity(ctx, &target)?;
-        Ok((
-            self.write_object(ctx, Some(current), target, FieldMode::Update(&ctx.manager))?,
-            false,
-        ))
+        Ok((self.write_object(ctx, Some(current), target, FieldMode::Update(&ctx.manager))?, false))
     }
 
     pub fn delete(&mut self, ctx: &WriteCtx, name: &str, opts: &DeleteOpts) -> ApiResult<Value> {
@@ -1131,13 +912,8 @@ impl State {
         let Some(current) = self.lookup(&info.key(), &key) else {
             return Err(ApiError::not_found(&info.qualified(), name));
         };
-        if info.plural == "namespaces"
-            && info.group.is_empty()
-            && ["default", "kube-system", "kube-public"].contains(&name)
-        {
-            return Err(ApiError::forbidden(format!(
-                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-            )));
+        if info.plural == "namespaces" && info.group.is_empty() && ["default", "kube-system", "kube-public"].contains(&name) {
+            return Err(ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
         }
         if let Some(uid) = &opts.precondition_uid
             && Some(uid.as_str()) != meta_str(&current, "uid")
@@ -1173,12 +949,7 @@ impl State {
     }
 
     /// Deletes or marks for deletion; returns the object as the client should see it.
-    fn delete_object(
-        &mut self,
-        res: &ResKey,
-        key: &ObjKey,
-        policy: Propagation,
-    ) -> ApiResult<Arc<Value>> {
+    fn delete_object(&mut self, res: &ResKey, key: &ObjKey, policy: Propagation) -> ApiResult<Arc<Value>> {
         let Some(current) = self.lookup(res, key) else {
             return Err(ApiError::internal("object vanished during deletion"));
         };
@@ -1189,22 +960,17 @@ impl State {
         match policy {
             Propagation::Orphan => {
                 for (r, k) in self.dependents.get(&uid).cloned().unwrap_or_default() {
-                    self.pending
-                        .push_back(Work::DropOwnerRef(r, k, uid.clone()));
+                    self.pending.push_back(Work::DropOwnerRef(r, k, uid.clone()));
                 }
                 self.drain_pending();
             }
             Propagation::Foreground if has_dependents => {
-                if !finalizers(&current)
-                    .iter()
-                    .any(|f| f == "foregroundDeletion")
-                {
+                if !finalizers(&current).iter().any(|f| f == "foregroundDeletion") {
                     let updated = self.mark_deleting(res, &current, Some("foregroundDeletion"))?;
                     obj = updated;
                 }
                 for (r, k) in self.dependents.get(&uid).cloned().unwrap_or_default() {
-                    self.pending
-                        .push_back(Work::Delete(r, k, Propagation::Foreground, true));
+                    self.pending.push_back(Work::Delete(r, k, Propagation::Foreground, true));
                 }
                 self.pending.push_back(Work::CheckForeground(uid.clone()));
                 return Ok(obj);
@@ -1218,15 +984,10 @@ impl State {
                 let keys: Vec<(ResKey, ObjKey)> = self
                     .objects
                     .iter()
-                    .flat_map(|(r, m)| {
-                        m.keys()
-                            .filter(|(n, _)| *n == ns)
-                            .map(move |k| (r.clone(), k.clone()))
-                    })
+                    .flat_map(|(r, m)| m.keys().filter(|(n, _)| *n == ns).map(move |k| (r.clone(), k.clone())))
                     .collect();
                 for (r, k) in keys {
-                    self.pending
-                        .push_back(Work::Delete(r, k, Propagation::Background, false));
+                    self.pending.push_back(Work::Delete(r, k, Propagation::Background, false));
                 }
             }
             self.pending.push_back(Work::CheckNamespace(ns));
@@ -1239,16 +1000,10 @@ impl State {
             }
             return self.mark_deleting(res, &current, None);
         }
-        self.remove(res, key)
-            .ok_or_else(|| ApiError::internal("object vanished during deletion"))
+        self.remove(res, key).ok_or_else(|| ApiError::internal("object vanished during deletion"))
     }
 
-    fn mark_deleting(
-        &mut self,
-        res: &ResKey,
-        current: &Arc<Value>,
-        add_finalizer: Option<&str>,
-    ) -> ApiResult<Arc<Value>> {
+    fn mark_deleting(&mut self, res: &ResKey, current: &Arc<Value>, add_finalizer: Option<&str>) -> ApiResult<Arc<Value>> {
         let mut new = (**current).clone();
         let m = meta_mut(&mut new);
         m.entry("deletionTimestamp").or_insert_with(|| json!(now()));
@@ -1264,41 +1019,18 @@ impl State {
         if res.group.is_empty() && res.plural == "namespaces" {
             new["status"] = json!({"phase": "Terminating"});
         }
-        let key = (
-            meta_str(&new, "namespace").unwrap_or_default().to_string(),
-            meta_str(&new, "name").unwrap_or_default().to_string(),
-        );
-        let key = if self.lookup(res, &key).is_some() {
-            key
-        } else {
-            (String::new(), key.1)
-        };
+        let key = (meta_str(&new, "namespace").unwrap_or_default().to_string(), meta_str(&new, "name").unwrap_or_default().to_string());
+        let key = if self.lookup(res, &key).is_some() { key } else { (String::new(), key.1) };
         Ok(self.commit(res, key, Some(current.clone()), new))
     }
 
-    pub fn delete_collection(
-        &mut self,
-        ctx: &WriteCtx,
-        opts: &ListOpts,
-        del: &DeleteOpts,
-    ) -> ApiResult<Value> {
+    pub fn delete_collection(&mut self, ctx: &WriteCtx, opts: &ListOpts, del: &DeleteOpts) -> ApiResult<Value> {
         let info = ctx.info.clone();
-        let list = self.list(
-            &info,
-            ctx.namespace.as_deref(),
-            &ListOpts {
-                limit: None,
-                continue_token: None,
-                ..opts.clone()
-            },
-        )?;
+        let list = self.list(&info, ctx.namespace.as_deref(), &ListOpts { limit: None, continue_token: None, ..opts.clone() })?;
         let mut items = Vec::new();
         for item in list["items"].as_array().cloned().unwrap_or_default() {
             let name = meta_str(&item, "name").unwrap_or_default().to_string();
-            let item_ctx = WriteCtx {
-                namespace: meta_str(&item, "namespace").map(str::to_string),
-                ..ctx.clone()
-            };
+            let item_ctx = WriteCtx { namespace: meta_str(&item, "namespace").map(str::to_string), ..ctx.clone() };
             match self.delete(&item_ctx, &name, del) {
                 Ok(v) => items.push(v),
                 Err(e) if e.code == 404 => {}
@@ -1317,11 +1049,7 @@ impl State {
 
     /// The objects of `res` as they were at `rv`, rebuilt from history (borrowed when
     /// `rv` is the present, which is the common case).
-    fn snapshot(
-        &self,
-        res: &ResKey,
-        rv: u64,
-    ) -> ApiResult<std::borrow::Cow<'_, BTreeMap<ObjKey, Arc<Value>>>> {
+    fn snapshot(&self, res: &ResKey, rv: u64) -> ApiResult<std::borrow::Cow<'_, BTreeMap<ObjKey, Arc<Value>>>> {
         static EMPTY: BTreeMap<ObjKey, Arc<Value>> = BTreeMap::new();
         let current = self.objects_of(res).unwrap_or(&EMPTY);
         if rv >= self.rv {
@@ -1341,12 +1069,8 @@ impl State {
             if ev.res != *res {
                 continue;
             }
-            let key = (
-                meta_str(&ev.obj, "namespace")
-                    .unwrap_or_default()
-                    .to_string(),
-                meta_str(&ev.obj, "name").unwrap_or_default().to_string(),
-            );
+            let key =
+                (meta_str(&ev.obj, "namespace").unwrap_or_default().to_string(), meta_str(&ev.obj, "name").unwrap_or_default().to_string());
             match (ev.kind, &ev.prev) {
                 (EventType::Added, _) => {
                     objs.remove(&key);
@@ -1363,39 +1087,24 @@ impl State {
     pub fn list(&self, info: &ResourceInfo, ns: Option<&str>, opts: &ListOpts) -> ApiResult<Value> {
         let res = info.key();
         let rv_param = opts.resource_version.as_deref().filter(|r| !r.is_empty());
-        let parse_rv = |r: &str| {
-            r.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))
-        };
+        let parse_rv = |r: &str| r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")));
         let (snapshot_rv, start_after) = if let Some(tok) = &opts.continue_token {
             if rv_param.is_some_and(|r| r != "0") {
-                return Err(ApiError::bad_request(
-                    "specifying resource version is not allowed when using continue",
-                ));
+                return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
             }
-            let bad = || {
-                ApiError::bad_request(
-                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
-                )
-            };
+            let bad =
+                || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
             let (rv, rest) = tok.split_once(':').ok_or_else(bad)?;
             let rv: u64 = rv.parse().map_err(|_| bad())?;
             let (nsx, name) = rest.split_once(':').ok_or_else(bad)?;
-            (
-                rv,
-                Some((unhex(nsx).ok_or_else(bad)?, unhex(name).ok_or_else(bad)?)),
-            )
+            (rv, Some((unhex(nsx).ok_or_else(bad)?, unhex(name).ok_or_else(bad)?)))
         } else {
             let rv = match (rv_param, opts.resource_version_match.as_deref()) {
                 (None, Some("Exact")) | (Some("0"), Some("Exact")) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch \"Exact\" requires a non-zero resourceVersion",
-                    ));
+                    return Err(ApiError::bad_request("resourceVersionMatch \"Exact\" requires a non-zero resourceVersion"));
                 }
                 (None, Some(m)) if !m.is_empty() => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
-                    ));
+                    return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
                 }
                 (None | Some("0"), _) => self.rv,
                 (Some(r), m) => {
@@ -1407,9 +1116,7 @@ impl State {
                     match m {
                         Some("Exact") | Some("NotOlderThan") | None => {}
                         Some(other) => {
-                            return Err(ApiError::bad_request(format!(
-                                "unknown resourceVersionMatch {other:?}"
-                            )));
+                            return Err(ApiError::bad_request(format!("unknown resourceVersionMatch {other:?}")));
                         }
                     }
                     if exact { n } else { self.rv }
@@ -1444,17 +1151,13 @@ impl State {
         }
         let mut list_meta = json!({"resourceVersion": snapshot_rv.to_string()});
         if next.is_some() {
-            let last = items.last().map(|i| {
-                (
-                    meta_str(i, "namespace").unwrap_or_default().to_string(),
-                    meta_str(i, "name").unwrap_or_default().to_string(),
-                )
-            });
+            let last = items
+                .last()
+                .map(|i| (meta_str(i, "namespace").unwrap_or_default().to_string(), meta_str(i, "name").unwrap_or_default().to_string()));
             if let Some((lns, lname)) = last {
                 // An empty namespace for cluster-scoped kinds matches the storage key.
                 let lns = if info.namespaced { lns } else { String::new() };
-                list_meta["continue"] =
-                    json!(format!("{snapshot_rv}:{}:{}", hex(&lns), hex(&lname)));
+                list_meta["continue"] = json!(format!("{snapshot_rv}:{}:{}", hex(&lns), hex(&lname)));
                 list_meta["remainingItemCount"] = json!(remaining);
             }
         }
@@ -1468,9 +1171,7 @@ impl State {
 
     /// Current objects for a watch's initial events.
     pub fn current(&self, res: &ResKey) -> Vec<Arc<Value>> {
-        self.objects_of(res)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.objects_of(res).map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Events of `res` after `after`, or Err when history no longer reaches back that far.
@@ -1479,20 +1180,12 @@ impl State {
             return Err(self.compacted);
         }
         let start = self.history.partition_point(|e| e.rv <= after);
-        Ok(self
-            .history
-            .range(start..)
-            .filter(|e| e.res == *res)
-            .cloned()
-            .collect())
+        Ok(self.history.range(start..).filter(|e| e.res == *res).cloned().collect())
     }
 }
 
 fn remove_finalizer(v: &mut Value, f: &str) {
-    if let Some(list) = v
-        .pointer_mut("/metadata/finalizers")
-        .and_then(Value::as_array_mut)
-    {
+    if let Some(list) = v.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
         list.retain(|x| x != f);
         if list.is_empty() {
             meta_mut(v).remove("finalizers");
@@ -1519,15 +1212,10 @@ mod tests {
         let store = Store::new(100);
         let mut st = store.lock();
         let c = ctx(&st, "", "v1", "configmaps", Some("default"));
-        let created = st
-            .create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "v"}}))
-            .unwrap();
+        let created = st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).unwrap();
         let rv = st.resource_version();
         let again = st.update(&c, "a", created.clone()).unwrap();
-        assert_eq!(
-            again["metadata"]["resourceVersion"],
-            created["metadata"]["resourceVersion"]
-        );
+        assert_eq!(again["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
         assert_eq!(st.resource_version(), rv);
     }
 
@@ -1536,22 +1224,16 @@ mod tests {
         let store = Store::new(100);
         let mut st = store.lock();
         let c = ctx(&st, "", "v1", "configmaps", Some("default"));
-        st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "1"}}))
-            .unwrap();
+        st.create(&c, json!({"metadata": {"name": "a"}, "data": {"k": "1"}})).unwrap();
         let rv1 = st.resource_version();
-        st.patch(&c, "a", PatchKind::Merge, &json!({"data": {"k": "2"}}))
-            .unwrap();
+        st.patch(&c, "a", PatchKind::Merge, &json!({"data": {"k": "2"}})).unwrap();
         st.create(&c, json!({"metadata": {"name": "b"}})).unwrap();
         let info = c.info.clone();
         let old = st
             .list(
                 &info,
                 Some("default"),
-                &ListOpts {
-                    resource_version: Some(rv1.to_string()),
-                    resource_version_match: Some("Exact".into()),
-                    ..Default::default()
-                },
+                &ListOpts { resource_version: Some(rv1.to_string()), resource_version_match: Some("Exact".into()), ..Default::default() },
             )
             .unwrap();
         let items = old["items"].as_array().unwrap();

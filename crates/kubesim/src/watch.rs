@@ -32,11 +32,7 @@ fn invalid_options(field: &str, message: &str) -> ApiError {
         "ListOptions",
         "meta.k8s.io",
         "",
-        vec![Cause {
-            reason: "FieldValueForbidden".into(),
-            message: format!("Forbidden: {message}"),
-            field: field.into(),
-        }],
+        vec![Cause { reason: "FieldValueForbidden".into(), message: format!("Forbidden: {message}"), field: field.into() }],
     )
 }
 
@@ -51,15 +47,11 @@ fn bookmark(info: &ResourceInfo, rv: u64, initial_end: bool) -> Bytes {
     if initial_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line(
-        "BOOKMARK",
-        json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": metadata}),
-    )
+    line("BOOKMARK", json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": metadata}))
 }
 
 fn expired(requested: u64, oldest: u64) -> Bytes {
-    let status =
-        ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
+    let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
     line("ERROR", status)
 }
 
@@ -71,10 +63,7 @@ pub fn start(
     presentation: Presentation,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
     let send_initial = params.send_initial_events == Some(true);
-    match (
-        params.send_initial_events.is_some(),
-        params.resource_version_match.as_deref(),
-    ) {
+    match (params.send_initial_events.is_some(), params.resource_version_match.as_deref()) {
         (false, Some(m)) if !m.is_empty() => {
             return Err(invalid_options(
                 "resourceVersionMatch",
@@ -82,25 +71,16 @@ pub fn start(
             ));
         }
         (true, m) if m != Some("NotOlderThan") => {
-            return Err(invalid_options(
-                "resourceVersionMatch",
-                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-            ));
+            return Err(invalid_options("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
         }
         _ => {}
     }
     if send_initial && !params.bookmarks {
-        return Err(invalid_options(
-            "allowWatchBookmarks",
-            "sendInitialEvents requires setting allowWatchBookmarks to true",
-        ));
+        return Err(invalid_options("allowWatchBookmarks", "sendInitialEvents requires setting allowWatchBookmarks to true"));
     }
     let requested = match params.resource_version.as_deref() {
         None | Some("") => None,
-        Some(r) => Some(
-            r.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))?,
-        ),
+        Some(r) => Some(r.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {r:?}")))?),
     };
     let res = info.key();
     let visible = {
@@ -110,9 +90,7 @@ pub fn start(
         let fields = params.fields.clone();
         move |o: &Value| {
             let ns_ok = match (&ns, namespaced) {
-                (Some(ns), true) => {
-                    o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str())
-                }
+                (Some(ns), true) => o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()),
                 _ => true,
             };
             ns_ok && labels.matches(o) && fields.matches(o)

@@ -30,9 +30,7 @@ async fn reconcile(g: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Recon
     let name = g.name_any();
     let gadgets: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &gadget_ar());
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let owner = g
-        .controller_owner_ref(&gadget_ar())
-        .expect("gadgets have uids");
+    let owner = g.controller_owner_ref(&gadget_ar()).expect("gadgets have uids");
     let child = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -40,8 +38,7 @@ async fn reconcile(g: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Recon
         "data": {"image": g.data["spec"]["image"]},
     });
     let pp = PatchParams::apply(MANAGER).force();
-    cms.patch(&format!("{name}-config"), &pp, &Patch::Apply(child))
-        .await?;
+    cms.patch(&format!("{name}-config"), &pp, &Patch::Apply(child)).await?;
     let status = json!({
         "apiVersion": "kubesim.test/v1",
         "kind": "Gadget",
@@ -52,9 +49,7 @@ async fn reconcile(g: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Recon
             "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled"}],
         },
     });
-    gadgets
-        .patch_status(&name, &pp, &Patch::Apply(status))
-        .await?;
+    gadgets.patch_status(&name, &pp, &Patch::Apply(status)).await?;
     Ok(Action::await_change())
 }
 
@@ -67,9 +62,7 @@ async fn controller_reconciles_and_settles() {
     let sim = start().await;
     let gadgets = install_gadget_crd(&sim.client).await;
     let cms: Api<ConfigMap> = Api::default_namespaced(sim.client.clone());
-    let ctx = Arc::new(Ctx {
-        client: sim.client.clone(),
-    });
+    let ctx = Arc::new(Ctx { client: sim.client.clone() });
     let controller = Controller::new_with(gadgets.clone(), watcher::Config::default(), gadget_ar())
         .owns(cms.clone(), watcher::Config::default())
         .run(reconcile, error_policy, ctx)
@@ -77,48 +70,23 @@ async fn controller_reconciles_and_settles() {
     let task = tokio::spawn(controller);
 
     for i in 0..3 {
-        gadgets
-            .create(
-                &PostParams::default(),
-                &gadget(&format!("g{i}"), json!({"image": "worker:1"})),
-            )
-            .await
-            .unwrap();
+        gadgets.create(&PostParams::default(), &gadget(&format!("g{i}"), json!({"image": "worker:1"}))).await.unwrap();
     }
     eventually(|| async {
         let all = gadgets.list(&Default::default()).await.unwrap();
-        all.items
-            .iter()
-            .all(|g| {
-                g.data["status"]["observedGeneration"] == 1
-                    && g.data["status"]["phase"] == "Running"
-            })
-            .then_some(())
+        all.items.iter().all(|g| g.data["status"]["observedGeneration"] == 1 && g.data["status"]["phase"] == "Running").then_some(())
     })
     .await;
-    assert_eq!(
-        cms.get("g0-config").await.unwrap().data.unwrap()["image"],
-        "worker:1"
-    );
+    assert_eq!(cms.get("g0-config").await.unwrap().data.unwrap()["image"], "worker:1");
 
     // A spec change is a new generation; the controller catches up.
-    gadgets
-        .patch(
-            "g1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"image": "worker:2"}})),
-        )
-        .await
-        .unwrap();
+    gadgets.patch("g1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"image": "worker:2"}}))).await.unwrap();
     eventually(|| async {
         let g = gadgets.get("g1").await.unwrap();
         (g.data["status"]["observedGeneration"] == 2).then_some(())
     })
     .await;
-    eventually(|| async {
-        (cms.get("g1-config").await.unwrap().data.unwrap()["image"] == "worker:2").then_some(())
-    })
-    .await;
+    eventually(|| async { (cms.get("g1-config").await.unwrap().data.unwrap()["image"] == "worker:2").then_some(()) }).await;
 
     // Settled: the controller's own no-op writes cause no further versions.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -130,17 +98,7 @@ async fn controller_reconciles_and_settles() {
     assert!(status_writes <= 12, "status applies: {status_writes}");
 
     // Deleting a gadget garbage-collects its child.
-    gadgets
-        .delete("g0", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(|| async {
-        cms.get_opt("g0-config")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    gadgets.delete("g0", &DeleteParams::default()).await.unwrap();
+    eventually(|| async { cms.get_opt("g0-config").await.unwrap().is_none().then_some(()) }).await;
     task.abort();
 }

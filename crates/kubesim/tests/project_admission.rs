@@ -26,29 +26,19 @@ async fn start_with_project_crds() -> Sim {
     for entry in std::fs::read_dir(repo().join("crds")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let crd: CustomResourceDefinition =
-                serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
     }
     assert_eq!(n, 2, "GpuPool and EnhanceTask CRDs");
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(sim.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    Api::<Namespace>::all(sim.client.clone()).create(&PostParams::default(), &ns).await.unwrap();
     sim
 }
 
 fn api_for(sim: &Sim, object: &Value) -> Api<DynamicObject> {
-    let (group, version) = object["apiVersion"]
-        .as_str()
-        .unwrap()
-        .split_once('/')
-        .unwrap();
+    let (group, version) = object["apiVersion"].as_str().unwrap().split_once('/').unwrap();
     let kind = object["kind"].as_str().unwrap();
     let plural = match kind {
         "GpuPool" => "gpupools",
@@ -57,11 +47,7 @@ fn api_for(sim: &Sim, object: &Value) -> Api<DynamicObject> {
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let ns = object["metadata"]["namespace"].as_str().unwrap_or(NS);
-    Api::namespaced_with(
-        sim.client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, plural),
-    )
+    Api::namespaced_with(sim.client.clone(), ns, &ApiResource::from_gvk_with_plural(&gvk, plural))
 }
 
 /// Every field `sent` has is in `stored` with the same value: the server neither dropped
@@ -71,9 +57,7 @@ fn assert_kept(sent: &Value, stored: &Value, path: &str) {
         (Value::Object(s), Value::Object(t)) => {
             for (k, v) in s {
                 let child = format!("{path}.{k}");
-                let kept = t
-                    .get(k)
-                    .unwrap_or_else(|| panic!("{child} was pruned: the schema does not know it"));
+                let kept = t.get(k).unwrap_or_else(|| panic!("{child} was pruned: the schema does not know it"));
                 assert_kept(v, kept, &child);
             }
         }
@@ -110,10 +94,7 @@ async fn every_example_is_admitted_as_written() {
             let what = format!("{} ({})", file.display(), sent["metadata"]["name"]);
             let api = api_for(&sim, &sent);
             let object: DynamicObject = serde_json::from_value(sent.clone()).unwrap();
-            let created = api
-                .create(&PostParams::default(), &object)
-                .await
-                .unwrap_or_else(|e| panic!("{what} refused: {e}"));
+            let created = api.create(&PostParams::default(), &object).await.unwrap_or_else(|e| panic!("{what} refused: {e}"));
             let stored = serde_json::to_value(&created).unwrap();
             assert_kept(&sent["spec"], &stored["spec"], &format!("{what}: spec"));
             // Examples may share a name (two ways to write the default pool).
@@ -122,11 +103,7 @@ async fn every_example_is_admitted_as_written() {
             admitted += 1;
         }
     }
-    assert!(
-        admitted >= 3,
-        "only {admitted} examples found in {:?}",
-        files
-    );
+    assert!(admitted >= 3, "only {admitted} examples found in {:?}", files);
 }
 
 async fn refused(sim: &Sim, object: Value) -> Box<kube::core::Status> {
@@ -159,17 +136,9 @@ async fn task_params_rules_refuse_with_a_clear_message() {
     // 3 is inside the schema's 2..4 range: only the CEL rule catches it.
     let e = refused(&sim, task(json!({"scale": 3}))).await;
     assert!(e.message.contains("scale must be 2 or 4"), "{}", e.message);
-    assert!(
-        e.message.contains("spec.params"),
-        "names the field: {}",
-        e.message
-    );
+    assert!(e.message.contains("spec.params"), "names the field: {}", e.message);
     let e = refused(&sim, task(json!({"tileSize": 16}))).await;
-    assert!(
-        e.message.contains("tileSize must be 0") && e.message.contains("32..1024"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("tileSize must be 0") && e.message.contains("32..1024"), "{}", e.message);
     for ok in [json!({"scale": 4, "tileSize": 0}), json!({"tileSize": 32})] {
         let api = api_for(&sim, &task(ok.clone()));
         let object: DynamicObject = serde_json::from_value(task(ok)).unwrap();
@@ -182,24 +151,11 @@ async fn task_params_rules_refuse_with_a_clear_message() {
 async fn a_pool_is_refused_unless_managed_or_external_only() {
     let sim = start_with_project_crds().await;
     let e = refused(&sim, pool(json!({"replicas": {"min": 0, "max": 2}}))).await;
-    assert!(
-        e.message.contains("replicas needs an image"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("replicas needs an image"), "{}", e.message);
     let e = refused(&sim, pool(json!({"image": "w:1"}))).await;
     assert!(e.message.contains("image needs replicas"), "{}", e.message);
-    let e = refused(
-        &sim,
-        pool(json!({"image": "w:1", "replicas": {"min": 3, "max": 2}})),
-    )
-    .await;
-    assert!(
-        e.message
-            .contains("replicas.min must not exceed replicas.max"),
-        "{}",
-        e.message
-    );
+    let e = refused(&sim, pool(json!({"image": "w:1", "replicas": {"min": 3, "max": 2}}))).await;
+    assert!(e.message.contains("replicas.min must not exceed replicas.max"), "{}", e.message);
 
     // External-only, also with no endpoint left (the last server unregistered).
     for spec in [
@@ -210,9 +166,7 @@ async fn a_pool_is_refused_unless_managed_or_external_only() {
     ] {
         let api = api_for(&sim, &pool(spec.clone()));
         let object: DynamicObject = serde_json::from_value(pool(spec.clone())).unwrap();
-        api.create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("{spec} refused: {e}"));
+        api.create(&PostParams::default(), &object).await.unwrap_or_else(|e| panic!("{spec} refused: {e}"));
         api.delete("p", &DeleteParams::default()).await.unwrap();
     }
 }

@@ -22,49 +22,20 @@ pub use convert::{ConvertSummary, convert, convert_with_summary};
 pub enum ConvertError {
     #[error(".param line {line}: {msg}")]
     Param { line: usize, msg: String },
-    #[error(
-        "layer `{layer}` (.param line {line}) has type `{kind}`, which this converter does not support"
-    )]
-    UnsupportedLayer {
-        layer: String,
-        kind: String,
-        line: usize,
-    },
+    #[error("layer `{layer}` (.param line {line}) has type `{kind}`, which this converter does not support")]
+    UnsupportedLayer { layer: String, kind: String, line: usize },
     #[error("layer `{layer}` ({kind}, .param line {line}): {msg}")]
-    Layer {
-        layer: String,
-        kind: String,
-        line: usize,
-        msg: String,
-    },
-    #[error(
-        ".bin is truncated: {blob} of layer `{layer}` needs {needed} more bytes at offset {offset}, but the file has {len} bytes"
-    )]
-    TruncatedBin {
-        layer: String,
-        blob: String,
-        offset: usize,
-        needed: usize,
-        len: usize,
-    },
+    Layer { layer: String, kind: String, line: usize, msg: String },
+    #[error(".bin is truncated: {blob} of layer `{layer}` needs {needed} more bytes at offset {offset}, but the file has {len} bytes")]
+    TruncatedBin { layer: String, blob: String, offset: usize, needed: usize, len: usize },
     #[error(".bin: {blob} of layer `{layer}` at offset {offset}: {what}")]
-    UnsupportedWeights {
-        layer: String,
-        blob: String,
-        offset: usize,
-        what: String,
-    },
-    #[error(
-        ".bin has {extra} bytes left after the last layer's weights (of {len}); the .param and .bin do not belong together"
-    )]
+    UnsupportedWeights { layer: String, blob: String, offset: usize, what: String },
+    #[error(".bin has {extra} bytes left after the last layer's weights (of {len}); the .param and .bin do not belong together")]
     TrailingBin { extra: usize, len: usize },
     #[error("graph: {0}")]
     Graph(String),
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// Converts the files at `param` and `bin` and writes the model to `out` atomically: the
@@ -80,10 +51,7 @@ pub fn convert_files(param: &Path, bin: &Path, out: &Path) -> Result<ConvertSumm
 
     let file_name = out.file_name().ok_or_else(|| ConvertError::Io {
         path: out.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "output path has no file name",
-        ),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "output path has no file name"),
     })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
@@ -92,10 +60,7 @@ pub fn convert_files(param: &Path, bin: &Path, out: &Path) -> Result<ConvertSumm
     let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, out));
     if let Err(source) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(ConvertError::Io {
-            path: out.to_path_buf(),
-            source,
-        });
+        return Err(ConvertError::Io { path: out.to_path_buf(), source });
     }
     Ok(summary)
 }

@@ -326,13 +326,7 @@ impl GraphBuilder {
         self.push_initializer(name, dims, proto::data_type::INT64, raw)
     }
 
-    fn push_initializer(
-        &mut self,
-        name: &str,
-        dims: &[i64],
-        data_type: i32,
-        raw: Vec<u8>,
-    ) -> &mut Self {
+    fn push_initializer(&mut self, name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>) -> &mut Self {
         self.initializers.push(proto::TensorProto {
             dims: dims.to_vec(),
             data_type: Some(data_type),
@@ -345,25 +339,12 @@ impl GraphBuilder {
 
     /// Appends a node in the default domain, named `<op_type>_<index>`. Nodes must be added
     /// in a topological order, as ONNX requires.
-    pub fn node(
-        &mut self,
-        op_type: &str,
-        inputs: &[&str],
-        outputs: &[&str],
-        attrs: Vec<Attribute>,
-    ) -> &mut Self {
+    pub fn node(&mut self, op_type: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<Attribute>) -> &mut Self {
         let name = format!("{op_type}_{}", self.nodes.len());
         self.named_node(&name, op_type, inputs, outputs, attrs)
     }
 
-    pub(crate) fn named_node(
-        &mut self,
-        name: &str,
-        op_type: &str,
-        inputs: &[&str],
-        outputs: &[&str],
-        attrs: Vec<Attribute>,
-    ) -> &mut Self {
+    pub(crate) fn named_node(&mut self, name: &str, op_type: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<Attribute>) -> &mut Self {
         self.nodes.push(proto::NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
             output: outputs.iter().map(|s| (*s).to_owned()).collect(),
@@ -386,10 +367,7 @@ impl GraphBuilder {
     pub(crate) fn to_model(&self) -> proto::ModelProto {
         proto::ModelProto {
             ir_version: Some(IR_VERSION),
-            opset_import: vec![proto::OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(OPSET_VERSION),
-            }],
+            opset_import: vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET_VERSION) }],
             producer_name: Some("purrify-ncnn2onnx".to_owned()),
             producer_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             doc_string: self.doc_string.clone(),
@@ -435,12 +413,10 @@ fn value_info(name: &str, dims: &[Dim]) -> proto::ValueInfoProto {
     proto::ValueInfoProto {
         name: Some(name.to_owned()),
         r#type: Some(proto::TypeProto {
-            value: Some(proto::type_proto::Value::TensorType(
-                proto::type_proto::Tensor {
-                    elem_type: Some(proto::data_type::FLOAT),
-                    shape: Some(proto::TensorShapeProto { dim }),
-                },
-            )),
+            value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
+                elem_type: Some(proto::data_type::FLOAT),
+                shape: Some(proto::TensorShapeProto { dim }),
+            })),
             denotation: None,
         }),
         doc_string: None,
@@ -480,10 +456,7 @@ mod tests {
         assert_eq!(graph.name.as_deref(), Some("tiny"));
         let w = &graph.initializer[0];
         assert_eq!(w.data_type, Some(data_type::FLOAT));
-        assert_eq!(
-            w.raw_data.as_deref(),
-            Some(&[0, 0, 0xc0, 0x3f, 0, 0, 0, 0xc0][..])
-        );
+        assert_eq!(w.raw_data.as_deref(), Some(&[0, 0, 0xc0, 0x3f, 0, 0, 0, 0xc0][..]));
         let scalar = &graph.initializer[1];
         assert!(scalar.dims.is_empty());
         assert_eq!(scalar.raw_data.as_deref(), Some(&7i64.to_le_bytes()[..]));
@@ -494,18 +467,10 @@ mod tests {
         assert_eq!(node.attribute[0].i, Some(0));
         assert_eq!(node.attribute[0].r#type, Some(attribute_type::INT));
         assert_eq!(node.attribute[4].s.as_deref(), Some(&b"nearest"[..]));
-        let Some(type_proto::Value::TensorType(t)) =
-            graph.input[0].r#type.as_ref().unwrap().value.clone()
-        else {
+        let Some(type_proto::Value::TensorType(t)) = graph.input[0].r#type.as_ref().unwrap().value.clone() else {
             panic!("input is not a tensor");
         };
-        let dims: Vec<_> = t
-            .shape
-            .unwrap()
-            .dim
-            .into_iter()
-            .map(|d| d.value.unwrap())
-            .collect();
+        let dims: Vec<_> = t.shape.unwrap().dim.into_iter().map(|d| d.value.unwrap()).collect();
         assert_eq!(
             dims,
             [
@@ -521,28 +486,17 @@ mod tests {
     fn wire_bytes_match_hand_encoding() {
         // Field numbers are what ONNX readers depend on, so pin a few against hand-computed
         // bytes: OperatorSetIdProto{domain="", version=17} is `0a 00 10 11`.
-        let op = OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        };
+        let op = OperatorSetIdProto { domain: Some(String::new()), version: Some(17) };
         assert_eq!(op.encode_to_vec(), [0x0a, 0x00, 0x10, 0x11]);
         // AttributeProto{name="a", type=INT(2), i=3}: name tag 1, i tag 3, type tag 20 (0xa0 0x01).
         let a = Attribute::Int("a".into(), 3).to_proto();
         let bytes = a.encode_to_vec();
         assert_eq!(bytes, [0x0a, 0x01, b'a', 0x18, 0x03, 0xa0, 0x01, 0x02]);
         // Unpacked repeated int64 dims: each element gets its own tag-1 key.
-        let t = TensorProto {
-            dims: vec![2, 3],
-            ..Default::default()
-        };
+        let t = TensorProto { dims: vec![2, 3], ..Default::default() };
         assert_eq!(t.encode_to_vec(), [0x08, 0x02, 0x08, 0x03]);
         // Dimension.dim_param is tag 2 inside TensorShapeProto.dim (tag 1).
-        let s = TensorShapeProto {
-            dim: vec![Dimension {
-                value: Some(dimension::Value::DimParam("h".into())),
-                denotation: None,
-            }],
-        };
+        let s = TensorShapeProto { dim: vec![Dimension { value: Some(dimension::Value::DimParam("h".into())), denotation: None }] };
         assert_eq!(s.encode_to_vec(), [0x0a, 0x03, 0x12, 0x01, b'h']);
     }
 }

@@ -20,11 +20,7 @@ pub(crate) enum Num {
 
 impl Num {
     fn parse(text: &str) -> Option<Num> {
-        if text.contains(['.', 'e', 'E']) {
-            text.parse::<f32>().ok().map(Num::Float)
-        } else {
-            text.parse::<i32>().ok().map(Num::Int)
-        }
+        if text.contains(['.', 'e', 'E']) { text.parse::<f32>().ok().map(Num::Float) } else { text.parse::<i32>().ok().map(Num::Int) }
     }
 
     fn as_f32(self) -> f32 {
@@ -89,34 +85,19 @@ pub(crate) struct ParamGraph {
 }
 
 fn err(line: usize, msg: impl Into<String>) -> ConvertError {
-    ConvertError::Param {
-        line,
-        msg: msg.into(),
-    }
+    ConvertError::Param { line, msg: msg.into() }
 }
 
 pub(crate) fn parse(text: &str) -> Result<ParamGraph, ConvertError> {
     // Blank lines carry nothing in ncnn's reader either (it scans whitespace-separated
     // tokens), so skip them while keeping real line numbers for messages.
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l)).filter(|(_, l)| !l.trim().is_empty());
 
     let (n, magic) = lines.next().ok_or_else(|| err(1, "empty file"))?;
     if magic.trim() != MAGIC {
-        return Err(err(
-            n,
-            format!(
-                "bad magic `{}`, expected {MAGIC} (not an ncnn text .param?)",
-                magic.trim()
-            ),
-        ));
+        return Err(err(n, format!("bad magic `{}`, expected {MAGIC} (not an ncnn text .param?)", magic.trim())));
     }
-    let (n, counts) = lines
-        .next()
-        .ok_or_else(|| err(n + 1, "missing `<layer count> <blob count>` line"))?;
+    let (n, counts) = lines.next().ok_or_else(|| err(n + 1, "missing `<layer count> <blob count>` line"))?;
     let counts: Vec<usize> = counts
         .split_whitespace()
         .map(str::parse)
@@ -131,13 +112,7 @@ pub(crate) fn parse(text: &str) -> Result<ParamGraph, ConvertError> {
         layers.push(parse_layer(n, line)?);
     }
     if layers.len() != layer_count {
-        return Err(err(
-            n,
-            format!(
-                "header says {layer_count} layers but the file has {}",
-                layers.len()
-            ),
-        ));
+        return Err(err(n, format!("header says {layer_count} layers but the file has {}", layers.len())));
     }
     Ok(ParamGraph { layers })
 }
@@ -147,64 +122,30 @@ fn parse_layer(n: usize, line: &str) -> Result<LayerDef, ConvertError> {
     let mut next = |what: &str| tok.next().ok_or_else(|| err(n, format!("missing {what}")));
     let kind = next("layer type")?.to_owned();
     let name = next("layer name")?.to_owned();
-    let n_in: usize = next("input count")?
-        .parse()
-        .map_err(|_| err(n, "bad input count"))?;
-    let n_out: usize = next("output count")?
-        .parse()
-        .map_err(|_| err(n, "bad output count"))?;
-    let inputs = (0..n_in)
-        .map(|_| next("input blob name").map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = (0..n_out)
-        .map(|_| next("output blob name").map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
+    let n_in: usize = next("input count")?.parse().map_err(|_| err(n, "bad input count"))?;
+    let n_out: usize = next("output count")?.parse().map_err(|_| err(n, "bad output count"))?;
+    let inputs = (0..n_in).map(|_| next("input blob name").map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
+    let outputs = (0..n_out).map(|_| next("output blob name").map(str::to_owned)).collect::<Result<Vec<_>, _>>()?;
 
     let mut params = ParamDict::default();
     for kv in tok {
-        let (key, value) = kv
-            .split_once('=')
-            .ok_or_else(|| err(n, format!("layer `{name}`: param `{kv}` is not key=value")))?;
-        let key: i32 = key
-            .parse()
-            .map_err(|_| err(n, format!("layer `{name}`: bad param key in `{kv}`")))?;
+        let (key, value) = kv.split_once('=').ok_or_else(|| err(n, format!("layer `{name}`: param `{kv}` is not key=value")))?;
+        let key: i32 = key.parse().map_err(|_| err(n, format!("layer `{name}`: bad param key in `{kv}`")))?;
         let bad_value = || err(n, format!("layer `{name}`: bad value in `{kv}`"));
         let (id, parsed) = if key <= ARRAY_KEY_BASE {
             let mut parts = value.split(',');
-            let len: usize = parts
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(bad_value)?;
-            let items = parts
-                .map(Num::parse)
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(bad_value)?;
+            let len: usize = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad_value)?;
+            let items = parts.map(Num::parse).collect::<Option<Vec<_>>>().ok_or_else(bad_value)?;
             if items.len() != len {
-                return Err(err(
-                    n,
-                    format!(
-                        "layer `{name}`: array `{kv}` declares {len} items but has {}",
-                        items.len()
-                    ),
-                ));
+                return Err(err(n, format!("layer `{name}`: array `{kv}` declares {len} items but has {}", items.len())));
             }
             (ARRAY_KEY_BASE - key, ParamValue::Array(items))
         } else {
-            (
-                key,
-                ParamValue::Scalar(Num::parse(value).ok_or_else(bad_value)?),
-            )
+            (key, ParamValue::Scalar(Num::parse(value).ok_or_else(bad_value)?))
         };
         params.values.insert(id, parsed);
     }
-    Ok(LayerDef {
-        kind,
-        name,
-        inputs,
-        outputs,
-        params,
-        line: n,
-    })
+    Ok(LayerDef { kind, name, inputs, outputs, params, line: n })
 }
 
 #[cfg(test)]
@@ -241,16 +182,12 @@ Eltwise          Add_16    2 1 705 data out 0=1 -23301=2,2.000000e-01,1.000000e+
 
     #[test]
     fn float_detection_follows_ncnn() {
-        let g =
-            parse("7767517\n1 1\nInterp r 1 1 a b 0=1 1=4.0 2=2e0 3=7 -23305=3,1,2.5,3\n").unwrap();
+        let g = parse("7767517\n1 1\nInterp r 1 1 a b 0=1 1=4.0 2=2e0 3=7 -23305=3,1,2.5,3\n").unwrap();
         let p = &g.layers[0].params;
         assert_eq!(p.values[&1], ParamValue::Scalar(Num::Float(4.0)));
         assert_eq!(p.values[&2], ParamValue::Scalar(Num::Float(2.0)));
         assert_eq!(p.values[&3], ParamValue::Scalar(Num::Int(7)));
-        assert_eq!(
-            p.values[&5],
-            ParamValue::Array(vec![Num::Int(1), Num::Float(2.5), Num::Int(3)])
-        );
+        assert_eq!(p.values[&5], ParamValue::Array(vec![Num::Int(1), Num::Float(2.5), Num::Int(3)]));
         assert_eq!(p.float(3, 0.0), 7.0);
         assert_eq!(p.int(1, 0), 4);
     }
@@ -259,21 +196,13 @@ Eltwise          Add_16    2 1 705 data out 0=1 -23301=2,2.000000e-01,1.000000e+
     fn rejects_malformed_input() {
         let e = parse("1234\n").unwrap_err().to_string();
         assert!(e.contains("bad magic"), "{e}");
-        let e = parse("7767517\n2 2\nInput in 0 1 data\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("7767517\n2 2\nInput in 0 1 data\n").unwrap_err().to_string();
         assert!(e.contains("2 layers but the file has 1"), "{e}");
-        let e = parse("7767517\n1 1\nConvolution c 1 1 a\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("7767517\n1 1\nConvolution c 1 1 a\n").unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("output blob"), "{e}");
-        let e = parse("7767517\n1 2\nEltwise e 1 1 a b -23301=3,1.0,2.0\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("7767517\n1 2\nEltwise e 1 1 a b -23301=3,1.0,2.0\n").unwrap_err().to_string();
         assert!(e.contains("declares 3 items but has 2"), "{e}");
-        let e = parse("7767517\n1 2\nEltwise e 1 1 a b 0=x\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("7767517\n1 2\nEltwise e 1 1 a b 0=x\n").unwrap_err().to_string();
         assert!(e.contains("bad value in `0=x`"), "{e}");
     }
 }

@@ -42,26 +42,13 @@ impl<'a> BinReader<'a> {
     }
 
     /// Reads `count` untagged little-endian float32 values.
-    pub(crate) fn raw_f32(
-        &mut self,
-        count: usize,
-        layer: &str,
-        blob: &str,
-    ) -> Result<Vec<f32>, ConvertError> {
+    pub(crate) fn raw_f32(&mut self, count: usize, layer: &str, blob: &str) -> Result<Vec<f32>, ConvertError> {
         let bytes = self.take(count * 4, layer, blob)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Reads a tagged blob of `count` elements and widens it to float32.
-    pub(crate) fn tagged(
-        &mut self,
-        count: usize,
-        layer: &str,
-        blob: &str,
-    ) -> Result<Vec<f32>, ConvertError> {
+    pub(crate) fn tagged(&mut self, count: usize, layer: &str, blob: &str) -> Result<Vec<f32>, ConvertError> {
         let offset = self.pos;
         let t = self.take(4, layer, blob)?;
         let tag = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
@@ -142,11 +129,7 @@ mod tests {
                 continue;
             }
             let m = f64::from(h & 0x3ff);
-            let mag = if e == 0 {
-                m / 1024.0 * 2f64.powi(-14)
-            } else {
-                (1.0 + m / 1024.0) * 2f64.powi(i32::from(e) - 15)
-            };
+            let mag = if e == 0 { m / 1024.0 * 2f64.powi(-14) } else { (1.0 + m / 1024.0) * 2f64.powi(i32::from(e) - 15) };
             let want = if h >> 15 == 1 { -mag } else { mag } as f32;
             assert_eq!(f16_to_f32(h).to_bits(), want.to_bits(), "half 0x{h:04x}");
         }
@@ -184,18 +167,9 @@ mod tests {
     fn truncation_names_the_blob() {
         let mut bin = TAG_FP16.to_le_bytes().to_vec();
         bin.extend([0, 0]);
-        let e = BinReader::new(&bin)
-            .tagged(4, "Conv_7", "weight")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("Conv_7") && e.contains("weight") && e.contains("offset 4"),
-            "{e}"
-        );
-        let e = BinReader::new(&TAG_INT8.to_le_bytes())
-            .tagged(4, "Conv_7", "weight")
-            .unwrap_err()
-            .to_string();
+        let e = BinReader::new(&bin).tagged(4, "Conv_7", "weight").unwrap_err().to_string();
+        assert!(e.contains("Conv_7") && e.contains("weight") && e.contains("offset 4"), "{e}");
+        let e = BinReader::new(&TAG_INT8.to_le_bytes()).tagged(4, "Conv_7", "weight").unwrap_err().to_string();
         assert!(e.contains("int8"), "{e}");
     }
 }

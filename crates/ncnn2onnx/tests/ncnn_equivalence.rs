@@ -63,13 +63,8 @@ struct Image {
 /// An RGB crop of a cached photo, scaled to [0, 1].
 fn photo_crop(photo: &str, x: u32, y: u32, w: u32, h: u32) -> Image {
     let path = require(cache_dir().join("photos").join(photo));
-    let img = image::open(&path)
-        .unwrap_or_else(|e| panic!("decoding {}: {e}", path.display()))
-        .to_rgb8();
-    assert!(
-        x + w <= img.width() && y + h <= img.height(),
-        "crop outside {photo}"
-    );
+    let img = image::open(&path).unwrap_or_else(|e| panic!("decoding {}: {e}", path.display())).to_rgb8();
+    assert!(x + w <= img.width() && y + h <= img.height(), "crop outside {photo}");
     let (w, h) = (w as usize, h as usize);
     let mut data = vec![0.0; 3 * h * w];
     for yy in 0..h {
@@ -80,10 +75,7 @@ fn photo_crop(photo: &str, x: u32, y: u32, w: u32, h: u32) -> Image {
             }
         }
     }
-    Image {
-        shape: [1, 3, h, w],
-        data,
-    }
+    Image { shape: [1, 3, h, w], data }
 }
 
 fn run_onnx(model: &[u8], input: &Image) -> Result<Image> {
@@ -91,23 +83,12 @@ fn run_onnx(model: &[u8], input: &Image) -> Result<Image> {
         .map_err(|e| anyhow!("{e}"))?
         .commit_from_memory(model)
         .map_err(|e| anyhow!("loading the converted model into ONNX Runtime: {e}"))?;
-    let tensor =
-        Tensor::from_array((input.shape, input.data.clone())).map_err(|e| anyhow!("{e}"))?;
-    let outputs = session
-        .run(ort::inputs!["input" => tensor])
-        .map_err(|e| anyhow!("running the converted model: {e}"))?;
-    let (shape, data) = outputs["output"]
-        .try_extract_tensor::<f32>()
-        .map_err(|e| anyhow!("{e}"))?;
+    let tensor = Tensor::from_array((input.shape, input.data.clone())).map_err(|e| anyhow!("{e}"))?;
+    let outputs = session.run(ort::inputs!["input" => tensor]).map_err(|e| anyhow!("running the converted model: {e}"))?;
+    let (shape, data) = outputs["output"].try_extract_tensor::<f32>().map_err(|e| anyhow!("{e}"))?;
     let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let shape: [usize; 4] = dims
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("ONNX output has shape {dims:?}"))?;
-    Ok(Image {
-        shape,
-        data: data.to_vec(),
-    })
+    let shape: [usize; 4] = dims.as_slice().try_into().map_err(|_| anyhow!("ONNX output has shape {dims:?}"))?;
+    Ok(Image { shape, data: data.to_vec() })
 }
 
 fn run_ncnn(param: &Path, bin: &Path, input: &Image, work: &Path) -> Result<Image> {
@@ -115,14 +96,7 @@ fn run_ncnn(param: &Path, bin: &Path, input: &Image, work: &Path) -> Result<Imag
     let script = require(repo_root().join("tools/models/ncnn_reference.py"));
     let in_path = work.join("input.f32");
     let out_path = work.join("ncnn_output.f32");
-    std::fs::write(
-        &in_path,
-        input
-            .data
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>(),
-    )?;
+    std::fs::write(&in_path, input.data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
     let shape = input.shape.map(|d| d.to_string()).join(",");
     let run = Command::new(&python)
         .arg(&script)
@@ -136,37 +110,22 @@ fn run_ncnn(param: &Path, bin: &Path, input: &Image, work: &Path) -> Result<Imag
         run.status,
         String::from_utf8_lossy(&run.stderr)
     );
-    let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_path.with_extension("f32.json"))?)?;
+    let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(out_path.with_extension("f32.json"))?)?;
     let dims: Vec<usize> = sidecar["shape"]
         .as_array()
         .context("sidecar has no shape")?
         .iter()
         .map(|d| d.as_u64().map(|d| d as usize).context("bad dim"))
         .collect::<Result<_>>()?;
-    let shape: [usize; 4] = dims
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("ncnn output has shape {dims:?}"))?;
+    let shape: [usize; 4] = dims.as_slice().try_into().map_err(|_| anyhow!("ncnn output has shape {dims:?}"))?;
     let bytes = std::fs::read(&out_path)?;
-    let data: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    ensure!(
-        data.len() == shape.iter().product::<usize>(),
-        "ncnn output size does not match its shape {shape:?}"
-    );
+    let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    ensure!(data.len() == shape.iter().product::<usize>(), "ncnn output size does not match its shape {shape:?}");
     Ok(Image { shape, data })
 }
 
 fn max_abs_diff(onnx: &Image, ncnn: &Image) -> Result<f32> {
-    ensure!(
-        onnx.shape == ncnn.shape,
-        "output shapes differ: ONNX {:?} vs ncnn {:?}",
-        onnx.shape,
-        ncnn.shape
-    );
+    ensure!(onnx.shape == ncnn.shape, "output shapes differ: ONNX {:?} vs ncnn {:?}", onnx.shape, ncnn.shape);
     let mut max = 0.0f32;
     for (i, (a, b)) in onnx.data.iter().zip(&ncnn.data).enumerate() {
         if !a.is_finite() || !b.is_finite() {
@@ -189,59 +148,33 @@ fn check_model(model: &str, input: Image, scale: usize) -> Result<()> {
 
     let [_, _, h, w] = input.shape;
     let onnx = run_onnx(&onnx_bytes, &input)?;
-    assert_eq!(
-        onnx.shape,
-        [1, 3, h * scale, w * scale],
-        "{model}: ONNX output shape"
-    );
+    assert_eq!(onnx.shape, [1, 3, h * scale, w * scale], "{model}: ONNX output shape");
     let ncnn = run_ncnn(&param, &bin, &input, work.path())?;
     let diff = max_abs_diff(&onnx, &ncnn)?;
     // The nocapture-visible line is the measurement this test exists to report.
-    println!(
-        "{model}: input {h}x{w}, output {:?}, max |onnx - ncnn| = {diff:.3e}",
-        onnx.shape
-    );
-    ensure!(
-        diff <= TOLERANCE,
-        "{model}: max abs diff {diff:e} exceeds {TOLERANCE:e}"
-    );
+    println!("{model}: input {h}x{w}, output {:?}, max |onnx - ncnn| = {diff:.3e}", onnx.shape);
+    ensure!(diff <= TOLERANCE, "{model}: max abs diff {diff:e} exceeds {TOLERANCE:e}");
     Ok(())
 }
 
 #[test]
 fn animevideov3_x2_matches_ncnn() -> Result<()> {
-    check_model(
-        "realesr-animevideov3-x2",
-        photo_crop("astronaut.png", 180, 80, 46, 38),
-        2,
-    )
+    check_model("realesr-animevideov3-x2", photo_crop("astronaut.png", 180, 80, 46, 38), 2)
 }
 
 #[test]
 fn animevideov3_x3_matches_ncnn() -> Result<()> {
-    check_model(
-        "realesr-animevideov3-x3",
-        photo_crop("coffee.png", 330, 120, 34, 40),
-        3,
-    )
+    check_model("realesr-animevideov3-x3", photo_crop("coffee.png", 330, 120, 34, 40), 3)
 }
 
 #[test]
 fn animevideov3_x4_matches_ncnn() -> Result<()> {
-    check_model(
-        "realesr-animevideov3-x4",
-        photo_crop("coffee.png", 200, 150, 44, 36),
-        4,
-    )
+    check_model("realesr-animevideov3-x4", photo_crop("coffee.png", 200, 150, 44, 36), 4)
 }
 
 #[test]
 fn realesrgan_x4plus_matches_ncnn() -> Result<()> {
-    check_model(
-        "realesrgan-x4plus",
-        photo_crop("astronaut.png", 210, 100, 36, 32),
-        4,
-    )
+    check_model("realesrgan-x4plus", photo_crop("astronaut.png", 210, 100, 36, 32), 4)
 }
 
 /// Deterministic pseudo-random numbers (xorshift64*) for synthetic weights.
@@ -281,13 +214,7 @@ struct Synth {
 impl Synth {
     fn layer(&mut self, kind: &str, name: &str, inputs: &[&str], outputs: &[&str], params: &str) {
         self.blobs += outputs.len();
-        self.lines.push(format!(
-            "{kind} {name} {} {} {} {} {params}",
-            inputs.len(),
-            outputs.len(),
-            inputs.join(" "),
-            outputs.join(" ")
-        ));
+        self.lines.push(format!("{kind} {name} {} {} {} {} {params}", inputs.len(), outputs.len(), inputs.join(" "), outputs.join(" ")));
     }
 
     fn fp16_weights(&mut self, n: usize) {
@@ -314,12 +241,7 @@ impl Synth {
     }
 
     fn param_text(&self) -> String {
-        format!(
-            "7767517\n{} {}\n{}\n",
-            self.lines.len(),
-            self.blobs,
-            self.lines.join("\n")
-        )
+        format!("7767517\n{} {}\n{}\n", self.lines.len(), self.blobs, self.lines.join("\n"))
     }
 }
 
@@ -329,101 +251,36 @@ impl Synth {
 /// resize), checked against ncnn on a real photo crop.
 #[test]
 fn synthetic_layer_zoo_matches_ncnn() -> Result<()> {
-    let mut s = Synth {
-        lines: Vec::new(),
-        bin: Vec::new(),
-        rng: Rng(0x9E37_79B9_7F4A_7C15),
-        blobs: 0,
-    };
+    let mut s = Synth { lines: Vec::new(), bin: Vec::new(), rng: Rng(0x9E37_79B9_7F4A_7C15), blobs: 0 };
     s.layer("Input", "in", &[], &["data"], "");
-    s.layer(
-        "Split",
-        "split_data",
-        &["data"],
-        &["d0", "d1", "d2", "d3"],
-        "",
-    );
-    s.layer(
-        "Convolution",
-        "conv_leaky",
-        &["d0"],
-        &["a"],
-        "0=8 1=3 4=1 5=1 6=216 9=2 -23310=1,1.000000e-01",
-    );
+    s.layer("Split", "split_data", &["data"], &["d0", "d1", "d2", "d3"], "");
+    s.layer("Convolution", "conv_leaky", &["d0"], &["a"], "0=8 1=3 4=1 5=1 6=216 9=2 -23310=1,1.000000e-01");
     s.fp16_weights(216);
     s.raw(8, 0.1);
     // 3x1 kernel, padding only left/right.
-    s.layer(
-        "Convolution",
-        "conv_clip",
-        &["d1"],
-        &["b"],
-        "0=8 1=3 11=1 4=1 14=0 5=1 6=72 9=3 -23310=2,-2.000000e-01,3.000000e-01",
-    );
+    s.layer("Convolution", "conv_clip", &["d1"], &["b"], "0=8 1=3 11=1 4=1 14=0 5=1 6=72 9=3 -23310=2,-2.000000e-01,3.000000e-01");
     s.fp32_weights(72, 0.5);
     s.raw(8, 0.1);
-    s.layer(
-        "Convolution",
-        "conv_sigmoid",
-        &["d2"],
-        &["e"],
-        "0=8 1=1 5=0 6=24 9=4",
-    );
+    s.layer("Convolution", "conv_sigmoid", &["d2"], &["e"], "0=8 1=1 5=0 6=24 9=4");
     s.fp32_weights(24, 1.0);
     // Border filled with 0.5 instead of zeros, then hard-swish.
-    s.layer(
-        "Convolution",
-        "conv_hswish",
-        &["d3"],
-        &["f"],
-        "0=8 1=3 4=1 18=5.000000e-01 5=1 6=216 9=6 -23310=2,2.000000e-01,5.000000e-01",
-    );
+    s.layer("Convolution", "conv_hswish", &["d3"], &["f"], "0=8 1=3 4=1 18=5.000000e-01 5=1 6=216 9=6 -23310=2,2.000000e-01,5.000000e-01");
     s.fp16_weights(216);
     s.raw(8, 0.1);
     s.layer("Split", "split_a", &["a"], &["a0", "a1"], "");
-    s.layer(
-        "ConvolutionDepthWise",
-        "dw_mish",
-        &["a0"],
-        &["c"],
-        "0=8 1=3 4=-233 5=1 6=72 7=8 9=5",
-    );
+    s.layer("ConvolutionDepthWise", "dw_mish", &["a0"], &["c"], "0=8 1=3 4=-233 5=1 6=72 7=8 9=5");
     s.fp16_weights(72);
     s.raw(8, 0.1);
     s.layer("Split", "split_e", &["e"], &["e0", "e1"], "");
     s.layer("Split", "split_f", &["f"], &["f0", "f1"], "");
-    s.layer(
-        "Eltwise",
-        "sum3",
-        &["b", "c", "e0"],
-        &["s1"],
-        "0=1 -23301=3,5.000000e-01,-1.000000e+00,2.000000e+00",
-    );
+    s.layer("Eltwise", "sum3", &["b", "c", "e0"], &["s1"], "0=1 -23301=3,5.000000e-01,-1.000000e+00,2.000000e+00");
     s.layer("Eltwise", "prod", &["a1", "f0"], &["s2"], "0=0");
     s.layer("Eltwise", "max", &["s1", "s2"], &["s3"], "0=2");
-    s.layer(
-        "BinaryOp",
-        "rsub_scalar",
-        &["s3"],
-        &["t1"],
-        "0=7 1=1 2=1.500000e+00",
-    );
+    s.layer("BinaryOp", "rsub_scalar", &["s3"], &["t1"], "0=7 1=1 2=1.500000e+00");
     // Denominator kept in (1, 2) so that float rounding is not amplified.
-    s.layer(
-        "BinaryOp",
-        "add_scalar",
-        &["e1"],
-        &["e2"],
-        "0=0 1=1 2=1.000000e+00",
-    );
+    s.layer("BinaryOp", "add_scalar", &["e1"], &["e2"], "0=0 1=1 2=1.000000e+00");
     s.layer("BinaryOp", "rdiv", &["e2", "t1"], &["t2"], "0=8");
-    s.layer(
-        "BinaryOp",
-        "max_scalar",
-        &["t2"],
-        &["t3"],
-        "0=4 1=1 2=-5.000000e-01",
-    );
+    s.layer("BinaryOp", "max_scalar", &["t2"], &["t3"], "0=4 1=1 2=-5.000000e-01");
     s.layer("BinaryOp", "sub", &["t3", "f1"], &["t4"], "0=1");
     s.layer("PReLU", "prelu8", &["t4"], &["p1"], "0=8");
     s.raw(8, 0.5);
@@ -435,50 +292,14 @@ fn synthetic_layer_zoo_matches_ncnn() -> Result<()> {
     s.layer("PixelShuffle", "ps_crd", &["cat0"], &["ps0"], "0=2");
     s.layer("PixelShuffle", "ps_dcr", &["cat1"], &["ps1"], "0=2 1=1");
     s.layer("BinaryOp", "mul", &["ps0", "ps1"], &["m"], "0=2");
-    s.layer(
-        "Interp",
-        "bilinear",
-        &["m"],
-        &["r1"],
-        "0=2 1=7.000000e-01 2=5.500000e-01",
-    );
-    s.layer(
-        "Interp",
-        "bicubic",
-        &["r1"],
-        &["r2"],
-        "0=3 1=1.500000e+00 2=1.300000e+00",
-    );
-    s.layer(
-        "Interp",
-        "nearest",
-        &["r2"],
-        &["r3"],
-        "0=1 1=2.000000e+00 2=3.000000e+00",
-    );
-    s.layer(
-        "Interp",
-        "fixed_aligned",
-        &["r3"],
-        &["r4"],
-        "0=2 3=23 4=29 6=1",
-    );
-    s.layer(
-        "Interp",
-        "nearest_fractional",
-        &["r4"],
-        &["r5"],
-        "0=1 1=1.700000e+00 2=6.000000e-01",
-    );
+    s.layer("Interp", "bilinear", &["m"], &["r1"], "0=2 1=7.000000e-01 2=5.500000e-01");
+    s.layer("Interp", "bicubic", &["r1"], &["r2"], "0=3 1=1.500000e+00 2=1.300000e+00");
+    s.layer("Interp", "nearest", &["r2"], &["r3"], "0=1 1=2.000000e+00 2=3.000000e+00");
+    s.layer("Interp", "fixed_aligned", &["r3"], &["r4"], "0=2 3=23 4=29 6=1");
+    s.layer("Interp", "nearest_fractional", &["r4"], &["r5"], "0=1 1=1.700000e+00 2=6.000000e-01");
     s.layer("Interp", "fixed_bicubic", &["r5"], &["r6"], "0=3 3=31 4=13");
     s.layer("Interp", "fixed_nearest", &["r6"], &["r7"], "0=1 3=24 4=31");
-    s.layer(
-        "Convolution",
-        "conv_stride2",
-        &["r7"],
-        &["output"],
-        "0=3 1=3 3=2 4=1 5=1 6=108",
-    );
+    s.layer("Convolution", "conv_stride2", &["r7"], &["output"], "0=3 1=3 3=2 4=1 5=1 6=108");
     s.fp32_weights(108, 0.5);
     s.raw(3, 0.1);
 
@@ -494,17 +315,8 @@ fn synthetic_layer_zoo_matches_ncnn() -> Result<()> {
     let ncnn = run_ncnn(&param, &bin, &input, work.path())?;
     let diff = max_abs_diff(&onnx, &ncnn)?;
     let peak = ncnn.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    println!(
-        "synthetic layer zoo: output {:?}, max |ncnn| = {peak:.3}, max |onnx - ncnn| = {diff:.3e}",
-        onnx.shape
-    );
-    ensure!(
-        peak > 0.05,
-        "synthetic output is nearly zero, so the comparison would prove little"
-    );
-    ensure!(
-        diff <= TOLERANCE,
-        "synthetic graph: max abs diff {diff:e} exceeds {TOLERANCE:e}"
-    );
+    println!("synthetic layer zoo: output {:?}, max |ncnn| = {peak:.3}, max |onnx - ncnn| = {diff:.3e}", onnx.shape);
+    ensure!(peak > 0.05, "synthetic output is nearly zero, so the comparison would prove little");
+    ensure!(diff <= TOLERANCE, "synthetic graph: max abs diff {diff:e} exceeds {TOLERANCE:e}");
     Ok(())
 }

@@ -78,10 +78,7 @@ fn latencies(created: &HashMap<String, Instant>, workers: &[FakeWorker]) -> Vec<
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -108,12 +105,7 @@ async fn main() {
     add_workers(&ctx, &urls).await;
     let config = TaskConfig { events: a.events, ..TaskConfig::default() };
 
-    println!(
-        "operator dispatch bench: {} workers x {} slots, events {}",
-        a.workers,
-        a.capacity,
-        if a.events { "on" } else { "off" }
-    );
+    println!("operator dispatch bench: {} workers x {} slots, events {}", a.workers, a.capacity, if a.events { "on" } else { "off" });
 
     // ---- backlog ----
     let created = Arc::new(Mutex::new(HashMap::new()));

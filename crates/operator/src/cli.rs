@@ -133,7 +133,11 @@ pub async fn run_operator(args: RunArgs, shutdown: impl Future<Output = ()> + Se
 }
 
 /// [`run_operator`] with a given client (tests point it at kubesim).
-pub async fn run_with_client(args: RunArgs, client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run_with_client(
+    args: RunArgs,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
     let lease_namespace = args.lease_namespace.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| client.default_namespace().to_owned());
     let metrics = Arc::new(Metrics::new());
@@ -143,7 +147,12 @@ pub async fn run_with_client(args: RunArgs, client: kube::Client, shutdown: impl
         probe_timeout: (probe_interval / 2).clamp(Duration::from_millis(500), Duration::from_secs(5)),
         ..FleetConfig::default()
     }));
-    let ctx = Arc::new(Context { client: client.clone(), registry, metrics: metrics.clone(), namespace: args.namespace.clone().filter(|s| !s.is_empty()) });
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        registry,
+        metrics: metrics.clone(),
+        namespace: args.namespace.clone().filter(|s| !s.is_empty()),
+    });
 
     let identity = match &args.identity {
         Some(prefix) if !prefix.is_empty() => {
@@ -156,7 +165,8 @@ pub async fn run_with_client(args: RunArgs, client: kube::Client, shutdown: impl
     let hub = ProgressHub::new();
     let (leading_tx, leading) = watch::channel(false);
 
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.metrics_addr).await.with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz and task progress");
     let app = http_router(metrics.clone(), leading.clone(), hub.clone());
     // TCP_NODELAY: with Nagle's algorithm a small response, or one event of a stream, waits
@@ -167,7 +177,8 @@ pub async fn run_with_client(args: RunArgs, client: kube::Client, shutdown: impl
         async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }
     });
 
-    let config = LeaderConfig::new(lease_namespace, args.lease_name.clone(), identity.clone(), Duration::from_secs(args.lease_duration_seconds));
+    let config =
+        LeaderConfig::new(lease_namespace, args.lease_name.clone(), identity.clone(), Duration::from_secs(args.lease_duration_seconds));
     let elector = LeaderElector::new(client, config.clone(), metrics.clone());
     let leadership = tokio::select! {
         l = elector.acquire() => l,

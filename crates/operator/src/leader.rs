@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -172,10 +172,8 @@ impl LeaderElector {
     }
 
     fn expired(&self, spec: &LeaseSpec) -> bool {
-        let duration = spec
-            .lease_duration_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .map_or(self.config.lease_duration, Duration::from_secs);
+        let duration =
+            spec.lease_duration_seconds.and_then(|s| u64::try_from(s).ok()).map_or(self.config.lease_duration, Duration::from_secs);
         self.observed.as_ref().is_some_and(|o| o.at.elapsed() >= duration)
     }
 

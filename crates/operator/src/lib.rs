@@ -7,10 +7,10 @@
 //! by both controllers), `context.rs`, `leader.rs` (Lease-based leader election),
 //! `metrics.rs`, `cli.rs`.
 
+pub mod cli;
 pub mod context;
+pub mod leader;
 pub mod metrics;
+pub mod pool;
 pub mod registry;
 pub mod task;
-pub mod cli;
-pub mod leader;
-pub mod pool;

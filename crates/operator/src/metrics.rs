@@ -69,9 +69,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("purrify_operator");
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by controller and outcome", reconciles.clone());
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
         registry.register("reconcile_duration_seconds", "Reconcile duration by controller", reconcile_duration.clone());
         let dispatch_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 20));
         registry.register("dispatch_latency_seconds", "From task creation to the worker accepting its job", dispatch_latency.clone());

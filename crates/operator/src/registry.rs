@@ -49,10 +49,7 @@ impl Registry {
             return f;
         }
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry(pool.clone())
-            .or_insert_with(|| Fleet::new(self.config.clone()).expect("default fleet configuration is valid"))
-            .clone()
+        pools.entry(pool.clone()).or_insert_with(|| Fleet::new(self.config.clone()).expect("default fleet configuration is valid")).clone()
     }
 
     /// Forgets a deleted pool.

@@ -55,24 +55,47 @@ impl Cluster {
     }
 
     fn worker(&self, name: &str, port: u16) -> Proc {
-        let args = ["serve", "--addr", &format!("127.0.0.1:{port}"), "--storage", &self.storage(), "--quality-levels", "fast", "--threads", "1"];
+        let args =
+            ["serve", "--addr", &format!("127.0.0.1:{port}"), "--storage", &self.storage(), "--quality-levels", "fast", "--threads", "1"];
         self.spawn(name, bin("purrify-inference"), &args.map(String::from))
     }
 
     fn operator(&self, name: &str, port: u16, lease_seconds: u32) -> Proc {
         let args = [
-            "run", "--namespace", "default", "--lease-namespace", "default", "--metrics-addr", &format!("127.0.0.1:{port}"),
-            "--lease-duration-seconds", &lease_seconds.to_string(), "--probe-interval-seconds", "1",
+            "run",
+            "--namespace",
+            "default",
+            "--lease-namespace",
+            "default",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--lease-duration-seconds",
+            &lease_seconds.to_string(),
+            "--probe-interval-seconds",
+            "1",
         ];
         self.spawn(name, bin("purrify-operator"), &args.map(String::from))
     }
 
     fn gateway(&self, port: u16, operator_port: u16) -> Proc {
         let args = [
-            "--backend", "kubernetes", "--namespace", "default", "--addr", &format!("127.0.0.1:{port}"),
-            "--data-dir", &self.dir.path().join("gw").display().to_string(), "--storage", &self.storage(),
-            "--operator-url", &format!("http://127.0.0.1:{operator_port}"), "--rate-limit", "0",
-            "--webhook-secret", "k8s-secret", "--allow-private-workers",
+            "--backend",
+            "kubernetes",
+            "--namespace",
+            "default",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &self.dir.path().join("gw").display().to_string(),
+            "--storage",
+            &self.storage(),
+            "--operator-url",
+            &format!("http://127.0.0.1:{operator_port}"),
+            "--rate-limit",
+            "0",
+            "--webhook-secret",
+            "k8s-secret",
+            "--allow-private-workers",
         ];
         self.spawn("gateway", bin("purrify-gateway"), &args.map(String::from))
     }
@@ -192,7 +215,11 @@ async fn a_worker_killed_mid_task_is_replaced_by_the_other() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (which, survivor) = victim.expect("one worker runs the job");
-    if which == 1 { w1.kill() } else { w2.kill() }
+    if which == 1 {
+        w1.kill()
+    } else {
+        w2.kill()
+    }
     wait_for(&c.http, gp, &id, "completed", completed, &[&w1, &w2, &o, &g]).await;
     assert_eq!(c.worker_succeeded(survivor).await, 1.0, "the surviving worker ran the retry");
 }

@@ -45,7 +45,10 @@ fn binding_ties_the_role_to_the_gateway_service_account() {
     let subjects = rb.subjects.as_deref().unwrap_or_default();
     assert_eq!(subjects.len(), 1);
     let s = &subjects[0];
-    assert_eq!((s.kind.as_str(), Some(s.name.as_str()), s.namespace.as_ref()), ("ServiceAccount", sa.name.as_deref(), sa.namespace.as_ref()));
+    assert_eq!(
+        (s.kind.as_str(), Some(s.name.as_str()), s.namespace.as_ref()),
+        ("ServiceAccount", sa.name.as_deref(), sa.namespace.as_ref())
+    );
 }
 
 #[test]
@@ -55,10 +58,7 @@ fn pinned_permissions_match_the_calls_in_the_gateway_source() {
     let found = api_calls(&source);
     assert!(!found.is_empty(), "no Api calls found in {path}: has the backend moved?");
     let pinned = needed(&[GATEWAY_PERMISSIONS]);
-    assert_eq!(
-        found, pinned,
-        "the gateway's calls changed: update GATEWAY_PERMISSIONS here and deploy/{FILE} (left: found in the source)"
-    );
+    assert_eq!(found, pinned, "the gateway's calls changed: update GATEWAY_PERMISSIONS here and deploy/{FILE} (left: found in the source)");
 }
 
 /// `(group, resource)` of the kinds the gateway has an `Api` of.
@@ -102,7 +102,8 @@ fn api_calls(source: &str) -> Grants {
         // `name: Api<Kind>`
         let before = code[..i].trim_end().strip_suffix(':').map(str::trim_end);
         if let Some(before) = before {
-            let name: String = before.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
+            let name: String =
+                before.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
             if !name.is_empty() && !apis.iter().any(|(n, _, _)| *n == name) {
                 apis.push((name, group, resource));
             }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use purrify_operator::leader::{LeaderConfig, LeaderElector, Leadership};
 use purrify_operator::metrics::Metrics;
 use tokio::sync::mpsc;

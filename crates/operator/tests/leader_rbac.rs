@@ -38,7 +38,10 @@ fn bindings_tie_the_roles_to_the_service_account() {
     assert_eq!(role.namespace.as_deref(), Some(sa_ns.as_str()), "the Lease lives in the operator's namespace");
 
     let crb = &m.cluster_bindings[0];
-    assert_eq!((crb.role_ref.kind.as_str(), crb.role_ref.name.as_str()), ("ClusterRole", m.cluster_roles[0].metadata.name.as_deref().unwrap()));
+    assert_eq!(
+        (crb.role_ref.kind.as_str(), crb.role_ref.name.as_str()),
+        ("ClusterRole", m.cluster_roles[0].metadata.name.as_deref().unwrap())
+    );
     let rb = &m.bindings[0];
     assert_eq!((rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()), ("Role", role.name.as_deref().unwrap()));
     assert_eq!(rb.metadata.namespace, role.namespace);

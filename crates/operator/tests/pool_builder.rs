@@ -115,7 +115,10 @@ fn gpu_pool_deployment() {
     // Scheduling onto the GPU nodes.
     assert_eq!(pod.node_selector.as_ref().unwrap().get("nvidia.com/gpu.present").map(String::as_str), Some("true"));
     let t = &pod.tolerations.as_ref().unwrap()[0];
-    assert_eq!((t.key.as_deref(), t.operator.as_deref(), t.effect.as_deref()), (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule")));
+    assert_eq!(
+        (t.key.as_deref(), t.operator.as_deref(), t.effect.as_deref()),
+        (Some("nvidia.com/gpu"), Some("Exists"), Some("NoSchedule"))
+    );
     assert!(pod.termination_grace_period_seconds.unwrap() > 60, "outlives the worker's 60 s drain");
 }
 
@@ -169,7 +172,10 @@ fn external_pool_has_no_children() {
     let endpoints: Vec<_> = valid.external.iter().map(|w| (w.endpoint.as_str(), w.name.as_deref(), w.capacity)).collect();
     assert_eq!(
         endpoints,
-        [("http://203.0.113.7:8000", Some("gpu-server-1"), Some(2)), ("https://gpu2.example.com", Some("https://gpu2.example.com"), Some(2))]
+        [
+            ("http://203.0.113.7:8000", Some("gpu-server-1"), Some(2)),
+            ("https://gpu2.example.com", Some("https://gpu2.example.com"), Some(2))
+        ]
     );
 }
 

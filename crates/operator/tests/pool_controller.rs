@@ -57,7 +57,12 @@ impl Env {
             namespace: Some(NS.into()),
         });
         let (stop, rx) = watch::channel(false);
-        let config = PoolConfig { probe_interval: PROBE, error_requeue: Duration::from_millis(200), instance: Some("test".into()), ..PoolConfig::default() };
+        let config = PoolConfig {
+            probe_interval: PROBE,
+            error_requeue: Duration::from_millis(200),
+            instance: Some("test".into()),
+            ..PoolConfig::default()
+        };
         let shutdown = async move {
             let mut rx = rx;
             let _ = rx.wait_for(|s| *s).await;
@@ -115,11 +120,7 @@ fn condition<'a>(s: &'a GpuPoolStatus, t: &str) -> (&'a str, &'a str) {
 async fn event_reasons(env: &Env, pool: &str) -> Vec<String> {
     let events: Api<Event> = env.api();
     let list = events.list(&ListParams::default()).await.unwrap();
-    list.items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
-        .filter_map(|e| e.reason)
-        .collect()
+    list.items.into_iter().filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool)).filter_map(|e| e.reason).collect()
 }
 
 fn task(name: &str, pool: &str) -> EnhanceTask {
@@ -161,21 +162,22 @@ impl FakeWorker {
             "in_flight": 1,
             "ready": true
         });
-        let app = axum::Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(|| async { "ready" }))
-            .route("/v1/info", get(move || {
+        let app = axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ready" })).route(
+            "/v1/info",
+            get(move || {
                 let info = info.clone();
                 async move { Json(info) }
-            }));
+            }),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
         });
         Self { addr, stop: Some(stop), task: Some(task) }
     }
@@ -230,14 +232,18 @@ async fn gpu_pool_children_are_applied_owned_scaled_and_collected() {
         tasks.create(&PostParams::default(), &task(&format!("t{i}"), "photos")).await.unwrap();
     }
     tasks.create(&PostParams::default(), &task("elsewhere", "other-pool")).await.unwrap();
-    eventually(15, "scaled to 3", || async { (deployments.get("photos-inference").await.unwrap().spec.replicas == Some(3)).then_some(()) }).await;
+    eventually(15, "scaled to 3", || async { (deployments.get("photos-inference").await.unwrap().spec.replicas == Some(3)).then_some(()) })
+        .await;
     let s = status_where(&env, "photos", "queue counted", |s| s.queue_depth == 9).await;
     assert_eq!(condition(&s, "ScalingLimited").0, "False");
     // Twenty-one: six wanted, four allowed.
     for i in 9..21 {
         tasks.create(&PostParams::default(), &task(&format!("t{i}"), "photos")).await.unwrap();
     }
-    eventually(15, "scaled to max", || async { (deployments.get("photos-inference").await.unwrap().spec.replicas == Some(4)).then_some(()) }).await;
+    eventually(15, "scaled to max", || async {
+        (deployments.get("photos-inference").await.unwrap().spec.replicas == Some(4)).then_some(())
+    })
+    .await;
     let s = status_where(&env, "photos", "limited", |s| condition(s, "ScalingLimited").0 == "True").await;
     assert_eq!(s.queue_depth, 21);
     let reasons = eventually(10, "events", || async {
@@ -324,7 +330,8 @@ async fn an_external_pool_whose_last_server_is_unregistered_stays_valid_without_
     let env = Env::start().await;
     let worker = FakeWorker::start().await;
     let pools = env.api::<GpuPool>();
-    let spec = purrify_api::GpuPoolSpec::external_only(vec![purrify_api::ExternalEndpoint { url: worker.url(), name: Some("gpu-1".into()) }]);
+    let spec =
+        purrify_api::GpuPoolSpec::external_only(vec![purrify_api::ExternalEndpoint { url: worker.url(), name: Some("gpu-1".into()) }]);
     let mut pool = GpuPool::new("default", spec);
     pool.metadata.namespace = Some(NS.into());
     pools.create(&PostParams::default(), &pool).await.unwrap();
@@ -336,7 +343,8 @@ async fn an_external_pool_whose_last_server_is_unregistered_stays_valid_without_
     let replaced = pools.replace("default", &PostParams::default(), &current).await.expect("a pool without endpoints is admitted");
     assert!(replaced.spec.external.is_empty() && replaced.spec.image.is_none());
 
-    let s = status_where(&env, "default", "no workers", |s| s.workers.is_empty() && s.observed_generation == replaced.metadata.generation).await;
+    let s = status_where(&env, "default", "no workers", |s| s.workers.is_empty() && s.observed_generation == replaced.metadata.generation)
+        .await;
     assert_eq!(condition(&s, "Ready"), ("False", "NoWorkers"));
     assert_eq!(condition(&s, "Degraded"), ("False", "AllWorkersHealthy"), "valid, not an invalid spec");
     assert_eq!(s.healthy_workers, 0);
@@ -373,7 +381,10 @@ async fn ready_pods_join_the_fleet_and_a_changed_spec_is_reapplied() {
     // Someone scales the Deployment by hand: the operator owns replicas and puts them back.
     let manual = json!({"spec": {"replicas": 7}});
     deployments.patch("cpu-inference", &PatchParams::default(), &Patch::Merge(&manual)).await.unwrap();
-    eventually(15, "replicas restored", || async { (deployments.get("cpu-inference").await.unwrap().spec.replicas == Some(0)).then_some(()) }).await;
+    eventually(15, "replicas restored", || async {
+        (deployments.get("cpu-inference").await.unwrap().spec.replicas == Some(0)).then_some(())
+    })
+    .await;
 
     // A spec change reaches the Deployment.
     let patch = json!({"spec": {"image": "registry.example.com/purrify/inference-cpu:0.2.0"}});
@@ -412,7 +423,8 @@ async fn an_invalid_pool_is_reported_not_applied() {
     assert_eq!(condition(&s, "Degraded"), ("True", "InvalidSpec"));
     let deployments = env.api::<Deployment>();
     assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
-    eventually(10, "InvalidSpec event", || async { event_reasons(&env, &name).await.iter().any(|r| r == "InvalidSpec").then_some(()) }).await;
+    eventually(10, "InvalidSpec event", || async { event_reasons(&env, &name).await.iter().any(|r| r == "InvalidSpec").then_some(()) })
+        .await;
     env.stop().await;
 }
 

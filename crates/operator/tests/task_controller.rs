@@ -87,10 +87,7 @@ async fn happy_path_streams_progress_and_stays_within_five_writes() {
     assert_eq!(view["phase"], "Running");
     assert_eq!(view["progress"], 0.5);
     assert_eq!(view["stage"], "tiles");
-    eventually(60, "the coarse progress mark", || async {
-        env.get("happy").await.filter(|t| status(t).progress == 0.5).map(|_| ())
-    })
-    .await;
+    eventually(60, "the coarse progress mark", || async { env.get("happy").await.filter(|t| status(t).progress == 0.5).map(|_| ()) }).await;
     let (code, _) = http_get(progress, "/v1/tasks/default/nope/progress").await;
     assert_eq!(code, 404);
 
@@ -356,10 +353,7 @@ async fn a_restarted_controller_reattaches_instead_of_rerunning() {
     add_workers(&ctx, &[&w.url]).await;
     let job = format!("{}-1", uid(&t));
     let second = start(ctx, env.hub.clone(), test_config());
-    eventually(60, "the job to be resubmitted", || async {
-        (w.submits().iter().filter(|s| **s == job).count() == 2).then_some(())
-    })
-    .await;
+    eventually(60, "the job to be resubmitted", || async { (w.submits().iter().filter(|s| **s == job).count() == 2).then_some(()) }).await;
     w.release(1);
     let done = env.wait_phase("longjob", TaskPhase::Succeeded).await;
     second.stop().await;

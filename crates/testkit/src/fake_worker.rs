@@ -18,8 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use purrify_inference::client::{ClientConfig, Fleet, FleetConfig, WorkerSpec};
 use purrify_inference::protocol::{
-    ErrorReason, FaceRestoration, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus,
-    WorkerErrorBody, WorkerInfo,
+    ErrorReason, FaceRestoration, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus, WorkerErrorBody, WorkerInfo,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -287,14 +286,8 @@ async fn submit(State(s): State<Arc<Fake>>, headers: HeaderMap, Json(req): Json<
         Behavior::Reject(message) => return worker_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
         _ => {}
     }
-    let initial = JobStatus {
-        id: req.id.clone(),
-        state: JobState::Queued,
-        progress: 0.0,
-        stage: Some("queued".into()),
-        result: None,
-        error: None,
-    };
+    let initial =
+        JobStatus { id: req.id.clone(), state: JobState::Queued, progress: 0.0, stage: Some("queued".into()), result: None, error: None };
     let tx = watch::Sender::new(initial);
     s.jobs.lock().unwrap().insert(req.id.clone(), tx.clone());
     s.log.lock().unwrap().started.push((req.id.clone(), Instant::now()));

@@ -66,14 +66,7 @@ pub fn completed(s: &Value) -> bool {
 
 /// Polls the task's status until `done` holds; after two minutes panics with the last status
 /// and the logs of `procs`.
-pub async fn wait_for(
-    http: &reqwest::Client,
-    gw: u16,
-    id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-    procs: &[&Proc],
-) -> Value {
+pub async fn wait_for(http: &reqwest::Client, gw: u16, id: &str, what: &str, done: impl Fn(&Value) -> bool, procs: &[&Proc]) -> Value {
     for _ in 0..2400 {
         let s = status(http, gw, id).await;
         if done(&s) {

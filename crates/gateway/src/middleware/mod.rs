@@ -31,11 +31,7 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
 }
 
 pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(acceptable_request_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = req.headers().get(REQUEST_ID).and_then(acceptable_request_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
@@ -99,11 +95,7 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
 }
 
 pub async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().to_string();
     let started = Instant::now();
     let resp = next.run(req).await;

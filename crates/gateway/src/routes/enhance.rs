@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::extract::multipart::Field;
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -166,29 +166,27 @@ async fn store_file(state: &AppState, mut field: Field<'_>, task_id: &str) -> Re
     // Why the client's side of the stream ended early, when it did.
     let client_fault: Arc<std::sync::Mutex<Option<ApiError>>> = Arc::default();
     let fault = client_fault.clone();
-    let chunks = futures::stream::iter(first_chunks.into_iter().map(Ok))
-        .chain(field)
-        .map(move |r| {
-            let blame = |e: ApiError| {
-                let message = e.message.clone();
-                *fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                Err(std::io::Error::other(message))
-            };
-            let c = match r {
-                Ok(c) => c,
-                Err(e) => return blame(multipart_error(e, limit, Some("file"))),
-            };
-            let total = counted.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
-            if total > limit {
-                return blame(too_large(limit));
-            }
-            let mut h = kept.lock().unwrap_or_else(|p| p.into_inner());
-            if h.len() < HEADER_PREFIX {
-                let take = (HEADER_PREFIX - h.len()).min(c.len());
-                h.extend_from_slice(&c[..take]);
-            }
-            Ok(c)
-        });
+    let chunks = futures::stream::iter(first_chunks.into_iter().map(Ok)).chain(field).map(move |r| {
+        let blame = |e: ApiError| {
+            let message = e.message.clone();
+            *fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            Err(std::io::Error::other(message))
+        };
+        let c = match r {
+            Ok(c) => c,
+            Err(e) => return blame(multipart_error(e, limit, Some("file"))),
+        };
+        let total = counted.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
+        if total > limit {
+            return blame(too_large(limit));
+        }
+        let mut h = kept.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() < HEADER_PREFIX {
+            let take = (HEADER_PREFIX - h.len()).min(c.len());
+            h.extend_from_slice(&c[..take]);
+        }
+        Ok(c)
+    });
     let result = state.storage.put_stream(&uri, Box::pin(chunks)).await;
     if let Err(e) = result {
         if let Err(d) = state.storage.delete(&uri).await {
@@ -353,10 +351,7 @@ async fn accept(state: &AppState, request_id: RequestId, req: Request) -> ApiRes
     }
     state.metrics.upload_bytes.inc_by(file.bytes);
     tracing::info!(task_id = %task_id, bytes = file.bytes, format = ?file.format, elapsed_ms = started.elapsed().as_millis() as u64, "task queued");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(EnhanceResponse { success: true, task_id, status: "queued".into(), message: "task queued".into() }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(EnhanceResponse { success: true, task_id, status: "queued".into(), message: "task queued".into() })))
 }
 
 #[cfg(test)]

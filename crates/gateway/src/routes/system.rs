@@ -51,11 +51,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(expected) = state.config.admin_token.as_deref().filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(ErrorCode::AccessDenied, "admin API is disabled: the gateway has no admin token configured"));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
     match given {
         None => Err(ApiError::new(ErrorCode::InvalidCredentials, "admin token required: send Authorization: Bearer <token>")),
         Some(g) if bool::from(expected.as_bytes().ct_eq(g.as_bytes())) => Ok(()),
@@ -91,7 +87,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
 
 /// Ready to take traffic: the database answers. Workers may come and go; uploads queue.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.db_ping().await { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response() }
+    if state.db_ping().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -173,7 +173,9 @@ pub async fn set_backend(
             return Err(ApiError::field("pool", "name the GpuPool new tasks go to"));
         };
         let pool = state.set_pool(pool.trim()).await?;
-        return Ok(Json(json!({ "message": "new tasks go to this GpuPool", "new_backend_url": pool, "pool": pool, "timestamp": now_rfc3339() })));
+        return Ok(Json(
+            json!({ "message": "new tasks go to this GpuPool", "new_backend_url": pool, "pool": pool, "timestamp": now_rfc3339() }),
+        ));
     }
     let Some(raw) = body.backend_url else {
         return Err(ApiError::field("backend_url", "required: the URL of an inference worker"));

@@ -163,14 +163,10 @@ pub enum LiveMessage {
 impl LiveMessage {
     pub fn from_snapshot(t: &TaskSnapshot) -> Self {
         match t.status {
-            PublicStatus::Completed => Self::TaskComplete {
-                task_id: t.id.clone(),
-                result: serde_json::to_value(StatusResponse::from(t)).unwrap_or_default(),
-            },
-            PublicStatus::Failed => Self::TaskFailed {
-                task_id: t.id.clone(),
-                error: t.error.clone().unwrap_or_else(|| "failed".into()),
-            },
+            PublicStatus::Completed => {
+                Self::TaskComplete { task_id: t.id.clone(), result: serde_json::to_value(StatusResponse::from(t)).unwrap_or_default() }
+            }
+            PublicStatus::Failed => Self::TaskFailed { task_id: t.id.clone(), error: t.error.clone().unwrap_or_else(|| "failed".into()) },
             PublicStatus::Queued | PublicStatus::Processing => Self::TaskProgress {
                 task_id: t.id.clone(),
                 progress: (t.progress.clamp(0.0, 1.0) * 100.0).round() as u8,

@@ -28,12 +28,8 @@ pub fn router() -> Router<AppState> {
 
 /// Cloud metadata services: AWS/GCP/Azure/OpenStack (169.254.169.254), Alibaba Cloud
 /// (100.100.100.200), Azure's wire server (168.63.129.16), Oracle Cloud (192.0.0.192).
-const METADATA_V4: [Ipv4Addr; 4] = [
-    Ipv4Addr::new(169, 254, 169, 254),
-    Ipv4Addr::new(100, 100, 100, 200),
-    Ipv4Addr::new(168, 63, 129, 16),
-    Ipv4Addr::new(192, 0, 0, 192),
-];
+const METADATA_V4: [Ipv4Addr; 4] =
+    [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200), Ipv4Addr::new(168, 63, 129, 16), Ipv4Addr::new(192, 0, 0, 192)];
 
 /// AWS IMDS over IPv6.
 const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)];
@@ -114,11 +110,7 @@ fn check_secret(state: &AppState, headers: &HeaderMap, from_request: Option<&str
     let Some(expected) = state.config.webhook_secret.as_deref().filter(|s| !s.is_empty()) else {
         return Err(ApiError::unavailable("GPU-server registration is disabled: the gateway has no webhook secret configured"));
     };
-    let given = headers
-        .get("x-webhook-secret")
-        .and_then(|v| v.to_str().ok())
-        .or(from_request)
-        .filter(|s| !s.is_empty());
+    let given = headers.get("x-webhook-secret").and_then(|v| v.to_str().ok()).or(from_request).filter(|s| !s.is_empty());
     match given {
         None => Err(ApiError::new(ErrorCode::InvalidCredentials, "missing webhook secret (field `secret` or header X-Webhook-Secret)")),
         Some(g) if secret_matches(expected, g) => Ok(()),
@@ -242,9 +234,24 @@ mod tests {
 
     #[test]
     fn address_policy() {
-        for bad in ["127.0.0.1", "127.8.8.8", "::1", "169.254.169.254", "169.254.1.1", "fe80::1", "0.0.0.0", "::", "224.0.0.1",
-            "255.255.255.255", "100.100.100.200", "fd00:ec2::254", "::ffff:127.0.0.1", "168.63.129.16", "192.0.0.192", "0.1.2.3"]
-        {
+        for bad in [
+            "127.0.0.1",
+            "127.8.8.8",
+            "::1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "255.255.255.255",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "168.63.129.16",
+            "192.0.0.192",
+            "0.1.2.3",
+        ] {
             assert!(refused(bad), "{bad} should be refused");
         }
         for good in ["203.0.113.7", "10.0.0.12", "192.168.1.20", "2001:db8::1", "192.0.0.193", "168.63.129.17"] {

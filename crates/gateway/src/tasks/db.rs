@@ -28,28 +28,18 @@ use super::model::{GpuServer, NewTask, Task, TaskErrorCode, TaskStatus, duration
 /// `macros` feature (a second build of sqlx for the proc-macro), so the files are embedded
 /// by hand; a test keeps this list equal to the directory. Versions, descriptions and
 /// checksums follow sqlx's own rules, so `sqlx migrate` tooling sees the same history.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "20251121000000_standalone_tasks.sql",
-    include_str!("../../../../migrations/20251121000000_standalone_tasks.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] =
+    &[("20251121000000_standalone_tasks.sql", include_str!("../../../../migrations/20251121000000_standalone_tasks.sql"))];
 
 /// The migrator for `/migrations`.
 pub fn migrator() -> Migrator {
     let migrations = MIGRATIONS
         .iter()
         .map(|(file, sql)| {
-            let (version, rest) = file
-                .split_once('_')
-                .expect("embedded migration names are <version>_<description>.sql");
+            let (version, rest) = file.split_once('_').expect("embedded migration names are <version>_<description>.sql");
             let version: i64 = version.parse().expect("embedded migration version");
             let description = rest.trim_end_matches(".sql").replace('_', " ");
-            Migration::new(
-                version,
-                description.into(),
-                MigrationType::Simple,
-                sql.into_sql_str(),
-                sql.starts_with("-- no-transaction"),
-            )
+            Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), sql.starts_with("-- no-transaction"))
         })
         .collect();
     Migrator::with_migrations(migrations)
@@ -135,11 +125,7 @@ pub struct DbOptions {
 
 impl Default for DbOptions {
     fn default() -> Self {
-        Self {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(10),
-            sqlite_busy_timeout: Duration::from_secs(10),
-        }
+        Self { max_connections: 10, acquire_timeout: Duration::from_secs(10), sqlite_busy_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -231,26 +217,19 @@ impl Db {
     pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let kind = DbKind::from_url(url).ok_or(DbError::UnsupportedUrl)?;
-        let mut pool_options = AnyPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout);
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(options.max_connections.max(1)).acquire_timeout(options.acquire_timeout);
         if kind == DbKind::Sqlite {
             let memory = prepare_sqlite(url, &options).await?;
             if memory {
                 // Every connection to `:memory:` is its own empty database: keep exactly one.
-                pool_options = pool_options
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None);
+                pool_options = pool_options.max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None);
             }
             let busy_ms = options.sqlite_busy_timeout.as_millis();
             pool_options = pool_options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     let pragma = format!("PRAGMA busy_timeout = {busy_ms}");
-                    sqlx::query(sqlx::AssertSqlSafe(pragma))
-                        .execute(conn)
-                        .await?;
+                    sqlx::query(sqlx::AssertSqlSafe(pragma)).execute(conn).await?;
                     Ok(())
                 })
             });
@@ -291,16 +270,9 @@ impl Db {
 
     /// As [`insert_task`](Self::insert_task) with an explicit creation time (imports, tests
     /// that need a known age order).
-    pub async fn insert_task_at(
-        &self,
-        task: &NewTask,
-        deadline: Duration,
-        now: i64,
-    ) -> Result<Task, DbError> {
-        let params = serde_json::to_string(&task.params)
-            .map_err(|e| DbError::Invalid(format!("params: {e}")))?;
-        let input_bytes = i64::try_from(task.input_bytes)
-            .map_err(|_| DbError::Invalid("input_bytes out of range".into()))?;
+    pub async fn insert_task_at(&self, task: &NewTask, deadline: Duration, now: i64) -> Result<Task, DbError> {
+        let params = serde_json::to_string(&task.params).map_err(|e| DbError::Invalid(format!("params: {e}")))?;
+        let input_bytes = i64::try_from(task.input_bytes).map_err(|_| DbError::Invalid("input_bytes out of range".into()))?;
         let deadline_at = now.saturating_add(duration_ms(task.deadline.unwrap_or(deadline)));
         // The fair tag is computed in the same statement (see the migration): the virtual
         // time of this priority is its smallest queued tag, or its largest tag when nothing
@@ -365,14 +337,7 @@ impl Db {
     }
 
     pub async fn get_task(&self, id: &str) -> Result<Option<Task>, DbError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(task_from_row).transpose()
     }
 
@@ -395,13 +360,9 @@ impl Db {
 
     /// Tasks being processed (to re-attach to after a restart), oldest attempt first.
     pub async fn processing_tasks(&self) -> Result<Vec<Task>, DbError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE status = 'processing' ORDER BY started_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE status = 'processing' ORDER BY started_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -423,13 +384,7 @@ impl Db {
     /// Queued -> processing on `worker` as attempt `attempts_seen + 1` under `job_id`, only
     /// if the task is still queued with `attempts_seen` attempts. `false`: someone else
     /// moved it first.
-    pub async fn claim_task(
-        &self,
-        id: &str,
-        attempts_seen: u32,
-        worker: &str,
-        job_id: &str,
-    ) -> Result<bool, DbError> {
+    pub async fn claim_task(&self, id: &str, attempts_seen: u32, worker: &str, job_id: &str) -> Result<bool, DbError> {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE tasks SET status = 'processing', worker = $2, job_id = $3, \
@@ -448,14 +403,8 @@ impl Db {
     }
 
     /// Processing (`job_id`) -> completed with `result`.
-    pub async fn complete_task(
-        &self,
-        id: &str,
-        job_id: &str,
-        result: &JobResult,
-    ) -> Result<bool, DbError> {
-        let result =
-            serde_json::to_string(result).map_err(|e| DbError::Invalid(format!("result: {e}")))?;
+    pub async fn complete_task(&self, id: &str, job_id: &str, result: &JobResult) -> Result<bool, DbError> {
+        let result = serde_json::to_string(result).map_err(|e| DbError::Invalid(format!("result: {e}")))?;
         let done = sqlx::query(
             "UPDATE tasks SET status = 'completed', progress = 1, result = $3, \
              error_code = NULL, error_message = NULL, finished_at = $4, updated_at = $4 \
@@ -472,12 +421,7 @@ impl Db {
 
     /// Processing (`job_id`) -> queued for another attempt. `count_attempt: false` gives the
     /// attempt back (the worker refused with 429, so nothing was tried).
-    pub async fn requeue_task(
-        &self,
-        id: &str,
-        job_id: &str,
-        count_attempt: bool,
-    ) -> Result<bool, DbError> {
+    pub async fn requeue_task(&self, id: &str, job_id: &str, count_attempt: bool) -> Result<bool, DbError> {
         let done = sqlx::query(
             "UPDATE tasks SET status = 'queued', worker = NULL, job_id = NULL, progress = 0, \
              attempts = attempts - $3, updated_at = $4 \
@@ -493,13 +437,7 @@ impl Db {
     }
 
     /// Queued or processing (per `guard`) -> failed with a client-safe message.
-    pub async fn fail_task(
-        &self,
-        id: &str,
-        guard: Guard<'_>,
-        code: TaskErrorCode,
-        message: &str,
-    ) -> Result<bool, DbError> {
+    pub async fn fail_task(&self, id: &str, guard: Guard<'_>, code: TaskErrorCode, message: &str) -> Result<bool, DbError> {
         let now = now_ms();
         let done = match guard {
             Guard::Queued => {
@@ -562,12 +500,7 @@ impl Db {
     }
 
     /// Coarse progress of the attempt `job_id` (the hub has the fine-grained one).
-    pub async fn update_progress(
-        &self,
-        id: &str,
-        job_id: &str,
-        progress: f64,
-    ) -> Result<bool, DbError> {
+    pub async fn update_progress(&self, id: &str, job_id: &str, progress: f64) -> Result<bool, DbError> {
         let done = sqlx::query(
             "UPDATE tasks SET progress = $3, updated_at = $4 \
              WHERE id = $1 AND status = 'processing' AND job_id = $2",
@@ -583,8 +516,7 @@ impl Db {
 
     /// Tasks per status over the whole table (admin statistics; a scan on big tables).
     pub async fn count_by_status(&self) -> Result<StatusCounts, DbError> {
-        self.counts("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
-            .await
+        self.counts("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").await
     }
 
     /// Queued and processing counts only (queue depth metric): index-only, cheap.
@@ -623,11 +555,7 @@ impl Db {
 
     /// Oldest finished tasks that finished before `cutoff` (unix ms), with their objects, for
     /// housekeeping that also deletes from storage.
-    pub async fn finished_before(
-        &self,
-        cutoff: i64,
-        limit: u32,
-    ) -> Result<Vec<FinishedObjects>, DbError> {
+    pub async fn finished_before(&self, cutoff: i64, limit: u32) -> Result<Vec<FinishedObjects>, DbError> {
         let rows = sqlx::query(
             "SELECT id, input_uri, output_uri FROM tasks \
              WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 \
@@ -638,13 +566,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(FinishedObjects {
-                    id: r.try_get("id")?,
-                    input_uri: r.try_get("input_uri")?,
-                    output_uri: r.try_get("output_uri")?,
-                })
-            })
+            .map(|r| Ok(FinishedObjects { id: r.try_get("id")?, input_uri: r.try_get("input_uri")?, output_uri: r.try_get("output_uri")? }))
             .collect()
     }
 
@@ -683,12 +605,10 @@ impl Db {
 
     /// Deletes one task if it is finished.
     pub async fn delete_finished_task(&self, id: &str) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "DELETE FROM tasks WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query("DELETE FROM tasks WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -697,12 +617,7 @@ impl Db {
     /// Registers a GPU server, or refreshes it when `(ip, port)` is already registered: the
     /// id assigned at first registration is kept, so a server re-registering after its own
     /// restart stays the same server.
-    pub async fn upsert_gpu_server(
-        &self,
-        ip: &str,
-        port: u16,
-        url: &str,
-    ) -> Result<GpuServer, DbError> {
+    pub async fn upsert_gpu_server(&self, ip: &str, port: u16, url: &str) -> Result<GpuServer, DbError> {
         let candidate = format!("gpu-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let row = sqlx::query(
             "INSERT INTO gpu_servers (id, ip, port, url, registered_at, last_seen) \
@@ -719,9 +634,9 @@ impl Db {
         .await;
         match row {
             Ok(row) => server_from_row(&row),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(DbError::Duplicate(
-                format!("a GPU server with URL {url} but another address"),
-            )),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(DbError::Duplicate(format!("a GPU server with URL {url} but another address")))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -748,21 +663,14 @@ impl Db {
 
     /// Records that the server was seen alive (e.g. by a health probe).
     pub async fn touch_gpu_server(&self, id: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE gpu_servers SET last_seen = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("UPDATE gpu_servers SET last_seen = $2 WHERE id = $1").bind(id).bind(now_ms()).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
     // ---- settings ----
 
     pub async fn get_setting(&self, name: &str) -> Result<Option<String>, DbError> {
-        let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
 
@@ -792,25 +700,17 @@ impl Db {
     }
 
     pub async fn set_bool_setting(&self, name: &str, value: bool) -> Result<(), DbError> {
-        self.set_setting(name, if value { "true" } else { "false" })
-            .await
+        self.set_setting(name, if value { "true" } else { "false" }).await
     }
 
     /// Every setting, by name.
     pub async fn settings(&self) -> Result<Vec<(String, String)>, DbError> {
-        let rows = sqlx::query("SELECT name, value FROM settings ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
-            .collect()
+        let rows = sqlx::query("SELECT name, value FROM settings ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("value")?))).collect()
     }
 
     pub async fn delete_setting(&self, name: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("DELETE FROM settings WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query("DELETE FROM settings WHERE name = $1").bind(name).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -821,19 +721,13 @@ impl Db {
 async fn prepare_sqlite(url: &str, options: &DbOptions) -> Result<bool, DbError> {
     let opts = SqliteConnectOptions::from_str(url).map_err(DbError::Connect)?;
     let file = opts.get_filename().to_path_buf();
-    let memory = file.as_os_str().is_empty()
-        || file.as_os_str() == ":memory:"
-        || url.contains(":memory:")
-        || url.contains("mode=memory");
+    let memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:" || url.contains(":memory:") || url.contains("mode=memory");
     if memory {
         return Ok(true);
     }
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            DbError::Connect(sqlx::Error::Configuration(
-                format!("cannot create {}: {e}", dir.display()).into(),
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError::Connect(sqlx::Error::Configuration(format!("cannot create {}: {e}", dir.display()).into())))?;
     }
     let conn = opts
         .create_if_missing(true)
@@ -856,13 +750,9 @@ fn task_from_row(row: &AnyRow) -> Result<Task, DbError> {
     let status: String = row.try_get("status")?;
     let status = TaskStatus::from_str(&status).map_err(|e| corrupt(&id, e))?;
     let params: String = row.try_get("params")?;
-    let params: EnhanceParams =
-        serde_json::from_str(&params).map_err(|e| corrupt(&id, format!("params: {e}")))?;
+    let params: EnhanceParams = serde_json::from_str(&params).map_err(|e| corrupt(&id, format!("params: {e}")))?;
     let result: Option<String> = row.try_get("result")?;
-    let result = result
-        .map(|r| serde_json::from_str::<JobResult>(&r))
-        .transpose()
-        .map_err(|e| corrupt(&id, format!("result: {e}")))?;
+    let result = result.map(|r| serde_json::from_str::<JobResult>(&r)).transpose().map_err(|e| corrupt(&id, format!("result: {e}")))?;
     let input_bytes: i64 = row.try_get("input_bytes")?;
     let priority: i64 = row.try_get("priority")?;
     let attempts: i64 = row.try_get("attempts")?;
@@ -918,14 +808,8 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         on_disk.sort();
-        let embedded: Vec<String> = embedded_migration_files()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(
-            embedded, on_disk,
-            "add every file of migrations/ to MIGRATIONS in tasks/db.rs"
-        );
+        let embedded: Vec<String> = embedded_migration_files().into_iter().map(str::to_owned).collect();
+        assert_eq!(embedded, on_disk, "add every file of migrations/ to MIGRATIONS in tasks/db.rs");
         for (file, sql) in MIGRATIONS {
             let disk = std::fs::read_to_string(dir.join(file)).unwrap();
             assert_eq!(*sql, disk);
@@ -942,14 +826,8 @@ mod tests {
     fn kinds_from_urls() {
         assert_eq!(DbKind::from_url("sqlite::memory:"), Some(DbKind::Sqlite));
         assert_eq!(DbKind::from_url("sqlite:///tmp/x.db"), Some(DbKind::Sqlite));
-        assert_eq!(
-            DbKind::from_url("postgres://u@h/db"),
-            Some(DbKind::Postgres)
-        );
-        assert_eq!(
-            DbKind::from_url("postgresql://u@h/db"),
-            Some(DbKind::Postgres)
-        );
+        assert_eq!(DbKind::from_url("postgres://u@h/db"), Some(DbKind::Postgres));
+        assert_eq!(DbKind::from_url("postgresql://u@h/db"), Some(DbKind::Postgres));
         assert_eq!(DbKind::from_url("mysql://u@h/db"), None);
     }
 }

@@ -93,11 +93,7 @@ pub const MAX_TASK_ID_LEN: usize = 100;
 /// Whether `id` can name a task (and, suffixed, a worker job): `[A-Za-z0-9._-]`, 1 to
 /// [`MAX_TASK_ID_LEN`] characters.
 pub fn valid_task_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_TASK_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !id.is_empty() && id.len() <= MAX_TASK_ID_LEN && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Cheap to clone; clones share one dispatcher.
@@ -108,9 +104,7 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Dispatcher").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -129,10 +123,7 @@ struct RunControl {
 
 impl RunControl {
     fn request(&self, reason: StopReason) {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(reason);
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
         self.stop.cancel();
     }
 
@@ -154,16 +145,10 @@ impl Drop for RunGuard {
     fn drop(&mut self) {
         {
             let mut running = self.inner.lock_running();
-            if running
-                .get(&self.task_id)
-                .is_some_and(|c| Arc::ptr_eq(c, &self.control))
-            {
+            if running.get(&self.task_id).is_some_and(|c| Arc::ptr_eq(c, &self.control)) {
                 running.remove(&self.task_id);
             }
-            self.inner
-                .metrics
-                .running
-                .store(running.len() as u64, Ordering::Relaxed);
+            self.inner.metrics.running.store(running.len() as u64, Ordering::Relaxed);
         }
         self.control.done.send_replace(true);
     }
@@ -236,41 +221,23 @@ fn decide(end: End) -> Action {
                     worker_fault: reason != ErrorReason::Storage,
                 }
             } else {
-                Action::Fail {
-                    code,
-                    detail: message,
-                }
+                Action::Fail { code, detail: message }
             }
         }
         // Not asked by us (our stops end as `Stopped`): e.g. the worker drained for shutdown.
-        End::Worker(Ok(JobOutcome::Cancelled)) => Action::Retry {
-            code: TaskErrorCode::WorkerUnavailable,
-            detail: "the worker cancelled the job".into(),
-            worker_fault: true,
-        },
+        End::Worker(Ok(JobOutcome::Cancelled)) => {
+            Action::Retry { code: TaskErrorCode::WorkerUnavailable, detail: "the worker cancelled the job".into(), worker_fault: true }
+        }
         End::Worker(Err((_, ClientError::Busy { retry_after }))) => Action::Busy(retry_after),
         // 409: the worker holds a different job under this id; a new attempt gets a new id.
-        End::Worker(Err((
-            Phase::Submit,
-            ClientError::Rejected {
-                status: 409,
-                message,
-            },
-        ))) => Action::Retry {
-            code: TaskErrorCode::InternalError,
-            detail: message,
-            worker_fault: false,
-        },
+        End::Worker(Err((Phase::Submit, ClientError::Rejected { status: 409, message }))) => {
+            Action::Retry { code: TaskErrorCode::InternalError, detail: message, worker_fault: false }
+        }
         // The request itself was refused: no other worker would take it either.
-        End::Worker(Err((Phase::Submit, ClientError::Rejected { message, .. }))) => Action::Fail {
-            code: TaskErrorCode::InvalidParams,
-            detail: message,
-        },
-        End::Worker(Err((_, e))) => Action::Retry {
-            code: TaskErrorCode::WorkerUnavailable,
-            detail: e.to_string(),
-            worker_fault: true,
-        },
+        End::Worker(Err((Phase::Submit, ClientError::Rejected { message, .. }))) => {
+            Action::Fail { code: TaskErrorCode::InvalidParams, detail: message }
+        }
+        End::Worker(Err((_, e))) => Action::Retry { code: TaskErrorCode::WorkerUnavailable, detail: e.to_string(), worker_fault: true },
     }
 }
 
@@ -322,13 +289,7 @@ impl Dispatcher {
     /// `storage` is used only by housekeeping, to delete the objects of purged tasks.
     /// Populate `fleet` (and probe it) before [`spawn`](Self::spawn): tasks recorded on a
     /// worker the fleet does not know are re-queued instead of re-attached.
-    pub fn new(
-        db: Db,
-        fleet: Fleet,
-        storage: Option<Arc<Storage>>,
-        hub: ProgressHub,
-        config: DispatchConfig,
-    ) -> Self {
+    pub fn new(db: Db, fleet: Fleet, storage: Option<Arc<Storage>>, hub: ProgressHub, config: DispatchConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -374,15 +335,9 @@ impl Dispatcher {
     /// in the hub and wakes the loop.
     pub async fn enqueue(&self, task: NewTask) -> Result<Task, DbError> {
         if !valid_task_id(&task.id) {
-            return Err(DbError::Invalid(format!(
-                "task id must be 1-{MAX_TASK_ID_LEN} characters of [A-Za-z0-9._-]"
-            )));
+            return Err(DbError::Invalid(format!("task id must be 1-{MAX_TASK_ID_LEN} characters of [A-Za-z0-9._-]")));
         }
-        let row = self
-            .inner
-            .db
-            .insert_task(&task, self.inner.config.deadline)
-            .await?;
+        let row = self.inner.db.insert_task(&task, self.inner.config.deadline).await?;
         self.inner.hub.publish(TaskView::from_task(&row));
         info!(task_id = %row.id, request_id = row.request_id.as_deref().unwrap_or("-"),
               priority = row.priority, "task queued");
@@ -448,30 +403,13 @@ impl Inner {
         if running.contains_key(task_id) {
             return None;
         }
-        let control = Arc::new(RunControl {
-            stop: self.shutdown.child_token(),
-            reason: Mutex::new(None),
-            done: watch::Sender::new(false),
-        });
+        let control = Arc::new(RunControl { stop: self.shutdown.child_token(), reason: Mutex::new(None), done: watch::Sender::new(false) });
         running.insert(task_id.to_owned(), control.clone());
-        self.metrics
-            .running
-            .store(running.len() as u64, Ordering::Relaxed);
-        Some(RunGuard {
-            inner: self.clone(),
-            task_id: task_id.to_owned(),
-            control,
-        })
+        self.metrics.running.store(running.len() as u64, Ordering::Relaxed);
+        Some(RunGuard { inner: self.clone(), task_id: task_id.to_owned(), control })
     }
 
-    fn publish(
-        &self,
-        task: &Task,
-        status: TaskStatus,
-        progress: f32,
-        error: Option<TaskFailure>,
-        result: Option<JobResult>,
-    ) {
+    fn publish(&self, task: &Task, status: TaskStatus, progress: f32, error: Option<TaskFailure>, result: Option<JobResult>) {
         let mut view = ProgressHub::progress_view(task, status, progress, None);
         view.error = error;
         view.result = result;
@@ -485,9 +423,8 @@ impl Inner {
     /// A client for `endpoint`, from the fleet or ad hoc (a worker removed from the fleet may
     /// still run our job and should still hear a cancel).
     fn client_for(&self, endpoint: &str, task: &Task) -> Option<WorkerClient> {
-        let client = self.fleet.client(endpoint).or_else(|| {
-            WorkerClient::with_config(endpoint, self.fleet.config().client.clone()).ok()
-        })?;
+        let client =
+            self.fleet.client(endpoint).or_else(|| WorkerClient::with_config(endpoint, self.fleet.config().client.clone()).ok())?;
         Some(client.with_request_id(request_id_of(task)))
     }
 
@@ -512,10 +449,7 @@ impl Inner {
                 }
             }
         }
-        error!(
-            what,
-            "database write abandoned; the task is repaired on a later tick"
-        );
+        error!(what, "database write abandoned; the task is repaired on a later tick");
         None
     }
 
@@ -527,11 +461,7 @@ impl Inner {
     {
         let mut followers: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
-        info!(
-            max_attempts = self.config.max_attempts,
-            deadline_s = self.config.deadline.as_secs(),
-            "dispatcher starting"
-        );
+        info!(max_attempts = self.config.max_attempts, deadline_s = self.config.deadline.as_secs(), "dispatcher starting");
         tokio::select! {
             biased;
             () = &mut shutdown => {
@@ -544,10 +474,7 @@ impl Inner {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.config.tick_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let hk_every = self
-            .config
-            .housekeeping_interval
-            .max(Duration::from_secs(1));
+        let hk_every = self.config.housekeeping_interval.max(Duration::from_secs(1));
         let mut housekeeping = tokio::time::interval_at(Instant::now() + hk_every, hk_every);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut hk: Option<JoinHandle<()>> = None;
@@ -583,10 +510,7 @@ impl Inner {
                 }
             }
         }
-        info!(
-            following = followers.len(),
-            "dispatcher stopping; running jobs stay on their workers"
-        );
+        info!(following = followers.len(), "dispatcher stopping; running jobs stay on their workers");
         self.shutdown.cancel();
         if let Some(hk) = hk {
             hk.abort();
@@ -616,11 +540,7 @@ impl Inner {
             self.hub.fill(TaskView::from_task(task));
         }
         let processing = self.db.processing_tasks().await?;
-        info!(
-            queued = queued.len(),
-            processing = processing.len(),
-            "resuming tasks"
-        );
+        info!(queued = queued.len(), processing = processing.len(), "resuming tasks");
         for task in processing {
             self.hub.fill(TaskView::from_task(&task));
             self.adopt(task, followers).await;
@@ -682,35 +602,19 @@ impl Inner {
             return None;
         }
         let snapshot = self.fleet.snapshot();
-        let untried_healthy = snapshot
-            .workers
-            .iter()
-            .any(|w| w.healthy && !tried.contains(&w.endpoint));
-        if untried_healthy {
-            None
-        } else {
-            self.fleet.pick()
-        }
+        let untried_healthy = snapshot.workers.iter().any(|w| w.healthy && !tried.contains(&w.endpoint));
+        if untried_healthy { None } else { self.fleet.pick() }
     }
 
     /// Claims `task` for `lease`'s worker and spawns its follower.
-    async fn start(
-        self: &Arc<Self>,
-        task: Task,
-        lease: Lease,
-        followers: &mut JoinSet<()>,
-    ) -> bool {
+    async fn start(self: &Arc<Self>, task: Task, lease: Lease, followers: &mut JoinSet<()>) -> bool {
         let Some(guard) = self.register(&task.id) else {
             return false;
         };
         let attempt = task.attempts + 1;
         let job_id = job_id_for(&task.id, attempt);
         let worker = lease.endpoint().to_owned();
-        match self
-            .db
-            .claim_task(&task.id, task.attempts, &worker, &job_id)
-            .await
-        {
+        match self.db.claim_task(&task.id, task.attempts, &worker, &job_id).await {
             Ok(true) => {}
             Ok(false) => {
                 debug!(task_id = %task.id, "task moved before it could be claimed");
@@ -731,16 +635,7 @@ impl Inner {
         self.publish(&task, TaskStatus::Processing, 0.0, None, None);
         let client = lease.client().with_request_id(request_id_of(&task));
         let span = task_span(&task, &job_id, attempt, &worker);
-        let run = Attempt {
-            task,
-            job_id,
-            attempt,
-            worker,
-            client,
-            lease: Some(lease),
-            guard,
-            reattached: false,
-        };
+        let run = Attempt { task, job_id, attempt, worker, client, lease: Some(lease), guard, reattached: false };
         followers.spawn(self.clone().follow(run).instrument(span));
         true
     }
@@ -761,9 +656,7 @@ impl Inner {
         }
         let span = task_span(&task, &job_id, task.attempts, &worker);
         if task.deadline_at <= now_ms() {
-            self.expire_orphan(&task, &worker, &job_id)
-                .instrument(span)
-                .await;
+            self.expire_orphan(&task, &worker, &job_id).instrument(span).await;
             drop(guard);
             return;
         }
@@ -791,16 +684,7 @@ impl Inner {
         span.in_scope(|| info!("re-attaching to the job on its worker"));
         bump(&self.metrics.reattached);
         let client = client.with_request_id(request_id_of(&task));
-        let run = Attempt {
-            attempt: task.attempts,
-            task,
-            job_id,
-            worker,
-            client,
-            lease: None,
-            guard,
-            reattached: true,
-        };
+        let run = Attempt { attempt: task.attempts, task, job_id, worker, client, lease: None, guard, reattached: true };
         followers.spawn(self.clone().follow(run).instrument(span));
     }
 
@@ -809,9 +693,7 @@ impl Inner {
         match self.db.count_active().await {
             Ok(c) => {
                 self.metrics.queued.store(c.queued, Ordering::Relaxed);
-                self.metrics
-                    .processing
-                    .store(c.processing, Ordering::Relaxed);
+                self.metrics.processing.store(c.processing, Ordering::Relaxed);
             }
             Err(e) => {
                 bump(&self.metrics.db_errors);
@@ -888,11 +770,7 @@ impl Inner {
     async fn expire_queued(&self, task: &Task) {
         let message = timeout_message(task, true);
         let code = TaskErrorCode::ProcessingTimeout;
-        let failed = self
-            .db_write("fail", || {
-                self.db.fail_task(&task.id, Guard::Queued, code, &message)
-            })
-            .await;
+        let failed = self.db_write("fail", || self.db.fail_task(&task.id, Guard::Queued, code, &message)).await;
         if failed == Some(true) {
             warn!(task_id = %task.id, "task timed out in the queue");
             self.metrics.failed(code);
@@ -907,12 +785,7 @@ impl Inner {
         }
         let message = timeout_message(task, false);
         let code = TaskErrorCode::ProcessingTimeout;
-        let failed = self
-            .db_write("fail", || {
-                self.db
-                    .fail_task(&task.id, Guard::Job(job_id), code, &message)
-            })
-            .await;
+        let failed = self.db_write("fail", || self.db.fail_task(&task.id, Guard::Job(job_id), code, &message)).await;
         if failed == Some(true) {
             warn!(task_id = %task.id, job_id, "task timed out; worker job cancelled");
             self.metrics.failed(code);
@@ -923,9 +796,7 @@ impl Inner {
 
     /// Live progress from the hub, else the last one written.
     fn current_progress(&self, task: &Task) -> f32 {
-        self.hub
-            .get(&task.id)
-            .map_or(task.progress as f32, |v| v.progress)
+        self.hub.get(&task.id).map_or(task.progress as f32, |v| v.progress)
     }
 
     fn publish_failure(&self, task: &Task, code: TaskErrorCode, message: String) {
@@ -933,10 +804,7 @@ impl Inner {
             task,
             TaskStatus::Failed,
             self.current_progress(task),
-            Some(TaskFailure {
-                code: code.as_str().to_owned(),
-                message,
-            }),
+            Some(TaskFailure { code: code.as_str().to_owned(), message }),
             None,
         );
     }
@@ -965,17 +833,8 @@ impl Inner {
             output_uri: run.task.output_uri.clone(),
             params: run.task.params,
         };
-        let accepted = run
-            .client
-            .submit(&req)
-            .await
-            .map_err(|e| (Phase::Submit, e))?;
-        debug!(
-            existing = accepted.existing,
-            state = accepted.state.as_str(),
-            reattached = run.reattached,
-            "job accepted"
-        );
+        let accepted = run.client.submit(&req).await.map_err(|e| (Phase::Submit, e))?;
+        debug!(existing = accepted.existing, state = accepted.state.as_str(), reattached = run.reattached, "job accepted");
         let (progress_tx, progress_rx) = watch::channel(run.task.progress as f32);
         spawn_progress_writer(
             self.db.clone(),
@@ -991,12 +850,7 @@ impl Inner {
             .client
             .wait(&req.id, |event| {
                 if let JobEvent::Progress { progress, stage } = event {
-                    hub.publish(ProgressHub::progress_view(
-                        task,
-                        TaskStatus::Processing,
-                        *progress,
-                        Some(stage.clone()),
-                    ));
+                    hub.publish(ProgressHub::progress_view(task, TaskStatus::Processing, *progress, Some(stage.clone())));
                     progress_tx.send_replace(*progress);
                 }
             })
@@ -1012,9 +866,7 @@ impl Inner {
                 if let Some(lease) = run.lease.as_mut() {
                     lease.success();
                 }
-                let done = self
-                    .db_write("complete", || self.db.complete_task(&id, &job_id, &result))
-                    .await;
+                let done = self.db_write("complete", || self.db.complete_task(&id, &job_id, &result)).await;
                 if done == Some(true) {
                     info!(
                         elapsed_ms = result.elapsed_ms,
@@ -1036,11 +888,7 @@ impl Inner {
                 }
                 self.fail(&run, code, &detail, None).await;
             }
-            Action::Retry {
-                code,
-                detail,
-                worker_fault,
-            } => {
+            Action::Retry { code, detail, worker_fault } => {
                 if let Some(lease) = run.lease.as_mut() {
                     if worker_fault {
                         lease.failure(&detail);
@@ -1051,29 +899,19 @@ impl Inner {
                 if worker_fault {
                     // The worker may be alive behind a broken connection: stop the job there
                     // so the retry does not run twice at once.
-                    spawn_cancel(
-                        run.client.clone(),
-                        job_id.clone(),
-                        self.config.cancel_timeout,
-                    );
+                    spawn_cancel(run.client.clone(), job_id.clone(), self.config.cancel_timeout);
                 }
                 drop(run.lease.take());
-                self.retry_or_fail(&run.task, &job_id, run.attempt, &run.worker, code, &detail)
-                    .await;
+                self.retry_or_fail(&run.task, &job_id, run.attempt, &run.worker, code, &detail).await;
             }
             Action::Busy(retry_after) => {
                 if let Some(lease) = run.lease.as_mut() {
                     lease.busy(retry_after);
                 }
                 drop(run.lease.take());
-                let requeued = self
-                    .db_write("requeue", || self.db.requeue_task(&id, &job_id, false))
-                    .await;
+                let requeued = self.db_write("requeue", || self.db.requeue_task(&id, &job_id, false)).await;
                 if requeued == Some(true) {
-                    debug!(
-                        retry_after_ms = retry_after.as_millis() as u64,
-                        "worker busy; task queued again without counting an attempt"
-                    );
+                    debug!(retry_after_ms = retry_after.as_millis() as u64, "worker busy; task queued again without counting an attempt");
                     bump(&self.metrics.busy_requeues);
                     self.publish(&run.task, TaskStatus::Queued, 0.0, None, None);
                     self.wake.notify_one();
@@ -1081,9 +919,7 @@ impl Inner {
             }
             Action::Cancel => {
                 cancel_job(&run.client, &job_id, self.config.cancel_timeout).await;
-                let cancelled = self
-                    .db_write("cancel", || self.db.cancel_task(&id, Guard::Job(&job_id)))
-                    .await;
+                let cancelled = self.db_write("cancel", || self.db.cancel_task(&id, Guard::Job(&job_id))).await;
                 if cancelled == Some(true) {
                     info!("task cancelled; worker job stopped");
                     bump(&self.metrics.cancelled);
@@ -1096,11 +932,7 @@ impl Inner {
                 cancel_job(&run.client, &job_id, self.config.cancel_timeout).await;
                 let message = timeout_message(&run.task, false);
                 let code = TaskErrorCode::ProcessingTimeout;
-                let failed = self
-                    .db_write("fail", || {
-                        self.db.fail_task(&id, Guard::Job(&job_id), code, &message)
-                    })
-                    .await;
+                let failed = self.db_write("fail", || self.db.fail_task(&id, Guard::Job(&job_id), code, &message)).await;
                 if failed == Some(true) {
                     warn!("task timed out; worker job cancelled");
                     self.metrics.failed(code);
@@ -1119,12 +951,7 @@ impl Inner {
 
     async fn fail(&self, run: &Attempt, code: TaskErrorCode, detail: &str, attempts: Option<u32>) {
         let message = failure_message(code, detail, attempts);
-        let failed = self
-            .db_write("fail", || {
-                self.db
-                    .fail_task(&run.task.id, Guard::Job(&run.job_id), code, &message)
-            })
-            .await;
+        let failed = self.db_write("fail", || self.db.fail_task(&run.task.id, Guard::Job(&run.job_id), code, &message)).await;
         if failed == Some(true) {
             warn!(code = code.as_str(), detail, "task failed");
             self.metrics.failed(code);
@@ -1135,15 +962,7 @@ impl Inner {
 
     /// After a counted attempt failed: queue again (on another worker when there is one),
     /// or fail once `max_attempts` are used up.
-    async fn retry_or_fail(
-        &self,
-        task: &Task,
-        job_id: &str,
-        attempt: u32,
-        worker: &str,
-        code: TaskErrorCode,
-        detail: &str,
-    ) {
+    async fn retry_or_fail(&self, task: &Task, job_id: &str, attempt: u32, worker: &str, code: TaskErrorCode, detail: &str) {
         {
             let mut tried = self.lock_tried();
             let list = tried.entry(task.id.clone()).or_default();
@@ -1153,36 +972,18 @@ impl Inner {
         }
         if attempt >= self.config.max_attempts {
             let message = failure_message(code, detail, Some(attempt));
-            let failed = self
-                .db_write("fail", || {
-                    self.db
-                        .fail_task(&task.id, Guard::Job(job_id), code, &message)
-                })
-                .await;
+            let failed = self.db_write("fail", || self.db.fail_task(&task.id, Guard::Job(job_id), code, &message)).await;
             if failed == Some(true) {
-                warn!(
-                    code = code.as_str(),
-                    detail,
-                    attempts = attempt,
-                    "task failed; attempts exhausted"
-                );
+                warn!(code = code.as_str(), detail, attempts = attempt, "task failed; attempts exhausted");
                 self.metrics.failed(code);
                 self.forget_tried(&task.id);
                 self.publish_failure(task, code, message);
             }
             return;
         }
-        let requeued = self
-            .db_write("requeue", || self.db.requeue_task(&task.id, job_id, true))
-            .await;
+        let requeued = self.db_write("requeue", || self.db.requeue_task(&task.id, job_id, true)).await;
         if requeued == Some(true) {
-            warn!(
-                code = code.as_str(),
-                detail,
-                attempt,
-                max_attempts = self.config.max_attempts,
-                "attempt failed; task queued again"
-            );
+            warn!(code = code.as_str(), detail, attempt, max_attempts = self.config.max_attempts, "attempt failed; task queued again");
             bump(&self.metrics.retries);
             self.publish(task, TaskStatus::Queued, 0.0, None, None);
             self.wake.notify_one();
@@ -1199,10 +1000,7 @@ impl Inner {
                 control.request(StopReason::Cancel);
                 let mut done = control.done.subscribe();
                 let bound = self.config.cancel_timeout * 2 + Duration::from_secs(1);
-                if tokio::time::timeout(bound, done.wait_for(|d| *d))
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(bound, done.wait_for(|d| *d)).await.is_err() {
                     warn!(task_id, "cancelled follower did not finish in time");
                 }
             }
@@ -1211,13 +1009,7 @@ impl Inner {
             };
             match task.status {
                 TaskStatus::Cancelled => {
-                    self.publish(
-                        &task,
-                        TaskStatus::Cancelled,
-                        task.progress as f32,
-                        None,
-                        None,
-                    );
+                    self.publish(&task, TaskStatus::Cancelled, task.progress as f32, None, None);
                     return Ok(CancelOutcome::Cancelled);
                 }
                 s if s.is_finished() => {
@@ -1239,9 +1031,7 @@ impl Inner {
                     let Some(_guard) = self.register(task_id) else {
                         continue;
                     };
-                    let (Some(worker), Some(job_id)) =
-                        (task.worker.as_deref(), task.job_id.as_deref())
-                    else {
+                    let (Some(worker), Some(job_id)) = (task.worker.as_deref(), task.job_id.as_deref()) else {
                         continue;
                     };
                     if let Some(client) = self.client_for(worker, &task) {
@@ -1251,13 +1041,7 @@ impl Inner {
                         info!(task_id, job_id, "processing task cancelled");
                         bump(&self.metrics.cancelled);
                         self.forget_tried(task_id);
-                        self.publish(
-                            &task,
-                            TaskStatus::Cancelled,
-                            task.progress as f32,
-                            None,
-                            None,
-                        );
+                        self.publish(&task, TaskStatus::Cancelled, task.progress as f32, None, None);
                         return Ok(CancelOutcome::Cancelled);
                     }
                 }
@@ -1316,10 +1100,7 @@ impl Inner {
             }
         }
         if deleted > 0 {
-            info!(
-                deleted,
-                "housekeeping removed finished tasks and their objects"
-            );
+            info!(deleted, "housekeeping removed finished tasks and their objects");
         }
         Ok(deleted)
     }
@@ -1357,14 +1138,7 @@ fn spawn_cancel(client: WorkerClient, job_id: String, bound: Duration) {
 /// Writes coarse progress: when it moved by `step`, or changed and `interval` passed. Ends
 /// when the sender is dropped. Writes are conditional on the job id, so one that lands
 /// after the attempt ended changes nothing.
-fn spawn_progress_writer(
-    db: Db,
-    task_id: String,
-    job_id: String,
-    mut rx: watch::Receiver<f32>,
-    step: f32,
-    interval: Duration,
-) {
+fn spawn_progress_writer(db: Db, task_id: String, job_id: String, mut rx: watch::Receiver<f32>, step: f32, interval: Duration) {
     let mut written = *rx.borrow();
     tokio::spawn(
         async move {
@@ -1405,112 +1179,55 @@ mod tests {
     }
 
     fn job_error(reason: ErrorReason) -> End {
-        End::Worker(Ok(JobOutcome::Failed(JobError {
-            reason,
-            message: "worker says".into(),
-        })))
+        End::Worker(Ok(JobOutcome::Failed(JobError { reason, message: "worker says".into() })))
     }
 
     #[test]
     fn input_errors_fail_at_once_and_others_retry() {
-        for reason in [
-            ErrorReason::BadInput,
-            ErrorReason::TooLarge,
-            ErrorReason::InvalidParams,
-        ] {
-            assert!(
-                matches!(decide(job_error(reason)), Action::Fail { .. }),
-                "{reason:?}"
-            );
+        for reason in [ErrorReason::BadInput, ErrorReason::TooLarge, ErrorReason::InvalidParams] {
+            assert!(matches!(decide(job_error(reason)), Action::Fail { .. }), "{reason:?}");
         }
         assert_eq!(
             decide(job_error(ErrorReason::Storage)),
-            Action::Retry {
-                code: TaskErrorCode::StorageError,
-                detail: "worker says".into(),
-                worker_fault: false
-            }
+            Action::Retry { code: TaskErrorCode::StorageError, detail: "worker says".into(), worker_fault: false }
         );
         assert!(matches!(
             decide(job_error(ErrorReason::Inference)),
-            Action::Retry {
-                code: TaskErrorCode::ProcessingFailed,
-                worker_fault: true,
-                ..
-            }
+            Action::Retry { code: TaskErrorCode::ProcessingFailed, worker_fault: true, .. }
         ));
     }
 
     #[test]
     fn lost_workers_retry_busy_does_not_count_and_stops_follow_their_reason() {
-        for e in [
-            ClientError::NotFound,
-            ClientError::Unavailable("x".into()),
-            ClientError::Protocol("x".into()),
-        ] {
+        for e in [ClientError::NotFound, ClientError::Unavailable("x".into()), ClientError::Protocol("x".into())] {
             for phase in [Phase::Submit, Phase::Wait] {
                 assert!(matches!(
                     decide(End::Worker(Err((phase, e.clone())))),
-                    Action::Retry {
-                        code: TaskErrorCode::WorkerUnavailable,
-                        worker_fault: true,
-                        ..
-                    }
+                    Action::Retry { code: TaskErrorCode::WorkerUnavailable, worker_fault: true, .. }
                 ));
             }
         }
-        let busy = ClientError::Busy {
-            retry_after: Duration::from_secs(2),
-        };
-        assert_eq!(
-            decide(End::Worker(Err((Phase::Submit, busy)))),
-            Action::Busy(Duration::from_secs(2))
-        );
-        let refused = ClientError::Rejected {
-            status: 422,
-            message: "bad id".into(),
-        };
+        let busy = ClientError::Busy { retry_after: Duration::from_secs(2) };
+        assert_eq!(decide(End::Worker(Err((Phase::Submit, busy)))), Action::Busy(Duration::from_secs(2)));
+        let refused = ClientError::Rejected { status: 422, message: "bad id".into() };
         assert_eq!(
             decide(End::Worker(Err((Phase::Submit, refused)))),
-            Action::Fail {
-                code: TaskErrorCode::InvalidParams,
-                detail: "bad id".into()
-            }
+            Action::Fail { code: TaskErrorCode::InvalidParams, detail: "bad id".into() }
         );
-        assert_eq!(
-            decide(End::Stopped(Some(StopReason::Cancel))),
-            Action::Cancel
-        );
-        assert_eq!(
-            decide(End::Stopped(Some(StopReason::Timeout))),
-            Action::Timeout
-        );
+        assert_eq!(decide(End::Stopped(Some(StopReason::Cancel))), Action::Cancel);
+        assert_eq!(decide(End::Stopped(Some(StopReason::Timeout))), Action::Timeout);
         assert_eq!(decide(End::TimedOut), Action::Timeout);
         assert_eq!(decide(End::Stopped(None)), Action::Leave);
-        assert_eq!(
-            decide(End::Worker(Ok(JobOutcome::Succeeded(result())))),
-            Action::Complete(result())
-        );
+        assert_eq!(decide(End::Worker(Ok(JobOutcome::Succeeded(result())))), Action::Complete(result()));
     }
 
     #[test]
     fn client_messages_hide_internal_details() {
-        assert_eq!(
-            failure_message(TaskErrorCode::BadInput, "cannot decode: not a JPEG", None),
-            "cannot decode: not a JPEG"
-        );
-        let m = failure_message(
-            TaskErrorCode::StorageError,
-            "s3://bucket/secret: 500",
-            Some(3),
-        );
+        assert_eq!(failure_message(TaskErrorCode::BadInput, "cannot decode: not a JPEG", None), "cannot decode: not a JPEG");
+        let m = failure_message(TaskErrorCode::StorageError, "s3://bucket/secret: 500", Some(3));
         assert!(!m.contains("secret"), "{m}");
         assert!(m.contains("3 attempts"), "{m}");
-        let m = failure_message(
-            TaskErrorCode::WorkerUnavailable,
-            "10.0.0.3 refused",
-            Some(3),
-        );
+        let m = failure_message(TaskErrorCode::WorkerUnavailable, "10.0.0.3 refused", Some(3));
         assert!(!m.contains("10.0.0.3"), "{m}");
     }
 

@@ -72,11 +72,7 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self {
-            finished_ttl: Duration::from_secs(600),
-            max_finished: 50_000,
-            broadcast_capacity: 4096,
-        }
+        Self { finished_ttl: Duration::from_secs(600), max_finished: 50_000, broadcast_capacity: 4096 }
     }
 }
 
@@ -114,9 +110,7 @@ pub struct ProgressHub {
 
 impl std::fmt::Debug for ProgressHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressHub")
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("ProgressHub").field("len", &self.len()).finish()
     }
 }
 
@@ -155,10 +149,7 @@ impl ProgressHub {
 
     /// The current view, if the hub has it. Two uncontended read locks and an `Arc` clone.
     pub fn get(&self, id: &str) -> Option<Arc<TaskView>> {
-        let shard = self
-            .shard(id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shard = self.shard(id).read().unwrap_or_else(PoisonError::into_inner);
         shard.get(id).map(|s| s.tx.borrow().clone())
     }
 
@@ -183,10 +174,7 @@ impl ProgressHub {
     /// does not have it: call [`get_or_load`](Self::get_or_load) first. The channel closes
     /// when the view is evicted, which happens only after it is final.
     pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<Arc<TaskView>>> {
-        let shard = self
-            .shard(id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shard = self.shard(id).read().unwrap_or_else(PoisonError::into_inner);
         shard.get(id).map(|s| s.tx.subscribe())
     }
 
@@ -210,10 +198,7 @@ impl ProgressHub {
         let view = Arc::new(view);
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         {
-            let mut shard = self
-                .shard(&view.task_id)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut shard = self.shard(&view.task_id).write().unwrap_or_else(PoisonError::into_inner);
             match shard.get_mut(view.task_id.as_str()) {
                 Some(slot) => {
                     let current = slot.tx.borrow().clone();
@@ -228,21 +213,14 @@ impl ProgressHub {
                 None => {
                     shard.insert(
                         view.task_id.as_str().into(),
-                        Slot {
-                            tx: watch::Sender::new(view.clone()),
-                            finished_seq: finished.then_some(seq),
-                        },
+                        Slot { tx: watch::Sender::new(view.clone()), finished_seq: finished.then_some(seq) },
                     );
                 }
             }
         }
         if finished {
             let now = Instant::now();
-            self.lock_finished().push_back(Finished {
-                at: now,
-                id: view.task_id.as_str().into(),
-                seq,
-            });
+            self.lock_finished().push_back(Finished { at: now, id: view.task_id.as_str().into(), seq });
             self.evict_at(now);
         }
         if matches!(mode, Mode::Publish) {
@@ -254,11 +232,7 @@ impl ProgressHub {
 
     /// Removes a view (e.g. after the task was deleted).
     pub fn remove(&self, id: &str) -> bool {
-        self.shard(id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id)
-            .is_some()
+        self.shard(id).write().unwrap_or_else(PoisonError::into_inner).remove(id).is_some()
     }
 
     /// Evicts finished views older than the TTL or beyond the cap. Also done on every
@@ -280,16 +254,10 @@ impl ProgressHub {
             let Some(entry) = queue.pop_front() else {
                 break;
             };
-            let mut shard = self
-                .shard(&entry.id)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut shard = self.shard(&entry.id).write().unwrap_or_else(PoisonError::into_inner);
             // A newer slot under the same id (re-loaded after an earlier eviction) has its
             // own queue entry.
-            if shard
-                .get(&*entry.id)
-                .is_some_and(|s| s.finished_seq == Some(entry.seq))
-            {
+            if shard.get(&*entry.id).is_some_and(|s| s.finished_seq == Some(entry.seq)) {
                 shard.remove(&*entry.id);
                 evicted += 1;
             }
@@ -298,19 +266,12 @@ impl ProgressHub {
     }
 
     fn lock_finished(&self) -> std::sync::MutexGuard<'_, VecDeque<Finished>> {
-        self.inner
-            .finished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.finished.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Views held (active and finished).
     pub fn len(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.inner.shards.iter().map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -318,12 +279,7 @@ impl ProgressHub {
     }
 
     /// A view of `task` with fresh progress, as the dispatcher publishes it.
-    pub(crate) fn progress_view(
-        task: &Task,
-        status: TaskStatus,
-        progress: f32,
-        stage: Option<String>,
-    ) -> TaskView {
+    pub(crate) fn progress_view(task: &Task, status: TaskStatus, progress: f32, stage: Option<String>) -> TaskView {
         TaskView {
             task_id: task.id.clone(),
             status,
@@ -342,16 +298,7 @@ mod tests {
     use super::*;
 
     fn view(id: &str, status: TaskStatus, progress: f32) -> TaskView {
-        TaskView {
-            task_id: id.into(),
-            status,
-            progress,
-            stage: None,
-            error: None,
-            result: None,
-            user_id: None,
-            updated_at: 0,
-        }
+        TaskView { task_id: id.into(), status, progress, stage: None, error: None, result: None, user_id: None, updated_at: 0 }
     }
 
     #[test]
@@ -391,11 +338,7 @@ mod tests {
 
     #[test]
     fn finished_views_are_bounded_and_active_ones_stay() {
-        let hub = ProgressHub::new(HubConfig {
-            finished_ttl: Duration::from_secs(3600),
-            max_finished: 3,
-            broadcast_capacity: 4,
-        });
+        let hub = ProgressHub::new(HubConfig { finished_ttl: Duration::from_secs(3600), max_finished: 3, broadcast_capacity: 4 });
         hub.publish(view("active", TaskStatus::Processing, 0.1));
         for i in 0..10 {
             hub.publish(view(&format!("done{i}"), TaskStatus::Completed, 1.0));
@@ -408,10 +351,7 @@ mod tests {
 
     #[test]
     fn expired_views_go() {
-        let hub = ProgressHub::new(HubConfig {
-            finished_ttl: Duration::ZERO,
-            ..HubConfig::default()
-        });
+        let hub = ProgressHub::new(HubConfig { finished_ttl: Duration::ZERO, ..HubConfig::default() });
         hub.publish(view("x", TaskStatus::Failed, 0.0));
         hub.evict_expired();
         assert!(hub.get("x").is_none());

@@ -73,10 +73,7 @@ impl DispatchMetrics {
             busy_requeues: r(&self.busy_requeues),
             completed: r(&self.completed),
             cancelled: r(&self.cancelled),
-            failed: TaskErrorCode::ALL
-                .iter()
-                .map(|c| (c.as_str(), r(&self.failed[c.index()])))
-                .collect(),
+            failed: TaskErrorCode::ALL.iter().map(|c| (c.as_str(), r(&self.failed[c.index()]))).collect(),
             db_errors: r(&self.db_errors),
         }
     }

@@ -41,6 +41,4 @@ pub use db::{Db, DbError, DbKind, DbOptions, FinishedObjects, Guard, StatusCount
 pub use dispatcher::{CancelOutcome, DispatchConfig, Dispatcher, MAX_TASK_ID_LEN, valid_task_id};
 pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use metrics::{DispatchMetrics, DispatchStats};
-pub use model::{
-    GpuServer, NewTask, Task, TaskErrorCode, TaskFailure, TaskStatus, job_id_for, now_ms, settings,
-};
+pub use model::{GpuServer, NewTask, Task, TaskErrorCode, TaskFailure, TaskStatus, job_id_for, now_ms, settings};

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Wall-clock time as stored in the database: unix milliseconds. Integers keep the schema
 /// portable (SQLite has no timestamp type) and compare cheaply in SQL.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn duration_ms(d: Duration) -> i64 {
@@ -31,13 +29,7 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 5] = [
-        Self::Queued,
-        Self::Processing,
-        Self::Completed,
-        Self::Failed,
-        Self::Cancelled,
-    ];
+    pub const ALL: [TaskStatus; 5] = [Self::Queued, Self::Processing, Self::Completed, Self::Failed, Self::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,10 +56,7 @@ impl fmt::Display for TaskStatus {
 impl FromStr for TaskStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown task status {s:?}"))
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown task status {s:?}"))
     }
 }
 
@@ -138,10 +127,7 @@ impl TaskErrorCode {
     /// the client's input, which are written for the sender. Other messages can name
     /// internal paths and hosts, so the client gets [`public_message`](Self::public_message).
     pub fn shows_worker_message(self) -> bool {
-        matches!(
-            self,
-            Self::BadInput | Self::ImageTooLarge | Self::InvalidParams
-        )
+        matches!(self, Self::BadInput | Self::ImageTooLarge | Self::InvalidParams)
     }
 
     /// A client-safe message for codes whose details stay in the logs.
@@ -193,12 +179,7 @@ pub struct NewTask {
 }
 
 impl NewTask {
-    pub fn new(
-        id: impl Into<String>,
-        input_uri: impl Into<String>,
-        output_uri: impl Into<String>,
-        params: EnhanceParams,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, input_uri: impl Into<String>, output_uri: impl Into<String>, params: EnhanceParams) -> Self {
         Self {
             id: id.into(),
             input_uri: input_uri.into(),
@@ -248,10 +229,9 @@ pub struct Task {
 impl Task {
     pub fn failure(&self) -> Option<TaskFailure> {
         match (&self.error_code, self.status) {
-            (Some(code), TaskStatus::Failed) => Some(TaskFailure {
-                code: code.clone(),
-                message: self.error_message.clone().unwrap_or_default(),
-            }),
+            (Some(code), TaskStatus::Failed) => {
+                Some(TaskFailure { code: code.clone(), message: self.error_message.clone().unwrap_or_default() })
+            }
             _ => None,
         }
     }
@@ -297,18 +277,8 @@ mod tests {
         for st in TaskStatus::ALL {
             assert_eq!(st.as_str().parse::<TaskStatus>().unwrap(), st);
         }
-        let finished: Vec<_> = TaskStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_finished())
-            .collect();
-        assert_eq!(
-            finished,
-            [
-                TaskStatus::Completed,
-                TaskStatus::Failed,
-                TaskStatus::Cancelled
-            ]
-        );
+        let finished: Vec<_> = TaskStatus::ALL.into_iter().filter(|s| s.is_finished()).collect();
+        assert_eq!(finished, [TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled]);
         assert!("running".parse::<TaskStatus>().is_err());
     }
 

@@ -1,7 +1,6 @@
 //! Shared support of the `tasks_*` tests: throwaway SQLite and PostgreSQL databases, and the
 //! scriptable fake inference worker of purrify-testkit (shared with the operator's tests).
 
-
 use purrify_gateway::tasks::{Db, DbKind};
 use purrify_inference::client::Fleet;
 use sqlx::{Connection, Executor};
@@ -43,12 +42,7 @@ impl TestDb {
         let url = format!("sqlite://{}", path.display());
         let db = Db::connect(&url).await.expect("sqlite database opens");
         assert_eq!(db.kind(), DbKind::Sqlite);
-        TestDb {
-            db,
-            url,
-            _dir: Some(dir),
-            pg: None,
-        }
+        TestDb { db, url, _dir: Some(dir), pg: None }
     }
 
     pub async fn postgres() -> TestDb {
@@ -61,22 +55,13 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| {
-                panic!("cannot reach PostgreSQL at {PG_ENV} (run tools/postgres/start.sh): {e}")
-            });
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("CREATE DATABASE (the role needs CREATEDB)");
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_ENV} (run tools/postgres/start.sh): {e}"));
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("CREATE DATABASE (the role needs CREATEDB)");
         conn.close().await.ok();
         let url = with_database(&admin, &name);
         let db = Db::connect(&url).await.expect("postgres database opens");
         assert_eq!(db.kind(), DbKind::Postgres);
-        TestDb {
-            db,
-            url,
-            _dir: None,
-            pg: Some((admin, name)),
-        }
+        TestDb { db, url, _dir: None, pg: Some((admin, name)) }
     }
 
     /// A second, independent connection pool on the same database (a restarted gateway).
@@ -93,17 +78,10 @@ impl Drop for TestDb {
         // Drop runs outside any runtime guarantee (and during panics): use a thread of its
         // own with a small runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = conn
-                        .execute(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .await;
+                    let _ = conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
                     let _ = conn.close().await;
                 }
             });

@@ -86,9 +86,7 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64> {
         let b = self.bytes(8)?;
-        Ok(u64::from_be_bytes([
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-        ]))
+        Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
     }
     fn fourcc(&mut self) -> Result<[u8; 4]> {
         let b = self.bytes(4)?;
@@ -100,11 +98,7 @@ impl<'a> Reader<'a> {
         Ok(((v >> 24) as u8, v & 0x00FF_FFFF))
     }
     fn item_id(&mut self, wide: bool) -> Result<u32> {
-        if wide {
-            self.u32()
-        } else {
-            self.u16().map(u32::from)
-        }
+        if wide { self.u32() } else { self.u16().map(u32::from) }
     }
 }
 
@@ -115,9 +109,7 @@ struct Boxes<'a> {
 
 impl<'a> Boxes<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Boxes {
-            r: Reader::new(buf),
-        }
+        Boxes { r: Reader::new(buf) }
     }
 }
 
@@ -143,9 +135,7 @@ impl<'a> Boxes<'a> {
             n => u64::from(n),
         };
         let header = (self.r.pos - start) as u64;
-        let body_len = size
-            .checked_sub(header)
-            .ok_or(BoxError("a box has an impossible size"))?;
+        let body_len = size.checked_sub(header).ok_or(BoxError("a box has an impossible size"))?;
         let body_len = usize::try_from(body_len).map_err(|_| BoxError("a box is cut short"))?;
         let body = self.r.bytes(body_len)?;
         Ok((kind, body))
@@ -224,16 +214,10 @@ fn parse_meta(meta: &[u8]) -> Result<AvifProps> {
 
     let primary_id = primary_id.ok_or(BoxError("the primary item (pitm) is missing"))?;
     let item = |id: u32| -> ItemProps {
-        let mut props = ItemProps {
-            item_type: item_types.get(&id).copied().unwrap_or(*b"    "),
-            ..ItemProps::default()
-        };
+        let mut props = ItemProps { item_type: item_types.get(&id).copied().unwrap_or(*b"    "), ..ItemProps::default() };
         for &(_, index) in associations.iter().filter(|(item, _)| *item == id) {
             // Property indices are 1-based; 0 means "no property".
-            let Some(p) = usize::from(index)
-                .checked_sub(1)
-                .and_then(|i| properties.get(i))
-            else {
+            let Some(p) = usize::from(index).checked_sub(1).and_then(|i| properties.get(i)) else {
                 continue;
             };
             match *p {
@@ -381,11 +365,7 @@ fn parse_ipma(body: &[u8], out: &mut Vec<(u32, u16)>) -> Result<()> {
         let count = r.u8()?;
         for _ in 0..count {
             // High bit is "essential"; the rest is the 1-based property index.
-            let index = if flags & 1 != 0 {
-                r.u16()? & 0x7FFF
-            } else {
-                u16::from(r.u8()? & 0x7F)
-            };
+            let index = if flags & 1 != 0 { r.u16()? & 0x7FFF } else { u16::from(r.u8()? & 0x7F) };
             out.push((item, index));
         }
     }
@@ -410,18 +390,10 @@ mod tests {
     }
 
     fn sample_file(ispe: (u32, u32), with_alpha: bool) -> Vec<u8> {
-        let mut ipco = full(
-            b"ispe",
-            0,
-            &[ispe.0.to_be_bytes(), ispe.1.to_be_bytes()].concat(),
-        );
+        let mut ipco = full(b"ispe", 0, &[ispe.0.to_be_bytes(), ispe.1.to_be_bytes()].concat());
         ipco.extend(bx(b"colr", b"nclx\0\x01\0\x0d\0\x06\x80"));
         ipco.extend(bx(b"irot", &[1]));
-        ipco.extend(full(
-            b"auxC",
-            0,
-            b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha\0",
-        ));
+        ipco.extend(full(b"auxC", 0, b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha\0"));
         // item 1: ispe, colr, irot; item 2: ispe, auxC
         let mut ipma = vec![0, 0, 0, 0, 0, 0, 0, 2];
         ipma.extend([0, 1, 3, 0x81, 2, 3]);
@@ -448,24 +420,11 @@ mod tests {
         assert_eq!(&p.primary.item_type, b"av01");
         assert_eq!(p.primary.size, Some((640, 480)));
         assert_eq!(p.primary.rotation, 1);
-        assert_eq!(
-            p.primary.nclx,
-            Some(Nclx {
-                primaries: 1,
-                transfer: 13,
-                matrix: 6,
-                full_range: true
-            })
-        );
+        assert_eq!(p.primary.nclx, Some(Nclx { primaries: 1, transfer: 13, matrix: 6, full_range: true }));
         let alpha = p.alpha.unwrap();
         assert_eq!(alpha.size, Some((640, 480)));
         assert_eq!(alpha.nclx, None);
-        assert!(
-            parse(&sample_file((640, 480), false))
-                .unwrap()
-                .alpha
-                .is_none()
-        );
+        assert!(parse(&sample_file((640, 480), false)).unwrap().alpha.is_none());
     }
 
     /// `parse` reads only up to the `meta` box (a prefix holding `ftyp` and `meta` is
@@ -484,20 +443,13 @@ mod tests {
         for len in 0..file.len() {
             let got = parse(&file[..len]);
             if len < meta_end {
-                assert!(
-                    got.is_err(),
-                    "cut at {len} (meta ends at {meta_end}): {got:?}"
-                );
+                assert!(got.is_err(), "cut at {len} (meta ends at {meta_end}): {got:?}");
             } else {
                 assert_eq!(got.as_ref(), Ok(&whole), "cut at {len}, inside mdat");
             }
             let complete = check_complete(&file[..len]);
             let between_boxes = [0, ftyp_end, meta_end].contains(&len);
-            assert_eq!(
-                complete.is_ok(),
-                between_boxes,
-                "check_complete, cut at {len}"
-            );
+            assert_eq!(complete.is_ok(), between_boxes, "check_complete, cut at {len}");
         }
         assert!(check_complete(&file).is_ok());
         // Single-byte corruptions anywhere: any outcome but a panic; inside mdat, none at all.

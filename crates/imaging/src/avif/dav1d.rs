@@ -22,14 +22,11 @@ use std::ptr::{self, NonNull};
 use rav1d::Dav1dResult;
 use rav1d::include::dav1d::data::Dav1dData;
 use rav1d::include::dav1d::dav1d::{Dav1dContext, Dav1dSettings};
-use rav1d::include::dav1d::headers::{
-    DAV1D_PIXEL_LAYOUT_I400, DAV1D_PIXEL_LAYOUT_I420, DAV1D_PIXEL_LAYOUT_I422,
-    DAV1D_PIXEL_LAYOUT_I444,
-};
+use rav1d::include::dav1d::headers::{DAV1D_PIXEL_LAYOUT_I400, DAV1D_PIXEL_LAYOUT_I420, DAV1D_PIXEL_LAYOUT_I422, DAV1D_PIXEL_LAYOUT_I444};
 use rav1d::include::dav1d::picture::Dav1dPicture;
 use rav1d::src::lib::{
-    dav1d_close, dav1d_data_create, dav1d_data_unref, dav1d_default_settings, dav1d_get_picture,
-    dav1d_open, dav1d_picture_unref, dav1d_send_data,
+    dav1d_close, dav1d_data_create, dav1d_data_unref, dav1d_default_settings, dav1d_get_picture, dav1d_open, dav1d_picture_unref,
+    dav1d_send_data,
 };
 
 /// dav1d returns negated errno values.
@@ -96,10 +93,7 @@ fn check(res: Dav1dResult, what: &str) -> Result<(), Av1Error> {
             libc::ERANGE => "the coded frame is larger than the image size the file declares",
             _ => "internal error",
         };
-        Err(Av1Error(format!(
-            "AV1 {what} failed: {why} (code {})",
-            -res.0
-        )))
+        Err(Av1Error(format!("AV1 {what} failed: {why} (code {})", -res.0)))
     } else {
         Ok(())
     }
@@ -140,12 +134,7 @@ impl Decoder {
 
         let mut ctx: Option<Dav1dContext> = None;
         // SAFETY: both pointers come from live locals; `settings` is fully initialised.
-        let res = unsafe {
-            dav1d_open(
-                Some(NonNull::from(&mut ctx)),
-                Some(NonNull::from(&mut settings)),
-            )
-        };
+        let res = unsafe { dav1d_open(Some(NonNull::from(&mut ctx)), Some(NonNull::from(&mut settings))) };
         check(res, "decoder setup")?;
         if ctx.is_none() {
             return Err(Av1Error("AV1 decoder setup returned no context".into()));
@@ -246,10 +235,7 @@ impl<'d> Picture<'d> {
         let (width, height) = match (usize::try_from(p.w), usize::try_from(p.h)) {
             (Ok(w), Ok(h)) if w > 0 && h > 0 => (w, h),
             _ => {
-                return Err(Av1Error(format!(
-                    "AV1 frame has invalid size {}x{}",
-                    p.w, p.h
-                )));
+                return Err(Av1Error(format!("AV1 frame has invalid size {}x{}", p.w, p.h)));
             }
         };
         let bit_depth = match p.bpc {
@@ -257,9 +243,7 @@ impl<'d> Picture<'d> {
             10 => 10,
             12 => 12,
             other => {
-                return Err(Av1Error(format!(
-                    "AV1 frame has unsupported bit depth {other}"
-                )));
+                return Err(Av1Error(format!("AV1 frame has unsupported bit depth {other}")));
             }
         };
         let layout = match p.layout {
@@ -279,15 +263,7 @@ impl<'d> Picture<'d> {
             matrix: u16::try_from(seq.mtrx).unwrap_or(2),
             full_range: seq.color_range != 0,
         };
-        let picture = Picture {
-            pic,
-            width,
-            height,
-            bit_depth,
-            layout,
-            color,
-            _decoder: std::marker::PhantomData,
-        };
+        let picture = Picture { pic, width, height, bit_depth, layout, color, _decoder: std::marker::PhantomData };
         // Validate every plane once so `plane()` cannot fail later.
         for i in 0..picture.plane_count() {
             picture.plane_checked(i)?;
@@ -325,11 +301,7 @@ impl<'d> Picture<'d> {
 
     fn plane_checked(&self, index: usize) -> Result<Plane<'_>, Av1Error> {
         let bad = |why: &str| Av1Error(format!("AV1 frame plane {index} is unusable: {why}"));
-        let (sx, sy) = if index == 0 {
-            (0, 0)
-        } else {
-            self.layout.shifts()
-        };
+        let (sx, sy) = if index == 0 { (0, 0) } else { self.layout.shifts() };
         let width = (self.width + (1 << sx) - 1) >> sx;
         let height = (self.height + (1 << sy) - 1) >> sy;
         let stride_bytes = self.pic.0.stride[usize::from(index > 0)];
@@ -338,13 +310,9 @@ impl<'d> Picture<'d> {
         if stride_bytes < width * sample_size || stride_bytes % sample_size != 0 {
             return Err(bad("stride shorter than a row"));
         }
-        let len_bytes = stride_bytes
-            .checked_mul(height - 1)
-            .and_then(|n| n.checked_add(width * sample_size))
-            .ok_or_else(|| bad("size overflow"))?;
-        let ptr = self.pic.0.data[index]
-            .ok_or_else(|| bad("no data"))?
-            .cast::<u8>();
+        let len_bytes =
+            stride_bytes.checked_mul(height - 1).and_then(|n| n.checked_add(width * sample_size)).ok_or_else(|| bad("size overflow"))?;
+        let ptr = self.pic.0.data[index].ok_or_else(|| bad("no data"))?.cast::<u8>();
         let stride = stride_bytes / sample_size;
         let samples = if sample_size == 1 {
             // SAFETY: dav1d allocated this plane with `stride` bytes per row for `height`
@@ -357,15 +325,8 @@ impl<'d> Picture<'d> {
             }
             // SAFETY: as above, and 10/12-bit pictures store native-endian `u16` samples at an
             // address just checked to be 2-byte aligned.
-            Samples::U16(unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr().cast::<u16>(), len_bytes / 2)
-            })
+            Samples::U16(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<u16>(), len_bytes / 2) })
         };
-        Ok(Plane {
-            samples,
-            stride,
-            width,
-            height,
-        })
+        Ok(Plane { samples, stride, width, height })
     }
 }

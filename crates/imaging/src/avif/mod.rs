@@ -26,41 +26,27 @@ fn probe(bytes: &[u8], limits: &Limits) -> Result<Probe, ImageError> {
         b"av01" => {}
         b"grid" => {
             return Err(ImageError::UnsupportedFeature(
-                "tiled (grid) AVIF images are not supported; save the image as a single-tile AVIF, JPEG or PNG"
-                    .into(),
+                "tiled (grid) AVIF images are not supported; save the image as a single-tile AVIF, JPEG or PNG".into(),
             ));
         }
         _ => {
-            return Err(ImageError::UnsupportedFeature(
-                "this AVIF file's main image is not AV1-coded, which is not supported".into(),
-            ));
+            return Err(ImageError::UnsupportedFeature("this AVIF file's main image is not AV1-coded, which is not supported".into()));
         }
     }
     // `ispe` is mandatory (MIAF); without it the size is unknown until the frame is decoded,
     // which is exactly what the limits must prevent.
-    let (width, height) = props
-        .primary
-        .size
-        .ok_or_else(|| ImageError::malformed("AVIF: the image has no size property"))?;
+    let (width, height) = props.primary.size.ok_or_else(|| ImageError::malformed("AVIF: the image has no size property"))?;
     crate::check_limits(width, height, limits)?;
     if let Some((aw, ah)) = props.alpha.as_ref().and_then(|a| a.size) {
         crate::check_limits(aw, ah, limits)?;
     }
-    Ok(Probe {
-        props,
-        width,
-        height,
-    })
+    Ok(Probe { props, width, height })
 }
 
 /// Width and height as displayed (after `irot`), without decoding anything.
 pub(crate) fn read_header(bytes: &[u8], limits: &Limits) -> Result<(u32, u32), ImageError> {
     let p = probe(bytes, limits)?;
-    Ok(if p.props.primary.rotation % 2 == 1 {
-        (p.height, p.width)
-    } else {
-        (p.width, p.height)
-    })
+    Ok(if p.props.primary.rotation % 2 == 1 { (p.height, p.width) } else { (p.width, p.height) })
 }
 
 pub(crate) struct AvifImage {
@@ -76,11 +62,7 @@ pub(crate) struct AvifImage {
 /// hence the wide margin in debug builds.
 fn av1_timeout(pixels: u64) -> Duration {
     let secs = 60 + 10 * pixels.div_ceil(1_000_000);
-    Duration::from_secs(if cfg!(debug_assertions) {
-        secs * 50
-    } else {
-        secs
-    })
+    Duration::from_secs(if cfg!(debug_assertions) { secs * 50 } else { secs })
 }
 
 pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageError> {
@@ -93,27 +75,19 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
     // beats losing the caller.
     let (tx, rx) = mpsc::sync_channel(1);
     let (width, height, nclx) = (probe.width, probe.height, probe.props.primary.nclx);
-    let spawned = std::thread::Builder::new()
-        .name("purrify-av1".into())
-        .spawn(move || {
-            let _ = tx.send(decode_planes(&data, width, height, nclx));
-        });
+    let spawned = std::thread::Builder::new().name("purrify-av1".into()).spawn(move || {
+        let _ = tx.send(decode_planes(&data, width, height, nclx));
+    });
     if spawned.is_err() {
-        return Err(ImageError::malformed(
-            "AVIF: could not start the AV1 decoder",
-        ));
+        return Err(ImageError::malformed("AVIF: could not start the AV1 decoder"));
     }
     let planes = match rx.recv_timeout(av1_timeout(u64::from(width) * u64::from(height))) {
         Ok(result) => result?,
         Err(RecvTimeoutError::Timeout) => {
-            return Err(ImageError::malformed(
-                "AVIF: the AV1 decoder did not finish",
-            ));
+            return Err(ImageError::malformed("AVIF: the AV1 decoder did not finish"));
         }
         Err(RecvTimeoutError::Disconnected) => {
-            return Err(ImageError::malformed(
-                "AVIF: the AV1 decoder failed on this file",
-            ));
+            return Err(ImageError::malformed("AVIF: the AV1 decoder failed on this file"));
         }
     };
 
@@ -121,12 +95,7 @@ pub(crate) fn decode(bytes: &[u8], limits: &Limits) -> Result<AvifImage, ImageEr
     let transformed = p.rotation != 0 || p.mirror.is_some();
     let rgb = transform(planes.rgb, p.rotation, p.mirror);
     let alpha = planes.alpha.map(|a| transform(a, p.rotation, p.mirror));
-    Ok(AvifImage {
-        rgb,
-        alpha,
-        bit_depth: planes.bit_depth,
-        transformed,
-    })
+    Ok(AvifImage { rgb, alpha, bit_depth: planes.bit_depth, transformed })
 }
 
 struct Planes {
@@ -135,12 +104,7 @@ struct Planes {
     bit_depth: u8,
 }
 
-fn decode_planes(
-    data: &avif_parse::AvifData,
-    width: u32,
-    height: u32,
-    nclx: Option<boxes::Nclx>,
-) -> Result<Planes, ImageError> {
+fn decode_planes(data: &avif_parse::AvifData, width: u32, height: u32, nclx: Option<boxes::Nclx>) -> Result<Planes, ImageError> {
     let (w, h) = (width as usize, height as usize);
     // Anything other than exactly `ispe` is refused below, so rav1d need never allocate a
     // larger frame, whatever a corrupt sequence header claims. `ispe` passed the limits.
@@ -158,16 +122,8 @@ fn decode_planes(
         let seq = pic.seq_color();
         // The container's colour description wins over the bitstream's (MIAF).
         let cp = match nclx {
-            Some(n) => yuv::ColorParams {
-                matrix: n.matrix,
-                primaries: n.primaries,
-                full_range: n.full_range,
-            },
-            None => yuv::ColorParams {
-                matrix: seq.matrix,
-                primaries: seq.primaries,
-                full_range: seq.full_range,
-            },
+            Some(n) => yuv::ColorParams { matrix: n.matrix, primaries: n.primaries, full_range: n.full_range },
+            None => yuv::ColorParams { matrix: seq.matrix, primaries: seq.primaries, full_range: seq.full_range },
         };
         (yuv::to_rgb(&pic, cp), pic.bit_depth())
     };
@@ -177,9 +133,7 @@ fn decode_planes(
         let mut decoder = dav1d::Decoder::new(max_pixels).map_err(av1_err)?;
         let pic = decoder.decode_still(alpha_obus).map_err(av1_err)?;
         if (pic.width(), pic.height()) != (w, h) {
-            return Err(ImageError::malformed(
-                "AVIF: the alpha channel's size differs from the image's",
-            ));
+            return Err(ImageError::malformed("AVIF: the alpha channel's size differs from the image's"));
         }
         // The range of an alpha plane is the AV1 stream's own; colour `nclx` does not apply.
         alpha = Some(yuv::to_alpha(&pic, pic.seq_color().full_range));
@@ -187,11 +141,7 @@ fn decode_planes(
     if let (Some(a), true) = (&alpha, data.premultiplied_alpha) {
         unpremultiply(&mut rgb, a);
     }
-    Ok(Planes {
-        rgb,
-        alpha,
-        bit_depth,
-    })
+    Ok(Planes { rgb, alpha, bit_depth })
 }
 
 fn av1_err(e: dav1d::Av1Error) -> ImageError {
@@ -203,8 +153,7 @@ fn read_items(bytes: &[u8]) -> Result<avif_parse::AvifData, ImageError> {
     // `avif` among the compatible brands (sniff checked that). Present it a patched 12-byte
     // prefix instead of copying the file.
     let mut patched = [0u8; 12];
-    let needs_patch =
-        bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && !matches!(&bytes[8..12], b"avif" | b"avis");
+    let needs_patch = bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && !matches!(&bytes[8..12], b"avif" | b"avis");
     let (head, rest): (&[u8], &[u8]) = if needs_patch {
         patched.copy_from_slice(&bytes[..12]);
         patched[8..12].copy_from_slice(b"avif");

@@ -29,27 +29,15 @@ enum Matrix {
 }
 
 fn matrix_for(cp: ColorParams) -> Matrix {
-    const BT601: Matrix = Matrix::YCbCr {
-        kr: 0.299,
-        kb: 0.114,
-    };
-    const BT709: Matrix = Matrix::YCbCr {
-        kr: 0.2126,
-        kb: 0.0722,
-    };
-    const BT2020: Matrix = Matrix::YCbCr {
-        kr: 0.2627,
-        kb: 0.0593,
-    };
+    const BT601: Matrix = Matrix::YCbCr { kr: 0.299, kb: 0.114 };
+    const BT709: Matrix = Matrix::YCbCr { kr: 0.2126, kb: 0.0722 };
+    const BT2020: Matrix = Matrix::YCbCr { kr: 0.2627, kb: 0.0593 };
     match cp.matrix {
         0 => Matrix::Identity,
         1 => BT709,
         4 => Matrix::YCbCr { kr: 0.30, kb: 0.11 },
         5 | 6 => BT601,
-        7 => Matrix::YCbCr {
-            kr: 0.212,
-            kb: 0.087,
-        },
+        7 => Matrix::YCbCr { kr: 0.212, kb: 0.087 },
         8 => Matrix::YCgCo,
         // The constant-luminance variant is treated as its non-constant sibling: exact CL
         // decoding needs the transfer function, and such files are practically nonexistent.
@@ -58,10 +46,7 @@ fn matrix_for(cp: ColorParams) -> Matrix {
         12 | 13 => match cp.primaries {
             1 => BT709,
             9 => BT2020,
-            12 => Matrix::YCbCr {
-                kr: 0.228_975,
-                kb: 0.079_287,
-            },
+            12 => Matrix::YCbCr { kr: 0.228_975, kb: 0.079_287 },
             _ => BT601,
         },
         // Unspecified and reserved values: BT.601, as libavif assumes.
@@ -83,12 +68,7 @@ fn range_for(bit_depth: u8, full: bool) -> Range {
     let shift = u32::from(bit_depth - 8);
     let max = ((1u32 << bit_depth) - 1) as f32;
     if full {
-        Range {
-            y_off: 0.0,
-            y_scale: 1.0 / max,
-            c_off: (1u32 << (bit_depth - 1)) as f32,
-            c_scale: 1.0 / max,
-        }
+        Range { y_off: 0.0, y_scale: 1.0 / max, c_off: (1u32 << (bit_depth - 1)) as f32, c_scale: 1.0 / max }
     } else {
         Range {
             y_off: (16u32 << shift) as f32,
@@ -116,35 +96,17 @@ pub(crate) fn to_rgb(pic: &Picture<'_>, cp: ColorParams) -> RgbImage {
     let v = pic.plane(2);
     match (y, u, v) {
         (Some(y), Some(u), Some(v)) => match (&y.samples, &u.samples, &v.samples) {
-            (Samples::U8(ys), Samples::U8(us), Samples::U8(vs)) => convert(
-                &mut out,
-                w,
-                h,
-                (*ys, &y),
-                Some(((*us, &u), (*vs, &v))),
-                sx,
-                sy,
-                range,
-                matrix,
-            ),
-            (Samples::U16(ys), Samples::U16(us), Samples::U16(vs)) => convert(
-                &mut out,
-                w,
-                h,
-                (*ys, &y),
-                Some(((*us, &u), (*vs, &v))),
-                sx,
-                sy,
-                range,
-                matrix,
-            ),
+            (Samples::U8(ys), Samples::U8(us), Samples::U8(vs)) => {
+                convert(&mut out, w, h, (*ys, &y), Some(((*us, &u), (*vs, &v))), sx, sy, range, matrix)
+            }
+            (Samples::U16(ys), Samples::U16(us), Samples::U16(vs)) => {
+                convert(&mut out, w, h, (*ys, &y), Some(((*us, &u), (*vs, &v))), sx, sy, range, matrix)
+            }
             _ => {} // mixed sample sizes cannot come out of one picture
         },
         (Some(y), _, _) => match &y.samples {
             Samples::U8(ys) => convert::<u8>(&mut out, w, h, (*ys, &y), None, 0, 0, range, matrix),
-            Samples::U16(ys) => {
-                convert::<u16>(&mut out, w, h, (*ys, &y), None, 0, 0, range, matrix)
-            }
+            Samples::U16(ys) => convert::<u16>(&mut out, w, h, (*ys, &y), None, 0, 0, range, matrix),
         },
         _ => {}
     }
@@ -211,11 +173,7 @@ fn convert<T: Copy + Into<u32>>(
                 Matrix::Identity => {
                     let off16 = range.y_off * 16.0;
                     let scale16 = range.y_scale / 16.0;
-                    (
-                        (sv as f32 - off16) * scale16,
-                        (lum - range.y_off) * range.y_scale,
-                        (su as f32 - off16) * scale16,
-                    )
+                    ((sv as f32 - off16) * scale16, (lum - range.y_off) * range.y_scale, (su as f32 - off16) * scale16)
                 }
                 Matrix::YCgCo => {
                     let yn = (lum - range.y_off) * range.y_scale;
@@ -241,11 +199,7 @@ fn neighbour_rows(i: usize, shift: u32, len: usize) -> (usize, usize) {
         return (i, i);
     }
     let j = (i >> 1).min(len.saturating_sub(1));
-    let other = if i & 1 == 0 {
-        j.saturating_sub(1)
-    } else {
-        (j + 1).min(len.saturating_sub(1))
-    };
+    let other = if i & 1 == 0 { j.saturating_sub(1) } else { (j + 1).min(len.saturating_sub(1)) };
     (j, other)
 }
 
@@ -314,17 +268,7 @@ mod tests {
 
     #[test]
     fn unspecified_matrix_is_bt601() {
-        let cp = ColorParams {
-            matrix: 2,
-            primaries: 2,
-            full_range: true,
-        };
-        assert_eq!(
-            matrix_for(cp),
-            Matrix::YCbCr {
-                kr: 0.299,
-                kb: 0.114
-            }
-        );
+        let cp = ColorParams { matrix: 2, primaries: 2, full_range: true };
+        assert_eq!(matrix_for(cp), Matrix::YCbCr { kr: 0.299, kb: 0.114 });
     }
 }

@@ -8,9 +8,7 @@ use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, GrayImage, ImageEncoder, Rgb, RgbImage};
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -19,12 +17,7 @@ pub fn reference(name: &str) -> (RgbImage, Option<GrayImage>) {
     let img = image::load_from_memory(&fixture(name)).unwrap();
     let alpha = img.color().has_alpha().then(|| {
         let rgba = img.to_rgba8();
-        GrayImage::from_raw(
-            rgba.width(),
-            rgba.height(),
-            rgba.pixels().map(|p| p.0[3]).collect(),
-        )
-        .unwrap()
+        GrayImage::from_raw(rgba.width(), rgba.height(), rgba.pixels().map(|p| p.0[3]).collect()).unwrap()
     });
     (img.to_rgb8(), alpha)
 }
@@ -44,33 +37,18 @@ pub fn diff(a: &[u8], b: &[u8]) -> (u8, f64) {
 
 /// Gradient with some structure, so codecs have something to do.
 pub fn test_image(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| {
-        Rgb([
-            (x * 255 / w.max(1)) as u8,
-            (y * 255 / h.max(1)) as u8,
-            ((x * 7 + y * 13) % 256) as u8,
-        ])
-    })
+    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, ((x * 7 + y * 13) % 256) as u8]))
 }
 
 pub fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            ExtendedColorType::Rgb8,
-        )
-        .unwrap();
+    JpegEncoder::new_with_quality(&mut out, quality).write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8).unwrap();
     out
 }
 
 pub fn png_bytes(raw: &[u8], w: u32, h: u32, color: ExtendedColorType) -> Vec<u8> {
     let mut out = Vec::new();
-    PngEncoder::new(&mut out)
-        .write_image(raw, w, h, color)
-        .unwrap();
+    PngEncoder::new(&mut out).write_image(raw, w, h, color).unwrap();
     out
 }
 
@@ -79,11 +57,7 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc

@@ -17,11 +17,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(60),
-        }
+        Self { failure_threshold: 5, cooldown: Duration::from_secs(5), max_cooldown: Duration::from_secs(60) }
     }
 }
 
@@ -82,13 +78,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(config: BreakerConfig) -> Self {
-        Self {
-            config,
-            inner: Inner::Closed,
-            consecutive_failures: 0,
-            cooldown: config.cooldown,
-            trips: 0,
-        }
+        Self { config, inner: Inner::Closed, consecutive_failures: 0, cooldown: config.cooldown, trips: 0 }
     }
 
     pub fn config(&self) -> &BreakerConfig {
@@ -162,11 +152,7 @@ impl CircuitBreaker {
             }
             Inner::HalfOpen { .. } if permit.probe => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                self.cooldown = self
-                    .cooldown
-                    .saturating_mul(2)
-                    .min(self.config.max_cooldown)
-                    .max(self.config.cooldown);
+                self.cooldown = self.cooldown.saturating_mul(2).min(self.config.max_cooldown).max(self.config.cooldown);
                 self.open(now);
                 true
             }
@@ -205,9 +191,7 @@ impl CircuitBreaker {
     }
 
     fn open(&mut self, now: Instant) {
-        self.inner = Inner::Open {
-            until: now + self.cooldown,
-        };
+        self.inner = Inner::Open { until: now + self.cooldown };
         self.trips += 1;
     }
 }
@@ -219,11 +203,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn breaker(threshold: u32) -> CircuitBreaker {
-        CircuitBreaker::new(BreakerConfig {
-            failure_threshold: threshold,
-            cooldown: 10 * S,
-            max_cooldown: 35 * S,
-        })
+        CircuitBreaker::new(BreakerConfig { failure_threshold: threshold, cooldown: 10 * S, max_cooldown: 35 * S })
     }
 
     fn fail(b: &mut CircuitBreaker, now: Instant) -> bool {
@@ -287,10 +267,7 @@ mod tests {
         assert!(probe.is_probe());
         assert!(!b.would_admit(t));
         assert!(b.try_acquire(t).is_none());
-        assert!(
-            b.try_acquire(t + 100 * S).is_none(),
-            "time alone does not free the probe slot"
-        );
+        assert!(b.try_acquire(t + 100 * S).is_none(), "time alone does not free the probe slot");
         b.record_success(probe);
         assert_eq!(b.state(t), BreakerState::Closed);
     }
@@ -353,11 +330,7 @@ mod tests {
         b.record_success(straggler_ok);
         assert!(!b.record_failure(straggler_bad, t0));
         assert_eq!(b.state(t0), BreakerState::Open);
-        assert_eq!(
-            b.open_until(),
-            Some(t0 + 10 * S),
-            "a late failure does not extend the cooldown"
-        );
+        assert_eq!(b.open_until(), Some(t0 + 10 * S), "a late failure does not extend the cooldown");
 
         let t = t0 + 10 * S;
         let probe = b.try_acquire(t).unwrap();

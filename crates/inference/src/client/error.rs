@@ -46,10 +46,7 @@ impl ClientError {
 
     /// Whether the same request may succeed on another worker.
     pub fn retry_elsewhere(&self) -> bool {
-        matches!(
-            self,
-            Self::Busy { .. } | Self::Unavailable(_) | Self::Protocol(_)
-        )
+        matches!(self, Self::Busy { .. } | Self::Unavailable(_) | Self::Protocol(_))
     }
 
     /// Every reqwest failure is a transport failure here: JSON is decoded by this crate, and
@@ -90,30 +87,10 @@ mod tests {
     #[test]
     fn categories_are_bounded_and_decisions_follow_the_variant() {
         let cases = [
-            (
-                ClientError::Busy {
-                    retry_after: Duration::from_secs(1),
-                },
-                "busy",
-                false,
-                true,
-            ),
-            (
-                ClientError::Rejected {
-                    status: 422,
-                    message: "x".into(),
-                },
-                "rejected",
-                false,
-                false,
-            ),
+            (ClientError::Busy { retry_after: Duration::from_secs(1) }, "busy", false, true),
+            (ClientError::Rejected { status: 422, message: "x".into() }, "rejected", false, false),
             (ClientError::NotFound, "not_found", false, false),
-            (
-                ClientError::Unavailable("x".into()),
-                "unavailable",
-                true,
-                true,
-            ),
+            (ClientError::Unavailable("x".into()), "unavailable", true, true),
             (ClientError::Protocol("x".into()), "protocol", true, true),
         ];
         for (e, cat, worker_failure, elsewhere) in cases {

@@ -49,10 +49,7 @@ impl Default for ManualClock {
 
 impl ManualClock {
     pub fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            offset_nanos: AtomicU64::new(0),
-        }
+        Self { base: Instant::now(), offset_nanos: AtomicU64::new(0) }
     }
 
     pub fn advance(&self, by: Duration) {
@@ -104,11 +101,7 @@ pub struct WorkerSpec {
 
 impl WorkerSpec {
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self {
-            endpoint: endpoint.into(),
-            name: None,
-            capacity: None,
-        }
+        Self { endpoint: endpoint.into(), name: None, capacity: None }
     }
 
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
@@ -125,10 +118,7 @@ impl WorkerSpec {
 /// The key the fleet uses for an endpoint: `http://host:port[/prefix]`, no trailing slash.
 /// Lets `10.0.0.1:8080`, `http://10.0.0.1:8080/` and `http://10.0.0.1:8080` name one worker.
 pub fn normalize_endpoint(endpoint: &str) -> Result<String, ConfigError> {
-    Ok(parse_endpoint(endpoint)?
-        .as_str()
-        .trim_end_matches('/')
-        .to_owned())
+    Ok(parse_endpoint(endpoint)?.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Lenient form for lookups: an unparsable string cannot match any stored key anyway.
@@ -254,10 +244,7 @@ pub(super) struct Entry {
 
 impl Entry {
     fn capacity(&self, default: u32) -> u32 {
-        match (
-            self.capacity_override,
-            self.info.as_ref().map(|i| i.capacity),
-        ) {
+        match (self.capacity_override, self.info.as_ref().map(|i| i.capacity)) {
             (Some(o), Some(r)) => o.min(r),
             (Some(o), None) => o,
             (None, Some(r)) => r,
@@ -270,18 +257,12 @@ impl Entry {
     }
 
     fn load(&self, now: Instant, default_capacity: u32) -> Option<Load> {
-        if !self.healthy
-            || self.busy_until.is_some_and(|t| now < t)
-            || !self.breaker.would_admit(now)
-        {
+        if !self.healthy || self.busy_until.is_some_and(|t| now < t) || !self.breaker.would_admit(now) {
             return None;
         }
         let capacity = self.capacity(default_capacity);
         let in_flight = self.in_flight();
-        (in_flight < capacity).then_some(Load {
-            in_flight,
-            capacity,
-        })
+        (in_flight < capacity).then_some(Load { in_flight, capacity })
     }
 
     fn snapshot(&self, now: Instant, default_capacity: u32) -> WorkerSnapshot {
@@ -321,8 +302,7 @@ pub(crate) struct Load {
 impl Load {
     /// in_flight/capacity compared exactly (cross-multiplied): 1/4 is lighter than 1/2.
     fn lighter_than(self, other: Load) -> bool {
-        u64::from(self.in_flight) * u64::from(other.capacity)
-            < u64::from(other.in_flight) * u64::from(self.capacity)
+        u64::from(self.in_flight) * u64::from(other.capacity) < u64::from(other.in_flight) * u64::from(self.capacity)
     }
 }
 
@@ -389,20 +369,8 @@ impl Fleet {
 
     /// Full control: a shared HTTP client and an injected clock.
     pub fn with_parts(config: FleetConfig, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
-        let state = State {
-            workers: BTreeMap::new(),
-            cursor: 0,
-            next_uid: 0,
-        };
-        Self {
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                config,
-                http,
-                clock,
-                counters: Counters::default(),
-            }),
-        }
+        let state = State { workers: BTreeMap::new(), cursor: 0, next_uid: 0 };
+        Self { shared: Arc::new(Shared { state: Mutex::new(state), config, http, clock, counters: Counters::default() }) }
     }
 
     pub fn config(&self) -> &FleetConfig {
@@ -425,13 +393,9 @@ impl Fleet {
     /// Makes the fleet exactly `specs`: upserts them and removes every other worker. Nothing
     /// changes if any spec is invalid.
     pub fn sync(&self, specs: impl IntoIterator<Item = WorkerSpec>) -> Result<(), ConfigError> {
-        let prepared = specs
-            .into_iter()
-            .map(|s| self.prepare(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = specs.into_iter().map(|s| self.prepare(s)).collect::<Result<Vec<_>, _>>()?;
         let mut st = self.shared.lock();
-        let keep: std::collections::HashSet<String> =
-            prepared.iter().map(|p| p.key.clone()).collect();
+        let keep: std::collections::HashSet<String> = prepared.iter().map(|p| p.key.clone()).collect();
         st.workers.retain(|k, w| {
             let kept = keep.contains(k);
             if !kept {
@@ -469,11 +433,7 @@ impl Fleet {
     /// The client of one worker, e.g. to re-attach to a job after a restart (`status`,
     /// `wait`) or cancel it, which must go to the worker running it rather than a pick.
     pub fn client(&self, endpoint: &str) -> Option<WorkerClient> {
-        self.shared
-            .lock()
-            .workers
-            .get(&lookup_key(endpoint))
-            .map(|w| w.client.clone())
+        self.shared.lock().workers.get(&lookup_key(endpoint)).map(|w| w.client.clone())
     }
 
     /// Reserves a slot on the least-loaded available worker. `None` when every worker is
@@ -489,17 +449,8 @@ impl Fleet {
         let now = self.now();
         let default_capacity = self.shared.config.default_capacity;
         let mut st = self.shared.lock();
-        let loads: Vec<Option<Load>> = st
-            .workers
-            .iter()
-            .map(|(k, w)| {
-                if exclude.contains(k) {
-                    None
-                } else {
-                    w.load(now, default_capacity)
-                }
-            })
-            .collect();
+        let loads: Vec<Option<Load>> =
+            st.workers.iter().map(|(k, w)| if exclude.contains(k) { None } else { w.load(now, default_capacity) }).collect();
         let Some(i) = choose(&loads, st.cursor) else {
             bump(&self.shared.counters.pick_misses);
             return None;
@@ -525,13 +476,7 @@ impl Fleet {
     pub fn snapshot(&self) -> FleetSnapshot {
         let now = self.now();
         let default_capacity = self.shared.config.default_capacity;
-        let workers: Vec<WorkerSnapshot> = self
-            .shared
-            .lock()
-            .workers
-            .values()
-            .map(|w| w.snapshot(now, default_capacity))
-            .collect();
+        let workers: Vec<WorkerSnapshot> = self.shared.lock().workers.values().map(|w| w.snapshot(now, default_capacity)).collect();
         let healthy: Vec<&WorkerSnapshot> = workers.iter().filter(|w| w.healthy).collect();
         FleetSnapshot {
             healthy_workers: healthy.len(),
@@ -545,11 +490,7 @@ impl Fleet {
     pub fn worker(&self, endpoint: &str) -> Option<WorkerSnapshot> {
         let now = self.now();
         let default_capacity = self.shared.config.default_capacity;
-        self.shared
-            .lock()
-            .workers
-            .get(&lookup_key(endpoint))
-            .map(|w| w.snapshot(now, default_capacity))
+        self.shared.lock().workers.get(&lookup_key(endpoint)).map(|w| w.snapshot(now, default_capacity))
     }
 
     pub fn counters(&self) -> FleetCounters {
@@ -612,17 +553,8 @@ impl Fleet {
 
     fn prepare(&self, spec: WorkerSpec) -> Result<Prepared, ConfigError> {
         let key = normalize_endpoint(&spec.endpoint)?;
-        let client = WorkerClient::from_parts(
-            self.shared.http.clone(),
-            &key,
-            self.shared.config.client.clone(),
-        )?;
-        Ok(Prepared {
-            name: spec.name.unwrap_or_else(|| key.clone()),
-            key,
-            capacity: spec.capacity,
-            client,
-        })
+        let client = WorkerClient::from_parts(self.shared.http.clone(), &key, self.shared.config.client.clone())?;
+        Ok(Prepared { name: spec.name.unwrap_or_else(|| key.clone()), key, capacity: spec.capacity, client })
     }
 
     fn apply_upsert(&self, st: &mut State, p: Prepared) -> bool {
@@ -764,11 +696,7 @@ impl Lease {
     fn with_entry(&self, f: impl FnOnce(&mut Entry, Instant)) {
         let now = self.shared.clock.now();
         let mut st = self.shared.lock();
-        if let Some(w) = st
-            .workers
-            .get_mut(&self.endpoint)
-            .filter(|w| w.uid == self.uid)
-        {
+        if let Some(w) = st.workers.get_mut(&self.endpoint).filter(|w| w.uid == self.uid) {
             f(w, now);
         }
     }
@@ -792,10 +720,7 @@ mod tests {
     use crate::protocol::GpuInfo;
 
     fn load(in_flight: u32, capacity: u32) -> Option<Load> {
-        Some(Load {
-            in_flight,
-            capacity,
-        })
+        Some(Load { in_flight, capacity })
     }
 
     #[test]
@@ -827,12 +752,7 @@ mod tests {
             models: vec![],
             execution_provider: "cuda".into(),
             requested_execution_provider: "cuda".into(),
-            gpu: Some(GpuInfo {
-                name: "T4".into(),
-                utilization: 10.0,
-                memory_used: 1,
-                memory_total: 2,
-            }),
+            gpu: Some(GpuInfo { name: "T4".into(), utilization: 10.0, memory_used: 1, memory_total: 2 }),
             capacity,
             in_flight,
             ready: true,
@@ -861,10 +781,7 @@ mod tests {
 
         fn add(&self, endpoint: &str, capacity: u32, reported_in_flight: u32) {
             self.fleet.upsert(WorkerSpec::new(endpoint)).unwrap();
-            self.probe(
-                endpoint,
-                ProbeResult::Ready(info(capacity, reported_in_flight)),
-            );
+            self.probe(endpoint, ProbeResult::Ready(info(capacity, reported_in_flight)));
         }
 
         fn probe(&self, endpoint: &str, result: ProbeResult) {
@@ -898,11 +815,7 @@ mod tests {
         assert_eq!(h.fleet.counters().pick_misses, 1);
         h.probe(A, ProbeResult::NotReady(None));
         assert!(h.fleet.pick().is_none());
-        assert_eq!(
-            h.w(A).breaker,
-            BreakerState::Closed,
-            "warming up is not a failure"
-        );
+        assert_eq!(h.w(A).breaker, BreakerState::Closed, "warming up is not a failure");
         h.probe(A, ProbeResult::Ready(info(1, 0)));
         assert_eq!(h.fleet.pick().unwrap().endpoint(), A);
     }
@@ -933,15 +846,9 @@ mod tests {
         h.fleet.upsert(WorkerSpec::new(A).with_capacity(2)).unwrap();
         h.probe(A, ProbeResult::Ready(info(8, 1)));
         let snap = h.w(A);
-        assert_eq!(
-            (snap.capacity, snap.in_flight, snap.reported_in_flight),
-            (2, 1, Some(1))
-        );
+        assert_eq!((snap.capacity, snap.in_flight, snap.reported_in_flight), (2, 1, Some(1)));
         let l = h.fleet.pick().unwrap();
-        assert!(
-            h.fleet.pick().is_none(),
-            "one foreign + one ours fills capacity 2"
-        );
+        assert!(h.fleet.pick().is_none(), "one foreign + one ours fills capacity 2");
         // A report that already includes our job does not count it twice.
         h.probe(A, ProbeResult::Ready(info(8, 2)));
         assert_eq!(h.w(A).in_flight, 2);
@@ -970,10 +877,7 @@ mod tests {
         let snap = h.w(A);
         assert_eq!(snap.breaker, BreakerState::Open);
         assert_eq!(snap.last_error.as_deref(), Some("HTTP 500"));
-        assert!(
-            snap.healthy,
-            "health is the prober's call; the breaker alone keeps it out"
-        );
+        assert!(snap.healthy, "health is the prober's call; the breaker alone keeps it out");
         assert!(h.fleet.pick_excluding(&[B]).is_none());
         assert_eq!(h.fleet.pick().unwrap().endpoint(), B);
 
@@ -1015,10 +919,7 @@ mod tests {
         h.probe(A, ProbeResult::Down("connection refused".into()));
         let snap = h.w(A);
         assert!(!snap.healthy);
-        assert_eq!(
-            (snap.breaker, snap.consecutive_failures),
-            (BreakerState::Closed, 1)
-        );
+        assert_eq!((snap.breaker, snap.consecutive_failures), (BreakerState::Closed, 1));
         h.probe(A, ProbeResult::Down("connection refused".into()));
         assert_eq!(h.w(A).breaker, BreakerState::Open);
         // Back up, but still cooling down: healthy yet not picked.
@@ -1037,17 +938,9 @@ mod tests {
     fn busy_backs_off_for_retry_after_without_hurting_the_breaker() {
         let h = Harness::new(1);
         h.add(A, 4, 0);
-        h.fleet
-            .pick()
-            .unwrap()
-            .record::<()>(&Err(ClientError::Busy {
-                retry_after: Duration::from_secs(3),
-            }));
+        h.fleet.pick().unwrap().record::<()>(&Err(ClientError::Busy { retry_after: Duration::from_secs(3) }));
         let snap = h.w(A);
-        assert_eq!(
-            (snap.breaker, snap.busy, snap.available),
-            (BreakerState::Closed, 1, false)
-        );
+        assert_eq!((snap.breaker, snap.busy, snap.available), (BreakerState::Closed, 1, false));
         assert!(h.fleet.pick().is_none());
         h.clock.advance(Duration::from_secs(3));
         assert!(h.fleet.pick().is_some());
@@ -1060,15 +953,8 @@ mod tests {
         let mut l = h.fleet.pick().unwrap();
         l.record::<()>(&Err(ClientError::Unavailable("timeout".into())));
         assert_eq!(h.w(A).consecutive_failures, 1);
-        l.record::<()>(&Err(ClientError::Rejected {
-            status: 422,
-            message: "bad".into(),
-        }));
-        assert_eq!(
-            h.w(A).consecutive_failures,
-            0,
-            "a clean refusal shows the worker alive"
-        );
+        l.record::<()>(&Err(ClientError::Rejected { status: 422, message: "bad".into() }));
+        assert_eq!(h.w(A).consecutive_failures, 0, "a clean refusal shows the worker alive");
         l.record(&Ok(()));
         let snap = h.w(A);
         assert_eq!((snap.dispatched, snap.succeeded, snap.failed), (1, 2, 1));
@@ -1081,21 +967,9 @@ mod tests {
         let h = Harness::new(1);
         h.add(A, 4, 0);
         let _l = h.fleet.pick().unwrap();
-        assert!(
-            !h.fleet
-                .upsert(WorkerSpec::new("a:1").with_name("pod-a").with_capacity(3))
-                .unwrap()
-        );
+        assert!(!h.fleet.upsert(WorkerSpec::new("a:1").with_name("pod-a").with_capacity(3)).unwrap());
         let snap = h.w(A);
-        assert_eq!(
-            (
-                snap.name.as_str(),
-                snap.healthy,
-                snap.local_in_flight,
-                snap.capacity
-            ),
-            ("pod-a", true, 1, 3)
-        );
+        assert_eq!((snap.name.as_str(), snap.healthy, snap.local_in_flight, snap.capacity), ("pod-a", true, 1, 3));
         assert_eq!(h.fleet.len(), 1);
     }
 
@@ -1111,10 +985,7 @@ mod tests {
         old.failure("late failure");
         drop(old);
         let snap = h.w(A);
-        assert_eq!(
-            (snap.local_in_flight, snap.breaker, snap.failed),
-            (1, BreakerState::Closed, 0)
-        );
+        assert_eq!((snap.local_in_flight, snap.breaker, snap.failed), (1, BreakerState::Closed, 0));
     }
 
     #[test]
@@ -1125,8 +996,7 @@ mod tests {
         let old_uid = h.fleet.shared.lock().workers[&key].uid;
         h.fleet.remove(A);
         h.fleet.upsert(WorkerSpec::new(A)).unwrap();
-        h.fleet
-            .apply_probe(&key, old_uid, ProbeResult::Ready(info(1, 0)));
+        h.fleet.apply_probe(&key, old_uid, ProbeResult::Ready(info(1, 0)));
         assert!(!h.w(A).healthy);
     }
 
@@ -1135,15 +1005,9 @@ mod tests {
         let h = Harness::new(1);
         h.add(A, 1, 0);
         h.add(B, 1, 0);
-        assert!(
-            h.fleet
-                .sync([WorkerSpec::new(B), WorkerSpec::new("ftp://nope")])
-                .is_err()
-        );
+        assert!(h.fleet.sync([WorkerSpec::new(B), WorkerSpec::new("ftp://nope")]).is_err());
         assert_eq!(h.fleet.len(), 2, "invalid input changes nothing");
-        h.fleet
-            .sync([WorkerSpec::new(B), WorkerSpec::new(C)])
-            .unwrap();
+        h.fleet.sync([WorkerSpec::new(B), WorkerSpec::new(C)]).unwrap();
         assert_eq!(h.fleet.endpoints(), [B, C]);
         assert!(h.w(B).healthy, "kept workers keep their state");
         assert!(!h.w(C).healthy);
@@ -1156,10 +1020,7 @@ mod tests {
         h.fleet.upsert(WorkerSpec::new(B)).unwrap();
         let _l = h.fleet.pick().unwrap();
         let snap = h.fleet.snapshot();
-        assert_eq!(
-            (snap.healthy_workers, snap.capacity, snap.in_flight),
-            (1, 2, 1)
-        );
+        assert_eq!((snap.healthy_workers, snap.capacity, snap.in_flight), (1, 2, 1));
         let json = serde_json::to_value(&snap).unwrap();
         let a = &json["workers"][0];
         assert_eq!(a["endpoint"], A);

@@ -34,8 +34,8 @@ mod worker;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
 pub use error::{ClientError, ConfigError};
 pub use fleet::{
-    Clock, Fleet, FleetConfig, FleetCounters, FleetSnapshot, Lease, ManualClock, SystemClock,
-    WorkerSnapshot, WorkerSpec, normalize_endpoint,
+    Clock, Fleet, FleetConfig, FleetCounters, FleetSnapshot, Lease, ManualClock, SystemClock, WorkerSnapshot, WorkerSpec,
+    normalize_endpoint,
 };
 pub use prober::ProbeSummary;
 pub use sse::{SseEvent, SseParser};

@@ -30,10 +30,7 @@ impl Fleet {
     pub async fn probe_once(&self) -> ProbeSummary {
         let targets: Vec<(String, u64, WorkerClient)> = {
             let st = self.shared.lock();
-            st.workers
-                .iter()
-                .map(|(k, w)| (k.clone(), w.uid, w.client.clone()))
-                .collect()
+            st.workers.iter().map(|(k, w)| (k.clone(), w.uid, w.client.clone())).collect()
         };
         let timeout = self.shared.config.probe_timeout;
         let results = join_all(targets.into_iter().map(|(key, uid, client)| async move {
@@ -42,10 +39,7 @@ impl Fleet {
         }))
         .await;
 
-        let mut summary = ProbeSummary {
-            probed: results.len(),
-            ..ProbeSummary::default()
-        };
+        let mut summary = ProbeSummary { probed: results.len(), ..ProbeSummary::default() };
         for (key, uid, result) in results {
             self.count_probe(&result, &mut summary);
             self.apply_probe(&key, uid, result);

@@ -121,10 +121,7 @@ impl SseParser {
         self.scanned = self.buf.len();
         result?;
         if self.buf.len() + self.data.len() > self.max_event_bytes {
-            return Err(ClientError::Protocol(format!(
-                "server-sent event larger than {} bytes",
-                self.max_event_bytes
-            )));
+            return Err(ClientError::Protocol(format!("server-sent event larger than {} bytes", self.max_event_bytes)));
         }
         Ok(out)
     }
@@ -145,10 +142,7 @@ impl SseParser {
             "event" => value.clone_into(&mut self.event),
             "data" => {
                 if self.data.len() + value.len() > self.max_event_bytes {
-                    return Err(ClientError::Protocol(format!(
-                        "server-sent event larger than {} bytes",
-                        self.max_event_bytes
-                    )));
+                    return Err(ClientError::Protocol(format!("server-sent event larger than {} bytes", self.max_event_bytes)));
                 }
                 self.data.push_str(value);
                 self.data.push('\n');
@@ -171,16 +165,8 @@ impl SseParser {
             return;
         }
         self.data.pop();
-        let event = if self.event.is_empty() {
-            "message".to_owned()
-        } else {
-            std::mem::take(&mut self.event)
-        };
-        out.push(SseEvent {
-            event,
-            data: std::mem::take(&mut self.data),
-            id: self.last_id.clone(),
-        });
+        let event = if self.event.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event) };
+        out.push(SseEvent { event, data: std::mem::take(&mut self.data), id: self.last_id.clone() });
     }
 }
 
@@ -189,11 +175,7 @@ mod tests {
     use super::*;
 
     fn ev(event: &str, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.into(),
-            data: data.into(),
-            id: None,
-        }
+        SseEvent { event: event.into(), data: data.into(), id: None }
     }
 
     fn parse_all(input: &[u8]) -> Vec<SseEvent> {
@@ -226,18 +208,9 @@ mod tests {
     #[test]
     fn crlf_lf_and_lone_cr_line_endings_are_equivalent() {
         let expected = [ev("progress", "a"), ev("done", "b")];
-        assert_split_invariant(
-            b"event: progress\r\ndata: a\r\n\r\nevent: done\r\ndata: b\r\n\r\n",
-            &expected,
-        );
-        assert_split_invariant(
-            b"event: progress\rdata: a\r\revent: done\rdata: b\r\r",
-            &expected,
-        );
-        assert_split_invariant(
-            b"event: progress\r\ndata: a\n\revent: done\ndata: b\r\n\n",
-            &expected,
-        );
+        assert_split_invariant(b"event: progress\r\ndata: a\r\n\r\nevent: done\r\ndata: b\r\n\r\n", &expected);
+        assert_split_invariant(b"event: progress\rdata: a\r\revent: done\rdata: b\r\r", &expected);
+        assert_split_invariant(b"event: progress\r\ndata: a\n\revent: done\ndata: b\r\n\n", &expected);
     }
 
     #[test]
@@ -251,18 +224,12 @@ mod tests {
 
     #[test]
     fn multi_line_data_is_joined_with_newlines() {
-        assert_split_invariant(
-            b"data: first\ndata: second\ndata\ndata:third\n\n",
-            &[ev("message", "first\nsecond\n\nthird")],
-        );
+        assert_split_invariant(b"data: first\ndata: second\ndata\ndata:third\n\n", &[ev("message", "first\nsecond\n\nthird")]);
     }
 
     #[test]
     fn comments_and_keep_alives_dispatch_nothing() {
-        assert_split_invariant(
-            b": keep-alive\n\n:\n\nevent: done\n: inside an event\ndata: 1\n\n",
-            &[ev("done", "1")],
-        );
+        assert_split_invariant(b": keep-alive\n\n:\n\nevent: done\n: inside an event\ndata: 1\n\n", &[ev("done", "1")]);
     }
 
     #[test]
@@ -272,10 +239,7 @@ mod tests {
 
     #[test]
     fn only_one_leading_space_is_stripped_and_unknown_fields_ignored() {
-        assert_split_invariant(
-            b"data:  two spaces\nfoo: bar\nevent:done\n\n",
-            &[ev("done", " two spaces")],
-        );
+        assert_split_invariant(b"data:  two spaces\nfoo: bar\nevent:done\n\n", &[ev("done", " two spaces")]);
     }
 
     #[test]
@@ -299,14 +263,9 @@ mod tests {
     #[test]
     fn id_carries_over_and_retry_is_remembered() {
         let mut p = SseParser::new();
-        let got = p
-            .feed(b"id: 7\nretry: 1500\ndata: a\n\ndata: b\n\nid\ndata: c\n\nretry: soon\n")
-            .unwrap();
+        let got = p.feed(b"id: 7\nretry: 1500\ndata: a\n\ndata: b\n\nid\ndata: c\n\nretry: soon\n").unwrap();
         let ids: Vec<_> = got.iter().map(|e| e.id.clone()).collect();
-        assert_eq!(
-            ids,
-            [Some("7".into()), Some("7".into()), Some(String::new())]
-        );
+        assert_eq!(ids, [Some("7".into()), Some("7".into()), Some(String::new())]);
         assert_eq!(p.retry(), Some(Duration::from_millis(1500)));
         assert_eq!(p.last_event_id(), Some(""));
     }
@@ -315,14 +274,8 @@ mod tests {
     fn oversized_event_is_a_protocol_error() {
         let mut p = SseParser::with_max_event_bytes(16);
         assert!(p.feed(b"data: 0123456789").is_ok());
-        assert!(matches!(
-            p.feed(b"0123456789"),
-            Err(ClientError::Protocol(_))
-        ));
+        assert!(matches!(p.feed(b"0123456789"), Err(ClientError::Protocol(_))));
         let mut p = SseParser::with_max_event_bytes(16);
-        assert!(matches!(
-            p.feed(b"data: 0123456789\ndata: 0123456789\n"),
-            Err(ClientError::Protocol(_))
-        ));
+        assert!(matches!(p.feed(b"data: 0123456789\ndata: 0123456789\n"), Err(ClientError::Protocol(_))));
     }
 }

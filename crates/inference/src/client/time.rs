@@ -11,34 +11,19 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Parses the UTC forms this module and Kubernetes write (`...Z`, optional fraction).
 /// Offsets other than `Z` are rejected rather than silently misread.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -115,9 +100,9 @@ pub(crate) mod opt_rfc3339 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => super::parse_rfc3339(&s).map(Some).ok_or_else(|| {
-                serde::de::Error::custom(format!("not an RFC 3339 UTC timestamp: {s:?}"))
-            }),
+            Some(s) => {
+                super::parse_rfc3339(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 UTC timestamp: {s:?}")))
+            }
         }
     }
 }
@@ -141,26 +126,14 @@ mod tests {
             let t = UNIX_EPOCH + Duration::from_millis(ms);
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
         }
-        assert_eq!(
-            parse_rfc3339("2000-02-29T01:02:03Z"),
-            Some(UNIX_EPOCH + Duration::from_secs(951_786_123))
-        );
-        assert_eq!(
-            parse_rfc3339("1970-01-01T00:00:00.5z"),
-            Some(UNIX_EPOCH + Duration::from_millis(500))
-        );
+        assert_eq!(parse_rfc3339("2000-02-29T01:02:03Z"), Some(UNIX_EPOCH + Duration::from_secs(951_786_123)));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.5z"), Some(UNIX_EPOCH + Duration::from_millis(500)));
     }
 
     #[test]
     fn parse_rejects_offsets_and_garbage() {
-        for bad in [
-            "",
-            "2000-02-29",
-            "2000-02-29T01:02:03+01:00",
-            "2000-13-01T00:00:00Z",
-            "2000-02-29T01:02:03.Z",
-            "20x0-02-29T01:02:03Z",
-        ] {
+        for bad in ["", "2000-02-29", "2000-02-29T01:02:03+01:00", "2000-13-01T00:00:00Z", "2000-02-29T01:02:03.Z", "20x0-02-29T01:02:03Z"]
+        {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

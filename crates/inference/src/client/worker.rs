@@ -13,8 +13,7 @@ use url::Url;
 use super::sse::SseParser;
 use super::{ClientError, ConfigError};
 use crate::protocol::{
-    ErrorReason, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus,
-    WorkerErrorBody, WorkerInfo,
+    ErrorReason, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus, WorkerErrorBody, WorkerInfo,
 };
 
 /// Forwarded on every request when set, so one id follows a task from the mini-program to
@@ -88,18 +87,9 @@ impl WorkerClient {
     }
 
     /// A client sharing `http`'s connection pool (the fleet gives all workers one pool).
-    pub fn from_parts(
-        http: reqwest::Client,
-        endpoint: &str,
-        config: ClientConfig,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_parts(http: reqwest::Client, endpoint: &str, config: ClientConfig) -> Result<Self, ConfigError> {
         let base = parse_endpoint(endpoint)?;
-        Ok(Self {
-            http,
-            base: Arc::new(base),
-            config: Arc::new(config),
-            request_id: None,
-        })
+        Ok(Self { http, base: Arc::new(base), config: Arc::new(config), request_id: None })
     }
 
     /// The `reqwest::Client` this crate would build for `config`. No total timeout is set on
@@ -109,10 +99,7 @@ impl WorkerClient {
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!(
-                "purrify-inference-client/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(concat!("purrify-inference-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError::Http(e.to_string()))
     }
@@ -120,10 +107,7 @@ impl WorkerClient {
     /// A copy that sends `X-Request-ID: id` on every request.
     pub fn with_request_id(&self, id: impl Into<String>) -> Self {
         let id: String = id.into();
-        Self {
-            request_id: Some(id.into()),
-            ..self.clone()
-        }
+        Self { request_id: Some(id.into()), ..self.clone() }
     }
 
     pub fn request_id(&self) -> Option<&str> {
@@ -150,41 +134,33 @@ impl WorkerClient {
     /// `GET /v1/jobs/{id}`.
     #[instrument(level = "debug", skip_all, fields(worker = %self.base, job = %id))]
     pub async fn status(&self, id: &str) -> Result<JobStatus, ClientError> {
-        let resp = self
-            .send(self.request(Method::GET, &["v1", "jobs", id]), true)
-            .await?;
+        let resp = self.send(self.request(Method::GET, &["v1", "jobs", id]), true).await?;
         read_json(resp).await
     }
 
     /// `DELETE /v1/jobs/{id}`.
     #[instrument(level = "debug", skip_all, fields(worker = %self.base, job = %id))]
     pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
-        self.send(self.request(Method::DELETE, &["v1", "jobs", id]), true)
-            .await?;
+        self.send(self.request(Method::DELETE, &["v1", "jobs", id]), true).await?;
         Ok(())
     }
 
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<WorkerInfo, ClientError> {
-        let resp = self
-            .send(self.request(Method::GET, &["v1", "info"]), false)
-            .await?;
+        let resp = self.send(self.request(Method::GET, &["v1", "info"]), false).await?;
         read_json(resp).await
     }
 
     /// `GET /healthz`: the process is alive.
     pub async fn healthz(&self) -> Result<(), ClientError> {
-        self.send(self.request(Method::GET, &["healthz"]), false)
-            .await?;
+        self.send(self.request(Method::GET, &["healthz"]), false).await?;
         Ok(())
     }
 
     /// `GET /readyz`: `Ok(false)` while the worker answers 503 (models still loading), so a
     /// warming worker is told apart from a dead one.
     pub async fn readyz(&self) -> Result<bool, ClientError> {
-        let resp = self
-            .send_raw(self.request(Method::GET, &["readyz"]))
-            .await?;
+        let resp = self.send_raw(self.request(Method::GET, &["readyz"])).await?;
         if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
             return Ok(false);
         }
@@ -194,10 +170,7 @@ impl WorkerClient {
 
     /// `GET /v1/jobs/{id}/events`, parsed. The connection is opened on first poll.
     pub fn events(&self, id: &str) -> EventStream {
-        let start = EventsState::Start {
-            client: self.clone(),
-            id: id.to_owned(),
-        };
+        let start = EventsState::Start { client: self.clone(), id: id.to_owned() };
         stream::unfold(start, next_event).boxed()
     }
 
@@ -218,9 +191,7 @@ impl WorkerClient {
                 Ok(event) => {
                     on_event(&event);
                     match event {
-                        JobEvent::Progress { progress, stage } => {
-                            last_progress = Some((progress, stage))
-                        }
+                        JobEvent::Progress { progress, stage } => last_progress = Some((progress, stage)),
                         JobEvent::Done { result } => return Ok(JobOutcome::Succeeded(result)),
                         JobEvent::Error { error } => return Ok(outcome_of_error(error)),
                     }
@@ -244,15 +215,10 @@ impl WorkerClient {
                         on_event(&event);
                         return Ok(outcome);
                     }
-                    let stage = status
-                        .stage
-                        .unwrap_or_else(|| status.state.as_str().to_owned());
+                    let stage = status.stage.unwrap_or_else(|| status.state.as_str().to_owned());
                     let current = (status.progress, stage);
                     if last_progress.as_ref() != Some(&current) {
-                        on_event(&JobEvent::Progress {
-                            progress: current.0,
-                            stage: current.1.clone(),
-                        });
+                        on_event(&JobEvent::Progress { progress: current.0, stage: current.1.clone() });
                         last_progress = Some(current);
                     }
                 }
@@ -279,10 +245,7 @@ impl WorkerClient {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        let rb = self
-            .http
-            .request(method, self.url(segments))
-            .timeout(self.config.timeout);
+        let rb = self.http.request(method, self.url(segments)).timeout(self.config.timeout);
         match &self.request_id {
             Some(id) => rb.header(REQUEST_ID_HEADER, &**id),
             None => rb,
@@ -305,31 +268,15 @@ async fn check(resp: Response, job_scoped: bool) -> Result<Response, ClientError
     if status.is_success() {
         return Ok(resp);
     }
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let path = resp.url().path().to_owned();
     // The body only improves the message; a failure reading it must not hide the status.
     let body = read_limited(resp).await.unwrap_or_default();
-    Err(error_for_status(
-        status,
-        retry_after.as_deref(),
-        &body,
-        job_scoped,
-        &path,
-    ))
+    Err(error_for_status(status, retry_after.as_deref(), &body, job_scoped, &path))
 }
 
 /// Maps a non-2xx answer to the dispatcher's decision. Pure, for unit tests.
-pub(crate) fn error_for_status(
-    status: StatusCode,
-    retry_after: Option<&str>,
-    body: &[u8],
-    job_scoped: bool,
-    path: &str,
-) -> ClientError {
+pub(crate) fn error_for_status(status: StatusCode, retry_after: Option<&str>, body: &[u8], job_scoped: bool, path: &str) -> ClientError {
     let message = || match serde_json::from_slice::<WorkerErrorBody>(body) {
         Ok(b) => b.message,
         Err(_) => {
@@ -342,15 +289,10 @@ pub(crate) fn error_for_status(
         }
     };
     match status.as_u16() {
-        429 => ClientError::Busy {
-            retry_after: parse_retry_after(retry_after),
-        },
+        429 => ClientError::Busy { retry_after: parse_retry_after(retry_after) },
         404 if job_scoped => ClientError::NotFound,
         404 => ClientError::Protocol(format!("{path} not found: is this a purrify worker?")),
-        400..=499 => ClientError::Rejected {
-            status: status.as_u16(),
-            message: message(),
-        },
+        400..=499 => ClientError::Rejected { status: status.as_u16(), message: message() },
         500..=599 => {
             let m = message();
             if m.is_empty() {
@@ -366,27 +308,17 @@ pub(crate) fn error_for_status(
 /// `Retry-After` in delta-seconds; the HTTP-date form is not used by workers and falls back
 /// to the default rather than trusting a clock comparison across machines.
 pub(crate) fn parse_retry_after(value: Option<&str>) -> Duration {
-    value
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
-        .unwrap_or(DEFAULT_RETRY_AFTER)
+    value.and_then(|v| v.trim().parse::<u64>().ok()).map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER)).unwrap_or(DEFAULT_RETRY_AFTER)
 }
 
 /// Endpoint as the fleet keys it: scheme defaulted to http, no trailing slash, no query.
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<Url, ConfigError> {
-    let err = |reason: &str| ConfigError::Endpoint {
-        endpoint: endpoint.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let err = |reason: &str| ConfigError::Endpoint { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
     let trimmed = endpoint.trim();
     if trimmed.is_empty() {
         return Err(err("empty"));
     }
-    let with_scheme = if trimmed.contains("://") {
-        trimmed.to_owned()
-    } else {
-        format!("http://{trimmed}")
-    };
+    let with_scheme = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
     let mut url = Url::parse(&with_scheme).map_err(|e| err(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(err("scheme must be http or https"));
@@ -406,24 +338,13 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<Url, ConfigError> {
 }
 
 async fn read_limited(mut resp: Response) -> Result<Vec<u8>, ClientError> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Err(ClientError::Protocol(format!(
-            "response body over {MAX_BODY_BYTES} bytes"
-        )));
+    if resp.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ClientError::Protocol(format!("response body over {MAX_BODY_BYTES} bytes")));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| ClientError::from_reqwest(&e))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::from_reqwest(&e))? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ClientError::Protocol(format!(
-                "response body over {MAX_BODY_BYTES} bytes"
-            )));
+            return Err(ClientError::Protocol(format!("response body over {MAX_BODY_BYTES} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -433,16 +354,11 @@ async fn read_limited(mut resp: Response) -> Result<Vec<u8>, ClientError> {
 async fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
     let path = resp.url().path().to_owned();
     let body = read_limited(resp).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ClientError::Protocol(format!("bad JSON from {path}: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("bad JSON from {path}: {e}")))
 }
 
 fn outcome_of_error(error: JobError) -> JobOutcome {
-    if error.reason == ErrorReason::Cancelled {
-        JobOutcome::Cancelled
-    } else {
-        JobOutcome::Failed(error)
-    }
+    if error.reason == ErrorReason::Cancelled { JobOutcome::Cancelled } else { JobOutcome::Failed(error) }
 }
 
 /// The event `wait` reports for a job found finished by polling, so `on_event` sees the same
@@ -450,55 +366,28 @@ fn outcome_of_error(error: JobError) -> JobOutcome {
 fn terminal_from_status(status: JobStatus) -> Result<(JobEvent, JobOutcome), ClientError> {
     match status.state {
         JobState::Succeeded => {
-            let result = status.result.ok_or_else(|| {
-                ClientError::Protocol(format!("job {} succeeded without a result", status.id))
-            })?;
-            Ok((
-                JobEvent::Done {
-                    result: result.clone(),
-                },
-                JobOutcome::Succeeded(result),
-            ))
+            let result = status.result.ok_or_else(|| ClientError::Protocol(format!("job {} succeeded without a result", status.id)))?;
+            Ok((JobEvent::Done { result: result.clone() }, JobOutcome::Succeeded(result)))
         }
         JobState::Cancelled => {
-            let error = status.error.unwrap_or_else(|| JobError {
-                reason: ErrorReason::Cancelled,
-                message: "job cancelled".into(),
-            });
+            let error = status.error.unwrap_or_else(|| JobError { reason: ErrorReason::Cancelled, message: "job cancelled".into() });
             Ok((JobEvent::Error { error }, JobOutcome::Cancelled))
         }
         _ => {
-            let error = status.error.unwrap_or_else(|| JobError {
-                reason: ErrorReason::Internal,
-                message: "job failed without a reason".into(),
-            });
-            Ok((
-                JobEvent::Error {
-                    error: error.clone(),
-                },
-                outcome_of_error(error),
-            ))
+            let error =
+                status.error.unwrap_or_else(|| JobError { reason: ErrorReason::Internal, message: "job failed without a reason".into() });
+            Ok((JobEvent::Error { error: error.clone() }, outcome_of_error(error)))
         }
     }
 }
 
 enum EventsState {
-    Start {
-        client: WorkerClient,
-        id: String,
-    },
-    Open {
-        resp: Box<Response>,
-        parser: SseParser,
-        pending: VecDeque<JobEvent>,
-        idle: Duration,
-    },
+    Start { client: WorkerClient, id: String },
+    Open { resp: Box<Response>, parser: SseParser, pending: VecDeque<JobEvent>, idle: Duration },
     Done,
 }
 
-async fn next_event(
-    mut state: EventsState,
-) -> Option<(Result<JobEvent, ClientError>, EventsState)> {
+async fn next_event(mut state: EventsState) -> Option<(Result<JobEvent, ClientError>, EventsState)> {
     loop {
         state = match state {
             EventsState::Done => return None,
@@ -511,32 +400,16 @@ async fn next_event(
                 },
                 Err(e) => return Some((Err(e), EventsState::Done)),
             },
-            EventsState::Open {
-                mut resp,
-                mut parser,
-                mut pending,
-                idle,
-            } => {
+            EventsState::Open { mut resp, mut parser, mut pending, idle } => {
                 if let Some(event) = pending.pop_front() {
                     let terminal = !matches!(event, JobEvent::Progress { .. });
-                    let next = if terminal {
-                        EventsState::Done
-                    } else {
-                        EventsState::Open {
-                            resp,
-                            parser,
-                            pending,
-                            idle,
-                        }
-                    };
+                    let next = if terminal { EventsState::Done } else { EventsState::Open { resp, parser, pending, idle } };
                     return Some((Ok(event), next));
                 }
                 let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
                     Ok(Ok(Some(chunk))) => chunk,
                     Ok(Ok(None)) => {
-                        let e = ClientError::Unavailable(
-                            "event stream ended before the job finished".into(),
-                        );
+                        let e = ClientError::Unavailable("event stream ended before the job finished".into());
                         return Some((Err(e), EventsState::Done));
                     }
                     Ok(Err(e)) => {
@@ -553,10 +426,7 @@ async fn next_event(
                 };
                 for sse in events {
                     // Unknown event names are skipped so workers can add kinds without breaking us.
-                    if !matches!(
-                        sse.event.as_str(),
-                        "progress" | "done" | "error" | "message"
-                    ) {
+                    if !matches!(sse.event.as_str(), "progress" | "done" | "error" | "message") {
                         continue;
                     }
                     match serde_json::from_str::<JobEvent>(&sse.data) {
@@ -567,43 +437,24 @@ async fn next_event(
                         }
                     }
                 }
-                EventsState::Open {
-                    resp,
-                    parser,
-                    pending,
-                    idle,
-                }
+                EventsState::Open { resp, parser, pending, idle }
             }
         };
     }
 }
 
 async fn open_events(client: &WorkerClient, id: &str) -> Result<Response, ClientError> {
-    let mut rb = client
-        .http
-        .get(client.url(&["v1", "jobs", id, "events"]))
-        .header(header::ACCEPT, "text/event-stream");
+    let mut rb = client.http.get(client.url(&["v1", "jobs", id, "events"])).header(header::ACCEPT, "text/event-stream");
     if let Some(rid) = &client.request_id {
         rb = rb.header(REQUEST_ID_HEADER, &**rid);
     }
     // The total timeout would cut a long job's stream; bound only the wait for the headers.
     let resp = tokio::time::timeout(client.config.timeout, client.send(rb, true))
         .await
-        .map_err(|_| {
-            ClientError::Unavailable(format!(
-                "no answer to the event stream request within {:?}",
-                client.config.timeout
-            ))
-        })??;
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map_err(|_| ClientError::Unavailable(format!("no answer to the event stream request within {:?}", client.config.timeout)))??;
+    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("text/event-stream") {
-        return Err(ClientError::Protocol(format!(
-            "event stream has content type {content_type:?}"
-        )));
+        return Err(ClientError::Protocol(format!("event stream has content type {content_type:?}")));
     }
     Ok(resp)
 }
@@ -613,65 +464,28 @@ mod tests {
     use super::*;
 
     fn err(status: u16, retry_after: Option<&str>, body: &str, job_scoped: bool) -> ClientError {
-        error_for_status(
-            StatusCode::from_u16(status).unwrap(),
-            retry_after,
-            body.as_bytes(),
-            job_scoped,
-            "/v1/jobs",
-        )
+        error_for_status(StatusCode::from_u16(status).unwrap(), retry_after, body.as_bytes(), job_scoped, "/v1/jobs")
     }
 
     #[test]
     fn statuses_map_to_decisions() {
-        assert_eq!(
-            err(429, Some("7"), "", false),
-            ClientError::Busy {
-                retry_after: Duration::from_secs(7)
-            }
-        );
+        assert_eq!(err(429, Some("7"), "", false), ClientError::Busy { retry_after: Duration::from_secs(7) });
         assert_eq!(err(404, None, "", true), ClientError::NotFound);
-        assert!(matches!(
-            err(404, None, "", false),
-            ClientError::Protocol(_)
-        ));
+        assert!(matches!(err(404, None, "", false), ClientError::Protocol(_)));
         assert_eq!(
-            err(
-                422,
-                None,
-                r#"{"error":"invalid_params","message":"scale must be 2 or 4"}"#,
-                false
-            ),
-            ClientError::Rejected {
-                status: 422,
-                message: "scale must be 2 or 4".into()
-            }
+            err(422, None, r#"{"error":"invalid_params","message":"scale must be 2 or 4"}"#, false),
+            ClientError::Rejected { status: 422, message: "scale must be 2 or 4".into() }
         );
-        assert_eq!(
-            err(400, None, "  plain text  ", false),
-            ClientError::Rejected {
-                status: 400,
-                message: "plain text".into()
-            }
-        );
-        assert!(
-            matches!(err(500, None, "", false), ClientError::Unavailable(m) if m == "HTTP 500 from /v1/jobs")
-        );
-        assert!(
-            matches!(err(503, None, "warming", false), ClientError::Unavailable(m) if m == "HTTP 503 from /v1/jobs: warming")
-        );
-        assert!(matches!(
-            err(302, None, "", false),
-            ClientError::Protocol(_)
-        ));
+        assert_eq!(err(400, None, "  plain text  ", false), ClientError::Rejected { status: 400, message: "plain text".into() });
+        assert!(matches!(err(500, None, "", false), ClientError::Unavailable(m) if m == "HTTP 500 from /v1/jobs"));
+        assert!(matches!(err(503, None, "warming", false), ClientError::Unavailable(m) if m == "HTTP 503 from /v1/jobs: warming"));
+        assert!(matches!(err(302, None, "", false), ClientError::Protocol(_)));
     }
 
     #[test]
     fn long_plain_bodies_are_truncated_in_messages() {
         let body = "é".repeat(1000);
-        let ClientError::Rejected { message, .. } = err(400, None, &body, false) else {
-            panic!()
-        };
+        let ClientError::Rejected { message, .. } = err(400, None, &body, false) else { panic!() };
         assert_eq!(message.chars().count(), 257);
     }
 
@@ -680,10 +494,7 @@ mod tests {
         assert_eq!(parse_retry_after(None), Duration::from_secs(1));
         assert_eq!(parse_retry_after(Some(" 3 ")), Duration::from_secs(3));
         assert_eq!(parse_retry_after(Some("0")), Duration::ZERO);
-        assert_eq!(
-            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
-            Duration::from_secs(1)
-        );
+        assert_eq!(parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")), Duration::from_secs(1));
         assert_eq!(parse_retry_after(Some("86400")), Duration::from_secs(300));
     }
 
@@ -693,18 +504,8 @@ mod tests {
         assert_eq!(ok("http://10.0.0.1:8080"), "http://10.0.0.1:8080/");
         assert_eq!(ok("http://10.0.0.1:8080/"), "http://10.0.0.1:8080/");
         assert_eq!(ok("10.0.0.1:8080"), "http://10.0.0.1:8080/");
-        assert_eq!(
-            ok("https://gpu.example/worker-1/"),
-            "https://gpu.example/worker-1"
-        );
-        for bad in [
-            "",
-            "ftp://x",
-            "http://",
-            "http://h/?q=1",
-            "http://u:p@h/",
-            "mailto:x@y",
-        ] {
+        assert_eq!(ok("https://gpu.example/worker-1/"), "https://gpu.example/worker-1");
+        for bad in ["", "ftp://x", "http://", "http://h/?q=1", "http://u:p@h/", "mailto:x@y"] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }
@@ -712,10 +513,7 @@ mod tests {
     #[test]
     fn urls_keep_a_path_prefix_and_escape_ids() {
         let c = WorkerClient::new("http://h:1/prefix/").unwrap();
-        assert_eq!(
-            c.url(&["v1", "jobs", "a/b c"]).as_str(),
-            "http://h:1/prefix/v1/jobs/a%2Fb%20c"
-        );
+        assert_eq!(c.url(&["v1", "jobs", "a/b c"]).as_str(), "http://h:1/prefix/v1/jobs/a%2Fb%20c");
         let c = WorkerClient::new("http://h:1").unwrap();
         assert_eq!(c.url(&["readyz"]).as_str(), "http://h:1/readyz");
     }
@@ -728,36 +526,17 @@ mod tests {
         let c2 = c.clone();
         is_send(&async move { c2.wait("j", |_| {}).await });
         is_send(&async move {
-            c.submit(&JobRequest {
-                id: "j".into(),
-                input_uri: String::new(),
-                output_uri: String::new(),
-                params: Default::default(),
-            })
-            .await
+            c.submit(&JobRequest { id: "j".into(), input_uri: String::new(), output_uri: String::new(), params: Default::default() }).await
         });
     }
 
     #[test]
     fn polled_terminal_states_become_terminal_events() {
-        let status = |state, result, error| JobStatus {
-            id: "j".into(),
-            state,
-            progress: 1.0,
-            stage: None,
-            result,
-            error,
-        };
-        assert!(matches!(
-            terminal_from_status(status(JobState::Succeeded, None, None)),
-            Err(ClientError::Protocol(_))
-        ));
-        let (event, outcome) =
-            terminal_from_status(status(JobState::Cancelled, None, None)).unwrap();
+        let status = |state, result, error| JobStatus { id: "j".into(), state, progress: 1.0, stage: None, result, error };
+        assert!(matches!(terminal_from_status(status(JobState::Succeeded, None, None)), Err(ClientError::Protocol(_))));
+        let (event, outcome) = terminal_from_status(status(JobState::Cancelled, None, None)).unwrap();
         assert_eq!(outcome, JobOutcome::Cancelled);
-        assert!(
-            matches!(event, JobEvent::Error { error } if error.reason == ErrorReason::Cancelled)
-        );
+        assert!(matches!(event, JobEvent::Error { error } if error.reason == ErrorReason::Cancelled));
         let (_, outcome) = terminal_from_status(status(JobState::Failed, None, None)).unwrap();
         assert!(matches!(outcome, JobOutcome::Failed(e) if e.reason == ErrorReason::Internal));
     }

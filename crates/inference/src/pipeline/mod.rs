@@ -268,10 +268,7 @@ impl Engine {
 
     /// The provider sessions actually run on (after any fallback).
     pub fn active_provider(&self) -> &'static str {
-        self.sr_models()
-            .next()
-            .map(|m| m.model.selection().active.as_str())
-            .unwrap_or_else(|| self.config.runtime.provider.as_str())
+        self.sr_models().next().map(|m| m.model.selection().active.as_str()).unwrap_or_else(|| self.config.runtime.provider.as_str())
     }
 
     fn sr_models(&self) -> impl Iterator<Item = &SrModel> {
@@ -279,10 +276,7 @@ impl Engine {
     }
 
     pub fn models(&self) -> Vec<LoadedModel> {
-        let mut out: Vec<LoadedModel> = self
-            .sr_models()
-            .map(|m| describe(&m.model, "super_resolution"))
-            .collect();
+        let mut out: Vec<LoadedModel> = self.sr_models().map(|m| describe(&m.model, "super_resolution")).collect();
         if let Some(d) = &self.detector {
             out.extend(d.models().into_iter().map(|m| describe(m, "face_detection")));
         }
@@ -317,14 +311,15 @@ impl Engine {
         let m = match q {
             QualityLevel::High => self.x4plus.as_ref(),
             QualityLevel::Medium | QualityLevel::Fast => {
-                if scale == 2 { self.anime_x2.as_ref() } else { self.anime_x4.as_ref() }
+                if scale == 2 {
+                    self.anime_x2.as_ref()
+                } else {
+                    self.anime_x4.as_ref()
+                }
             }
         };
         m.ok_or_else(|| {
-            EngineError::InvalidParams(format!(
-                "quality_level {} is not served by this worker (its model is not loaded)",
-                q.as_str()
-            ))
+            EngineError::InvalidParams(format!("quality_level {} is not served by this worker (its model is not loaded)", q.as_str()))
         })
     }
 
@@ -349,7 +344,11 @@ impl Engine {
         progress(Stage::Decode, P_DECODE);
 
         let t = Instant::now();
-        let opts = SrOptions { scale: params.scale, tile_size: params.effective_tile_size(), pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)) };
+        let opts = SrOptions {
+            scale: params.scale,
+            tile_size: params.effective_tile_size(),
+            pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)),
+        };
         let (mut out, stats) = sr.upscale(&decoded.rgb, opts, cancelled, &mut |done, total, model_time| {
             if let Some(f) = tile_model_time.as_mut() {
                 f(model_time);
@@ -368,9 +367,17 @@ impl Engine {
             _ if !params.face_enhance => FaceRestoration::Disabled,
             (Some(detector), Some(restorer)) => {
                 progress(Stage::Faces, base);
-                let n = face::restore_faces(detector, Some(restorer), &decoded.rgb, &mut out, params.scale as f32, cancelled, |done, total| {
-                    progress(Stage::Faces, base + P_FACES * done as f32 / total as f32);
-                })?;
+                let n = face::restore_faces(
+                    detector,
+                    Some(restorer),
+                    &decoded.rgb,
+                    &mut out,
+                    params.scale as f32,
+                    cancelled,
+                    |done, total| {
+                        progress(Stage::Faces, base + P_FACES * done as f32 / total as f32);
+                    },
+                )?;
                 faces_found = n as u32;
                 if n == 0 { FaceRestoration::NoFaces } else { FaceRestoration::Applied }
             }

@@ -76,8 +76,7 @@ impl SrModel {
                 return Err(SrError::Cancelled);
             }
             fill_input(img, tile, &mut input);
-            let view = ArrayView4::from_shape((1, 3, tile.ph as usize, tile.pw as usize), &input[..])
-                .expect("buffer sized for the tile");
+            let view = ArrayView4::from_shape((1, 3, tile.ph as usize, tile.pw as usize), &input[..]).expect("buffer sized for the tile");
             let (written, elapsed) = self.model.run_raw(view, |shape, data| {
                 let expected_h = tile.ph * native;
                 let expected_w = tile.pw * native;

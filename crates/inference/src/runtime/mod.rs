@@ -12,8 +12,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array4, ArrayD, ArrayView4};
-use ort::ep;
 use ort::environment::Environment;
+use ort::ep;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
@@ -22,9 +22,7 @@ pub use provider::{Provider, Selection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error(
-        "ONNX Runtime library not found (looked at {searched}); run `make models` or set ORT_DYLIB_PATH"
-    )]
+    #[error("ONNX Runtime library not found (looked at {searched}); run `make models` or set ORT_DYLIB_PATH")]
     LibraryNotFound { searched: String },
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     LibraryLoad { path: PathBuf, message: String },
@@ -77,19 +75,11 @@ impl Runtime {
         let library = match &config.library {
             Some(p) => p.clone(),
             None => paths::find_ort_library().ok_or_else(|| RuntimeError::LibraryNotFound {
-                searched: paths::ort_library_candidates()
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                searched: paths::ort_library_candidates().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
             })?,
         };
         let loaded = ENVIRONMENT.get_or_init(|| {
-            let env = ort::init_from(&library)
-                .map_err(|e| e.to_string())?
-                .with_name("purrify")
-                .build()
-                .map_err(|e| e.to_string())?;
+            let env = ort::init_from(&library).map_err(|e| e.to_string())?.with_name("purrify").build().map_err(|e| e.to_string())?;
             Ok((library.clone(), env))
         });
         match loaded {
@@ -154,9 +144,11 @@ impl Runtime {
         }
         let mut builder = slot.expect("builder is always put back");
         let session = builder.commit_from_file(path).map_err(session_err)?;
-        let input_name = session.inputs().first().map(|o| o.name().to_string()).ok_or_else(|| {
-            RuntimeError::Session { model: name.to_string(), message: "model has no inputs".into() }
-        })?;
+        let input_name = session
+            .inputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| RuntimeError::Session { model: name.to_string(), message: "model has no inputs".into() })?;
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let load_time = started.elapsed();
         tracing::info!(model = name, path = %path.display(), provider = %selection.active, registered = ?selection.registered, load_ms = load_time.as_millis() as u64, "model loaded");
@@ -227,11 +219,7 @@ impl Model {
     /// Runs the model and hands the first output to `f` as shape + contiguous data, without
     /// copying it; also returns how long ONNX Runtime itself took (the benchmark separates
     /// model time from pipeline overhead with it).
-    pub fn run_raw<R>(
-        &self,
-        input: ArrayView4<'_, f32>,
-        f: impl FnOnce(&[i64], &[f32]) -> R,
-    ) -> Result<(R, Duration), RuntimeError> {
+    pub fn run_raw<R>(&self, input: ArrayView4<'_, f32>, f: impl FnOnce(&[i64], &[f32]) -> R) -> Result<(R, Duration), RuntimeError> {
         let tensor = TensorRef::from_array_view(input).map_err(|e| self.run_err(e))?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();

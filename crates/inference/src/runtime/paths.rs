@@ -9,10 +9,7 @@ pub use crate::cache::cache_root;
 
 /// Directory holding `*.onnx` models (`PURRIFY_MODELS_DIR` overrides).
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("PURRIFY_MODELS_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_root().join("models"))
+    std::env::var_os("PURRIFY_MODELS_DIR").filter(|p| !p.is_empty()).map(PathBuf::from).unwrap_or_else(|| cache_root().join("models"))
 }
 
 /// Candidate locations of `libonnxruntime.so`, most specific first: `ORT_DYLIB_PATH` (what

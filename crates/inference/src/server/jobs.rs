@@ -269,10 +269,7 @@ impl Jobs {
         }
         self.metrics
             .jobs
-            .get_or_create(&OutcomeLabels {
-                outcome: state.as_str(),
-                reason: error.as_ref().map(|e| e.reason.as_str()).unwrap_or("none"),
-            })
+            .get_or_create(&OutcomeLabels { outcome: state.as_str(), reason: error.as_ref().map(|e| e.reason.as_str()).unwrap_or("none") })
             .inc();
         self.metrics.job_duration.observe(elapsed.as_secs_f64());
         if state == JobState::Succeeded {
@@ -305,10 +302,8 @@ impl Jobs {
         if job.is_cancelled() {
             return Err(cancelled_err());
         }
-        let engine = self.engine.get().cloned().ok_or_else(|| JobError {
-            reason: ErrorReason::Internal,
-            message: "engine not loaded".into(),
-        })?;
+        let engine =
+            self.engine.get().cloned().ok_or_else(|| JobError { reason: ErrorReason::Internal, message: "engine not loaded".into() })?;
         job.status.send_modify(|s| {
             s.state = JobState::Running;
             s.stage = Some("download".into());
@@ -333,11 +328,11 @@ impl Jobs {
             // reports would charge decode (and anything else before a tile) to a tile.
             let mut tile_time = |d: Duration| tile_hist.observe(d.as_secs_f64());
             let cancelled = || job2.is_cancelled();
-            engine.enhance(&input, &params, JobControl {
-                cancelled: &cancelled,
-                progress: &mut progress,
-                tile_model_time: Some(&mut tile_time),
-            })
+            engine.enhance(
+                &input,
+                &params,
+                JobControl { cancelled: &cancelled, progress: &mut progress, tile_model_time: Some(&mut tile_time) },
+            )
         })
         .await
         .map_err(|e| JobError { reason: ErrorReason::Internal, message: format!("engine task failed: {e}") })?
@@ -364,9 +359,7 @@ fn storage_error(e: StorageError) -> JobError {
     let reason = match &e {
         StorageError::TooLarge { .. } => ErrorReason::TooLarge,
         // A missing or foreign input will not appear by retrying elsewhere.
-        StorageError::NotFound { .. } | StorageError::OutsideRoot { .. } | StorageError::InvalidUri { .. } => {
-            ErrorReason::BadInput
-        }
+        StorageError::NotFound { .. } | StorageError::OutsideRoot { .. } | StorageError::InvalidUri { .. } => ErrorReason::BadInput,
         StorageError::Backend { .. } => ErrorReason::Storage,
     };
     JobError { reason, message: e.to_string() }

@@ -164,10 +164,7 @@ pub async fn start(config: WorkerConfig, shutdown: impl Future<Output = ()> + Se
 
 fn record_models(metrics: &Metrics, engine: &Engine) {
     for m in engine.models() {
-        metrics
-            .model_load_seconds
-            .get_or_create(&ModelLabels { model: m.name, provider: m.provider })
-            .set(m.load_time.as_secs_f64());
+        metrics.model_load_seconds.get_or_create(&ModelLabels { model: m.name, provider: m.provider }).set(m.load_time.as_secs_f64());
     }
 }
 
@@ -306,9 +303,5 @@ async fn info(State(s): State<AppState>) -> Json<WorkerInfo> {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.metrics.encode(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
 }

@@ -9,9 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use purrify_inference::protocol::{
-    FaceRestoration, GpuInfo, JobAccepted, JobResult, JobState, JobStatus, WorkerInfo,
-};
+use purrify_inference::protocol::{FaceRestoration, GpuInfo, JobAccepted, JobResult, JobState, JobStatus, WorkerInfo};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,10 +25,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn route(&self) -> (&str, &str) {
@@ -69,27 +64,15 @@ pub enum Reply {
 
 impl Reply {
     pub fn json(status: u16, value: impl Serialize) -> Self {
-        Reply::Full {
-            status,
-            headers: vec![("Content-Type".into(), "application/json".into())],
-            body: serde_json::to_vec(&value).unwrap(),
-        }
+        Reply::Full { status, headers: vec![("Content-Type".into(), "application/json".into())], body: serde_json::to_vec(&value).unwrap() }
     }
 
     pub fn empty(status: u16) -> Self {
-        Reply::Full {
-            status,
-            headers: vec![],
-            body: vec![],
-        }
+        Reply::Full { status, headers: vec![], body: vec![] }
     }
 
     pub fn text(status: u16, body: &str) -> Self {
-        Reply::Full {
-            status,
-            headers: vec![("Content-Type".into(), "text/plain".into())],
-            body: body.into(),
-        }
+        Reply::Full { status, headers: vec![("Content-Type".into(), "text/plain".into())], body: body.into() }
     }
 
     pub fn busy(retry_after: &str) -> Self {
@@ -126,12 +109,7 @@ impl FakeWorker {
         let handler: Arc<Handler> = Arc::new(handler);
         let log = Arc::new(Mutex::new(Vec::new()));
         let server = serve(listener, handler.clone(), log.clone());
-        Self {
-            addr,
-            handler,
-            log,
-            server: Mutex::new(Some(server)),
-        }
+        Self { addr, handler, log, server: Mutex::new(Some(server)) }
     }
 
     pub fn url(&self) -> String {
@@ -151,8 +129,7 @@ impl FakeWorker {
     pub async fn restart(&self) {
         self.stop().await;
         let listener = TcpListener::bind(self.addr).await.unwrap();
-        *self.server.lock().unwrap() =
-            Some(serve(listener, self.handler.clone(), self.log.clone()));
+        *self.server.lock().unwrap() = Some(serve(listener, self.handler.clone(), self.log.clone()));
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -168,11 +145,7 @@ impl Drop for FakeWorker {
     }
 }
 
-fn serve(
-    listener: TcpListener,
-    handler: Arc<Handler>,
-    log: Arc<Mutex<Vec<Request>>>,
-) -> JoinHandle<()> {
+fn serve(listener: TcpListener, handler: Arc<Handler>, log: Arc<Mutex<Vec<Request>>>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Owned here so aborting the server also drops (and so closes) every connection.
         let mut conns = JoinSet::new();
@@ -216,15 +189,9 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_owned();
     let path = first.next()?.to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         let mut chunk = [0u8; 4096];
@@ -234,25 +201,13 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    Some(Request {
-        method,
-        path,
-        headers,
-        body,
-    })
+    Some(Request { method, path, headers, body })
 }
 
 async fn write_reply(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
     match reply {
-        Reply::Full {
-            status,
-            headers,
-            body,
-        } => {
-            let mut head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
+        Reply::Full { status, headers, body } => {
+            let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
             for (k, v) in headers {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
@@ -261,21 +216,13 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply) -> std::io::Result<()
             stream.write_all(&body).await?;
             stream.shutdown().await
         }
-        Reply::Stream {
-            status,
-            content_type,
-            pieces,
-            after,
-        } => {
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            );
+        Reply::Stream { status, content_type, pieces, after } => {
+            let head =
+                format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
             stream.write_all(head.as_bytes()).await?;
             stream.flush().await?;
             for piece in pieces {
-                stream
-                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                    .await?;
+                stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
                 stream.write_all(&piece).await?;
                 stream.write_all(b"\r\n").await?;
                 stream.flush().await?;
@@ -302,12 +249,7 @@ pub fn worker_info(capacity: u32, in_flight: u32) -> WorkerInfo {
         models: vec![],
         execution_provider: "cuda".into(),
         requested_execution_provider: "cuda".into(),
-        gpu: Some(GpuInfo {
-            name: "Fake T4".into(),
-            utilization: 42.0,
-            memory_used: 1 << 30,
-            memory_total: 16 << 30,
-        }),
+        gpu: Some(GpuInfo { name: "Fake T4".into(), utilization: 42.0, memory_used: 1 << 30, memory_total: 16 << 30 }),
         capacity,
         in_flight,
         ready: true,
@@ -329,11 +271,7 @@ pub fn job_result(id: &str) -> JobResult {
 }
 
 pub fn accepted(id: &str) -> JobAccepted {
-    JobAccepted {
-        id: id.into(),
-        state: JobState::Queued,
-        existing: false,
-    }
+    JobAccepted { id: id.into(), state: JobState::Queued, existing: false }
 }
 
 pub fn status(id: &str, state: JobState, progress: f32) -> JobStatus {

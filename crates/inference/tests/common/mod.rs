@@ -66,13 +66,7 @@ pub fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
 /// A face-restoration model with the GFPGAN/CodeFormer signature (`[1,3,512,512]` in [-1, 1]
 /// in and out) that adds `shift` to every channel: a 1x1 convolution generated here, so tests
 /// can predict exactly what restoration does to a face.
-pub fn shift_restoration_model(
-    dir: &std::path::Path,
-    name: &str,
-    input: &[Option<i64>],
-    output: &[Option<i64>],
-    shift: f32,
-) -> PathBuf {
+pub fn shift_restoration_model(dir: &std::path::Path, name: &str, input: &[Option<i64>], output: &[Option<i64>], shift: f32) -> PathBuf {
     use purrify_ncnn2onnx::onnx::{Attribute, GraphBuilder};
     let mut weight = vec![0.0f32; 9];
     for c in 0..3 {

@@ -18,33 +18,21 @@ pub struct Sim {
 }
 
 pub async fn start() -> Sim {
-    start_with(kubesim::ServerConfig {
-        bookmark_interval: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await
+    start_with(kubesim::ServerConfig { bookmark_interval: Duration::from_millis(200), ..Default::default() }).await
 }
 
 pub async fn start_with(config: kubesim::ServerConfig) -> Sim {
-    let (addr, handle) = kubesim::Server::start_with(config)
-        .await
-        .expect("server starts");
+    let (addr, handle) = kubesim::Server::start_with(config).await.expect("server starts");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kubeconfig");
     kubesim::write_kubeconfig(&path, addr).expect("kubeconfig written");
     let client = client_from(&path).await;
-    Sim {
-        handle,
-        client,
-        _dir: dir,
-    }
+    Sim { handle, client, _dir: dir }
 }
 
 pub async fn client_from(path: &std::path::Path) -> Client {
     let kc = Kubeconfig::read_from(path).expect("kubeconfig parses");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config from kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config from kubeconfig");
     Client::try_from(config).expect("client")
 }
 
@@ -137,9 +125,7 @@ pub fn gadget_crd() -> Value {
 pub async fn install_gadget_crd(client: &Client) -> Api<DynamicObject> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_json::from_value(gadget_crd()).expect("crd parses");
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("crd created");
+    crds.create(&PostParams::default(), &crd).await.expect("crd created");
     Api::namespaced_with(client.clone(), "default", &gadget_ar())
 }
 
@@ -172,10 +158,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached within 5s"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached within 5s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -185,19 +168,14 @@ where
 pub async fn raw(method: &str, url: &str, body: Option<(&str, &str)>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let u = url::Url::parse(url).unwrap();
-    let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap()))
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap())).await.unwrap();
     let path = match u.query() {
         Some(q) => format!("{}?{q}", u.path()),
         None => u.path().to_string(),
     };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: kubesim\r\nConnection: close\r\n");
     if let Some((ct, b)) = body {
-        req.push_str(&format!(
-            "Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        ));
+        req.push_str(&format!("Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
     } else {
         req.push_str("\r\n");
     }
@@ -205,9 +183,6 @@ pub async fn raw(method: &str, url: &str, body: Option<(&str, &str)>) -> (u16, S
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let code: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretEnvSource,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretEnvSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -146,7 +146,12 @@ fn pod_spec(ic: &InCluster, defaults: &WorkerDefaults) -> PodSpec {
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.clone(), read_only: Some(true) }),
             ..Volume::default()
         });
-        mounts.push(VolumeMount { name: MODELS_VOLUME.into(), mount_path: ic.models.path.clone(), read_only: Some(true), ..VolumeMount::default() });
+        mounts.push(VolumeMount {
+            name: MODELS_VOLUME.into(),
+            mount_path: ic.models.path.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
     if ic.execution_provider == ExecutionProvider::Tensorrt {
         // TensorRT compiles engines at start-up, which takes minutes; an emptyDir keeps them
@@ -156,10 +161,16 @@ fn pod_spec(ic: &InCluster, defaults: &WorkerDefaults) -> PodSpec {
     }
     let mut env_from = Vec::new();
     if let Some(cm) = &defaults.env_config_map {
-        env_from.push(EnvFromSource { config_map_ref: Some(ConfigMapEnvSource { name: cm.clone(), optional: Some(true) }), ..EnvFromSource::default() });
+        env_from.push(EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource { name: cm.clone(), optional: Some(true) }),
+            ..EnvFromSource::default()
+        });
     }
     if let Some(secret) = &defaults.env_secret {
-        env_from.push(EnvFromSource { secret_ref: Some(SecretEnvSource { name: secret.clone(), optional: Some(true) }), ..EnvFromSource::default() });
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: secret.clone(), optional: Some(true) }),
+            ..EnvFromSource::default()
+        });
     }
     PodSpec {
         containers: vec![Container {
@@ -167,7 +178,12 @@ fn pod_spec(ic: &InCluster, defaults: &WorkerDefaults) -> PodSpec {
             image: Some(ic.image.clone()),
             // The image's entrypoint is `purrify-inference`.
             args: Some(vec!["serve".into()]),
-            ports: Some(vec![ContainerPort { name: Some(WORKER_PORT_NAME.into()), container_port: WORKER_PORT, protocol: Some("TCP".into()), ..ContainerPort::default() }]),
+            ports: Some(vec![ContainerPort {
+                name: Some(WORKER_PORT_NAME.into()),
+                container_port: WORKER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]),
             env: Some(env(ic)),
             env_from: (!env_from.is_empty()).then_some(env_from),
             resources: Some(resources(ic)),
@@ -233,7 +249,11 @@ fn resources(ic: &InCluster) -> ResourceRequirements {
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(WORKER_PORT_NAME.into()), ..HTTPGetAction::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(WORKER_PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
         period_seconds: Some(period),
         timeout_seconds: Some(2),
         failure_threshold: Some(failures),

@@ -261,7 +261,13 @@ struct Children {
     ready_replicas: i32,
 }
 
-async fn apply_children(pool: &GpuPool, valid: &ValidPool, c: &PoolController, mem: &mut Memory, load: PoolLoad) -> Result<Children, Error> {
+async fn apply_children(
+    pool: &GpuPool,
+    valid: &ValidPool,
+    c: &PoolController,
+    mem: &mut Memory,
+    load: PoolLoad,
+) -> Result<Children, Error> {
     let Some(ic) = valid.in_cluster.as_ref() else { unreachable!("only called for in-cluster pools") };
     let ns = &valid.key.namespace;
     let name = child_name(&valid.key.name);
@@ -321,7 +327,14 @@ fn owned<K: Resource>(obj: Option<K>, owner_uid: &str, kind: &'static str) -> Re
 
 /// Server-side applies `desired` unless it is what was last applied and the object has not
 /// changed since (same uid and generation): the steady state then costs no write at all.
-async fn apply<K>(c: &PoolController, mem: &mut Memory, resource: &'static str, api: &Api<K>, desired: &K, observed: Option<&K>) -> Result<K, Error>
+async fn apply<K>(
+    c: &PoolController,
+    mem: &mut Memory,
+    resource: &'static str,
+    api: &Api<K>,
+    desired: &K,
+    observed: Option<&K>,
+) -> Result<K, Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {

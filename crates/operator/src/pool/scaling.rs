@@ -139,7 +139,8 @@ mod tests {
             t
         };
         let mut deleting = task("gone", "ns", "p", Some(TaskPhase::Running));
-        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         let tasks = [
             task("new", "ns", "p", None),
             task("q", "ns", "p", Some(TaskPhase::Queued)),

@@ -90,9 +90,12 @@ pub fn compute(input: StatusInput<'_>) -> GpuPoolStatus {
     let scaling = match (input.invalid, input.scale) {
         (Some(_), _) => cond(SCALING_LIMITED, false, "InvalidSpec", String::new()),
         (None, None) => cond(SCALING_LIMITED, false, "NoInClusterReplicas", String::new()),
-        (None, Some(s)) if s.limited => {
-            cond(SCALING_LIMITED, true, "MaxReplicasReached", format!("the load (queued and running tasks) asks for {} replicas; replicas.max is {}", s.wanted, s.max))
-        }
+        (None, Some(s)) if s.limited => cond(
+            SCALING_LIMITED,
+            true,
+            "MaxReplicasReached",
+            format!("the load (queued and running tasks) asks for {} replicas; replicas.max is {}", s.wanted, s.max),
+        ),
         (None, Some(_)) => cond(SCALING_LIMITED, false, "WithinBounds", String::new()),
     };
 
@@ -111,11 +114,7 @@ pub fn compute(input: StatusInput<'_>) -> GpuPoolStatus {
 /// heartbeat is younger than `refresh`.
 fn coalesce(fresh: WorkerStatus, prev: Option<&WorkerStatus>, now: SystemTime, refresh: Duration) -> WorkerStatus {
     let Some(p) = prev else { return fresh };
-    let recent = p
-        .last_heartbeat
-        .as_deref()
-        .and_then(parse_rfc3339)
-        .is_some_and(|t| now.duration_since(t).unwrap_or_default() < refresh);
+    let recent = p.last_heartbeat.as_deref().and_then(parse_rfc3339).is_some_and(|t| now.duration_since(t).unwrap_or_default() < refresh);
     if p.healthy == fresh.healthy && p.name == fresh.name && recent {
         WorkerStatus { in_flight: p.in_flight, gpu: p.gpu.clone(), last_heartbeat: p.last_heartbeat.clone(), ..fresh }
     } else {
@@ -130,12 +129,18 @@ fn whole_seconds(t: SystemTime) -> Time {
     Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(0)).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, previous: &[Condition], now: &Time) -> Condition {
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
     let status = if status { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    let since =
+        previous.iter().find(|c| c.type_ == type_ && c.status == status).map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
     Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
@@ -200,10 +205,8 @@ pub fn transitions(prev: Option<&GpuPoolStatus>, next: &GpuPoolStatus, unready_p
     let prev_workers = prev.map(|p| p.workers.as_slice()).unwrap_or_default();
     for old in prev_workers.iter().filter(|w| w.healthy) {
         match next.workers.iter().find(|w| w.endpoint == old.endpoint) {
-            Some(now) if !now.healthy => events.push(PoolEvent::warning(
-                "WorkerLost",
-                format!("worker {} ({}) stopped passing its health probe", old.name, old.endpoint),
-            )),
+            Some(now) if !now.healthy => events
+                .push(PoolEvent::warning("WorkerLost", format!("worker {} ({}) stopped passing its health probe", old.name, old.endpoint))),
             None if unready_pods.contains(&old.name) => {
                 events.push(PoolEvent::warning("WorkerLost", format!("pod {} is no longer ready", old.name)))
             }

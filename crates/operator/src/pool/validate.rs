@@ -72,9 +72,7 @@ pub fn validate(pool: &GpuPool) -> Result<ValidPool, Invalid> {
             None
         }
         (None, Some(_)) => {
-            problems.push(
-                "image is set but replicas is not: a managed pool needs both, an external-only pool neither".to_owned(),
-            );
+            problems.push("image is set but replicas is not: a managed pool needs both, an external-only pool neither".to_owned());
             None
         }
         (Some(r), Some(image)) => {
@@ -175,7 +173,8 @@ mod tests {
         let spec = GpuPoolSpec { image: Some("img".into()), replicas: Some(Replicas { min: 1, max: 2 }), ..GpuPoolSpec::default() };
         let err = validate(&pool(&long, spec)).unwrap_err();
         assert!(err.to_string().contains("at most 53 characters"), "{err}");
-        let ext = GpuPoolSpec { external: vec![ExternalEndpoint { url: "http://10.0.0.1:8000".into(), name: None }], ..GpuPoolSpec::default() };
+        let ext =
+            GpuPoolSpec { external: vec![ExternalEndpoint { url: "http://10.0.0.1:8000".into(), name: None }], ..GpuPoolSpec::default() };
         assert!(validate(&pool(&long, ext)).is_ok());
         let digit = GpuPoolSpec { image: Some("img".into()), replicas: Some(Replicas { min: 0, max: 1 }), ..GpuPoolSpec::default() };
         assert!(validate(&pool("1pool", digit)).is_err());

@@ -31,9 +31,8 @@ pub fn pod_workers(pods: &[Pod], capacity: u32) -> PodWorkers {
         if matches!(phase, Some("Succeeded" | "Failed")) {
             continue;
         }
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ready =
+            status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let ip = status.and_then(|s| s.pod_ip.as_deref()).filter(|ip| !ip.is_empty());
         match ip {
             Some(ip) if ready => {

@@ -17,8 +17,8 @@ use super::controller::{OwnerGuard, Shared};
 use super::kubeio::{Guard, Written};
 use super::model::{TaskKey, attempts_of, job_id_for, job_request};
 use super::policy::{
-    self, Action, Chore, End, FailReason, StopReason, SubmitDecision, claimable, client_message, decide,
-    deadline_message, on_submit_error, retry_allowed,
+    self, Action, Chore, End, FailReason, StopReason, SubmitDecision, claimable, client_message, deadline_message, decide, on_submit_error,
+    retry_allowed,
 };
 use super::progress::Progress;
 use crate::registry::PoolKey;
@@ -261,9 +261,8 @@ pub(super) async fn dispatch(
 
 /// Follows an accepted job to its end (or to a stop) and settles the task.
 async fn follow(sh: Arc<Shared>, guard: OwnerGuard, job: Job) {
-    let deadline = super::model::created_at(&job.task)
-        .map(|c| super::model::deadline_after(c, &job.task.spec))
-        .unwrap_or_else(SystemTime::now);
+    let deadline =
+        super::model::created_at(&job.task).map(|c| super::model::deadline_after(c, &job.task.spec)).unwrap_or_else(SystemTime::now);
     let left = deadline.duration_since(SystemTime::now()).unwrap_or_default();
     let initial = job.task.status.as_ref().map_or(0.0, |s| s.progress);
     let (progress_tx, progress_rx) = watch::channel(initial);

@@ -16,10 +16,7 @@ use std::time::SystemTime;
 
 use purrify_api::{EnhanceTask, TaskPhase};
 
-use super::model::{
-    TaskKey, cancel_requested, created_at, deadline_after, is_deleting, is_older, phase_of, pool_of,
-    user_of,
-};
+use super::model::{TaskKey, cancel_requested, created_at, deadline_after, is_deleting, is_older, phase_of, pool_of, user_of};
 use crate::registry::PoolKey;
 
 /// One task as the controller sees it.
@@ -57,15 +54,9 @@ impl Entry {
             _ => seen.unwrap_or(created),
         };
         let finished_at = if phase.is_finished() {
-            let recorded = task
-                .status
-                .as_ref()
-                .and_then(|s| s.completion_time.as_deref())
-                .and_then(purrify_inference::client::parse_rfc3339);
-            recorded
-                .or_else(|| same.and_then(|p| p.finished_at))
-                .or(seen)
-                .or(Some(created))
+            let recorded =
+                task.status.as_ref().and_then(|s| s.completion_time.as_deref()).and_then(purrify_inference::client::parse_rfc3339);
+            recorded.or_else(|| same.and_then(|p| p.finished_at)).or(seen).or(Some(created))
         } else {
             None
         };
@@ -291,8 +282,7 @@ impl Index {
         for users in q.levels.values() {
             let mut best: Option<(u64, SystemTime, &TaskKey)> = None;
             for (user, set) in users {
-                let Some((created, key)) = set.iter().find(|(_, k)| self.tasks.get(k).is_some_and(|e| !skip(e)))
-                else {
+                let Some((created, key)) = set.iter().find(|(_, k)| self.tasks.get(k).is_some_and(|e| !skip(e))) else {
                     continue;
                 };
                 let candidate = (q.start_tag(user), *created, key);

@@ -48,10 +48,9 @@ impl Guard {
     pub fn holds(&self, task: &EnhanceTask) -> bool {
         match self {
             Self::Version(rv) => resource_version(task) == Some(rv.as_str()),
-            Self::Job(job) => task
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase == TaskPhase::Running && s.job_id.as_deref() == Some(job.as_str())),
+            Self::Job(job) => {
+                task.status.as_ref().is_some_and(|s| s.phase == TaskPhase::Running && s.job_id.as_deref() == Some(job.as_str()))
+            }
         }
     }
 
@@ -162,10 +161,8 @@ impl Kube {
     /// Deletes the task if it is still the object with `uid` (not a new one of the same
     /// name). `Ok(false)` when it was already gone.
     pub async fn delete(&self, key: &TaskKey, uid: &str) -> Result<bool, kube::Error> {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: Some(uid.to_owned()), resource_version: None }),
-            ..Default::default()
-        };
+        let params =
+            DeleteParams { preconditions: Some(Preconditions { uid: Some(uid.to_owned()), resource_version: None }), ..Default::default() };
         let api = self.api(&key.namespace);
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=TRIES {

@@ -105,10 +105,17 @@ pub enum End {
 pub enum Action {
     Succeed(JobResult),
     /// Fail without retrying: no other worker would do better.
-    Fail { reason: FailReason, detail: String },
+    Fail {
+        reason: FailReason,
+        detail: String,
+    },
     /// The attempt failed in a way another attempt may not. `worker_fault` feeds the
     /// worker's circuit breaker and keeps the retry off that worker.
-    Retry { reason: FailReason, detail: String, worker_fault: bool },
+    Retry {
+        reason: FailReason,
+        detail: String,
+        worker_fault: bool,
+    },
     /// Stop the job, then record the cancellation.
     Cancel,
     /// Stop the job; there is no object left to write to.
@@ -136,11 +143,9 @@ pub fn decide(end: End) -> Action {
             }
         }
         // Not asked by us (ours end as `Stopped`): e.g. the worker drained for shutdown.
-        End::Worker(Ok(JobOutcome::Cancelled)) => Action::Retry {
-            reason: FailReason::WorkerUnavailable,
-            detail: "the worker cancelled the job".into(),
-            worker_fault: true,
-        },
+        End::Worker(Ok(JobOutcome::Cancelled)) => {
+            Action::Retry { reason: FailReason::WorkerUnavailable, detail: "the worker cancelled the job".into(), worker_fault: true }
+        }
         // NotFound: the worker lost the job (restarted); anything else: it is unreachable.
         End::Worker(Err(e)) => Action::Retry {
             reason: FailReason::WorkerUnavailable,
@@ -161,9 +166,7 @@ pub enum SubmitDecision {
 
 pub fn on_submit_error(e: &ClientError) -> SubmitDecision {
     match e {
-        ClientError::Rejected { message, .. } => {
-            SubmitDecision::Fail { reason: FailReason::InvalidParams, detail: message.clone() }
-        }
+        ClientError::Rejected { message, .. } => SubmitDecision::Fail { reason: FailReason::InvalidParams, detail: message.clone() },
         // Busy, Unavailable, Protocol; NotFound cannot answer a POST but means a broken peer.
         _ => SubmitDecision::Elsewhere,
     }
@@ -374,10 +377,7 @@ mod tests {
             Action::Retry { reason: FailReason::InferenceFailed, worker_fault: true, .. }
         ));
         for e in [ClientError::NotFound, ClientError::Unavailable("gone".into()), ClientError::Protocol("?".into())] {
-            assert!(matches!(
-                decide(End::Worker(Err(e))),
-                Action::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. }
-            ));
+            assert!(matches!(decide(End::Worker(Err(e))), Action::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. }));
         }
         assert!(matches!(decide(End::Worker(Ok(JobOutcome::Cancelled))), Action::Retry { .. }));
         assert_eq!(decide(End::Worker(Ok(JobOutcome::Succeeded(result())))), Action::Succeed(result()));

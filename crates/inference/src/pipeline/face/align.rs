@@ -14,13 +14,7 @@ pub const FACE_SIZE: u32 = 512;
 /// GFPGAN and CodeFormer were trained with; a different template would shift every face the
 /// models see.
 pub fn ffhq_template() -> [[f32; 2]; 5] {
-    [
-        [192.981_38, 239.947_08],
-        [318.902_77, 240.193_6],
-        [256.634_16, 314.019_35],
-        [201.261_17, 371.410_43],
-        [313.089_05, 371.151_18],
-    ]
+    [[192.981_38, 239.947_08], [318.902_77, 240.193_6], [256.634_16, 314.019_35], [201.261_17, 371.410_43], [313.089_05, 371.151_18]]
 }
 
 /// A 2x3 affine transform, row-major: `x' = a x + b y + c`, `y' = d x + e y + f`.
@@ -186,8 +180,7 @@ pub fn paste_back(target: &mut RgbImage, face: &RgbImage, face_to_target: &Affin
     if tw == 0 || th == 0 || fw == 0.0 || fh == 0.0 {
         return;
     }
-    let corners =
-        [[-0.5, -0.5], [fw - 0.5, -0.5], [-0.5, fh - 0.5], [fw - 0.5, fh - 0.5]].map(|p| face_to_target.apply(p));
+    let corners = [[-0.5, -0.5], [fw - 0.5, -0.5], [-0.5, fh - 0.5], [fw - 0.5, fh - 0.5]].map(|p| face_to_target.apply(p));
     let bound = |f: fn(f32, f32) -> f32, k: usize| corners.iter().map(|p| p[k]).fold(corners[0][k], f);
     let x0 = (bound(f32::min, 0).floor() as i64).max(0);
     let y0 = (bound(f32::min, 1).floor() as i64).max(0);
@@ -337,17 +330,10 @@ mod tests {
     #[test]
     fn warp_downscaling_does_not_alias() {
         // A 1-px checkerboard shrunk 4x must come out as flat grey, not as moire.
-        let img =
-            RgbImage::from_fn(
-                2048,
-                2048,
-                |x, y| if (x + y) % 2 == 0 { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) },
-            );
+        let img = RgbImage::from_fn(2048, 2048, |x, y| if (x + y) % 2 == 0 { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) });
         let crop = warp_to_face(&img, &Affine([0.25, 0.0, 0.0, 0.0, 0.25, 0.0]));
         // The outermost ring replicates the source's border and is not a mean of both colours.
-        for (u, v, p) in
-            crop.enumerate_pixels().filter(|(u, v, _)| (1..FACE_SIZE - 1).contains(u) && (1..FACE_SIZE - 1).contains(v))
-        {
+        for (u, v, p) in crop.enumerate_pixels().filter(|(u, v, _)| (1..FACE_SIZE - 1).contains(u) && (1..FACE_SIZE - 1).contains(v)) {
             assert!((i32::from(p.0[0]) - 128).abs() <= 2, "({u},{v}): {:?}", p.0);
         }
     }

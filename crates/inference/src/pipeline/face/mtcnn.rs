@@ -95,12 +95,7 @@ impl Mtcnn {
         let (bw, bh) = level_dims(first);
         let mut base = FloatImage { width: bw, height: bh, data: vec![0.0; (bw * bh * 3) as usize] };
         let row = bw as usize * 3;
-        resize_region(
-            img,
-            (0, 0, w, h),
-            (bw, bh),
-            &mut Dst { data: &mut base.data, col: 3, row, plane: 1, scale: 1.0, offset: 0.0 },
-        );
+        resize_region(img, (0, 0, w, h), (bw, bh), &mut Dst { data: &mut base.data, col: 3, row, plane: 1, scale: 1.0, offset: 0.0 });
 
         let mut all = Vec::new();
         for &scale in &scales {

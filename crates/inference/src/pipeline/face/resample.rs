@@ -107,12 +107,7 @@ fn axis_taps(origin: i64, len: u32, out: u32, bound: u32) -> Taps {
 /// Resizes the `w`x`h` region of `src` at `(x0, y0)` to `out_w`x`out_h` into `dst`. The region
 /// may extend past the image: those pixels count as black, which is how MTCNN pads boxes at
 /// the border.
-pub(crate) fn resize_region<S: Source>(
-    src: &S,
-    (x0, y0, w, h): (i64, i64, u32, u32),
-    (out_w, out_h): (u32, u32),
-    dst: &mut Dst<'_>,
-) {
+pub(crate) fn resize_region<S: Source>(src: &S, (x0, y0, w, h): (i64, i64, u32, u32), (out_w, out_h): (u32, u32), dst: &mut Dst<'_>) {
     if w == 0 || h == 0 || out_w == 0 || out_h == 0 {
         return;
     }
@@ -134,11 +129,7 @@ pub(crate) fn resize_region<S: Source>(
                 Some(i) => i,
                 None => {
                     // Rows arrive in increasing order: the smaller cached row is done with.
-                    let i = if cache[0].0 == usize::MAX || (cache[1].0 != usize::MAX && cache[0].0 < cache[1].0) {
-                        0
-                    } else {
-                        1
-                    };
+                    let i = if cache[0].0 == usize::MAX || (cache[1].0 != usize::MAX && cache[0].0 < cache[1].0) { 0 } else { 1 };
                     let row = &raw[sy * stride..(sy + 1) * stride];
                     let out = &mut cache[i].1;
                     for (ox, o) in out.chunks_exact_mut(3).enumerate() {

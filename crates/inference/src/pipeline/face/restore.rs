@@ -47,24 +47,18 @@ impl FaceRestorer {
         if !path.exists() {
             return Err(RuntimeError::ModelMissing { path: path.to_path_buf() }.into());
         }
-        let sig =
-            onnx_sig::read_signature(path).map_err(|source| FaceError::Read { path: path.to_path_buf(), source })?;
+        let sig = onnx_sig::read_signature(path).map_err(|source| FaceError::Read { path: path.to_path_buf(), source })?;
         let found = || {
             let list = |ts: &[TensorSig]| ts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             format!("inputs ({}), outputs ({})", list(&sig.inputs), list(&sig.outputs))
         };
-        let mismatch = |problem: &str| FaceError::Signature {
-            path: path.to_path_buf(),
-            problem: problem.to_string(),
-            found: found(),
-        };
+        let mismatch = |problem: &str| FaceError::Signature { path: path.to_path_buf(), problem: problem.to_string(), found: found() };
 
         if sig.inputs.len() != 1 {
             return Err(mismatch(&format!("{} inputs, expected exactly one", sig.inputs.len())));
         }
         let Some(output) = sig.outputs.first() else { return Err(mismatch("no outputs")) };
-        let input_exact =
-            matches(&sig.inputs[0], true).ok_or_else(|| mismatch("input is not float32 [1,3,512,512]"))?;
+        let input_exact = matches(&sig.inputs[0], true).ok_or_else(|| mismatch("input is not float32 [1,3,512,512]"))?;
         // The output's element type is often left undeclared by exporters; the run checks it.
         let output_exact = matches(output, false).ok_or_else(|| mismatch("output is not [1,3,512,512]"))?;
 
@@ -73,10 +67,7 @@ impl FaceRestorer {
         if !(input_exact && output_exact) {
             // Free dimensions: only running at 512x512 shows whether the graph accepts it.
             let probe = Array4::<f32>::zeros((1, 3, FACE_SIZE as usize, FACE_SIZE as usize));
-            let out = restorer
-                .model
-                .run(probe.view())
-                .map_err(|e| mismatch(&format!("a 1x3x512x512 test run failed: {e}")))?;
+            let out = restorer.model.run(probe.view()).map_err(|e| mismatch(&format!("a 1x3x512x512 test run failed: {e}")))?;
             if out.shape() != [1, 3, FACE_SIZE as usize, FACE_SIZE as usize] {
                 return Err(mismatch(&format!("a 1x3x512x512 test run returned {:?}", out.shape())));
             }
@@ -115,9 +106,7 @@ impl FaceRestorer {
             });
         }
         Ok(RgbImage::from_fn(FACE_SIZE, FACE_SIZE, |x, y| {
-            image::Rgb(
-                [0, 1, 2].map(|c| ((out[[0, c, y as usize, x as usize]].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8),
-            )
+            image::Rgb([0, 1, 2].map(|c| ((out[[0, c, y as usize, x as usize]].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8))
         }))
     }
 }

@@ -34,10 +34,7 @@ impl Scrfd {
         if names.len() != 9 {
             return Err(RuntimeError::Session {
                 model: "scrfd".into(),
-                message: format!(
-                    "expected 9 outputs (score/bbox/kps at strides 8, 16, 32), found {}: {names:?}",
-                    names.len()
-                ),
+                message: format!("expected 9 outputs (score/bbox/kps at strides 8, 16, 32), found {}: {names:?}", names.len()),
             });
         }
         // The exported names say which is which; when a re-export renamed them, fall back to
