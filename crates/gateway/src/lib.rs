@@ -1,19 +1,16 @@
 //! Purrify's gateway: the public REST API the mini-program speaks (seed 000), turning each
 //! upload into a task and reporting its status back.
 //!
-//! Layout: `routes/` has one module per resource (each a `router()`), `middleware/` the
-//! cross-cutting layers, `tasks/` the task store and dispatcher, `service.rs` what handlers
-//! call on them, `app.rs` the assembly.
+//! Layout (DESIGN section 1): `http/` is HTTP only (envelope, extractors, auth, OpenAPI,
+//! middleware, one routes module per area); `domain/` is what the gateway does (the task
+//! service and its standalone and Kubernetes backends, the GPU fleet), without axum; the
+//! database is `purrify-store`'s, reached only from `domain/`; `app/` assembles and runs it.
 
 pub mod app;
 pub mod config;
-pub mod error;
-pub mod kubernetes;
+pub mod domain;
+pub mod http;
 pub mod metrics;
-pub mod middleware;
-pub mod routes;
-pub mod service;
-pub mod tasks;
 
 use clap::Parser;
 

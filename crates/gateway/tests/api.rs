@@ -1,8 +1,6 @@
 //! The public API through the real router (`oneshot`), on real SQLite and PostgreSQL.
 
 mod support;
-#[allow(dead_code, unused_macros, unused_imports)]
-mod tasks_common;
 
 use std::time::Duration;
 
@@ -20,14 +18,14 @@ use tower::ServiceExt;
 struct Api {
     stack: Stack,
     _dir: tempfile::TempDir,
-    _pg: Option<tasks_common::TestDb>,
+    _pg: Option<support::TestDb>,
 }
 
 async fn api_with(backend: Backend, tweak: impl FnOnce(&mut purrify_gateway::config::Config)) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let pg = match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(tasks_common::TestDb::postgres().await),
+        Backend::Postgres => Some(support::TestDb::postgres().await),
     };
     let mut c = config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
     tweak(&mut c);
@@ -454,17 +452,17 @@ async fn webhook_registration_is_idempotent_and_checked(backend: Backend) {
     assert_eq!(list.body["data"]["total_servers"], 1);
     assert_eq!(list.body["data"]["servers"][0]["server_id"], id);
     assert_eq!(list.body["data"]["servers"][0]["healthy"], false, "nothing listens at 203.0.113.9");
-    assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9:8000")), "the fleet knows it");
+    assert!(api.stack.state.tasks.fleet().endpoints().iter().any(|e| e.contains("203.0.113.9:8000")), "the fleet knows it");
     assert_eq!(list.body["data"]["health_check_running"], true);
-    api.stack.state.prober.abort();
-    purrify_testkit::eventually(90, "the prober stops", || async { api.stack.state.prober.is_finished().then_some(()) }).await;
+    api.stack.state.tasks.prober().abort();
+    purrify_testkit::eventually(90, "the prober stops", || async { api.stack.state.tasks.prober().is_finished().then_some(()) }).await;
     let list = api.get("/webhook/servers?secret=test-secret").await;
     assert_eq!(list.body["data"]["health_check_running"], false, "reports the prober's real state");
 
     let gone = api.post_json("/webhook/unregister", body.clone(), &[]).await;
     assert_eq!(gone.status, StatusCode::OK);
     assert_eq!(gone.body["server_id"], id);
-    assert!(!api.stack.state.fleet.endpoints().iter().any(|e| e.contains("203.0.113.9")));
+    assert!(!api.stack.state.tasks.fleet().endpoints().iter().any(|e| e.contains("203.0.113.9")));
     let list = api.get("/webhook/servers").await;
     assert_eq!(list.status, StatusCode::UNAUTHORIZED);
 }
@@ -483,7 +481,7 @@ async fn config_endpoints_need_the_admin_token(backend: Backend) {
     assert_eq!(r.body["new_backend_url"], "http://10.1.2.3:8000");
     let c = api.get("/api/v1/config").await;
     assert_eq!(c.body["backend_url"], "http://10.1.2.3:8000");
-    assert!(api.stack.state.fleet.endpoints().iter().any(|e| e.contains("10.1.2.3:8000")));
+    assert!(api.stack.state.tasks.fleet().endpoints().iter().any(|e| e.contains("10.1.2.3:8000")));
 
     let r = api.post_json("/api/v1/config/multi-backend", json!({"enabled": false, "fallback_to_default": true}), &auth).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

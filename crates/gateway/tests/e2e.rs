@@ -2,8 +2,6 @@
 //! real photos over real HTTP. Processes are killed with SIGKILL to show nothing is lost.
 
 mod support;
-#[allow(dead_code, unused_macros, unused_imports)]
-mod tasks_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -207,7 +205,7 @@ mod a_gateway_killed_mid_task_reattaches_after_restart_without_rerunning {
     /// The same scenario on PostgreSQL: a throwaway database, dropped at the end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let db = crate::tasks_common::TestDb::postgres().await;
+        let db = crate::support::TestDb::postgres().await;
         let id = super::gateway_killed_mid_task_reattaches(super::Cluster::with_database(&db.url)).await;
         let row = db.db.get_task(&id).await.unwrap().expect("the gateways kept the task in this database");
         assert_eq!(row.status.as_str(), "completed");

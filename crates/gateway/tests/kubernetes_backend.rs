@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
-use purrify_gateway::kubernetes::{CANCEL_ANNOTATION, DELETED_MESSAGE, MISSING_MESSAGE};
+use purrify_gateway::domain::tasks::kubernetes::{CANCEL_ANNOTATION, DELETED_MESSAGE, MISSING_MESSAGE};
 use purrify_testkit::{Proc, free_port};
 use serde_json::{Value, json};
 
@@ -257,7 +257,7 @@ async fn registering_without_a_pool_creates_an_external_only_pool() {
     assert!(pool.spec.image.is_none() && pool.spec.replicas.is_none(), "external-only");
     assert!(pool.spec.concurrency_per_replica >= 1, "valid against the CRD");
     let managers: Vec<_> = pool.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
-    assert_eq!(managers, vec![purrify_gateway::kubernetes::FIELD_MANAGER.to_string()]);
+    assert_eq!(managers, vec![purrify_gateway::domain::tasks::kubernetes::FIELD_MANAGER.to_string()]);
 
     // A second server joins the pool the first one created.
     let (code, _) = c.webhook(&gw, "register", "203.0.113.8", 8000).await;

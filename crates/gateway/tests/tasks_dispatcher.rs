@@ -3,22 +3,22 @@
 //! deadlines, cancellation, per-user fairness and re-attachment after a restart.
 
 #[allow(dead_code)]
-mod tasks_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use purrify_gateway::tasks::{
-    CancelOutcome, Db, DispatchConfig, Dispatcher, NewTask, ProgressHub, Task, TaskErrorCode, TaskStatus, now_ms,
-};
+use purrify_api::{EnhanceParams, FailReason, TaskStatus};
+use purrify_gateway::domain::tasks::{CancelOutcome, DispatchConfig, Dispatcher, ProgressHub};
 use purrify_inference::client::Fleet;
-use purrify_inference::protocol::{EnhanceParams, ErrorReason};
+use purrify_inference::protocol::ErrorReason;
+use purrify_store::{Db, NewTask, Task, now_ms};
 use purrify_inference::storage::{S3Options, Storage};
 use purrify_testkit::eventually;
 use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
-use tasks_common::{TestDb, test_fleet};
+use support::{TestDb, test_fleet};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -91,7 +91,7 @@ async fn two_workers(first: Behavior, second: Behavior) -> (FakeWorker, FakeWork
     (first_w, second_w)
 }
 
-crate::on_both_databases!(
+support::on_both_databases!(
     happy_path,
     retryable_error_moves_to_another_worker,
     worker_killed_mid_job_completes_elsewhere,
@@ -221,7 +221,7 @@ async fn bad_input_fails_once_without_retry(t: TestDb) {
     assert_eq!(a.submits().len() + b.submits().len(), 1, "no retry");
     let view = run.hub.get("garbage").unwrap();
     assert_eq!(view.error.as_ref().unwrap().code, "BAD_INPUT");
-    assert_eq!(run.dispatcher.metrics().failed_count(TaskErrorCode::BadInput), 1);
+    assert_eq!(run.dispatcher.metrics().failed_count(FailReason::BadInput), 1);
     run.shutdown().await;
 }
 
@@ -275,7 +275,7 @@ async fn deadline_cancels_the_worker_job(t: TestDb) {
     assert_eq!(row.error_code.as_deref(), Some("PROCESSING_TIMEOUT"));
     assert!(row.error_message.as_deref().unwrap().contains("deadline"), "{:?}", row.error_message);
     assert_eq!(worker.deletes(), ["slow-1"], "the worker job was cancelled");
-    assert_eq!(run.dispatcher.metrics().failed_count(TaskErrorCode::ProcessingTimeout), 1);
+    assert_eq!(run.dispatcher.metrics().failed_count(FailReason::DeadlineExceeded), 1);
     run.shutdown().await;
 }
 

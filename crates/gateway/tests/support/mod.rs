@@ -1,16 +1,14 @@
-//! Test support for the gateway: configurations on SQLite and on a throwaway PostgreSQL
-//! database, multipart bodies, and real photos.
-#![allow(dead_code)]
+//! The gateway's one test harness: configurations on SQLite and on a throwaway PostgreSQL
+//! database (databases from `purrify_store::testing`), a fleet with short timeouts,
+//! multipart bodies, and real photos.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 
 use purrify_gateway::config::Config;
-
-#[derive(Clone, Copy, Debug)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use purrify_inference::client::Fleet;
+pub use purrify_store::on_both_databases;
+pub use purrify_store::testing::{Backend, TestDb};
 
 /// A test configuration: no embedded worker, generous rate limits, secrets set.
 pub fn config(dir: &Path, database_url: Option<String>) -> Config {
@@ -83,4 +81,9 @@ pub fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
     out.extend_from_slice(&ihdr);
     out.extend_from_slice(&(!crc).to_be_bytes());
     out
+}
+
+/// A fleet with short client timeouts, so lost workers are noticed quickly.
+pub fn test_fleet() -> Fleet {
+    Fleet::new(purrify_testkit::fake_worker::fleet_config()).unwrap()
 }

@@ -24,14 +24,17 @@
 //! ```
 
 mod breaker;
+mod cancel;
 mod error;
 mod fleet;
+pub mod policy;
 mod prober;
 mod sse;
 mod time;
 mod worker;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
+pub use cancel::{cancel_job, spawn_cancel};
 pub use error::{ClientError, ConfigError};
 pub use fleet::{
     Clock, Fleet, FleetConfig, FleetCounters, FleetSnapshot, Lease, ManualClock, SystemClock, WorkerSnapshot, WorkerSpec,

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
 use purrify_api::{EnhanceTask, EnhanceTaskStatus, TaskPhase};
-use purrify_inference::client::{ClientError, Fleet, Lease, WorkerClient};
+use purrify_inference::client::policy::Decision;
+use purrify_inference::client::{Fleet, Lease, WorkerClient};
+pub(super) use purrify_inference::client::{cancel_job, spawn_cancel};
 use purrify_inference::protocol::{JobEvent, JobRequest};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -17,8 +19,7 @@ use super::controller::{OwnerGuard, Shared};
 use super::kubeio::{Guard, Written};
 use super::model::{TaskKey, attempts_of, job_id_for, job_request};
 use super::policy::{
-    self, Action, Chore, End, FailReason, StopReason, SubmitDecision, claimable, client_message, deadline_message, decide, on_submit_error,
-    retry_allowed,
+    self, Action, Chore, End, FailReason, StopReason, claimable, client_message, deadline_message, decide, on_submit_error, retry_allowed,
 };
 use super::progress::Progress;
 use crate::registry::PoolKey;
@@ -57,20 +58,6 @@ pub(super) fn client_for(sh: &Shared, pool: &PoolKey, worker: &str) -> Option<Wo
         let config = sh.ctx.registry.fleet(pool).map(|f| f.config().client.clone()).unwrap_or_default();
         WorkerClient::with_config(worker, config).ok()
     })
-}
-
-/// `DELETE`s a worker job, bounded. Failures only cost GPU time: the job's result is
-/// ignored since no status expects it any more.
-pub(super) async fn cancel_job(client: &WorkerClient, job_id: &str, bound: Duration) {
-    match tokio::time::timeout(bound, client.cancel(job_id)).await {
-        Ok(Ok(())) | Ok(Err(ClientError::NotFound)) => {}
-        Ok(Err(e)) => debug!(job_id, error = %e, "cancelling the worker job failed"),
-        Err(_) => debug!(job_id, "cancelling the worker job timed out"),
-    }
-}
-
-pub(super) fn spawn_cancel(client: WorkerClient, job_id: String, bound: Duration) {
-    tokio::spawn(async move { cancel_job(&client, &job_id, bound).await }.in_current_span());
 }
 
 /// Writes `status` under `guard`; hands whatever it learned to the loop. True when written.
@@ -122,13 +109,13 @@ async fn retry_or_fail(sh: &Shared, guard: &mut OwnerGuard, task: &EnhanceTask, 
     let attempt = prev.attempts;
     if retry_allowed(attempt, sh.config.max_attempts) {
         if write(sh, guard, wguard, &policy::requeued(&prev)).await {
-            warn!(reason = reason.as_str(), detail, attempt, "attempt failed; task queued again");
+            warn!(reason = reason.reason(), detail, attempt, "attempt failed; task queued again");
             sh.transition(TaskPhase::Queued);
             sh.hub.publish(Progress::new(&guard.key, TaskPhase::Queued, 0.0, None));
-            sh.kube.event(task, true, "Retrying", format!("attempt {attempt} failed ({}); queued again", reason.as_str()));
+            sh.kube.event(task, true, "Retrying", format!("attempt {attempt} failed ({}); queued again", reason.reason()));
         }
     } else {
-        warn!(reason = reason.as_str(), detail, attempt, "attempt failed; no attempts left");
+        warn!(reason = reason.reason(), detail, attempt, "attempt failed; no attempts left");
         let message = client_message(reason, detail, attempt);
         finish(sh, guard, task, wguard, policy::failed(&prev, reason, message, SystemTime::now())).await;
     }
@@ -179,9 +166,9 @@ pub(super) async fn dispatch(
                 debug!(worker = lease.endpoint(), existing = accepted.existing, %job_id, "job accepted");
                 break;
             }
-            Err(e) => match on_submit_error(&e) {
-                SubmitDecision::Elsewhere => {
-                    debug!(worker = lease.endpoint(), error = %e, "worker did not take the job; trying another");
+            Err(e) => match on_submit_error(e) {
+                Decision::Elsewhere { detail, .. } => {
+                    debug!(worker = lease.endpoint(), error = %detail, "worker did not take the job; trying another");
                     skip.push(lease.endpoint().to_owned());
                     match fleet.pick_excluding(&skip) {
                         Some(next) => lease = next,
@@ -194,7 +181,7 @@ pub(super) async fn dispatch(
                         }
                     }
                 }
-                SubmitDecision::Fail { reason, detail } => {
+                Decision::Fail { reason, detail } => {
                     warn!(worker = lease.endpoint(), %detail, "worker refused the job");
                     drop(lease);
                     let mut status = status_of(&task);
@@ -204,6 +191,18 @@ pub(super) async fn dispatch(
                     finish(&sh, &mut guard, &task, &Guard::version_of(&task), status).await;
                     return;
                 }
+                // A counted attempt that never ran (the worker holds another job under this
+                // id): the next attempt has a new id, preferably on another worker.
+                Decision::Retry { reason, detail, .. } => {
+                    warn!(worker = lease.endpoint(), %detail, "worker refused this job id");
+                    guard.note.failed_on = Some(lease.endpoint().to_owned());
+                    drop(lease);
+                    let mut counted = (*task).clone();
+                    counted.status.get_or_insert_with(Default::default).attempts = attempt;
+                    retry_or_fail(&sh, &mut guard, &counted, &Guard::version_of(&task), reason, &detail).await;
+                    return;
+                }
+                Decision::Succeed(_) => unreachable!("a failed submit carries no result"),
             },
         }
     }
@@ -332,22 +331,23 @@ async fn settle(sh: Arc<Shared>, mut guard: OwnerGuard, mut job: Job, end: End) 
     let action = decide(end);
     // The worker is done with the job (or we are): free its slot before the writes.
     match (&action, job.lease.as_mut()) {
-        (Action::Retry { worker_fault: true, detail, .. }, Some(lease)) => lease.failure(detail),
+        (Action::Decided(Decision::Retry { worker_fault: true, detail, .. }), Some(lease)) => lease.failure(detail),
         (Action::Leave, _) | (_, None) => {}
         (_, Some(lease)) => lease.success(),
     }
     drop(job.lease.take());
     match action {
-        Action::Succeed(result) => {
+        Action::Decided(Decision::Succeed(result)) => {
             finish(&sh, &mut guard, &job.task, &wguard, policy::succeeded(&prev, &result, now)).await;
         }
-        Action::Fail { reason, detail } => {
+        Action::Decided(Decision::Fail { reason, detail }) => {
             let message = client_message(reason, &detail, job.attempt);
             let mut status = policy::failed(&prev, reason, message, now);
             status.progress = live;
             finish(&sh, &mut guard, &job.task, &wguard, status).await;
         }
-        Action::Retry { reason, detail, worker_fault } => {
+        // `Elsewhere` does not follow an accepted job; were it to, retrying is the safe reading.
+        Action::Decided(Decision::Retry { reason, detail, worker_fault }) => {
             if worker_fault {
                 // The worker may be alive behind a broken connection: stop the job there so
                 // the retry does not run alongside it.
@@ -355,6 +355,10 @@ async fn settle(sh: Arc<Shared>, mut guard: OwnerGuard, mut job: Job, end: End) 
             }
             guard.note.failed_on = Some(job.worker.clone());
             retry_or_fail(&sh, &mut guard, &job.task, &wguard, reason, &detail).await;
+        }
+        Action::Decided(Decision::Elsewhere { detail, .. }) => {
+            guard.note.failed_on = Some(job.worker.clone());
+            retry_or_fail(&sh, &mut guard, &job.task, &wguard, FailReason::WorkerUnavailable, &detail).await;
         }
         Action::Cancel => {
             cancel_job(&job.client, &job.job_id, sh.config.cancel_timeout).await;

@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
-use purrify_api::{EnhanceTask, EnhanceTaskSpec, TaskParams, TaskPhase};
-use purrify_inference::protocol::{EnhanceParams, JobRequest, OutputFormat, QualityLevel};
+use purrify_api::{EnhanceTask, EnhanceTaskSpec, TaskPhase};
+use purrify_inference::protocol::{EnhanceParams, JobRequest};
 
 use crate::registry::PoolKey;
 
@@ -40,34 +40,15 @@ impl fmt::Display for TaskKey {
 
 /// Job id of an attempt. The uid (not the name) makes a re-created task with the same name
 /// a different job on the worker, whose jobs are idempotent by id.
-pub fn job_id_for(uid: &str, attempt: u32) -> String {
-    format!("{uid}-{attempt}")
-}
-
-pub fn enhance_params(p: &TaskParams) -> EnhanceParams {
-    EnhanceParams {
-        tile_size: p.tile_size,
-        quality_level: match p.quality_level {
-            purrify_api::QualityLevel::High => QualityLevel::High,
-            purrify_api::QualityLevel::Medium => QualityLevel::Medium,
-            purrify_api::QualityLevel::Fast => QualityLevel::Fast,
-        },
-        scale: p.scale,
-        face_enhance: p.face_enhance,
-        output_format: match p.output_format {
-            purrify_api::OutputFormat::Jpeg => OutputFormat::Jpeg,
-            purrify_api::OutputFormat::Png => OutputFormat::Png,
-            purrify_api::OutputFormat::Webp => OutputFormat::Webp,
-        },
-    }
-}
+/// The job id of attempt `attempt` of the task with this uid (the shared rule).
+pub use purrify_inference::client::policy::job_id_for;
 
 pub fn job_request(spec: &EnhanceTaskSpec, job_id: &str) -> JobRequest {
     JobRequest {
         id: job_id.to_owned(),
         input_uri: spec.input.uri.clone(),
         output_uri: spec.output.uri.clone(),
-        params: enhance_params(&spec.params),
+        params: EnhanceParams::from(spec.params),
     }
 }
 
@@ -128,7 +109,7 @@ pub fn is_older(candidate: &EnhanceTask, current: &EnhanceTask) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use purrify_api::{TaskInput, TaskOutput};
+    use purrify_api::{OutputFormat, QualityLevel, TaskInput, TaskOutput, TaskParams};
 
     pub(crate) fn spec() -> EnhanceTaskSpec {
         EnhanceTaskSpec {

@@ -4,82 +4,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use purrify_api::{EnhanceTaskStatus, FaceRestoration, TaskError, TaskPhase, TaskResult};
+pub use purrify_api::{FailReason, client_message};
+use purrify_api::{EnhanceTaskStatus, TaskError, TaskPhase, TaskResult};
+use purrify_inference::client::policy::{self as attempt_policy, Decision, Phase};
 use purrify_inference::client::{ClientError, JobOutcome, format_rfc3339};
-use purrify_inference::protocol::{self, ErrorReason, JobError, JobResult};
+use purrify_inference::protocol::JobResult;
 
 use super::index::Entry;
 
-/// Bounded failure reasons written to `status.error.reason` (the set documented on
-/// `TaskError`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailReason {
-    BadInput,
-    TooLarge,
-    InvalidParams,
-    WorkerUnavailable,
-    InferenceFailed,
-    StorageError,
-    DeadlineExceeded,
-    Cancelled,
-}
-
-impl FailReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadInput => "BadInput",
-            Self::TooLarge => "TooLarge",
-            Self::InvalidParams => "InvalidParams",
-            Self::WorkerUnavailable => "WorkerUnavailable",
-            Self::InferenceFailed => "InferenceFailed",
-            Self::StorageError => "StorageError",
-            Self::DeadlineExceeded => "DeadlineExceeded",
-            Self::Cancelled => "Cancelled",
-        }
-    }
-
-    pub fn from_worker(reason: ErrorReason) -> Self {
-        match reason {
-            ErrorReason::BadInput => Self::BadInput,
-            ErrorReason::TooLarge => Self::TooLarge,
-            ErrorReason::InvalidParams => Self::InvalidParams,
-            ErrorReason::Storage => Self::StorageError,
-            ErrorReason::Inference | ErrorReason::Internal => Self::InferenceFailed,
-            ErrorReason::Cancelled => Self::Cancelled,
-        }
-    }
-
-    /// Whether the worker's message is written for whoever sent the photo. Other messages
-    /// can carry storage paths or worker addresses and stay in logs and Events.
-    pub fn shows_detail(self) -> bool {
-        matches!(self, Self::BadInput | Self::TooLarge | Self::InvalidParams)
-    }
-}
-
-/// The message written to `status.error.message`, safe to show to the task's owner.
-pub fn client_message(reason: FailReason, detail: &str, attempts: u32) -> String {
-    if reason.shows_detail() && !detail.is_empty() {
-        return detail.to_owned();
-    }
-    let base = match reason {
-        FailReason::BadInput => "the photo could not be decoded",
-        FailReason::TooLarge => "the photo has too many pixels",
-        FailReason::InvalidParams => "the enhancement parameters are invalid",
-        FailReason::WorkerUnavailable => "no GPU worker could complete the task",
-        FailReason::InferenceFailed => "enhancement failed on the GPU worker",
-        FailReason::StorageError => "reading the photo or writing the result failed",
-        FailReason::DeadlineExceeded => "the task did not finish within its deadline",
-        FailReason::Cancelled => "the task was cancelled",
-    };
-    if attempts > 1 { format!("{base} ({attempts} attempts)") } else { base.to_owned() }
-}
-
+/// The message of a task that ran out of time (the shared wording).
 pub fn deadline_message(deadline_seconds: u32, started: bool) -> String {
-    if started {
-        format!("processing did not finish within the {deadline_seconds} s deadline")
-    } else {
-        format!("no GPU worker was free to start the task within its {deadline_seconds} s deadline")
-    }
+    purrify_api::deadline_message(u64::from(deadline_seconds), started)
 }
 
 /// Why a follower was told to stop.
@@ -103,19 +38,8 @@ pub enum End {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Succeed(JobResult),
-    /// Fail without retrying: no other worker would do better.
-    Fail {
-        reason: FailReason,
-        detail: String,
-    },
-    /// The attempt failed in a way another attempt may not. `worker_fault` feeds the
-    /// worker's circuit breaker and keeps the retry off that worker.
-    Retry {
-        reason: FailReason,
-        detail: String,
-        worker_fault: bool,
-    },
+    /// The worker answered; the shared attempt policy decided.
+    Decided(Decision),
     /// Stop the job, then record the cancellation.
     Cancel,
     /// Stop the job; there is no object left to write to.
@@ -132,50 +56,17 @@ pub fn decide(end: End) -> Action {
         End::Stopped(StopReason::Deleted) => Action::Forget,
         End::Stopped(StopReason::Deadline) => Action::Deadline,
         End::Stopped(StopReason::Shutdown) => Action::Leave,
-        End::Worker(Ok(JobOutcome::Succeeded(r))) => Action::Succeed(r),
-        End::Worker(Ok(JobOutcome::Failed(JobError { reason, message }))) => {
-            let r = FailReason::from_worker(reason);
-            if reason.retryable() {
-                // Storage is shared by every worker: not this worker's fault.
-                Action::Retry { reason: r, detail: message, worker_fault: reason != ErrorReason::Storage }
-            } else {
-                Action::Fail { reason: r, detail: message }
-            }
-        }
-        // Not asked by us (ours end as `Stopped`): e.g. the worker drained for shutdown.
-        End::Worker(Ok(JobOutcome::Cancelled)) => {
-            Action::Retry { reason: FailReason::WorkerUnavailable, detail: "the worker cancelled the job".into(), worker_fault: true }
-        }
-        // NotFound: the worker lost the job (restarted); anything else: it is unreachable.
-        End::Worker(Err(e)) => Action::Retry {
-            reason: FailReason::WorkerUnavailable,
-            worker_fault: !matches!(e, ClientError::Rejected { .. }),
-            detail: e.to_string(),
-        },
+        End::Worker(answer) => Action::Decided(attempt_policy::decide(Phase::Wait, answer)),
     }
 }
 
-/// What a submit error means before any job was accepted.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SubmitDecision {
-    /// Try another worker (or later); nothing is recorded.
-    Elsewhere,
-    /// The request itself is refused: fail the task.
-    Fail { reason: FailReason, detail: String },
-}
-
-pub fn on_submit_error(e: &ClientError) -> SubmitDecision {
-    match e {
-        ClientError::Rejected { message, .. } => SubmitDecision::Fail { reason: FailReason::InvalidParams, detail: message.clone() },
-        // Busy, Unavailable, Protocol; NotFound cannot answer a POST but means a broken peer.
-        _ => SubmitDecision::Elsewhere,
-    }
+/// What a submit error means before any job was accepted (the shared policy's answer).
+pub fn on_submit_error(e: ClientError) -> Decision {
+    attempt_policy::on_error(Phase::Submit, e)
 }
 
 /// Whether a failed attempt gets another one.
-pub fn retry_allowed(attempt: u32, max_attempts: u32) -> bool {
-    attempt < max_attempts
-}
+pub use attempt_policy::retry_allowed;
 
 // ---- statuses ----
 
@@ -200,27 +91,9 @@ pub fn succeeded(prev: &EnhanceTaskStatus, result: &JobResult, now: SystemTime) 
         phase: TaskPhase::Succeeded,
         progress: 1.0,
         completion_time: Some(format_rfc3339(now)),
-        result: Some(TaskResult {
-            uri: result.output_uri.clone(),
-            width: result.width,
-            height: result.height,
-            bytes: result.bytes,
-            content_type: Some(result.content_type.clone()).filter(|c| !c.is_empty()),
-            faces: result.faces,
-            face_restoration: Some(face_restoration(result.face_restoration)),
-        }),
+        result: Some(TaskResult::from_job(result)),
         error: None,
         ..prev.clone()
-    }
-}
-
-/// The worker protocol's face-restoration outcome in the CRD's vocabulary.
-pub fn face_restoration(f: protocol::FaceRestoration) -> FaceRestoration {
-    match f {
-        protocol::FaceRestoration::Applied => FaceRestoration::Applied,
-        protocol::FaceRestoration::Disabled => FaceRestoration::Disabled,
-        protocol::FaceRestoration::NotConfigured => FaceRestoration::NotConfigured,
-        protocol::FaceRestoration::NoFaces => FaceRestoration::NoFaces,
     }
 }
 
@@ -237,7 +110,7 @@ fn finished(prev: &EnhanceTaskStatus, phase: TaskPhase, reason: FailReason, mess
         phase,
         completion_time: Some(format_rfc3339(now)),
         result: None,
-        error: Some(TaskError { reason: reason.as_str().to_owned(), message }),
+        error: Some(TaskError { reason: reason.reason().to_owned(), message }),
         ..prev.clone()
     }
 }
@@ -341,6 +214,9 @@ mod tests {
     use kube::ResourceExt;
     use std::sync::Arc;
 
+    use purrify_api::FaceRestoration;
+    use purrify_inference::protocol::{ErrorReason, JobError};
+
     fn result() -> JobResult {
         JobResult {
             output_uri: "file:///o.jpg".into(),
@@ -349,7 +225,7 @@ mod tests {
             height: 6,
             bytes: 100,
             faces: 1,
-            face_restoration: protocol::FaceRestoration::Applied,
+            face_restoration: FaceRestoration::Applied,
             model: "m".into(),
             elapsed_ms: 3,
         }
@@ -359,6 +235,10 @@ mod tests {
         decide(End::Worker(Ok(JobOutcome::Failed(JobError { reason, message: "worker says".into() }))))
     }
 
+    fn fail(reason: FailReason) -> Action {
+        Action::Decided(Decision::Fail { reason, detail: "worker says".into() })
+    }
+
     #[test]
     fn input_errors_fail_at_once_others_retry() {
         for (r, want) in [
@@ -366,21 +246,24 @@ mod tests {
             (ErrorReason::TooLarge, FailReason::TooLarge),
             (ErrorReason::InvalidParams, FailReason::InvalidParams),
         ] {
-            assert_eq!(failed_with(r), Action::Fail { reason: want, detail: "worker says".into() });
+            assert_eq!(failed_with(r), fail(want));
         }
         assert_eq!(
             failed_with(ErrorReason::Storage),
-            Action::Retry { reason: FailReason::StorageError, detail: "worker says".into(), worker_fault: false }
+            Action::Decided(Decision::Retry { reason: FailReason::StorageError, detail: "worker says".into(), worker_fault: false })
         );
         assert!(matches!(
             failed_with(ErrorReason::Inference),
-            Action::Retry { reason: FailReason::InferenceFailed, worker_fault: true, .. }
+            Action::Decided(Decision::Retry { reason: FailReason::InferenceFailed, worker_fault: true, .. })
         ));
         for e in [ClientError::NotFound, ClientError::Unavailable("gone".into()), ClientError::Protocol("?".into())] {
-            assert!(matches!(decide(End::Worker(Err(e))), Action::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. }));
+            assert!(matches!(
+                decide(End::Worker(Err(e))),
+                Action::Decided(Decision::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. })
+            ));
         }
-        assert!(matches!(decide(End::Worker(Ok(JobOutcome::Cancelled))), Action::Retry { .. }));
-        assert_eq!(decide(End::Worker(Ok(JobOutcome::Succeeded(result())))), Action::Succeed(result()));
+        assert!(matches!(decide(End::Worker(Ok(JobOutcome::Cancelled))), Action::Decided(Decision::Retry { .. })));
+        assert_eq!(decide(End::Worker(Ok(JobOutcome::Succeeded(result())))), Action::Decided(Decision::Succeed(result())));
         assert_eq!(decide(End::Stopped(StopReason::Cancel)), Action::Cancel);
         assert_eq!(decide(End::Stopped(StopReason::Deleted)), Action::Forget);
         assert_eq!(decide(End::Stopped(StopReason::Deadline)), Action::Deadline);
@@ -391,11 +274,11 @@ mod tests {
     #[test]
     fn submit_errors_busy_goes_elsewhere_refusal_fails() {
         let busy = ClientError::Busy { retry_after: Duration::from_secs(1) };
-        assert_eq!(on_submit_error(&busy), SubmitDecision::Elsewhere);
-        assert_eq!(on_submit_error(&ClientError::Unavailable("x".into())), SubmitDecision::Elsewhere);
+        assert!(matches!(on_submit_error(busy), Decision::Elsewhere { worker_fault: false, .. }));
+        assert!(matches!(on_submit_error(ClientError::Unavailable("x".into())), Decision::Elsewhere { worker_fault: true, .. }));
         assert_eq!(
-            on_submit_error(&ClientError::Rejected { status: 422, message: "tile_size".into() }),
-            SubmitDecision::Fail { reason: FailReason::InvalidParams, detail: "tile_size".into() }
+            on_submit_error(ClientError::Rejected { status: 422, message: "tile_size".into() }),
+            Decision::Fail { reason: FailReason::InvalidParams, detail: "tile_size".into() }
         );
     }
 
@@ -433,7 +316,7 @@ mod tests {
         let plain = JobResult {
             content_type: "image/webp".into(),
             faces: 0,
-            face_restoration: protocol::FaceRestoration::NotConfigured,
+            face_restoration: FaceRestoration::NotConfigured,
             ..result()
         };
         let r = succeeded(&r2, &plain, t0).result.unwrap();

@@ -1,0 +1,38 @@
+//! The assembled gateway: its state, the router with its middleware, start-up and graceful
+//! shutdown of the whole stack (database, storage, fleet, task backend, the optional
+//! in-process worker).
+
+mod embedded;
+mod lifecycle;
+mod router;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use purrify_inference::storage::Storage;
+use tokio_util::sync::CancellationToken;
+
+pub use lifecycle::{Gateway, Stack, build, start};
+pub use router::router;
+
+use crate::config::Config;
+use crate::domain::tasks::TaskService;
+use crate::http::middleware::rate_limit::RateLimiter;
+use crate::metrics::Metrics;
+
+/// Everything a handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub storage: Arc<Storage>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<RateLimiter>,
+    pub upload_limiter: Arc<RateLimiter>,
+    pub swagger_ui_dir: PathBuf,
+    /// The task core: tasks, the fleet and GPU servers, whichever backend runs.
+    pub tasks: TaskService,
+    /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
+    /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
+    pub draining: CancellationToken,
+}
+

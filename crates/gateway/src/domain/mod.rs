@@ -1,0 +1,10 @@
+//! What the gateway does, without HTTP: the task service with its two backends
+//! (`tasks::standalone`: rows and an in-process dispatcher; `tasks::kubernetes`: custom
+//! resources driven by the operator) and the fleet of GPU servers. Never imports axum; reaches
+//! the database only through `purrify-store`.
+
+pub mod error;
+pub mod fleet;
+pub mod tasks;
+
+pub use error::{DomainError, DomainResult};

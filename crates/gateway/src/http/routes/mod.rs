@@ -1,0 +1,23 @@
+//! One module per area, each a `router()` of documented handlers. [`all`] is the one list the
+//! router and the OpenAPI document are both built from, so a route cannot exist undocumented.
+
+pub mod docs;
+pub mod enhance;
+pub mod system;
+pub mod tasks;
+pub mod webhook;
+
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+/// Every route of the gateway with its OpenAPI operation.
+pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
+        .merge(enhance::router(max_upload_bytes))
+        .merge(tasks::router())
+        .merge(system::router())
+        .merge(webhook::router())
+        .merge(docs::router())
+}
