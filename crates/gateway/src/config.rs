@@ -14,11 +14,7 @@ pub enum Backend {
     Kubernetes,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use purrify_process::LogFormat;
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "purrify-gateway", version, about = "Purrify's public REST API gateway")]

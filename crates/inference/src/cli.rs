@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::pipeline::face::DetectorKind;
 use crate::pipeline::{Engine, EngineConfig, JobControl, Stage};
@@ -28,11 +28,7 @@ pub struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
+use purrify_process::LogFormat;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -169,16 +165,6 @@ struct EnhanceArgs {
     engine: EngineArgs,
 }
 
-fn init_tracing(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 /// How long the runtime waits for blocking tasks after the server has stopped. A job that
 /// was cancelled in the middle of a model run finishes that run on its own thread; the
 /// process does not wait for it (its result would be thrown away anyway).
@@ -213,7 +199,7 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(cli.log_format, "info,ort=warn");
+            purrify_process::init_tracing(cli.log_format, "info,ort=warn");
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let result = rt.block_on(serve(args));
             // Dropping the runtime would wait for every blocking task, including an engine
@@ -222,7 +208,7 @@ pub fn run() -> anyhow::Result<()> {
             result
         }
         Command::Enhance(args) => {
-            init_tracing(cli.log_format, "warn,ort=error");
+            purrify_process::init_tracing(cli.log_format, "warn,ort=error");
             enhance(args)
         }
     }
@@ -248,27 +234,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     worker.handle.await.context("worker task failed")?
 }
 
-/// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
+pub use purrify_process::shutdown_signal;
 
 fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("");
