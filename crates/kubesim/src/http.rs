@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::builtin::proto;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::resource::ResourceInfo;
@@ -177,10 +178,13 @@ fn parse_json(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))
 }
 
-/// JSON, or YAML when the content type says so (JSON is valid YAML, so apply bodies
-/// in either form work).
+/// JSON, YAML when the content type says so (JSON is valid YAML, so apply bodies in
+/// either form work), or protobuf for built-in kinds (kubectl's typed clients send it).
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if ct.split(';').next().is_some_and(|m| m.trim() == proto::MEDIA_TYPE) {
+        return proto::decode(body).map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
+    }
     if !ct.contains("yaml") {
         return parse_json(body);
     }
@@ -204,8 +208,8 @@ fn list_opts(q: &HashMap<String, String>) -> ApiResult<ListOpts> {
     })
 }
 
-fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts> {
-    let b: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json(body)? };
+fn delete_opts(q: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> ApiResult<DeleteOpts> {
+    let b: Value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_body(headers, body)? };
     let policy = b.get("propagationPolicy").and_then(Value::as_str).map(str::to_string).or_else(|| q.get("propagationPolicy").cloned());
     let propagation = match policy.as_deref() {
         None | Some("") => None,
@@ -437,7 +441,7 @@ fn resource_request(
             Ok(obj_response(if created { StatusCode::CREATED } else { StatusCode::OK }, out))
         }
         (Method::DELETE, Some(name)) => {
-            let opts = delete_opts(q, body)?;
+            let opts = delete_opts(q, headers, body)?;
             let c = ctx();
             let out = shared.store.write(|st| st.delete(&c, name, &opts))?;
             let still_there = shared.store.lock().get(&info, ns.as_deref(), name).is_ok();
@@ -445,7 +449,7 @@ fn resource_request(
         }
         (Method::DELETE, None) => {
             let opts = list_opts(q)?;
-            let del = delete_opts(q, body)?;
+            let del = delete_opts(q, headers, body)?;
             let c = ctx();
             let out = shared.store.write(|st| st.delete_collection(&c, &opts, &del))?;
             Ok(json_response(StatusCode::OK, &presentation.list(out), presentation.content_type(true)))

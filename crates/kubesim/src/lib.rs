@@ -42,6 +42,7 @@
 //! never run), GC of dependents whose owner never existed, validation ratcheting,
 //! and `x-kubernetes-validations` functions outside the [`cel`] subset.
 
+pub mod builtin;
 pub mod cel;
 pub mod crd;
 pub mod error;
