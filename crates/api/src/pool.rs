@@ -14,6 +14,8 @@ use crate::enhance::QualityLevel;
 /// operator runs a Deployment of GPU pods (and may also use `external` servers). An
 /// external-only pool has neither and uses only the GPU servers in `external`, which may be
 /// empty (every server unregistered): the pool is then valid but not Ready.
+// clippy reads the repeated `type_`/`json_path` keys of the printer columns as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "purrify.io",
@@ -270,4 +272,3 @@ pub struct GpuStatus {
     /// Bytes.
     pub memory_total: u64,
 }
-

@@ -11,6 +11,8 @@ use crate::enhance::{EnhanceParams, FaceRestoration, OutputFormat, QualityLevel}
 use crate::outcome::TaskStatus;
 
 /// One photo to enhance. The spec is immutable: a change is a new task.
+// clippy reads the repeated `type_`/`json_path` keys of the printer columns as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "purrify.io",
@@ -254,7 +256,6 @@ pub struct TaskError {
     pub message: String,
 }
 
-
 impl From<EnhanceParams> for TaskParams {
     fn from(p: EnhanceParams) -> Self {
         Self {
@@ -312,7 +313,13 @@ mod tests {
 
     #[test]
     fn params_convert_both_ways_unchanged() {
-        let p = EnhanceParams { tile_size: 128, quality_level: QualityLevel::Fast, scale: 4, face_enhance: false, output_format: OutputFormat::Webp };
+        let p = EnhanceParams {
+            tile_size: 128,
+            quality_level: QualityLevel::Fast,
+            scale: 4,
+            face_enhance: false,
+            output_format: OutputFormat::Webp,
+        };
         assert_eq!(EnhanceParams::from(TaskParams::from(p)), p);
         assert_eq!(EnhanceParams::from(TaskParams::default()), EnhanceParams::default());
     }

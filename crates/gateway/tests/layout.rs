@@ -66,7 +66,10 @@ fn http_never_reaches_the_database() {
 fn only_the_task_service_matches_the_backend_kind() {
     let mut files = sources("http");
     files.extend(sources("app"));
-    files.push((PathBuf::from("domain/fleet.rs"), std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain/fleet.rs")).unwrap()));
+    files.push((
+        PathBuf::from("domain/fleet.rs"),
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain/fleet.rs")).unwrap(),
+    ));
     let mut hits = offending(&files, "Backend::Standalone");
     hits.extend(offending(&files, "Backend::Kubernetes"));
     // The app turns the configuration into the domain's backend choice, once, at start.
@@ -90,7 +93,9 @@ async fn every_documented_route_is_served_and_listed() {
     let mut checked = 0;
     for (path, item) in &doc.paths.paths {
         let concrete = path.split('/').map(|seg| if seg.starts_with('{') { "x" } else { seg }).collect::<Vec<_>>().join("/");
-        for (method, present) in [(Method::GET, item.get.is_some()), (Method::POST, item.post.is_some()), (Method::DELETE, item.delete.is_some())] {
+        for (method, present) in
+            [(Method::GET, item.get.is_some()), (Method::POST, item.post.is_some()), (Method::DELETE, item.delete.is_some())]
+        {
             if !present {
                 continue;
             }

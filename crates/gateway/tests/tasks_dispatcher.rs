@@ -2,7 +2,6 @@
 //! happy path, retries on another worker, a worker killed mid-job, bad input, 429s,
 //! deadlines, cancellation, per-user fairness and re-attachment after a restart.
 
-#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;
@@ -14,8 +13,8 @@ use purrify_api::{EnhanceParams, FailReason, TaskStatus};
 use purrify_gateway::domain::tasks::{CancelOutcome, DispatchConfig, Dispatcher, ProgressHub};
 use purrify_inference::client::Fleet;
 use purrify_inference::protocol::ErrorReason;
-use purrify_store::{Db, NewTask, Task, now_ms};
 use purrify_inference::storage::{S3Options, Storage};
+use purrify_store::{Db, NewTask, Task, now_ms};
 use purrify_testkit::eventually;
 use purrify_testkit::fake_worker::{Behavior, FakeWorker, add_workers, result_for};
 use support::{TestDb, test_fleet};

@@ -40,4 +40,3 @@ impl From<sqlx::Error> for StoreError {
         Self::Query(e)
     }
 }
-

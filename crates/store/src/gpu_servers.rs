@@ -73,7 +73,6 @@ impl Db {
         let done = sqlx::query("UPDATE gpu_servers SET last_seen = $2 WHERE id = $1").bind(id).bind(now_ms()).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
-
 }
 
 fn server_from_row(row: &AnyRow) -> Result<GpuServer, StoreError> {
@@ -88,4 +87,3 @@ fn server_from_row(row: &AnyRow) -> Result<GpuServer, StoreError> {
         id,
     })
 }
-

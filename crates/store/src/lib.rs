@@ -157,7 +157,6 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
 }
 
 /// The advisory-lock key of a write scope: FNV-1a, stable across processes and versions (two

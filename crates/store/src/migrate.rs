@@ -56,5 +56,4 @@ mod tests {
         sorted.dedup();
         assert_eq!(versions, sorted, "migration versions must be unique");
     }
-
 }

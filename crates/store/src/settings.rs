@@ -17,7 +17,6 @@ pub mod keys {
     pub const POOL: &str = "pool";
 }
 
-
 impl Db {
     pub async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;

@@ -519,7 +519,6 @@ impl Db {
             .await?;
         Ok(done.rows_affected() == 1)
     }
-
 }
 
 fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
@@ -562,4 +561,3 @@ fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
         id,
     })
 }
-

@@ -66,7 +66,7 @@ pub fn free_port() -> u16 {
 pub fn workspace_bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test binary> -> target/<profile>/<name>
     let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
-    assert!(p.exists(), "{} is missing: `cargo build --workspace --bins` (make test does)", p.display());
+    assert!(p.exists(), "{} is missing: `cargo test --workspace --no-run` builds it (make test does)", p.display());
     p
 }
 

@@ -73,8 +73,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         allow_private_workers: config.allow_private_workers,
     };
     let embedded_url = embedded_worker.map(|a| format!("http://{a}"));
-    let tasks =
-        TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, stop_rx.clone()).await?;
+    let tasks = TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, stop_rx.clone()).await?;
 
     let state = AppState {
         draining: CancellationToken::new(),
@@ -166,7 +165,6 @@ pub async fn start(config: Config, shutdown: impl std::future::Future<Output = (
     tracing::info!(%addr, embedded_worker = ?embedded_worker, "gateway listening");
     Ok(Gateway { addr, state, handle, embedded_worker })
 }
-
 
 /// The URL with its password masked, for error messages and logs.
 fn redact(url: &str) -> String {

@@ -35,4 +35,3 @@ pub struct AppState {
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,
 }
-

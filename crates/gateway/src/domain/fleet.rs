@@ -199,7 +199,14 @@ mod tests {
 
     #[test]
     fn routing_decides_the_fleet() {
-        let server = GpuServer { id: "gpu-1".into(), ip: "203.0.113.7".into(), port: 8000, url: "http://203.0.113.7:8000".into(), registered_at: 0, last_seen: 0 };
+        let server = GpuServer {
+            id: "gpu-1".into(),
+            ip: "203.0.113.7".into(),
+            port: 8000,
+            url: "http://203.0.113.7:8000".into(),
+            registered_at: 0,
+            last_seen: 0,
+        };
         let routing = |multi: bool, fallback: bool| Routing {
             backend_url: None,
             default_backend_url: Some("http://127.0.0.1:9".into()),
@@ -208,7 +215,10 @@ mod tests {
             pool: None,
         };
         let names = |specs: Vec<WorkerSpec>| specs.into_iter().map(|s| s.endpoint).collect::<Vec<_>>();
-        assert_eq!(names(fleet_specs(&routing(true, true), std::slice::from_ref(&server))), ["http://203.0.113.7:8000", "http://127.0.0.1:9"]);
+        assert_eq!(
+            names(fleet_specs(&routing(true, true), std::slice::from_ref(&server))),
+            ["http://203.0.113.7:8000", "http://127.0.0.1:9"]
+        );
         assert_eq!(names(fleet_specs(&routing(true, false), std::slice::from_ref(&server))), ["http://203.0.113.7:8000"]);
         assert_eq!(names(fleet_specs(&routing(true, false), &[])), ["http://127.0.0.1:9"], "no servers: the default serves");
         assert_eq!(names(fleet_specs(&routing(false, false), &[server])), ["http://127.0.0.1:9"]);

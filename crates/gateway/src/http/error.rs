@@ -200,7 +200,10 @@ mod domain_tests {
     #[test]
     fn domain_errors_map_onto_the_envelope() {
         let e = ApiError::from(DomainError::invalid("ip", "loopback addresses are refused"));
-        assert_eq!((e.code, e.details["field_errors"]["ip"][0].as_str()), (ErrorCode::ValidationError, Some("loopback addresses are refused")));
+        assert_eq!(
+            (e.code, e.details["field_errors"]["ip"][0].as_str()),
+            (ErrorCode::ValidationError, Some("loopback addresses are refused"))
+        );
         assert_eq!(ApiError::from(DomainError::NotFound("no task x".into())).code, ErrorCode::ResourceNotFound);
         assert_eq!(ApiError::from(DomainError::Unavailable("later".into())).code, ErrorCode::ServerUnavailable);
         let internal = ApiError::from(DomainError::Internal("db at 10.0.0.3 down".into()));

@@ -29,14 +29,25 @@ pub enum Phase {
 pub enum Decision {
     Succeed(JobResult),
     /// Fail now: no other worker would do better.
-    Fail { reason: FailReason, detail: String },
+    Fail {
+        reason: FailReason,
+        detail: String,
+    },
     /// The attempt failed; another may succeed (on another worker when there is one).
     /// `worker_fault` feeds the worker's circuit breaker and means the job may still be
     /// running there (cancel it so the retry does not run alongside).
-    Retry { reason: FailReason, detail: String, worker_fault: bool },
+    Retry {
+        reason: FailReason,
+        detail: String,
+        worker_fault: bool,
+    },
     /// The worker did not take the job: try another one (or this one after `retry_after`),
     /// counting no attempt. `worker_fault` as for `Retry`.
-    Elsewhere { detail: String, worker_fault: bool, retry_after: Option<Duration> },
+    Elsewhere {
+        detail: String,
+        worker_fault: bool,
+        retry_after: Option<Duration>,
+    },
 }
 
 /// The failure reason of a worker's job error.
@@ -87,9 +98,11 @@ pub fn on_error(phase: Phase, e: ClientError) -> Decision {
         // Unreachable, broken or a 404 on a POST: the job never started there.
         (Phase::Submit, e) => Decision::Elsewhere { detail: e.to_string(), worker_fault: true, retry_after: None },
         // An accepted job was lost: the worker restarted (404), died or went away.
-        (Phase::Wait, e) => {
-            Decision::Retry { reason: FailReason::WorkerUnavailable, worker_fault: !matches!(e, ClientError::Rejected { .. }), detail: e.to_string() }
-        }
+        (Phase::Wait, e) => Decision::Retry {
+            reason: FailReason::WorkerUnavailable,
+            worker_fault: !matches!(e, ClientError::Rejected { .. }),
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -170,9 +183,15 @@ mod tests {
             Decision::Elsewhere { worker_fault: false, retry_after: Some(d), .. } if d == Duration::from_secs(2)
         ));
         for e in [ClientError::Unavailable("refused".into()), ClientError::Protocol("?".into()), ClientError::NotFound] {
-            assert!(matches!(on_error(Phase::Submit, e.clone()), Decision::Elsewhere { worker_fault: true, retry_after: None, .. }), "{e:?}");
             assert!(
-                matches!(on_error(Phase::Wait, e.clone()), Decision::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. }),
+                matches!(on_error(Phase::Submit, e.clone()), Decision::Elsewhere { worker_fault: true, retry_after: None, .. }),
+                "{e:?}"
+            );
+            assert!(
+                matches!(
+                    on_error(Phase::Wait, e.clone()),
+                    Decision::Retry { reason: FailReason::WorkerUnavailable, worker_fault: true, .. }
+                ),
                 "{e:?}"
             );
         }
@@ -182,7 +201,10 @@ mod tests {
             Decision::Retry { reason: FailReason::InternalError, detail: "another job has this id".into(), worker_fault: false }
         );
         let refused = ClientError::Rejected { status: 422, message: "tile_size".into() };
-        assert_eq!(on_error(Phase::Submit, refused.clone()), Decision::Fail { reason: FailReason::InvalidParams, detail: "tile_size".into() });
+        assert_eq!(
+            on_error(Phase::Submit, refused.clone()),
+            Decision::Fail { reason: FailReason::InvalidParams, detail: "tile_size".into() }
+        );
         assert!(matches!(on_error(Phase::Wait, refused), Decision::Retry { worker_fault: false, .. }));
         assert_eq!(decide(Phase::Wait, Ok(JobOutcome::Succeeded(result()))), Decision::Succeed(result()));
     }

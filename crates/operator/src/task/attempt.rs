@@ -116,8 +116,13 @@ async fn retry_or_fail(sh: &Shared, guard: &mut OwnerGuard, task: &EnhanceTask, 
         }
     } else {
         warn!(reason = reason.reason(), detail, attempt, "attempt failed; no attempts left");
+        let reason = if reason == FailReason::InternalError { FailReason::InferenceFailed } else { reason };
         let message = client_message(reason, detail, attempt);
-        finish(sh, guard, task, wguard, policy::failed(&prev, reason, message, SystemTime::now())).await;
+        let mut status = policy::failed(&prev, reason, message, SystemTime::now());
+        // As every other failure (and the standalone dispatcher): the progress the last
+        // attempt reached, not the last coarse write.
+        status.progress = sh.hub.get(&guard.key.namespace, &guard.key.name).map_or(prev.progress, |p| p.progress);
+        finish(sh, guard, task, wguard, status).await;
     }
 }
 

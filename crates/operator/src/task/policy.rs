@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-pub use purrify_api::{FailReason, client_message};
 use purrify_api::{EnhanceTaskStatus, TaskError, TaskPhase, TaskResult};
+pub use purrify_api::{FailReason, client_message};
 use purrify_inference::client::policy::{self as attempt_policy, Decision, Phase};
 use purrify_inference::client::{ClientError, JobOutcome, format_rfc3339};
 use purrify_inference::protocol::JobResult;
@@ -313,12 +313,7 @@ mod tests {
         let r = ok.result.as_ref().unwrap();
         assert_eq!((r.content_type.as_deref(), r.face_restoration), (Some("image/jpeg"), Some(FaceRestoration::Applied)));
         // What the worker says, not a guess from the face count.
-        let plain = JobResult {
-            content_type: "image/webp".into(),
-            faces: 0,
-            face_restoration: FaceRestoration::NotConfigured,
-            ..result()
-        };
+        let plain = JobResult { content_type: "image/webp".into(), faces: 0, face_restoration: FaceRestoration::NotConfigured, ..result() };
         let r = succeeded(&r2, &plain, t0).result.unwrap();
         assert_eq!((r.content_type.as_deref(), r.face_restoration), (Some("image/webp"), Some(FaceRestoration::NotConfigured)));
         assert_eq!((ok.worker.as_deref(), ok.attempts), (Some("http://w2:1"), 2), "who ran it stays visible");

@@ -95,7 +95,8 @@ impl TaskService {
         let hub = ProgressHub::default();
         let backend = match choice {
             BackendChoice::Standalone => {
-                let dispatch = DispatchConfig { max_attempts: settings.max_attempts.max(1), deadline: settings.deadline, ..DispatchConfig::default() };
+                let dispatch =
+                    DispatchConfig { max_attempts: settings.max_attempts.max(1), deadline: settings.deadline, ..DispatchConfig::default() };
                 Backend::Standalone(Dispatcher::new(db.clone(), fleet.clone(), Some(storage.clone()), hub.clone(), dispatch))
             }
             BackendChoice::Kubernetes { namespace, operator_url } => {

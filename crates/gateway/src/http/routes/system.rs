@@ -226,7 +226,11 @@ pub struct BackendResponse {
     security(("admin_token" = [])),
     responses((status = 200, body = BackendResponse), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn set_backend(_admin: AdminToken, State(state): State<AppState>, ApiJson(body): ApiJson<BackendRequest>) -> ApiResult<Json<BackendResponse>> {
+pub async fn set_backend(
+    _admin: AdminToken,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<BackendRequest>,
+) -> ApiResult<Json<BackendResponse>> {
     let set = state.tasks.set_backend(body.backend_url, body.pool).await?;
     let response = if state.tasks.routes_by_pool() {
         BackendResponse { message: "new tasks go to this GpuPool", new_backend_url: set.clone(), pool: Some(set), timestamp: now_rfc3339() }

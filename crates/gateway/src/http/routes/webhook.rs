@@ -79,7 +79,11 @@ pub struct ServersResponse {
     responses((status = 200, body = RegisterResponse), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 503, description = "No webhook secret configured", body = ErrorBody)))]
-pub async fn register(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<ServerRequest>) -> ApiResult<Json<RegisterResponse>> {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ServerRequest>,
+) -> ApiResult<Json<RegisterResponse>> {
     check_webhook_secret(&state, &headers, body.secret.as_deref())?;
     let (ip, port) = (parse_ip(&body)?, parse_port(&body)?);
     let (server_id, added) = state.tasks.register_server(ip, port).await?;

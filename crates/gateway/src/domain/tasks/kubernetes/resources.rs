@@ -190,4 +190,3 @@ mod tests {
         assert!(without_external(&e, "http://203.0.113.7:8000").unwrap().is_empty());
     }
 }
-

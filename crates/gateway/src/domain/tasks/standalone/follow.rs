@@ -90,7 +90,13 @@ impl Inner {
                 }
                 let done = self.db_write("complete", || self.db.complete_task(&id, &job_id, &result)).await;
                 if done == Some(true) {
-                    info!(elapsed_ms = result.elapsed_ms, width = result.width, height = result.height, faces = result.faces, "task completed");
+                    info!(
+                        elapsed_ms = result.elapsed_ms,
+                        width = result.width,
+                        height = result.height,
+                        faces = result.faces,
+                        "task completed"
+                    );
                     bump(&self.metrics.completed);
                     self.forget_tried(&id);
                     self.publish(&run.task, TaskStatus::Completed, 1.0, None, Some(result));

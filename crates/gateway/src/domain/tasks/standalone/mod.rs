@@ -36,8 +36,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::hub::{ProgressHub, TaskView};
 use super::model::{MAX_TASK_ID_LEN, TaskFailure, valid_task_id};
-pub use metrics::{DispatchMetrics, DispatchStats};
 use metrics::bump;
+pub use metrics::{DispatchMetrics, DispatchStats};
 
 mod cancel;
 mod follow;
@@ -366,7 +366,6 @@ impl Inner {
         error!(what, "database write abandoned; the task is repaired on a later tick");
         None
     }
-
 
     /// Live progress from the hub, else the last one written.
     fn current_progress(&self, task: &Task) -> f32 {
