@@ -149,6 +149,8 @@ pub fn compile(crd: &Value, old: Option<&Value>) -> Result<Vec<ResourceInfo>, Ve
             validating: true,
             schema: Arc::new(schema),
             crd: Some(name.to_string()),
+            openapi_schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
+            printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
         });
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }

@@ -132,6 +132,10 @@ impl ApiError {
         Self::new(405, "MethodNotAllowed", message)
     }
 
+    pub fn not_acceptable(accept: &str, offered: &[&str]) -> Self {
+        Self::new(406, "NotAcceptable", format!("only the following media types are accepted: {}; got {accept:?}", offered.join(", ")))
+    }
+
     pub fn unsupported_media_type(ct: &str) -> Self {
         Self::new(
             415,

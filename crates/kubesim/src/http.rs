@@ -281,7 +281,9 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
     let is_get = method == Method::GET;
     match segs.as_slice() {
         [] if is_get => {
-            return ok(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/readyz", "/version"]}));
+            return ok(
+                json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/openapi/v2", "/openapi/v3", "/readyz", "/version"]}),
+            );
         }
         ["version"] if is_get => return ok(version_doc()),
         ["healthz" | "livez" | "readyz"] if is_get => {
@@ -292,6 +294,12 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
             let mut r = (StatusCode::OK, shared.metrics.render(rv)).into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return r;
+        }
+        ["openapi", rest @ ..] if is_get => {
+            let st = shared.store.lock();
+            if let Some(r) = crate::openapi::serve::respond(&st.registry, rest, q.get("hash").map(String::as_str), accept) {
+                return r;
+            }
         }
         ["api"] if is_get => {
             let st = shared.store.lock();

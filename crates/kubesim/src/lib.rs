@@ -49,6 +49,7 @@ pub mod error;
 pub mod fieldmanager;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod patch;
 pub mod resource;
 pub mod schema;

@@ -33,6 +33,10 @@ pub struct ResourceInfo {
     pub schema: Arc<Schema>,
     /// For custom resources: the CRD's name, so CRD updates can find them.
     pub crd: Option<String>,
+    /// For custom resources: the version's `openAPIV3Schema` as written, for `/openapi`.
+    pub openapi_schema: Option<Arc<Value>>,
+    /// For custom resources: the version's `additionalPrinterColumns`, for Table output.
+    pub printer_columns: Vec<Value>,
 }
 
 impl ResourceInfo {
@@ -171,6 +175,18 @@ impl Registry {
         keys.sort();
         keys.dedup();
         keys
+    }
+
+    /// The kinds served in one group-version.
+    pub fn in_group_version(&self, group: &str, version: &str) -> Vec<Arc<ResourceInfo>> {
+        self.by_gvr.iter().filter(|((g, v, _), _)| g == group && v == version).map(|(_, i)| i.clone()).collect()
+    }
+
+    /// Every served (group, version), core first.
+    pub fn group_versions(&self) -> Vec<(String, String)> {
+        let mut gvs: Vec<(String, String)> = self.by_gvr.keys().map(|(g, v, _)| (g.clone(), v.clone())).collect();
+        gvs.dedup();
+        gvs
     }
 
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {

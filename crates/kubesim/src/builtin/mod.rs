@@ -133,6 +133,8 @@ impl Builtin {
             validating: false,
             schema: Arc::new(schema),
             crd: None,
+            openapi_schema: None,
+            printer_columns: Vec::new(),
         }
     }
 }
