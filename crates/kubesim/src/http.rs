@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::builtin::proto;
 use crate::error::{ApiError, ApiResult};
+use crate::fieldcheck;
 use crate::metrics::Metrics;
 use crate::resource::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -99,6 +100,18 @@ fn json_response(code: StatusCode, v: &Value, content_type: &str) -> Response {
     let mut r = (code, body).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
+    r
+}
+
+/// `Warning: 299 - "..."` headers, as the real server sends for unknown fields under
+/// `fieldValidation=Warn`.
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = serde_json::to_string(w).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - {text}")) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
     r
 }
 
@@ -407,15 +420,17 @@ fn resource_request(
                 return Err(ApiError::method_not_allowed("create of a namespaced resource needs a namespace in the path"));
             }
             let v = parse_body(headers, body)?;
+            let warnings = fieldcheck::check(&info, &v, fieldcheck::Directive::from_query(q)?)?;
             let c = ctx();
             let out = shared.store.write(|st| st.create(&c, v))?;
-            Ok(obj_response(StatusCode::CREATED, out))
+            Ok(with_warnings(obj_response(StatusCode::CREATED, out), &warnings))
         }
         (Method::PUT, Some(name)) => {
             let v = parse_body(headers, body)?;
+            let warnings = fieldcheck::check(&info, &v, fieldcheck::Directive::from_query(q)?)?;
             let c = ctx();
             let out = shared.store.write(|st| st.update(&c, name, v))?;
-            Ok(obj_response(StatusCode::OK, out))
+            Ok(with_warnings(obj_response(StatusCode::OK, out), &warnings))
         }
         (Method::PATCH, Some(name)) => {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -444,9 +459,12 @@ fn resource_request(
                 return Err(ApiError::bad_request("force: Forbidden: may not be specified for non-apply patch"));
             }
             let v = parse_body(headers, body)?;
+            let directive = fieldcheck::Directive::from_query(q)?;
+            // A JSON patch is a list of operations, not an object to check.
+            let warnings = if matches!(kind, PatchKind::Json) { Vec::new() } else { fieldcheck::check(&info, &v, directive)? };
             let c = ctx();
             let (out, created) = shared.store.write(|st| st.patch(&c, name, kind, &v))?;
-            Ok(obj_response(if created { StatusCode::CREATED } else { StatusCode::OK }, out))
+            Ok(with_warnings(obj_response(if created { StatusCode::CREATED } else { StatusCode::OK }, out), &warnings))
         }
         (Method::DELETE, Some(name)) => {
             let opts = delete_opts(q, headers, body)?;

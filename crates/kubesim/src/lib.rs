@@ -46,6 +46,7 @@ pub mod builtin;
 pub mod cel;
 pub mod crd;
 pub mod error;
+pub mod fieldcheck;
 pub mod fieldmanager;
 pub mod http;
 pub mod metrics;

@@ -233,7 +233,7 @@ impl Schema {
         self.map_type.as_deref() == Some("atomic")
     }
 
-    fn keeps_unknown(&self) -> bool {
+    pub(crate) fn keeps_unknown(&self) -> bool {
         self.preserve_unknown || self.additional_allowed && self.additional.is_none()
     }
 
