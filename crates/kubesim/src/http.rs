@@ -17,6 +17,7 @@ use crate::builtin::proto;
 use crate::error::{ApiError, ApiResult};
 use crate::fieldcheck;
 use crate::metrics::Metrics;
+pub use crate::presentation::Presentation;
 use crate::resource::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOpts, ListOpts, PatchKind, Propagation, Store, WriteCtx};
@@ -43,52 +44,6 @@ pub struct Shared {
     pub config: ServerConfig,
     pub addr: SocketAddr,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-}
-
-/// Full objects, or `PartialObjectMetadata` when the client asks for metadata only.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Presentation {
-    Full,
-    Metadata,
-}
-
-impl Presentation {
-    fn from_accept(headers: &HeaderMap) -> Presentation {
-        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if accept.contains("as=PartialObjectMetadata") { Presentation::Metadata } else { Presentation::Full }
-    }
-
-    pub fn object(self, o: Value) -> Value {
-        match self {
-            Presentation::Full => o,
-            Presentation::Metadata => json!({
-                "apiVersion": "meta.k8s.io/v1",
-                "kind": "PartialObjectMetadata",
-                "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-            }),
-        }
-    }
-
-    fn list(self, mut l: Value) -> Value {
-        if self == Presentation::Metadata {
-            if let Some(items) = l.get_mut("items").and_then(Value::as_array_mut) {
-                for i in items.iter_mut() {
-                    *i = self.object(std::mem::take(i));
-                }
-            }
-            l["apiVersion"] = json!("meta.k8s.io/v1");
-            l["kind"] = json!("PartialObjectMetadataList");
-        }
-        l
-    }
-
-    fn content_type(self, list: bool) -> &'static str {
-        match (self, list) {
-            (Presentation::Full, _) => "application/json",
-            (Presentation::Metadata, false) => "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
-            (Presentation::Metadata, true) => "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
-        }
-    }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -373,7 +328,7 @@ fn resource_request(
     body: &[u8],
 ) -> ApiResult<Response> {
     let info = t.info.clone();
-    let presentation = Presentation::from_accept(headers);
+    let presentation = Presentation::negotiate(headers, &t.info, q);
     let ns = t.namespace.clone();
     let is_watch = t.watch_path || truthy(q, "watch");
     let ctx = || WriteCtx {
@@ -401,7 +356,7 @@ fn resource_request(
                 labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
                 fields,
             };
-            let stream = watch::start(shared.clone(), info, params, presentation)?;
+            let stream = watch::start(shared.clone(), info, params, presentation.clone())?;
             let mut r = Response::new(Body::from_stream(stream));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Ok(r)

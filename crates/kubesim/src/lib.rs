@@ -52,10 +52,12 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod patch;
+pub mod presentation;
 pub mod resource;
 pub mod schema;
 pub mod selector;
 pub mod store;
+pub mod table;
 pub mod watch;
 
 use std::net::SocketAddr;
