@@ -116,7 +116,6 @@ async fn retry_or_fail(sh: &Shared, guard: &mut OwnerGuard, task: &EnhanceTask, 
         }
     } else {
         warn!(reason = reason.reason(), detail, attempt, "attempt failed; no attempts left");
-        let reason = if reason == FailReason::InternalError { FailReason::InferenceFailed } else { reason };
         let message = client_message(reason, detail, attempt);
         let mut status = policy::failed(&prev, reason, message, SystemTime::now());
         // As every other failure (and the standalone dispatcher): the progress the last
