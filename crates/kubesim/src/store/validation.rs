@@ -149,6 +149,11 @@ impl State {
                 }
                 new["status"] = json!({"phase": "Active"});
             }
+            ("secrets", _) => {
+                if new.get("type").is_none_or(|t| t.as_str() == Some("")) {
+                    new["type"] = json!("Opaque");
+                }
+            }
             ("pods", None) => {
                 new["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
