@@ -1,0 +1,107 @@
+//! values.schema.json refuses values that cannot work, before anything is rendered, and says
+//! which field and why.
+
+use serde_json::Value;
+
+use crate::support::{chart_dir, try_render};
+
+/// The renderer's refusal of these `--set`s (on top of the defaults).
+fn refusal(sets: &[&str]) -> String {
+    match try_render(&[""], sets, false) {
+        Ok(_) => panic!("{sets:?} was accepted"),
+        Err(e) => e,
+    }
+}
+
+fn assert_refused(sets: &[&str], expected: &[&str]) {
+    let msg = refusal(sets);
+    assert!(msg.contains("values don't meet the specifications of the schema"), "{sets:?}: not a schema refusal:\n{msg}");
+    for e in expected {
+        assert!(msg.contains(e), "{sets:?}: the message does not say {e:?}:\n{msg}");
+    }
+}
+
+#[test]
+fn kubernetes_mode_without_a_database_url_secret_is_refused() {
+    assert_refused(
+        &["gateway.secrets.databaseUrl.name="],
+        &["gateway.secrets.databaseUrl.name: String length must be greater than or equal to 1"],
+    );
+    assert_refused(
+        &["gateway.secrets.databaseUrl.key="],
+        &["gateway.secrets.databaseUrl.key: String length must be greater than or equal to 1"],
+    );
+    assert_refused(&["gateway.secrets.databaseUrl=null"], &["gateway.secrets.databaseUrl: Invalid type. Expected: object, given: null"]);
+}
+
+#[test]
+fn fewer_than_one_replica_is_refused() {
+    assert_refused(&["gateway.replicas=0"], &["gateway.replicas: Must be greater than or equal to 1"]);
+    assert_refused(&["operator.replicas=0"], &["operator.replicas: Must be greater than or equal to 1"]);
+    assert_refused(
+        &["gateway.autoscaling.enabled=true", "gateway.autoscaling.minReplicas=0"],
+        &["gateway.autoscaling.minReplicas: Must be greater than or equal to 1"],
+    );
+}
+
+#[test]
+fn a_bad_image_tag_or_digest_is_refused() {
+    for tag in ["v1:2", "-rc1", ".hidden", "has space", &"x".repeat(129)] {
+        assert_refused(&[&format!("images.gateway.tag={tag}")], &["images.gateway.tag: Does not match pattern"]);
+    }
+    assert_refused(&["images.inference.digest=sha256:abc"], &["images.inference.digest: Does not match pattern"]);
+    assert_refused(&["tests.image.tag=a/b"], &["tests.image.tag: Does not match pattern"]);
+    // What a tag may be is accepted.
+    for tag in ["0.1.0", "0.1.0-rc.1", "latest", "v2_build.7", "_x"] {
+        try_render(&[""], &[&format!("images.gateway.tag={tag}")], false).unwrap_or_else(|e| panic!("tag {tag} refused:\n{e}"));
+    }
+}
+
+#[test]
+fn an_unknown_execution_provider_is_refused() {
+    assert_refused(
+        &["gpuPool.create=true", "gpuPool.executionProvider=rocm"],
+        &[r#"gpuPool.executionProvider must be one of the following: "cuda", "tensorrt", "cpu""#],
+    );
+}
+
+/// The chart offers exactly the providers the GpuPool CRD admits (DESIGN lists `openvino`
+/// too; the CRD, which decides, does not have it).
+#[test]
+fn the_execution_providers_are_the_crds() {
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap()).unwrap();
+    let chart = &schema["properties"]["gpuPool"]["properties"]["executionProvider"]["enum"];
+    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("crds/gpupools.purrify.io.yaml")).unwrap()).unwrap();
+    let from_crd =
+        &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["executionProvider"]["enum"];
+    assert!(from_crd.is_array());
+    assert_eq!(chart, from_crd);
+}
+
+#[test]
+fn other_values_that_cannot_work_are_refused_with_their_field() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["ingress.enabled=true"], "ingress.host: String length must be greater than or equal to 1"),
+        (&["ingress.enabled=true", "ingress.host=Not A Host"], "ingress.host: Does not match pattern"),
+        (&["gpuPool.mode=both"], "gpuPool.mode must be one of the following"),
+        (&["gpuPool.replicas.max=101"], "gpuPool.replicas.max: Must be less than or equal to 100"),
+        (&["securityContext.runAsUser=0"], "securityContext.runAsUser: Must be greater than or equal to 1"),
+        (&["storage.bucket="], "storage.bucket: String length must be greater than or equal to 3"),
+        (&["storage.s3.endpoint=minio:9000"], "storage.s3.endpoint: Does not match pattern"),
+        (&["gateway.config.logFormat=xml"], "gateway.config.logFormat must be one of the following"),
+        (&["gateway.config.trustedProxyHops=0"], "gateway.config.trustedProxyHops: Must be greater than or equal to 1"),
+        (&["gateway.port=70000"], "gateway.port: Must be less than or equal to 65535"),
+        (&["gpuPool.name=Default"], "gpuPool.name: Does not match pattern"),
+        (&["gateway.replicaCount=3"], "Additional property replicaCount is not allowed"),
+    ];
+    for (sets, expected) in cases {
+        assert_refused(sets, &[expected]);
+    }
+}
+
+#[test]
+fn the_defaults_and_every_matrix_case_pass_the_schema() {
+    for case in crate::support::matrix() {
+        try_render(&crate::support::values_of(&case), &[], true).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    }
+}
