@@ -11,4 +11,6 @@
 //! `tests/processes` starts `purrify-gateway` and `purrify-operator` with exactly the args
 //! and environment the rendered Deployments give them (Secrets rendered as plain values,
 //! KUBECONFIG pointing at a `purrify-kubesim` process, the test PostgreSQL) and waits for the
-//! readiness probe's path to answer 200; it also runs the `helm test` pod's script.
+//! readiness probe's path to answer 200; it also runs the `helm test` pod's script, and
+//! installs the rendered release into kubesim with the real `kubectl apply` (default
+//! validation, and `--server-side`) and lets the operator reconcile the default GpuPool.

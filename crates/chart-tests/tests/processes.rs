@@ -4,6 +4,9 @@
 //! (KUBECONFIG) and a PostgreSQL database of their own, and their readiness probes' paths
 //! answer 200. Then what the values said shows in what they do (lease, limits, secrets,
 //! the default pool's workers). The `helm test` pod's script runs against the live gateway.
+//! And the release installs into kubesim with the real `kubectl apply` (client-side
+//! validation against the server's OpenAPI, and server-side apply), after which the
+//! operator reconciles the default pool.
 //!
 //! How a container becomes a process here: the image's entrypoint is the binary (the
 //! workspace's build of it), `args` as rendered, an environment of exactly the rendered
@@ -64,6 +67,20 @@ struct Cluster {
 impl Cluster {
     /// kubesim with the release namespace and the chart's CRDs (from charts/purrify/crds).
     async fn start() -> Cluster {
+        let cluster = Cluster::start_empty().await;
+        let client = cluster.client.clone();
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for entry in std::fs::read_dir(chart_dir().join("crds")).unwrap() {
+            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+            crds.create(&PostParams::default(), &crd).await.unwrap();
+        }
+        cluster
+    }
+
+    /// kubesim as it starts: no namespace but the built-in ones, no CRDs.
+    async fn start_empty() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let log = dir.path().join("kubesim.log");
@@ -79,15 +96,46 @@ impl Cluster {
         assert!(line.starts_with("listening on "), "kubesim said {line:?}");
         let kubesim = Proc::adopt("kubesim", child, log);
         let client = purrify_testkit::cluster::kube_client(&kubeconfig).await;
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for entry in std::fs::read_dir(chart_dir().join("crds")).unwrap() {
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
-            crds.create(&PostParams::default(), &crd).await.unwrap();
-        }
         Cluster { dir, kubeconfig, _kubesim: kubesim, client }
     }
+
+    /// `kubectl ARGS` (stdin: `input`) against this cluster, with a HOME of its own so its
+    /// discovery and OpenAPI caches start empty; must succeed. Its stdout.
+    fn kubectl(&self, args: &[&str], input: Option<&str>) -> String {
+        use std::io::Write;
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut child = Command::new(kubectl_path())
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &home)
+            .current_dir(support::workspace_root())
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(text) = input {
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}{stderr}");
+        stdout.into_owned()
+    }
+}
+
+/// `$KUBECTL`, else `kubectl` on PATH (1.32 on these machines). Missing is a failure.
+fn kubectl_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBECTL") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+        .expect("kubectl is not on PATH: the install test runs the real client (set KUBECTL to use another one)")
 }
 
 /// A container of a rendered Deployment, as a process.
@@ -411,4 +459,96 @@ async fn the_helm_test_passes_once_a_worker_is_healthy_and_fails_before() {
     .unwrap();
     assert!(ok, "the helm test failed with a healthy worker:\n{out}\n{}", logs(&r));
     assert!(out.contains("is healthy") && out.contains("\"status\":\"healthy\""), "{out}");
+}
+
+/// `helm install` without helm: the rendered release goes into kubesim through the real
+/// kubectl (CRDs from the chart's `crds/` first, as helm installs them; then every manifest
+/// of the release, hooks left out as helm leaves them until `helm test`), with kubectl's
+/// default client-side validation against the server's OpenAPI or as a server-side apply.
+/// Then the operator, started from the rendered Deployment, reconciles the default pool.
+async fn install_with_kubectl(values: &[&str], server_side: bool) {
+    let cluster = Cluster::start_empty().await;
+    let (_, op_port, sets) = port_sets();
+    let mut sets: Vec<String> = sets;
+    sets.extend(["tests.enabled=false".into(), "metrics.serviceMonitor.enabled=false".into(), "operator.probeIntervalSeconds=1".into()]);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let text = support::try_render_text(values, &sets, false).unwrap_or_else(|e| panic!("{e}"));
+    let docs = support::parse_stream(&text);
+    let apply: &[&str] = if server_side { &["apply", "--server-side"] } else { &["apply"] };
+
+    cluster.kubectl(&["create", "namespace", NAMESPACE], None);
+    let crds = chart_dir().join("crds");
+    let out = cluster.kubectl(&[apply, &["-f", crds.to_str().unwrap()]].concat(), None);
+    assert!(out.contains("gpupools.purrify.io"), "{out}");
+    let out = cluster.kubectl(&[apply, &["-f", "-"]].concat(), Some(&text));
+    let applied = out.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(applied, docs.len(), "one line per object:\n{out}");
+    // Everything is there, as rendered.
+    let names = cluster.kubectl(&["get", "-f", "-", "-o", "name"], Some(&text));
+    assert_eq!(names.lines().count(), docs.len(), "{names}");
+    // Applying the same release again changes nothing (an upgrade without changes).
+    let again = cluster.kubectl(&[apply, &["-f", "-"]].concat(), Some(&text));
+    assert!(!again.contains("created"), "{again}");
+
+    // The operator of the release, as its Deployment runs it, against what was installed.
+    let secrets: Secrets = &[];
+    let mounts = cluster.dir.path().join("volumes");
+    let op = launch(&docs, "purrify-operator", secrets, &|n, k| panic!("the operator reads no Secret ({n}/{k})"), &mounts);
+    assert!(op.ready_url.contains(&op_port.to_string()));
+    let operator = spawn(&cluster, "purrify-operator", &op);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &op.ready_url, &operator).await;
+
+    let pool_doc = docs.iter().find(|d| d.kind() == "GpuPool").expect("the case creates the default pool");
+    let pool_name = pool_doc.name().to_owned();
+    let pool = eventually(60, "the default pool's status for its generation", || async {
+        let json = cluster.kubectl(&["get", "gpupool", &pool_name, "-n", NAMESPACE, "-o", "json"], None);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let observed = v["status"]["observedGeneration"].as_i64()?;
+        (observed == v["metadata"]["generation"].as_i64()? && !v["status"]["conditions"].as_array()?.is_empty()).then_some(v)
+    })
+    .await;
+    if pool_doc.value["spec"]["image"].is_string() {
+        // Managed: the operator runs its workers as a Deployment owned by the pool, with the
+        // environment of the chart's worker ConfigMap.
+        let json = cluster.kubectl(&["get", "deployment", &format!("{pool_name}-inference"), "-n", NAMESPACE, "-o", "json"], None);
+        let d: Deployment = serde_json::from_str(&json).unwrap();
+        let owner = &d.metadata.owner_references.as_ref().expect("owned by the pool")[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("GpuPool", pool_name.as_str()));
+        let c = &d.spec.template.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), pool_doc.value["spec"]["image"].as_str());
+        let from = c.env_from.clone().unwrap_or_default();
+        assert_eq!(from[0].config_map_ref.as_ref().map(|c| c.name.as_str()), Some("purrify-worker"));
+        let cm = cluster.kubectl(&["get", "configmap", "purrify-worker", "-n", NAMESPACE, "-o", "jsonpath={.data.PURRIFY_STORAGE}"], None);
+        assert!(cm.starts_with("s3://"), "{cm}");
+    } else {
+        // External-only: its servers are probed and listed.
+        let external = pool["spec"]["external"].as_array().unwrap().len();
+        eventually(60, "the external servers in the pool's status", || async {
+            let json = cluster.kubectl(&["get", "gpupool", &pool_name, "-n", NAMESPACE, "-o", "json"], None);
+            let v: Value = serde_json::from_str(&json).unwrap();
+            (v["status"]["workers"].as_array().map(Vec::len) == Some(external)).then_some(())
+        })
+        .await;
+    }
+    // kubectl's own view of the pool: the CRD's printer columns.
+    let table = cluster.kubectl(&["get", "gpupools", "-n", NAMESPACE], None);
+    assert!(table.starts_with("NAME") && table.contains("WORKERS") && table.contains(&pool_name), "{table}");
+    drop(operator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_on_installs_with_kubectl_apply_and_its_pool_reconciles() {
+    install_with_kubectl(&[support::EVERYTHING_ON], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_on_installs_with_kubectl_server_side_apply_and_its_pool_reconciles() {
+    install_with_kubectl(&[support::EVERYTHING_ON], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_pool_installs_with_kubectl_apply_and_is_probed() {
+    let case = matrix().into_iter().find(|c| c.name == "gpu-pool-external").unwrap();
+    install_with_kubectl(&values_of(&case), false).await;
 }

@@ -82,6 +82,11 @@ impl Doc {
 /// Renders the chart with these values files (YAML text, in order) and `--set`s; the
 /// renderer's message (schema violations, template failures) on failure.
 pub fn try_render(values: &[&str], sets: &[&str], include_crds: bool) -> Result<Vec<Doc>, String> {
+    try_render_text(values, sets, include_crds).map(|text| parse_stream(&text))
+}
+
+/// [`try_render`]'s manifests as the renderer printed them.
+pub fn try_render_text(values: &[&str], sets: &[&str], include_crds: bool) -> Result<String, String> {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(helm_template());
     cmd.arg(chart_dir()).args(["--name", RELEASE, "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]);
@@ -100,7 +105,7 @@ pub fn try_render(values: &[&str], sets: &[&str], include_crds: bool) -> Result<
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    Ok(parse_stream(&String::from_utf8(out.stdout).expect("UTF-8 manifests")))
+    Ok(String::from_utf8(out.stdout).expect("UTF-8 manifests"))
 }
 
 /// [`try_render`] that must succeed.
