@@ -243,7 +243,9 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
     let segs: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
     let q = query_map(&uri);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let aggregated = accept.contains("as=APIGroupDiscoveryList");
+    // Aggregated discovery only in the version served (v2); a client that accepts only
+    // v2beta1 (kubectl 1.29 and older) gets the plain documents it also accepts.
+    let aggregated = accept.split(',').any(|m| m.contains("as=APIGroupDiscoveryList") && m.split(';').any(|p| p.trim() == "v=v2"));
     let aggregated_ct = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
     let ok = |v: Value| json_response(StatusCode::OK, &v, "application/json");
     let is_get = method == Method::GET;

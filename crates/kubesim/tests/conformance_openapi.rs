@@ -175,3 +175,18 @@ async fn protobuf_bodies_of_built_ins_are_decoded() {
     assert_eq!(code, 400);
     assert!(err.contains("error decoding protobuf body"), "{err}");
 }
+
+#[tokio::test]
+async fn aggregated_discovery_only_in_v2() {
+    let sim = start().await;
+    let url = format!("{}/apis", sim.handle.url());
+    let v2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let (_, headers, doc) = get_json(&url, v2).await;
+    assert_eq!(header(&headers, "content-type"), Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"));
+    assert_eq!(doc["kind"], "APIGroupDiscoveryList");
+    // kubectl 1.29 and older ask for v2beta1 first: they get the plain list they also accept.
+    let v2beta1 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+    let (_, headers, doc) = get_json(&url, v2beta1).await;
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    assert_eq!(doc["kind"], "APIGroupList");
+}

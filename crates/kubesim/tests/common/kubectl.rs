@@ -61,8 +61,31 @@ impl Cluster {
 
     /// Runs `kubectl ARGS` and returns its output, whatever its exit status.
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.run_with(&kubectl_path(), args, stdin)
+    }
+
+    /// `run` with another kubectl binary.
+    pub fn run_using(&self, kubectl: &Path, args: &[&str]) -> Output {
+        self.run_with(kubectl, args, None)
+    }
+
+    /// `ok` with another kubectl binary.
+    pub fn ok_using(&self, kubectl: &Path, args: &[&str]) -> String {
+        let out = self.run_with(kubectl, args, None);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{} {} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            kubectl.display(),
+            args.join(" "),
+            out.status
+        );
+        stdout.into_owned()
+    }
+
+    fn run_with(&self, kubectl: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
-        let mut cmd = Command::new(kubectl_path());
+        let mut cmd = Command::new(kubectl);
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", &self.home)
