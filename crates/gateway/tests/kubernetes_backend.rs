@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
 use purrify_gateway::domain::tasks::kubernetes::{CANCEL_ANNOTATION, DELETED_MESSAGE, MISSING_MESSAGE};
+use purrify_testkit::cluster::kubernetes_gateway_args;
 use purrify_testkit::{Proc, free_port};
 use serde_json::{Value, json};
 
@@ -66,27 +67,8 @@ impl Cluster {
 
     async fn gateway(&self) -> Gateway {
         let port = free_port();
-        let args = [
-            "--backend",
-            "kubernetes",
-            "--namespace",
-            "default",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            &self.dir.path().join("gw").display().to_string(),
-            "--storage",
-            &format!("file://{}", self.storage_dir().display()),
-            "--rate-limit",
-            "0",
-            "--uploads-per-minute",
-            "100000",
-            "--webhook-secret",
-            SECRET,
-            "--admin-token",
-            ADMIN,
-        ]
-        .map(String::from);
+        let mut args = kubernetes_gateway_args(port, &self.dir.path().join("gw"), &format!("file://{}", self.storage_dir().display()));
+        args.extend(["--webhook-secret", SECRET, "--admin-token", ADMIN].map(String::from));
         let proc = Proc::spawn(
             "gateway",
             PathBuf::from(env!("CARGO_BIN_EXE_purrify-gateway")).as_path(),

@@ -2,13 +2,12 @@
 //! project's in-memory API server), inference workers, the operator and the gateway, sharing
 //! `file://` storage. A real photo goes in through the gateway and comes out enhanced.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use purrify_api::{EnhanceTask, GpuPool};
+use purrify_testkit::cluster::{KubesimProcess, kubernetes_gateway_args};
 use purrify_testkit::gateway_client::{completed, register, upload, wait_for, wait_ready, worker_in_flight};
 use purrify_testkit::{Proc, free_port, workspace_bin as bin};
 use serde_json::{Value, json};
@@ -28,22 +27,8 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let log = dir.path().join("kubesim.log");
-        let mut child = Command::new(bin("purrify-kubesim"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("purrify-kubesim starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening on "), "kubesim said {line:?}");
-        let kubesim = Proc::adopt("kubesim", child, log);
-        let client = purrify_testkit::cluster::kube_client(&kubeconfig).await;
-        purrify_testkit::cluster::install_crds(&client).await;
-        Self { dir, kubeconfig, _kubesim: kubesim, client, http: reqwest::Client::new() }
+        let sim = KubesimProcess::start(dir.path()).await;
+        Self { kubeconfig: sim.kubeconfig, client: sim.client, _kubesim: sim.proc, dir, http: reqwest::Client::new() }
     }
 
     fn storage(&self) -> String {
@@ -78,26 +63,10 @@ impl Cluster {
     }
 
     fn gateway(&self, port: u16, operator_port: u16) -> Proc {
-        let args = [
-            "--backend",
-            "kubernetes",
-            "--namespace",
-            "default",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            &self.dir.path().join("gw").display().to_string(),
-            "--storage",
-            &self.storage(),
-            "--operator-url",
-            &format!("http://127.0.0.1:{operator_port}"),
-            "--rate-limit",
-            "0",
-            "--webhook-secret",
-            "k8s-secret",
-            "--allow-private-workers",
-        ];
-        self.spawn("gateway", bin("purrify-gateway"), &args.map(String::from))
+        let mut args = kubernetes_gateway_args(port, &self.dir.path().join("gw"), &self.storage());
+        let operator = format!("http://127.0.0.1:{operator_port}");
+        args.extend(["--operator-url", &operator, "--webhook-secret", "k8s-secret", "--allow-private-workers"].map(String::from));
+        self.spawn("gateway", bin("purrify-gateway"), &args)
     }
 
     async fn external_pool(&self, workers: &[u16]) {

@@ -12,13 +12,12 @@
 //! compared: it is whatever the last attempt's event stream delivered before the error,
 //! which depends on timing (the fake fails 20 ms after its 0.5 mark).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use purrify_api::{FailReason, GpuPool, client_message};
 use purrify_inference::protocol::ErrorReason;
+use purrify_testkit::cluster::{KubesimProcess, kubernetes_gateway_args};
 use purrify_testkit::fake_worker::{Behavior, FakeWorker};
 use purrify_testkit::gateway_client::{upload, wait_for, wait_ready};
 use purrify_testkit::{Proc, eventually, free_port, workspace_bin as bin};
@@ -238,21 +237,8 @@ struct Cluster {
 
 impl Cluster {
     async fn start(http: &reqwest::Client, dir: &Path) -> Self {
-        let kubeconfig = dir.join("kubeconfig");
-        let log = dir.join("kubesim.log");
-        let mut child = Command::new(bin("purrify-kubesim"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("purrify-kubesim starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening on "), "kubesim said {line:?}");
-        let kubesim = Proc::adopt("kubesim", child, log);
-        let client = purrify_testkit::cluster::kube_client(&kubeconfig).await;
-        purrify_testkit::cluster::install_crds(&client).await;
+        let sim = KubesimProcess::start(dir).await;
+        let (kubeconfig, kubesim, client) = (sim.kubeconfig, sim.proc, sim.client);
 
         let (op, port) = (free_port(), free_port());
         let spawn = |name: &str, program: PathBuf, args: &[&str]| {
@@ -276,28 +262,10 @@ impl Cluster {
                 &MAX_ATTEMPTS.to_string(),
             ],
         );
-        let gw = spawn(
-            "kubernetes-gateway",
-            bin("purrify-gateway"),
-            &[
-                "--backend",
-                "kubernetes",
-                "--namespace",
-                "default",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                &dir.join("kubernetes").display().to_string(),
-                "--storage",
-                &format!("file://{}", dir.join("kubernetes-storage").display()),
-                "--operator-url",
-                &format!("http://127.0.0.1:{op}"),
-                "--rate-limit",
-                "0",
-                "--uploads-per-minute",
-                "100000",
-            ],
-        );
+        let mut gw_args =
+            kubernetes_gateway_args(port, &dir.join("kubernetes"), &format!("file://{}", dir.join("kubernetes-storage").display()));
+        gw_args.extend(["--operator-url".to_string(), format!("http://127.0.0.1:{op}")]);
+        let gw = Proc::spawn("kubernetes-gateway", &bin("purrify-gateway"), &gw_args, &[("KUBECONFIG", kubeconfig.as_path())], dir);
         wait_ready(http, &format!("http://127.0.0.1:{op}/readyz"), &operator).await;
         wait_ready(http, &format!("http://127.0.0.1:{port}/readyz"), &gw).await;
         Self { _kubesim: kubesim, operator, gw, port, client }

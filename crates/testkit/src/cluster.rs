@@ -22,3 +22,59 @@ pub async fn install_crds(client: &kube::Client) {
         crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("creating CRD {:?}: {e}", crd.metadata.name));
     }
 }
+
+/// A `purrify-kubesim` process on a free loopback port, with the kubeconfig it wrote and the
+/// project's CRDs installed: the cluster of the process-level suites.
+pub struct KubesimProcess {
+    pub proc: crate::Proc,
+    pub kubeconfig: std::path::PathBuf,
+    pub client: kube::Client,
+}
+
+impl KubesimProcess {
+    /// Starts it with its kubeconfig and log in `dir`; returns once it listens and the CRDs
+    /// are in.
+    pub async fn start(dir: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let kubeconfig = dir.join("kubeconfig");
+        let log = dir.join("kubesim.log");
+        let mut child = std::process::Command::new(crate::workspace_bin("purrify-kubesim"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("kubesim log"))
+            .spawn()
+            .expect("purrify-kubesim starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("kubesim's first line");
+        assert!(line.starts_with("listening on "), "kubesim said {line:?}");
+        let proc = crate::Proc::adopt("kubesim", child, log);
+        let client = kube_client(&kubeconfig).await;
+        install_crds(&client).await;
+        Self { proc, kubeconfig, client }
+    }
+}
+
+/// The command line of a `purrify-gateway` in Kubernetes mode on 127.0.0.1:`port`, namespace
+/// `default`, history in `data_dir`, objects under `storage` (a URI), no rate limits; callers
+/// append what their scenario needs (secrets, the operator's URL).
+pub fn kubernetes_gateway_args(port: u16, data_dir: &Path, storage: &str) -> Vec<String> {
+    [
+        "--backend",
+        "kubernetes",
+        "--namespace",
+        "default",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--storage",
+        storage,
+        "--rate-limit",
+        "0",
+        "--uploads-per-minute",
+        "100000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
