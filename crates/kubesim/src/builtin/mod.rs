@@ -82,38 +82,41 @@ const fn b(
     kind: &'static str,
     namespaced: bool,
     short: &'static [&'static str],
-    status: bool,
-    all: bool,
+    flags: u8,
 ) -> Builtin {
-    Builtin { group, version, plural, kind, namespaced, short, status, all }
+    Builtin { group, version, plural, kind, namespaced, short, status: flags & STATUS != 0, all: flags & ALL != 0 }
 }
 
 const NS: bool = true;
 const CLUSTER: bool = false;
+/// Has a status subresource.
+const STATUS: u8 = 1;
+/// In the `all` category.
+const ALL: u8 = 2;
 
 /// Everything served besides custom resources, with the scope, short names and
 /// subresources a 1.33 server reports.
 pub const BUILTINS: &[Builtin] = &[
-    b("", "v1", "namespaces", "Namespace", CLUSTER, &["ns"], true, false),
-    b("", "v1", "pods", "Pod", NS, &["po"], true, true),
-    b("", "v1", "services", "Service", NS, &["svc"], true, true),
-    b("", "v1", "events", "Event", NS, &["ev"], false, false),
-    b("", "v1", "configmaps", "ConfigMap", NS, &["cm"], false, false),
-    b("", "v1", "secrets", "Secret", NS, &[], false, false),
-    b("", "v1", "serviceaccounts", "ServiceAccount", NS, &["sa"], false, false),
-    b("apps", "v1", "deployments", "Deployment", NS, &["deploy"], true, true),
-    b("batch", "v1", "jobs", "Job", NS, &[], true, true),
-    b("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", NS, &["hpa"], true, true),
-    b("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", NS, &["pdb"], true, false),
-    b("networking.k8s.io", "v1", "ingresses", "Ingress", NS, &["ing"], true, false),
-    b("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", NS, &["netpol"], false, false),
-    b("rbac.authorization.k8s.io", "v1", "roles", "Role", NS, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", NS, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", CLUSTER, &[], false, false),
-    b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", CLUSTER, &[], false, false),
-    b("coordination.k8s.io", "v1", "leases", "Lease", NS, &[], false, false),
-    b("events.k8s.io", "v1", "events", "Event", NS, &["ev"], false, false),
-    b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], true, false),
+    b("", "v1", "namespaces", "Namespace", CLUSTER, &["ns"], STATUS),
+    b("", "v1", "pods", "Pod", NS, &["po"], STATUS | ALL),
+    b("", "v1", "services", "Service", NS, &["svc"], STATUS | ALL),
+    b("", "v1", "events", "Event", NS, &["ev"], 0),
+    b("", "v1", "configmaps", "ConfigMap", NS, &["cm"], 0),
+    b("", "v1", "secrets", "Secret", NS, &[], 0),
+    b("", "v1", "serviceaccounts", "ServiceAccount", NS, &["sa"], 0),
+    b("apps", "v1", "deployments", "Deployment", NS, &["deploy"], STATUS | ALL),
+    b("batch", "v1", "jobs", "Job", NS, &[], STATUS | ALL),
+    b("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", NS, &["hpa"], STATUS | ALL),
+    b("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", NS, &["pdb"], STATUS),
+    b("networking.k8s.io", "v1", "ingresses", "Ingress", NS, &["ing"], STATUS),
+    b("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", NS, &["netpol"], 0),
+    b("rbac.authorization.k8s.io", "v1", "roles", "Role", NS, &[], 0),
+    b("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", NS, &[], 0),
+    b("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", CLUSTER, &[], 0),
+    b("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", CLUSTER, &[], 0),
+    b("coordination.k8s.io", "v1", "leases", "Lease", NS, &[], 0),
+    b("events.k8s.io", "v1", "events", "Event", NS, &["ev"], 0),
+    b("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], STATUS),
 ];
 
 impl Builtin {

@@ -149,10 +149,8 @@ impl State {
                 }
                 new["status"] = json!({"phase": "Active"});
             }
-            ("secrets", _) => {
-                if new.get("type").is_none_or(|t| t.as_str() == Some("")) {
-                    new["type"] = json!("Opaque");
-                }
+            ("secrets", _) if new.get("type").is_none_or(|t| t.as_str() == Some("")) => {
+                new["type"] = json!("Opaque");
             }
             ("pods", None) => {
                 new["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
