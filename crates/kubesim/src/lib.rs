@@ -17,13 +17,19 @@
 //! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{group}`,
 //!   `/apis/{group}/{version}`, and aggregated discovery (apidiscovery.k8s.io/v2) when
 //!   asked for by `Accept`.
-//! - Built-in kinds: core/v1 Namespaces, Pods, Services, Events, ConfigMaps, Secrets,
-//!   ServiceAccounts; apps/v1 Deployments; policy/v1 PodDisruptionBudgets;
-//!   coordination.k8s.io/v1 Leases; events.k8s.io/v1 Events (stored apart from core
-//!   Events); apiextensions.k8s.io/v1 CustomResourceDefinitions. Built-ins are stored
-//!   as given (no schema validation) with a few defaults: namespace phase and name
-//!   label, pod phase `Pending`, deployment `replicas: 1`, service `type` and a
-//!   cluster IP.
+//! - Built-in kinds ([`builtin`]): core/v1 Namespaces, Pods, Services, Events,
+//!   ConfigMaps, Secrets, ServiceAccounts; apps/v1 Deployments; batch/v1 Jobs;
+//!   autoscaling/v2 HorizontalPodAutoscalers; policy/v1 PodDisruptionBudgets;
+//!   networking.k8s.io/v1 Ingresses, NetworkPolicies; rbac.authorization.k8s.io/v1 Roles,
+//!   ClusterRoles, RoleBindings, ClusterRoleBindings; coordination.k8s.io/v1 Leases;
+//!   events.k8s.io/v1 Events (stored apart from core Events); apiextensions.k8s.io/v1
+//!   CustomResourceDefinitions. Built-ins are stored as given (unknown fields reported by
+//!   [`fieldcheck`], not dropped) with a few defaults: namespace phase and name label,
+//!   pod phase `Pending`, deployment `replicas: 1`, service `type` and a cluster IP,
+//!   secret `type: Opaque`. Their protobuf bodies (kubectl's typed clients send nothing
+//!   else) are decoded by [`builtin::proto`].
+//! - `/openapi/v3` and `/openapi/v2` ([`openapi`]), `fieldValidation` ([`fieldcheck`]) and
+//!   Table output for `kubectl get` ([`table`]).
 //! - Custom resources from CRDs: served versions, scope, names, status subresource,
 //!   `openAPIV3Schema` defaulting, pruning and validation, and CEL rules (see [`cel`]
 //!   for the subset; a CRD with a rule outside it is rejected with a 422).
@@ -35,8 +41,8 @@
 //!   `GET /metrics`.
 //!
 //! # Not implemented
-//! Authentication and authorization, admission webhooks, protobuf and Table output,
-//! `fieldValidation=Strict` (unknown fields are always pruned silently), CRD conversion
+//! Authentication and authorization, admission webhooks, protobuf responses (and
+//! `/openapi/v2` in protobuf), CRD conversion
 //! webhooks (versions differ only in `apiVersion`, like the `None` strategy), the
 //! `scale` and other subresources, controllers (Deployments never get pods, pods
 //! never run), GC of dependents whose owner never existed, validation ratcheting,
