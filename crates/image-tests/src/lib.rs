@@ -1,0 +1,1 @@
+//! Tests of the container images; see `tests/containers.rs`.

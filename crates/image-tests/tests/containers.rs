@@ -1,0 +1,325 @@
+//! The images on a podman network, in the seed 000 topology: one gateway container in
+//! standalone mode (SQLite on its own volume, no in-process worker) and two inference worker
+//! containers that join it through `/webhook/register`, all sharing the storage volume.
+//! A real photo goes through; the worker running it is killed (`podman kill`) and the task
+//! completes on the other; every container runs as UID 10001 and exits cleanly on
+//! `podman stop` (SIGTERM) within its grace period.
+//!
+//! The images are the ones `make images` builds (built first when missing). Without podman
+//! the test fails: it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use purrify_testkit::gateway_client::{completed, status, worker_in_flight};
+use serde_json::{Value, json};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const SECRET: &str = "image-test-secret";
+/// `podman stop --time`: SIGTERM, then SIGKILL after this many seconds. The binaries get a
+/// shorter grace of their own, so a clean stop ends well before it.
+const STOP_TIMEOUT_SECS: u64 = 20;
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn podman_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", root().join("tools/images/containers.conf")).args(args);
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    podman_cmd(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run podman ({e}): `make images` installs it (podman, buildah, runc from Debian's packages)"))
+}
+
+/// Runs podman and returns its trimmed stdout; panics with its stderr when it fails.
+fn podman(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "podman {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn ensure_images() {
+    let missing =
+        ["gateway", "operator", "inference"].iter().any(|i| !run(&["image", "exists", &format!("purrify-{i}:{VERSION}")]).status.success());
+    if missing {
+        let st = Command::new("make").arg("images").current_dir(root()).status().expect("cannot run make");
+        assert!(st.success(), "`make images` failed");
+    }
+}
+
+/// Containers, network and volume of one test run, removed when dropped (also on failure).
+struct Env {
+    prefix: String,
+    containers: Vec<String>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let prefix = format!("purrify-it-{}", std::process::id());
+        podman(&["network", "create", &prefix]);
+        podman(&["volume", "create", &format!("{prefix}-storage")]);
+        podman(&["volume", "create", &format!("{prefix}-data")]);
+        Env { prefix, containers: Vec::new() }
+    }
+
+    fn network(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The gateway's data dir (SQLite), as the chart's emptyDir. A volume, not a tmpfs:
+    /// podman 4.3 gives a tmpfs the image directory's mode with root as owner.
+    fn data_mount(&self) -> String {
+        format!("{}-data:/var/lib/purrify:U", self.prefix)
+    }
+
+    fn storage_mount(&self) -> String {
+        // `U`: chown the volume to the container's user (10001) so it can write.
+        format!("{}-storage:/var/lib/purrify/storage:U", self.prefix)
+    }
+
+    /// `podman run -d` with the restricted settings the chart uses: read-only root
+    /// filesystem, /tmp as a tmpfs, no capabilities, no privilege escalation.
+    fn start(&mut self, name: &str, image: &str, extra: &[&str], args: &[&str]) -> String {
+        let name = format!("{}-{name}", self.prefix);
+        let stop_timeout = STOP_TIMEOUT_SECS.to_string();
+        let mut all = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            self.network(),
+            "--read-only",
+            "--tmpfs",
+            "/tmp:rw,mode=1777",
+            "--cap-drop",
+            "all",
+            "--security-opt",
+            "no-new-privileges",
+            "--stop-timeout",
+            &stop_timeout,
+            "--publish",
+            "127.0.0.1::8000",
+        ];
+        if image.contains("gateway") {
+            all.pop();
+            all.push("127.0.0.1::8080");
+        }
+        all.extend_from_slice(extra);
+        all.push(image);
+        all.extend_from_slice(args);
+        podman(&all);
+        self.containers.push(name.clone());
+        name
+    }
+
+    fn logs(&self) -> String {
+        self.containers
+            .iter()
+            .map(|c| {
+                let out = run(&["logs", "--tail", "60", c]);
+                format!("--- {c} ---\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for c in &self.containers {
+            let _ = run(&["rm", "-f", "-t", "0", c]);
+        }
+        let _ = run(&["network", "rm", "-f", &self.prefix]);
+        let _ = run(&["volume", "rm", "-f", &format!("{}-storage", self.prefix)]);
+        let _ = run(&["volume", "rm", "-f", &format!("{}-data", self.prefix)]);
+    }
+}
+
+/// The loopback port podman published for the container's `port`.
+fn host_port(container: &str, port: u16) -> u16 {
+    let out = podman(&["port", container, &format!("{port}/tcp")]);
+    out.lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port: {out}"))
+}
+
+fn container_ip(env: &Env, container: &str) -> String {
+    podman(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", env.network()), container])
+}
+
+async fn wait_http_ok(http: &reqwest::Client, url: &str, env: &Env) {
+    let give_up = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < give_up, "{url} never answered 2xx\n{}", env.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every process of the container runs as UID 10001, in the container and on the host.
+fn assert_non_root(container: &str) {
+    assert_eq!(podman(&["inspect", "-f", "{{.Config.User}}", container]), "10001:10001", "{container}");
+    let top = podman(&["top", container, "user", "huser", "comm"]);
+    let procs: Vec<&str> = top.lines().skip(1).collect();
+    assert!(!procs.is_empty(), "{container}: no processes\n{top}");
+    for line in procs {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols.len() >= 2 && cols[0] != "root" && cols[1] == "10001", "{container} runs as {line}\n{top}");
+    }
+}
+
+/// `podman stop` (SIGTERM), timed: the container must exit by itself (code 0, not the 137 of
+/// the SIGKILL that follows the stop timeout) within the timeout.
+fn stop_timed(container: &str) -> Duration {
+    let start = Instant::now();
+    podman(&["stop", "--time", &STOP_TIMEOUT_SECS.to_string(), container]);
+    let took = start.elapsed();
+    let code = podman(&["inspect", "-f", "{{.State.ExitCode}}", container]);
+    assert_eq!(code, "0", "{container} did not exit cleanly on SIGTERM (took {took:?})");
+    assert!(took < Duration::from_secs(STOP_TIMEOUT_SECS), "{container} took {took:?} to stop");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_two_workers_on_a_podman_network() {
+    ensure_images();
+    let gateway_image = format!("purrify-gateway:{VERSION}");
+    let worker_image = format!("purrify-inference:{VERSION}");
+    let mut env = Env::new();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let storage = env.storage_mount();
+    let data = env.data_mount();
+    let grace = SHUTDOWN_GRACE_SECS.to_string();
+
+    // The gateway: standalone, SQLite in its data dir volume, storage on the shared volume.
+    let gw = env.start(
+        "gateway",
+        &gateway_image,
+        &["--volume", &data, "--volume", &storage, "--env", &format!("WEBHOOK_SECRET={SECRET}")],
+        &["--embedded-worker", "false", "--probe-interval-seconds", "1", "--shutdown-grace-seconds", &grace],
+    );
+    let gw_port = host_port(&gw, 8080);
+    // Two workers; each runs one job at a time with one thread (CI has 2 cores).
+    let mut workers = Vec::new();
+    for n in ["worker-a", "worker-b"] {
+        let w = env.start(
+            n,
+            &worker_image,
+            &["--volume", &storage],
+            &["serve", "--threads", "1", "--parallel", "1", "--shutdown-grace", &grace],
+        );
+        workers.push(w);
+    }
+    wait_http_ok(&http, &format!("http://127.0.0.1:{gw_port}/readyz"), &env).await;
+    for w in &workers {
+        wait_http_ok(&http, &format!("http://127.0.0.1:{}/readyz", host_port(w, 8000)), &env).await;
+    }
+    // Docs are served from the assets baked into the gateway image.
+    let docs = http.get(format!("http://127.0.0.1:{gw_port}/docs/assets/swagger-ui-bundle.js")).send().await.unwrap();
+    assert!(docs.status().is_success(), "Swagger UI assets: {}", docs.status());
+
+    // The workers join as GPU servers would, with their address on the network.
+    for w in &workers {
+        let ip = container_ip(&env, w);
+        let r: Value = http
+            .post(format!("http://127.0.0.1:{gw_port}/webhook/register"))
+            .json(&json!({"ip": ip, "port": 8000, "secret": SECRET}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["success"], true, "register {w} ({ip}): {r}\n{}", env.logs());
+    }
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h: Value = http.get(format!("http://127.0.0.1:{gw_port}/api/v1/health")).send().await.unwrap().json().await.unwrap();
+        if h["backend_status"]["healthy_servers"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "workers never healthy: {h}\n{}", env.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for c in [&gw, &workers[0], &workers[1]] {
+        assert_non_root(c);
+    }
+    // The operator's image too (it needs an API server to run; the user is the image's).
+    for i in ["gateway", "operator", "inference"] {
+        let user = podman(&["image", "inspect", "-f", "{{.Config.User}}", &format!("purrify-{i}:{VERSION}")]);
+        assert_eq!(user, "10001:10001", "purrify-{i}");
+    }
+
+    // A real photo, small tiles so the job runs long enough to be interrupted.
+    let photo = std::fs::read(purrify_cache().join("photos/chelsea.png")).expect("chelsea.png: run `make models`");
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(photo).file_name("chelsea.png"))
+        .text("quality_level", "fast")
+        .text("scale", "2")
+        .text("tile_size", "32");
+    let r = http.post(format!("http://127.0.0.1:{gw_port}/api/v1/enhance")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_string();
+
+    // Kill the worker that runs it, mid-task.
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let busy = loop {
+        let mut busy = None;
+        for w in &workers {
+            if worker_in_flight(&http, host_port(w, 8000)).await > 0 {
+                busy = Some(w.clone());
+            }
+        }
+        if let Some(b) = busy {
+            break b;
+        }
+        assert!(Instant::now() < give_up, "no worker ever ran the task: {}\n{}", status(&http, gw_port, &id).await, env.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!completed(&status(&http, gw_port, &id).await), "the task finished before the kill");
+    podman(&["kill", "--signal", "KILL", &busy]);
+    eprintln!("killed {busy} mid-task");
+
+    let give_up = Instant::now() + Duration::from_secs(180);
+    let done = loop {
+        let s = status(&http, gw_port, &id).await;
+        if completed(&s) {
+            break s;
+        }
+        assert!(s["status"] != "failed", "task failed: {s}\n{}", env.logs());
+        assert!(Instant::now() < give_up, "task never completed: {s}\n{}", env.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["result"]["width"], 451 * 2, "{done}");
+    let img = http.get(format!("http://127.0.0.1:{gw_port}/api/v1/download/{id}")).send().await.unwrap();
+    assert_eq!(img.status(), 200);
+    let bytes = img.bytes().await.unwrap();
+    assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "not a JPEG");
+
+    // A clean stop on SIGTERM within the grace period.
+    let survivor = workers.iter().find(|w| **w != busy).unwrap().clone();
+    for c in [&survivor, &gw] {
+        let took = stop_timed(c);
+        eprintln!("{c} stopped on SIGTERM in {took:?}");
+    }
+}
+
+fn purrify_cache() -> PathBuf {
+    std::env::var_os("PURRIFY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/purrify"))
+}
