@@ -41,8 +41,8 @@
 //!   `GET /metrics`.
 //!
 //! # Not implemented
-//! Authentication and authorization, admission webhooks, protobuf responses (and
-//! `/openapi/v2` in protobuf), CRD conversion
+//! Authentication and authorization, admission webhooks, protobuf responses (except
+//! `/openapi/v2`), CRD conversion
 //! webhooks (versions differ only in `apiVersion`, like the `None` strategy), the
 //! `scale` and other subresources, controllers (Deployments never get pods, pods
 //! never run), GC of dependents whose owner never existed, validation ratcheting,

@@ -63,7 +63,7 @@ async fn openapi_v3_documents_follow_the_crds() {
 }
 
 #[tokio::test]
-async fn openapi_v2_is_json_for_clients_that_take_json() {
+async fn openapi_v2_in_json_or_protobuf_as_negotiated() {
     let sim = start().await;
     install_gadget_crd(&sim.client).await;
     let url = format!("{}/openapi/v2", sim.handle.url());
@@ -82,8 +82,18 @@ async fn openapi_v2_is_json_for_clients_that_take_json() {
             doc["paths"]["/apis/kubesim.test/v1/namespaces/{namespace}/gadgets/{name}"]["patch"]["parameters"].as_array().unwrap().clone();
         assert!(params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query" && p["type"] == "string"));
     }
-    // Only protobuf acceptable: 406, as from a server that cannot produce it.
-    let (code, _, status) = get_json(&url, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf").await;
+    // client-go's OpenAPISchema() asks for protobuf only (kubectl 1.27 and 1.28 validate with it).
+    let pb = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let (code, headers, body) = raw_full("GET", &url, &[("Accept", pb)], None).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
+    assert!(body.starts_with("\n\u{3}2.0\u{12}"), "Document.swagger then Document.info");
+    assert!(
+        body.contains("test.kubesim.v1.Gadget") && body.contains("x-kubernetes-group-version-kind") && body.contains("fieldValidation")
+    );
+    // v3 comes in JSON only: 406 for a client that accepts nothing else.
+    let v3 = format!("{}/openapi/v3/api/v1", sim.handle.url());
+    let (code, _, status) = get_json(&v3, "application/com.github.proto-openapi.spec.v3@v1.0+protobuf").await;
     assert_eq!(code, 406);
     assert_eq!(status["reason"], "NotAcceptable");
 }

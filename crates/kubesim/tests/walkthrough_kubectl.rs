@@ -20,7 +20,7 @@
 //! workspace root; the server it starts listens on a free port (`--addr 127.0.0.1:0`)
 //! instead of 6443, and kubectl gets an empty `HOME` so no earlier discovery cache is used.
 //! It runs the `kubectl` on `PATH`, then each versioned kubectl installed beside it
-//! (`kubectl.1.29` and newer, as the Cloud SDK's dispatcher ships them).
+//! (`kubectl.1.27` and newer, as the Cloud SDK's dispatcher ships them).
 
 mod common;
 
@@ -91,7 +91,7 @@ fn walkthrough_with_the_kubectl_on_path() {
     walk_through(&kubectl_path());
 }
 
-/// `kubectl.1.NN` files beside the real kubectl (the dispatcher's), 1.29 and newer.
+/// `kubectl.1.NN` files beside the real kubectl (the dispatcher's), 1.27 and newer.
 fn versioned_kubectls() -> Vec<PathBuf> {
     let real = std::fs::canonicalize(kubectl_path()).expect("kubectl path");
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(real.parent().expect("a directory"))
@@ -101,7 +101,7 @@ fn versioned_kubectls() -> Vec<PathBuf> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let minor: u32 = name.strip_prefix("kubectl.1.")?.parse().ok()?;
-            (minor >= 29).then(|| (minor, e.path()))
+            (minor >= 27).then(|| (minor, e.path()))
         })
         .collect();
     found.sort();

@@ -1,5 +1,5 @@
 //! `/openapi/v3` (an index, then one document per group-version) and `/openapi/v2` (one
-//! JSON document), built from what the registry serves at the moment of the request, so
+//! document, JSON or protobuf: see `v2proto`), built from what the registry serves at the moment of the request, so
 //! CRDs appear and disappear with their definitions.
 //!
 //! kubectl reads them to decide how to validate: each PATCH operation carries
@@ -10,6 +10,7 @@
 
 pub mod schemas;
 pub mod serve;
+pub mod v2proto;
 
 use serde_json::{Map, Value, json};
 

@@ -10,10 +10,22 @@ use crate::resource::Registry;
 const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 const V3_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v3@v1.0+protobuf";
 
+fn is_json(media: &str) -> bool {
+    matches!(media.split(';').next().unwrap_or_default().trim(), "*/*" | "application/*" | "application/json")
+}
+
 /// Whether an `Accept` header allows JSON: absent, `*/*`, `application/*` or JSON itself.
 pub fn accepts_json(accept: &str) -> bool {
-    accept.trim().is_empty()
-        || accept.split(',').any(|m| matches!(m.split(';').next().unwrap_or_default().trim(), "*/*" | "application/*" | "application/json"))
+    accept.trim().is_empty() || accept.split(',').any(is_json)
+}
+
+/// Whether the first acceptable form in `Accept` is the v2 protobuf.
+fn prefers_v2_protobuf(accept: &str) -> bool {
+    accept
+        .split(',')
+        .map(|m| m.split(';').next().unwrap_or_default().trim())
+        .find(|m| is_json(m) || m.starts_with("application/com.github.proto-openapi.spec.v2"))
+        .is_some_and(|m| !is_json(m))
 }
 
 fn json(code: StatusCode, v: &Value, cache: &'static str) -> Response {
@@ -32,10 +44,17 @@ fn error(e: &ApiError) -> Response {
 /// Answers `GET /openapi/{rest}` (`rest` without the leading `openapi`), or None for a
 /// path that is not an OpenAPI document.
 pub fn respond(reg: &Registry, rest: &[&str], hash: Option<&str>, accept: &str) -> Option<Response> {
-    // The real server also speaks the protobuf forms; a client that accepts only those
-    // gets 406, as from a server that cannot produce what was asked.
+    // v2 comes in JSON or protobuf, v3 in JSON only: a client that accepts only the v3
+    // protobuf gets 406, as from a server that cannot produce what was asked.
     let refuse = |pb: &str| error(&ApiError::not_acceptable(accept, &["application/json", pb]));
     Some(match rest {
+        ["v2"] if prefers_v2_protobuf(accept) => {
+            let mut r = (StatusCode::OK, super::v2proto::encode(&super::v2_document(reg))).into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+            r
+        }
         ["v2"] if !accepts_json(accept) => refuse(V2_PROTOBUF),
         ["v2"] => json(StatusCode::OK, &super::v2_document(reg), "no-cache, private"),
         ["v3"] => json(StatusCode::OK, &super::v3_index(reg), "no-cache, private"),
