@@ -20,8 +20,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("installing signal handler: {0}")]
-    Signal(#[source] std::io::Error),
 }
 
 /// One cause inside a `Status.details.causes` list.

@@ -233,26 +233,10 @@ pub struct ServeArgs {
     pub insecure_allow_remote: bool,
 }
 
-async fn shutdown_signal() -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 /// The binary's entry point: parses the command line and serves until SIGTERM/SIGINT.
 pub async fn run() -> Result<(), Error> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    purrify_process::init_tracing(purrify_process::LogFormat::Text, "info");
     match cli.command {
         Command::Serve(args) => serve(args).await,
     }
@@ -285,7 +269,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
     }
-    shutdown_signal().await?;
+    purrify_process::shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await
 }
