@@ -43,6 +43,8 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub allow_http: bool,
+    /// Access key and secret, overriding `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub credentials: Option<(String, String)>,
 }
 
 pub struct Storage {
@@ -141,6 +143,11 @@ impl Storage {
                 if let Some(r) = &self.s3.region {
                     b = b.with_region(r);
                 }
+                if let Some((key, secret)) = &self.s3.credentials {
+                    b = b.with_access_key_id(key).with_secret_access_key(secret);
+                }
+                // Path-style addressing (`endpoint/bucket/key`) is object_store's default,
+                // which is what S3-compatible servers without bucket DNS names need.
                 b = b.with_allow_http(self.s3.allow_http);
                 let s = b.build().map_err(|e| StorageError::Backend { uri: url.to_string(), message: e.to_string() })?;
                 Ok(Arc::new(s))
@@ -152,6 +159,10 @@ impl Storage {
     fn map_err(uri: &str, e: object_store::Error) -> StorageError {
         match e {
             object_store::Error::NotFound { .. } => StorageError::NotFound { uri: uri.to_string() },
+            e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => StorageError::Backend {
+                uri: uri.to_string(),
+                message: format!("access denied; check the S3 credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): {e}"),
+            },
             other => StorageError::Backend { uri: uri.to_string(), message: other.to_string() },
         }
     }
@@ -164,6 +175,29 @@ impl Storage {
             return Err(StorageError::TooLarge { uri: uri.to_string(), size: res.meta.size, limit });
         }
         res.bytes().await.map_err(|e| Self::map_err(uri, e))
+    }
+
+    /// Reads the bytes `range` of an object (an HTTP range request on S3).
+    pub async fn get_range(&self, uri: &str, range: std::ops::Range<u64>) -> Result<Bytes, StorageError> {
+        let (store, path) = self.resolve(uri)?;
+        store.get_range(&path, range).await.map_err(|e| Self::map_err(uri, e))
+    }
+
+    /// The objects under `prefix` (a URI under the root, read as a directory), as
+    /// `(uri, size)` sorted by URI.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        let (store, path) = self.resolve(prefix)?;
+        let base = format!("{}://{}", self.root.scheme(), self.root.host_str().unwrap_or(""));
+        let mut out = Vec::new();
+        let mut objects = store.list(Some(&path));
+        while let Some(meta) = objects.next().await {
+            let meta = meta.map_err(|e| Self::map_err(prefix, e))?;
+            let mut url = Url::parse(&format!("{base}/")).map_err(|e| invalid(prefix, e.to_string()))?;
+            url.set_path(&format!("/{}", meta.location));
+            out.push((url.to_string(), meta.size));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Streams an object (downloads never buffer the whole result).
