@@ -1,9 +1,10 @@
 //! The images on a podman network, in the seed 000 topology: one gateway container in
 //! standalone mode (SQLite on its own volume, no in-process worker) and two inference worker
-//! containers that join it through `/webhook/register`, all sharing the storage volume.
+//! containers that join it through `/webhook/register`, all sharing one storage.
 //! A real photo goes through; the worker running it is killed (`podman kill`) and the task
 //! completes on the other; every container runs as UID 10001 and exits cleanly on
-//! `podman stop` (SIGTERM) within its grace period.
+//! `podman stop` (SIGTERM) within its grace period. Twice: storage on a shared podman
+//! volume, and on S3 (an s3s-fs server).
 //!
 //! The images are the ones `make images` builds (built first when missing). Without podman
 //! the test fails: it never skips.
@@ -61,8 +62,8 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Env {
-        let prefix = format!("purrify-it-{}", std::process::id());
+    fn new(name: &str) -> Env {
+        let prefix = format!("purrify-it-{}-{name}", std::process::id());
         podman(&["network", "create", &prefix]);
         podman(&["volume", "create", &format!("{prefix}-storage")]);
         podman(&["volume", "create", &format!("{prefix}-data")]);
@@ -193,34 +194,103 @@ fn stop_timed(container: &str) -> Duration {
     took
 }
 
+/// One scenario at a time: CI has 2 cores, and each runs three containers.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Storage shared by the gateway and the workers: a podman volume mounted in each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_two_workers_on_a_podman_network() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = Env::new("vol");
+    let storage = env.storage_mount();
+    scenario(env, &["--volume", &storage]).await;
+}
+
+/// Storage on S3: an s3s-fs server (SigV4, plain HTTP, path-style) on the host, reached
+/// from the containers through the network's gateway address, credentials as `AWS_*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_two_workers_on_s3_storage() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let env = Env::new("s3");
+    let dir = tempfile::tempdir().unwrap();
+    let port = s3_server(dir.path()).await;
+    let host = podman(&["network", "inspect", "-f", "{{range .Subnets}}{{.Gateway}}{{end}}", env.network()]);
+    let endpoint = format!("PURRIFY_S3_ENDPOINT=http://{host}:{port}");
+    let key = format!("AWS_ACCESS_KEY_ID={S3_KEY}");
+    let secret = format!("AWS_SECRET_ACCESS_KEY={S3_SECRET}");
+    let storage = format!("PURRIFY_STORAGE=s3://{S3_BUCKET}/purrify");
+    #[rustfmt::skip]
+    let extra = [
+        "--env", &storage, "--env", &endpoint, "--env", "PURRIFY_S3_ALLOW_HTTP=true",
+        "--env", "AWS_REGION=us-east-1", "--env", &key, "--env", &secret,
+    ];
+    scenario(env, &extra).await;
+    // The upload and the result went through the S3 server.
+    let objects: Vec<_> = walk(&dir.path().join(S3_BUCKET).join("purrify"));
+    assert!(objects.len() >= 2, "objects on the S3 server: {objects:?}");
+}
+
+const S3_KEY: &str = "purrify-image-test";
+const S3_SECRET: &str = "purrify-image-test-secret";
+const S3_BUCKET: &str = "photos";
+
+/// s3s-fs over `dir` with one bucket, on an ephemeral port of every host address (the
+/// containers reach it through their network's gateway); the port.
+async fn s3_server(dir: &Path) -> u16 {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    std::fs::create_dir_all(dir.join(S3_BUCKET)).unwrap();
+    let mut b = s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(dir).unwrap());
+    b.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
+    let service = b.build();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = conn.serve_connection(TokioIo::new(socket), service).await;
+            });
+        }
+    });
+    port
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+/// The gateway and two workers, `storage` being the podman arguments that give each the
+/// shared storage.
+async fn scenario(mut env: Env, storage: &[&str]) {
     ensure_images();
     let gateway_image = format!("purrify-gateway:{VERSION}");
     let worker_image = format!("purrify-inference:{VERSION}");
-    let mut env = Env::new();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let storage = env.storage_mount();
     let data = env.data_mount();
     let grace = SHUTDOWN_GRACE_SECS.to_string();
 
-    // The gateway: standalone, SQLite in its data dir volume, storage on the shared volume.
+    // The gateway: standalone, SQLite in its data dir volume (the chart's emptyDir).
+    let webhook = format!("WEBHOOK_SECRET={SECRET}");
+    let mut gw_extra = vec!["--volume", &data, "--env", &webhook];
+    gw_extra.extend_from_slice(storage);
     let gw = env.start(
         "gateway",
         &gateway_image,
-        &["--volume", &data, "--volume", &storage, "--env", &format!("WEBHOOK_SECRET={SECRET}")],
+        &gw_extra,
         &["--embedded-worker", "false", "--probe-interval-seconds", "1", "--shutdown-grace-seconds", &grace],
     );
     let gw_port = host_port(&gw, 8080);
     // Two workers; each runs one job at a time with one thread (CI has 2 cores).
     let mut workers = Vec::new();
     for n in ["worker-a", "worker-b"] {
-        let w = env.start(
-            n,
-            &worker_image,
-            &["--volume", &storage],
-            &["serve", "--threads", "1", "--parallel", "1", "--shutdown-grace", &grace],
-        );
+        let w = env.start(n, &worker_image, storage, &["serve", "--threads", "1", "--parallel", "1", "--shutdown-grace", &grace]);
         workers.push(w);
     }
     wait_http_ok(&http, &format!("http://127.0.0.1:{gw_port}/readyz"), &env).await;
