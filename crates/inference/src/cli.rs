@@ -215,7 +215,12 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let s3 = S3Options { endpoint: args.s3_endpoint.clone(), region: args.s3_region.clone(), allow_http: args.s3_allow_http, ..S3Options::default() };
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        allow_http: args.s3_allow_http,
+        ..S3Options::default()
+    };
     let storage = Arc::new(Storage::new(&args.storage, s3)?);
     let config = WorkerConfig {
         addr: args.addr,

@@ -47,7 +47,12 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", config.data_dir.display()))?;
-    let s3 = S3Options { endpoint: config.s3_endpoint.clone(), region: config.s3_region.clone(), allow_http: config.s3_allow_http, ..S3Options::default() };
+    let s3 = S3Options {
+        endpoint: config.s3_endpoint.clone(),
+        region: config.s3_region.clone(),
+        allow_http: config.s3_allow_http,
+        ..S3Options::default()
+    };
     let storage = Arc::new(Storage::new(&config.storage_root(), s3)?);
     let metrics = Arc::new(Metrics::new());
     let fleet = Fleet::new(FleetConfig::default()).map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
