@@ -335,11 +335,14 @@ async fn scenario(mut env: Env, storage: &[&str]) {
     for c in [&gw, &workers[0], &workers[1]] {
         assert_non_root(c);
     }
-    // The operator's image too (it needs an API server to run; the user is the image's).
+    // The operator's image too: it needs an API server to run, so only its user and that its
+    // binary starts (read-only, no capabilities) are checked here.
     for i in ["gateway", "operator", "inference"] {
         let user = podman(&["image", "inspect", "-f", "{{.Config.User}}", &format!("purrify-{i}:{VERSION}")]);
         assert_eq!(user, "10001:10001", "purrify-{i}");
     }
+    let operator = podman(&["run", "--rm", "--read-only", "--cap-drop", "all", &format!("purrify-operator:{VERSION}"), "--version"]);
+    assert_eq!(operator, format!("purrify-operator {VERSION}"));
 
     // The chart's `helm test` hook: its bash script, in the gateway image, on the network.
     let script = std::fs::read_to_string(root().join("charts/purrify/files/health-check.sh")).unwrap();
