@@ -31,13 +31,17 @@ log() { printf 'images: %s\n' "$*" >&2; }
 # 1. Tools.
 missing=()
 for pair in podman:podman buildah:buildah runc:runc debootstrap:debootstrap \
-            newuidmap:uidmap fuse-overlayfs:fuse-overlayfs slirp4netns:slirp4netns; do
+            newuidmap:uidmap fuse-overlayfs:fuse-overlayfs slirp4netns:slirp4netns iptables:iptables; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
+# Networks (`podman network create`, and RUN steps of builds) need netavark, which podman
+# only recommends, and netavark needs iptables.
+[[ -e /usr/lib/podman/netavark || -e /usr/libexec/podman/netavark ]] || missing+=(netavark aardvark-dns)
 if ((${#missing[@]})); then
+  # With recommends (catatonit, containers-common settings), as a plain `apt-get install podman`.
   log "installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # 2. The base image.
