@@ -100,4 +100,6 @@ for image in $images; do
     --build-arg "VERSION=$version" --build-arg "ORT_VERSION=$ort_version" \
     --tag "purrify-$image:$version" --tag "purrify-$image:latest" "$ctx" >/dev/null
 done
+# Images the tags moved away from (earlier builds) would pile up run after run.
+podman image prune --force >/dev/null
 podman images --filter 'reference=purrify-*' --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v ':latest ' >&2
