@@ -77,7 +77,7 @@ impl Collector for TaskCollector {
         const_counter(
             &mut encoder,
             "dispatch_busy_requeues",
-            "Tasks queued again because a worker was full (not an attempt)",
+            "Tasks queued again because a worker did not take the job: full (429) or unreachable (not an attempt)",
             s.busy_requeues,
         )?;
         const_counter(&mut encoder, "dispatch_reattached", "Running jobs re-attached after a restart or a lost follower", s.reattached)?;

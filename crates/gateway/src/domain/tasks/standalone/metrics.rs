@@ -37,7 +37,8 @@ pub struct DispatchStats {
     pub reattached: u64,
     /// Counter: attempts that failed and were queued again (counted against the task).
     pub retries: u64,
-    /// Counter: tasks queued again because a worker answered 429 (not counted).
+    /// Counter: tasks queued again because a worker did not take the job: it answered 429
+    /// or could not be reached (not counted as attempts; the metric name predates the latter).
     pub busy_requeues: u64,
     pub completed: u64,
     pub cancelled: u64,
