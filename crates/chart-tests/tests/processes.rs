@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
 use purrify_api::GpuPool;
 use purrify_testkit::gateway_client::wait_ready;
+use purrify_testkit::kubectl_path;
 use purrify_testkit::{Proc, eventually, free_port, workspace_bin};
 use serde_json::Value;
 use support::{Case, Doc, NAMESPACE, chart_dir, matrix, render, values_of};
@@ -123,19 +124,6 @@ impl Cluster {
         assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}{stderr}");
         stdout.into_owned()
     }
-}
-
-/// `$KUBECTL`, else `kubectl` on PATH (1.32 on these machines). Missing is a failure.
-fn kubectl_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-        .expect("kubectl is not on PATH: the install test runs the real client (set KUBECTL to use another one)")
 }
 
 /// A container of a rendered Deployment, as a process.

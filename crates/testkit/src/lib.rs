@@ -87,3 +87,17 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The kubectl tests run: `$KUBECTL`, else `kubectl` on `PATH`. Missing is a failure, not a
+/// skip: every machine of this kind has it.
+pub fn kubectl_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBECTL") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+        .expect("kubectl is not on PATH: these tests run the real client (set KUBECTL to use another one)")
+}

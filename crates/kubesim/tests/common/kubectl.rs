@@ -7,19 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// The kubectl to run: `$KUBECTL`, else `kubectl` on `PATH`. Missing is a failure, not a
-/// skip: every machine of this kind has it.
-pub fn kubectl_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("KUBECTL") {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-        .expect("kubectl is not on PATH: these tests run the real client (set KUBECTL to use another one)")
-}
+pub use purrify_testkit::kubectl_path;
 
 /// The workspace root, where `crds/`, `deploy/` and `examples/` are.
 pub fn workspace_root() -> PathBuf {
