@@ -18,11 +18,14 @@ mod error;
 pub mod gpu_servers;
 mod migrate;
 pub mod page;
+pub mod refresh_tokens;
 pub mod settings;
+pub mod task_history;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +39,9 @@ pub use error::StoreError;
 pub use gpu_servers::GpuServer;
 pub use migrate::{embedded_migration_files, migrator};
 pub use page::{Page, PageRequest};
+pub use refresh_tokens::{NewRefreshToken, Rotation};
+pub use task_history::UserTaskStats;
+pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
 pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, Task};
 pub use time::{duration_ms, now_ms};
 

@@ -8,8 +8,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 /// `macros` feature (a second build of sqlx for the proc-macro), so the files are embedded
 /// by hand; a test keeps this list equal to the directory. Versions, descriptions and
 /// checksums follow sqlx's own rules, so `sqlx migrate` tooling sees the same history.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("20251121000000_standalone_tasks.sql", include_str!("../../../migrations/20251121000000_standalone_tasks.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("20251121000000_standalone_tasks.sql", include_str!("../../../migrations/20251121000000_standalone_tasks.sql")),
+    ("20261202000000_accounts.sql", include_str!("../../../migrations/20261202000000_accounts.sql")),
+];
 
 /// The migrator for `/migrations`.
 pub fn migrator() -> Migrator {

@@ -24,9 +24,12 @@ pub struct NewTask {
     pub params: EnhanceParams,
     /// Higher runs first.
     pub priority: i32,
-    /// Fairness group. Tasks without one share a single group, so anonymous bursts cannot
-    /// starve identified users; pass e.g. the client address for anonymous uploads.
+    /// The owning account; `None` for an anonymous upload.
     pub user_id: Option<String>,
+    /// Fairness group; defaults to the owner. Tasks without either share a single group, so
+    /// pass e.g. the client address for anonymous uploads: one anonymous burst then cannot
+    /// starve everyone else.
+    pub fair_group: Option<String>,
     /// The `X-Request-ID` of the upload, forwarded to the worker.
     pub request_id: Option<String>,
     /// Time allowed from acceptance to result. `None`: the dispatcher's default.
@@ -44,6 +47,7 @@ impl NewTask {
             params,
             priority: 0,
             user_id: None,
+            fair_group: None,
             request_id: None,
             deadline: None,
         }
@@ -208,7 +212,7 @@ impl Db {
         .bind(task.request_id.as_deref())
         .bind(now)
         .bind(deadline_at)
-        .bind(task.user_id.as_deref().unwrap_or(""))
+        .bind(task.fair_group.as_deref().or(task.user_id.as_deref()).unwrap_or(""))
         .execute(&self.pool)
         .await;
         match inserted {
