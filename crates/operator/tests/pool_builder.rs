@@ -155,13 +155,36 @@ fn cpu_pool_has_no_gpu_and_defaults() {
     let env = env(c);
     assert_eq!(env["PURRIFY_EXECUTION_PROVIDER"], "cpu");
     assert_eq!(env["PURRIFY_CAPACITY"], "2", "the CRD default concurrency");
-    assert_eq!(env["PURRIFY_MODELS_DIR"], "/models");
+    assert!(!env.contains_key("PURRIFY_MODELS_DIR"), "no PVC: the image's models, where the image's own variable points");
     assert!(!env.contains_key("PURRIFY_FACE_MODEL"));
     assert!(!env.contains_key("PURRIFY_QUALITY_LEVELS"), "the worker's default levels");
     assert!(!env.contains_key("PURRIFY_TENSORRT_CACHE"));
     let pod = d.deployment.spec.template.spec.as_ref().unwrap();
-    assert!(pod.volumes.is_none(), "models are in the image");
+    let volumes: Vec<&str> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(volumes, ["tmp"], "models are in the image; only /tmp is writable");
     assert!(pod.node_selector.is_none() && pod.tolerations.is_none());
+}
+
+#[test]
+fn workers_are_restricted_with_a_writable_tmp() {
+    // The "restricted" Pod Security Standard: worker pods are admitted where it is enforced.
+    for fixture in ["cpu", "gpu"] {
+        let (_, _, d) = build(fixture, 1);
+        let pod = d.deployment.spec.template.spec.as_ref().unwrap();
+        let psc = pod.security_context.as_ref().expect("a pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true), "{fixture}");
+        assert_eq!(psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"), "{fixture}");
+        let c = container(&d);
+        let sc = c.security_context.as_ref().expect("a container securityContext");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{fixture}");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{fixture}");
+        assert_eq!(sc.run_as_non_root, Some(true), "{fixture}");
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]), "{fixture}");
+        assert_eq!(sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"), "{fixture}");
+        let tmp = c.volume_mounts.iter().flatten().find(|m| m.mount_path == "/tmp").expect("/tmp mounted");
+        let vol = pod.volumes.iter().flatten().find(|v| v.name == tmp.name).unwrap();
+        assert!(vol.empty_dir.as_ref().is_some_and(|e| e.size_limit.is_some()), "{fixture}: /tmp is a bounded emptyDir");
+    }
 }
 
 #[test]

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretEnvSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -46,6 +46,9 @@ pub const MAX_IN_CLUSTER_POOL_NAME: usize = MAX_CHILD_NAME - CHILD_SUFFIX.len();
 const MODELS_VOLUME: &str = "models";
 const TRT_CACHE_VOLUME: &str = "tensorrt-cache";
 const TRT_CACHE_PATH: &str = "/var/cache/purrify/tensorrt";
+const TMP_VOLUME: &str = "tmp";
+/// The root filesystem is read-only: /tmp is an emptyDir of this size.
+const TMP_SIZE: &str = "256Mi";
 /// The worker drains running jobs for 60 s after SIGTERM (`PURRIFY_SHUTDOWN_GRACE`); the pod
 /// must outlive that.
 const TERMINATION_GRACE_SECONDS: i64 = 75;
@@ -138,8 +141,12 @@ pub fn deployment(pool: &ValidPool, ic: &InCluster, replicas: i32, owner: &Owner
 }
 
 fn pod_spec(ic: &InCluster, defaults: &WorkerDefaults) -> PodSpec {
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
+    let mut volumes = vec![Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity(TMP_SIZE.into())), ..EmptyDirVolumeSource::default() }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..VolumeMount::default() }];
     if let Some(claim) = &ic.models.pvc {
         volumes.push(Volume {
             name: MODELS_VOLUME.into(),
@@ -191,17 +198,43 @@ fn pod_spec(ic: &InCluster, defaults: &WorkerDefaults) -> PodSpec {
             // loaded and warmed up, which can take minutes, so only readiness waits for it.
             liveness_probe: Some(http_probe("/healthz", 10, 3)),
             readiness_probe: Some(http_probe("/readyz", 5, 2)),
-            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+            volume_mounts: Some(mounts),
+            security_context: Some(container_security_context()),
             ..Container::default()
         }],
+        security_context: Some(PodSecurityContext {
+            // The image's user: numeric and not root in the project's images (UID 10001).
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
         node_selector: (!ic.node_selector.is_empty()).then(|| ic.node_selector.clone()),
         tolerations: (!ic.tolerations.is_empty()).then(|| ic.tolerations.clone()),
-        volumes: (!volumes.is_empty()).then_some(volumes),
+        volumes: Some(volumes),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         // Service links would put a variable per Service of the namespace into every worker.
         enable_service_links: Some(false),
         ..PodSpec::default()
     }
+}
+
+/// The "restricted" Pod Security Standard, as the chart's own pods have it, so workers run
+/// in namespaces that enforce it: the worker writes only to its storage, /tmp and the
+/// TensorRT cache, all volumes.
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }
 }
 
 fn env(ic: &InCluster) -> Vec<EnvVar> {
@@ -210,10 +243,14 @@ fn env(ic: &InCluster) -> Vec<EnvVar> {
         // Pods are reached on their IP: listen on every interface, not loopback.
         var("PURRIFY_WORKER_ADDR", format!("0.0.0.0:{WORKER_PORT}")),
         var("PURRIFY_EXECUTION_PROVIDER", ic.execution_provider.as_str().into()),
-        var("PURRIFY_MODELS_DIR", ic.models.path.clone()),
         var("PURRIFY_CAPACITY", ic.concurrency_per_replica.to_string()),
         var("PURRIFY_LOG_FORMAT", "json".into()),
     ];
+    // Only a mounted PVC moves the models: without one they are the image's, where its own
+    // PURRIFY_MODELS_DIR points (/opt/purrify/models in purrify-inference).
+    if ic.models.pvc.is_some() {
+        env.push(var("PURRIFY_MODELS_DIR", ic.models.path.clone()));
+    }
     if let Some(face) = &ic.models.face_model {
         let path = if face.starts_with('/') { face.clone() } else { format!("{}/{face}", ic.models.path.trim_end_matches('/')) };
         env.push(var("PURRIFY_FACE_MODEL", path));
