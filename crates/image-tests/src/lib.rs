@@ -1,1 +1,1 @@
-//! Tests of the container images; see `tests/containers.rs`.
+//! Tests of the container images; see `tests/images/main.rs`.

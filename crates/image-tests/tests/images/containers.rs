@@ -9,58 +9,20 @@
 //! The images are the ones `make images` builds (built first when missing). Without podman
 //! the test fails: it never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use purrify_testkit::gateway_client::{completed, status, worker_in_flight};
 use serde_json::{Value, json};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::support::{
+    ONE_AT_A_TIME, S3_BUCKET, S3_KEY, S3_SECRET, VERSION, assert_non_root, ensure_images, logs_of, podman, purrify_cache, root, run,
+    s3_server, stop_within, walk,
+};
 const SECRET: &str = "image-test-secret";
 /// `podman stop --time`: SIGTERM, then SIGKILL after this many seconds. The binaries get a
 /// shorter grace of their own, so a clean stop ends well before it.
 const STOP_TIMEOUT_SECS: u64 = 20;
 const SHUTDOWN_GRACE_SECS: u64 = 10;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn podman_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new("podman");
-    cmd.env("CONTAINERS_CONF", root().join("tools/images/containers.conf")).args(args);
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    podman_cmd(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run podman ({e}): `make images` installs it (podman, buildah, runc from Debian's packages)"))
-}
-
-/// Runs podman and returns its trimmed stdout; panics with its stderr when it fails.
-fn podman(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(out.status.success(), "podman {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// `make images`, once per test run: it builds the images when missing and rebuilds them
-/// from the binaries this test run was built with (a few seconds when nothing changed), so the
-/// containers never run stale binaries.
-fn ensure_images() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let start = Instant::now();
-        let st = Command::new("make").arg("images").current_dir(root()).status().expect("cannot run make");
-        assert!(st.success(), "`make images` failed");
-        eprintln!("make images: {:?}", start.elapsed());
-    });
-    for i in ["gateway", "operator", "inference"] {
-        assert!(run(&["image", "exists", &format!("purrify-{i}:{VERSION}")]).status.success(), "purrify-{i}:{VERSION} missing");
-    }
-}
 
 /// Containers, network and volume of one test run, removed when dropped (also on failure).
 struct Env {
@@ -129,14 +91,7 @@ impl Env {
     }
 
     fn logs(&self) -> String {
-        self.containers
-            .iter()
-            .map(|c| {
-                let out = run(&["logs", "--tail", "60", c]);
-                format!("--- {c} ---\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs_of(&self.containers)
     }
 }
 
@@ -177,33 +132,6 @@ async fn wait_http_ok(http: &reqwest::Client, url: &str, env: &Env) {
     }
 }
 
-/// Every process of the container runs as UID 10001, in the container and on the host.
-fn assert_non_root(container: &str) {
-    assert_eq!(podman(&["inspect", "-f", "{{.Config.User}}", container]), "10001:10001", "{container}");
-    let top = podman(&["top", container, "user", "huser", "comm"]);
-    let procs: Vec<&str> = top.lines().skip(1).collect();
-    assert!(!procs.is_empty(), "{container}: no processes\n{top}");
-    for line in procs {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        assert!(cols.len() >= 2 && cols[0] != "root" && cols[1] == "10001", "{container} runs as {line}\n{top}");
-    }
-}
-
-/// `podman stop` (SIGTERM), timed: the container must exit by itself (code 0, not the 137 of
-/// the SIGKILL that follows the stop timeout) within the timeout.
-fn stop_timed(container: &str) -> Duration {
-    let start = Instant::now();
-    podman(&["stop", "--time", &STOP_TIMEOUT_SECS.to_string(), container]);
-    let took = start.elapsed();
-    let code = podman(&["inspect", "-f", "{{.State.ExitCode}}", container]);
-    assert_eq!(code, "0", "{container} did not exit cleanly on SIGTERM (took {took:?})");
-    assert!(took < Duration::from_secs(STOP_TIMEOUT_SECS), "{container} took {took:?} to stop");
-    took
-}
-
-/// One scenario at a time: CI has 2 cores, and each runs three containers.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Storage shared by the gateway and the workers: a podman volume mounted in each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_two_workers_on_a_podman_network() {
@@ -235,42 +163,6 @@ async fn gateway_and_two_workers_on_s3_storage() {
     // The upload and the result went through the S3 server.
     let objects: Vec<_> = walk(&dir.path().join(S3_BUCKET).join("purrify"));
     assert!(objects.len() >= 2, "objects on the S3 server: {objects:?}");
-}
-
-const S3_KEY: &str = "purrify-image-test";
-const S3_SECRET: &str = "purrify-image-test-secret";
-const S3_BUCKET: &str = "photos";
-
-/// s3s-fs over `dir` with one bucket, on an ephemeral port of every host address (the
-/// containers reach it through their network's gateway); the port.
-async fn s3_server(dir: &Path) -> u16 {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    std::fs::create_dir_all(dir.join(S3_BUCKET)).unwrap();
-    let mut b = s3s::service::S3ServiceBuilder::new(s3s_fs::FileSystem::new(dir).unwrap());
-    b.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY, S3_SECRET));
-    let service = b.build();
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = conn.serve_connection(TokioIo::new(socket), service).await;
-            });
-        }
-    });
-    port
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-    }
-    out
 }
 
 /// The gateway and two workers, `storage` being the podman arguments that give each the
@@ -406,13 +298,7 @@ async fn scenario(mut env: Env, storage: &[&str]) {
     // A clean stop on SIGTERM within the grace period.
     let survivor = workers.iter().find(|w| **w != busy).unwrap().clone();
     for c in [&survivor, &gw] {
-        let took = stop_timed(c);
+        let took = stop_within(c, STOP_TIMEOUT_SECS);
         eprintln!("{c} stopped on SIGTERM in {took:?}");
     }
-}
-
-fn purrify_cache() -> PathBuf {
-    std::env::var_os("PURRIFY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/purrify"))
 }
