@@ -60,7 +60,8 @@ check-features:
 test-rust:
 	# End-to-end tests start the gateway, worker, operator and kubesim binaries. `cargo test`
 	# builds them itself, with the tests' feature set: a separate `cargo build --bins` would
-	# compile ~30 crates a second time with other features.
+	# compile ~30 crates a second time with other features. The image tests run `make images`
+	# once, which copies those binaries into the images (base image cached in $(PURRIFY_CACHE)).
 	$(CARGO) test $(CARGO_FLAGS) --workspace --no-run
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" PURRIFY_PYTHON="$$($(PYTHON_VENV))" \
 	  $(CARGO) test $(CARGO_FLAGS) --workspace --no-fail-fast
