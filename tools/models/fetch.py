@@ -8,6 +8,8 @@ not downloaded again, so after one successful run this works offline.
 Cache layout (PURRIFY_CACHE, default ~/.cache/purrify):
   downloads/                     the pinned wheels and sdists, as downloaded
   onnxruntime/libonnxruntime.so  the ONNX Runtime shared library `ort` loads (load-dynamic)
+  onnxruntime-openvino/          ONNX Runtime built with the OpenVINO execution provider, and
+                                 the OpenVINO libraries it loads from its own directory (CPU only)
   models/ncnn/*.param|*.bin      Real-ESRGAN weights in ncnn format (converted to ONNX by make)
   models/scrfd.onnx              SCRFD-2.5G face detector (InsightFace weights, non-commercial)
   models/mtcnn/{p,r,o}net.onnx   MTCNN face detector (MIT)
@@ -50,6 +52,10 @@ class Pin:
 
 
 ORT_VERSION = "1.31.1"
+# The newest ONNX Runtime with an OpenVINO build on PyPI; `ort` is built for API 24 so it
+# loads both this and ORT_VERSION.
+ORT_OPENVINO_VERSION = "1.24.1"
+OPENVINO_SOVERSION = "2541"
 
 PINS = [
     Pin(
@@ -60,6 +66,30 @@ PINS = [
             f"onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}": f"onnxruntime/libonnxruntime.so.{ORT_VERSION}",
             "onnxruntime/capi/libonnxruntime_providers_shared.so": "onnxruntime/libonnxruntime_providers_shared.so",
             "onnxruntime/LICENSE": "onnxruntime/LICENSE",
+        },
+    ),
+    Pin(
+        "onnxruntime-openvino",
+        f"onnxruntime_openvino-{ORT_OPENVINO_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "3007c803634cc69c6d52af1dea7ce729d9bb62b9a11070fd2f959119199007a8",
+        {
+            # Only what the CPU device needs: the GPU and NPU plugins are 24 MB more and
+            # this wheel's GPU path is Intel-only (CUDA workers use onnxruntime-gpu).
+            f"onnxruntime/capi/{name}": f"onnxruntime-openvino/{name}"
+            for name in (
+                f"libonnxruntime.so.{ORT_OPENVINO_VERSION}",
+                "libonnxruntime_providers_shared.so",
+                "libonnxruntime_providers_openvino.so",
+                f"libopenvino.so.{OPENVINO_SOVERSION}",
+                f"libopenvino_onnx_frontend.so.{OPENVINO_SOVERSION}",
+                "libopenvino_intel_cpu_plugin.so",
+                "libtbb.so.12",
+                "libtbbmalloc.so",
+            )
+        }
+        | {
+            "onnxruntime/LICENSE": "onnxruntime-openvino/LICENSE",
+            "onnxruntime/ThirdPartyNotices.txt": "onnxruntime-openvino/ThirdPartyNotices.txt",
         },
     ),
     Pin(
@@ -215,6 +245,14 @@ def ensure(pin: Pin, root: Path) -> None:
         tmp.replace(dest)
 
 
+def link_unversioned(directory: Path, name: str, target: str) -> None:
+    """`name` -> `target` in `directory`: the engine looks for the unversioned name."""
+    lib = directory / name
+    if (directory / target).exists() and (not lib.is_symlink() or os.readlink(lib) != target):
+        lib.unlink(missing_ok=True)
+        lib.symlink_to(target)
+
+
 def main() -> int:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -224,11 +262,8 @@ def main() -> int:
             ensure(pin, root)
         except FetchError as e:
             failed.append(str(e))
-    lib = root / "onnxruntime" / "libonnxruntime.so"
-    target = f"libonnxruntime.so.{ORT_VERSION}"
-    if (root / "onnxruntime" / target).exists() and (not lib.is_symlink() or os.readlink(lib) != target):
-        lib.unlink(missing_ok=True)
-        lib.symlink_to(target)
+    for sub, version in (("onnxruntime", ORT_VERSION), ("onnxruntime-openvino", ORT_OPENVINO_VERSION)):
+        link_unversioned(root / sub, "libonnxruntime.so", f"libonnxruntime.so.{version}")
     if failed:
         for msg in failed:
             print(f"fetch: error: {msg}", file=sys.stderr)
