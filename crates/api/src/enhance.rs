@@ -232,6 +232,37 @@ pub struct JobResult {
     pub elapsed_ms: u64,
 }
 
+/// How a job's super-resolution tiles adapted to the worker's memory: planned smaller than
+/// requested (the worker knew its device could not hold the request), or split in four after
+/// the execution provider failed to allocate. Tile edges in input pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TileAdaptation {
+    /// The job's tile edge (the device's default for `tile_size: 0`).
+    #[serde(default)]
+    pub requested: u32,
+    /// The tile edge the job was planned with.
+    #[serde(default)]
+    pub planned: u32,
+    /// The smallest tile edge it ran after splitting.
+    #[serde(default)]
+    pub smallest: u32,
+    /// Tiles split in four after an allocation failure.
+    #[serde(default)]
+    pub splits: u32,
+}
+
+/// A [`JobResult`] as a worker reports it: the same fields, flat, plus `tile_adaptation` when
+/// the tiles adapted. `JobResult` itself stays as it is because other crates build it field
+/// by field; on the wire the two are interchangeable: a `JobResult` reader ignores the extra
+/// key, and this type reads a plain `JobResult` with `tile_adaptation: None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedJobResult {
+    #[serde(flatten)]
+    pub result: JobResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_adaptation: Option<TileAdaptation>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +318,35 @@ mod tests {
         let bad = serde_json::json!({"output_uri": "", "content_type": "", "width": 1, "height": 1, "bytes": 1, "faces": 0,
                                      "face_restoration": "notConfigured", "model": "", "elapsed_ms": 0});
         assert!(serde_json::from_value::<JobResult>(bad).is_err(), "the wire form is snake_case only");
+    }
+
+    #[test]
+    fn reported_results_and_plain_results_read_each_other() {
+        let result = JobResult {
+            output_uri: "file:///o.jpg".into(),
+            content_type: "image/jpeg".into(),
+            width: 8,
+            height: 6,
+            bytes: 10,
+            faces: 0,
+            face_restoration: FaceRestoration::Disabled,
+            model: "realesrgan-x4plus".into(),
+            elapsed_ms: 3,
+        };
+        let adaptation = TileAdaptation { requested: 400, planned: 400, smallest: 200, splits: 1 };
+        let reported = ReportedJobResult { result: result.clone(), tile_adaptation: Some(adaptation) };
+        let v = serde_json::to_value(&reported).unwrap();
+        assert_eq!(v["tile_adaptation"], serde_json::json!({"requested": 400, "planned": 400, "smallest": 200, "splits": 1}));
+        assert_eq!(v["width"], 8, "flat, like a JobResult");
+        assert_eq!(serde_json::from_value::<JobResult>(v.clone()).unwrap(), result, "older readers ignore the report");
+        assert_eq!(serde_json::from_value::<ReportedJobResult>(v).unwrap(), reported);
+        let plain = serde_json::to_value(&result).unwrap();
+        assert_eq!(serde_json::from_value::<ReportedJobResult>(plain.clone()).unwrap().tile_adaptation, None);
+        let unadapted = ReportedJobResult { result, tile_adaptation: None };
+        assert_eq!(serde_json::to_value(&unadapted).unwrap(), plain, "no report, no key");
+        // Fields added later default, so a report from a newer worker still reads.
+        let partial: TileAdaptation = serde_json::from_str(r#"{"splits": 2}"#).unwrap();
+        assert_eq!(partial, TileAdaptation { splits: 2, ..Default::default() });
     }
 
     #[test]

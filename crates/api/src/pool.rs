@@ -154,7 +154,9 @@ fn default_models_path() -> String {
     "/models".into()
 }
 
-/// ONNX Runtime execution provider.
+/// ONNX Runtime execution provider. `openvino` is for CPU workers (faster than `cpu` on the
+/// Real-ESRGAN models); its image must carry ONNX Runtime's OpenVINO build, else the worker
+/// falls back to `cpu` with a warning.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutionProvider {
@@ -162,6 +164,7 @@ pub enum ExecutionProvider {
     Cuda,
     Tensorrt,
     Cpu,
+    Openvino,
 }
 
 impl ExecutionProvider {
@@ -170,6 +173,7 @@ impl ExecutionProvider {
             Self::Cuda => "cuda",
             Self::Tensorrt => "tensorrt",
             Self::Cpu => "cpu",
+            Self::Openvino => "openvino",
         }
     }
 }
