@@ -40,8 +40,9 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct EngineArgs {
-    /// Execution provider: cpu, cuda or tensorrt (falls back to cpu with a warning).
-    #[arg(long, env = "PURRIFY_EXECUTION_PROVIDER", default_value = "cpu")]
+    /// Execution provider: openvino (CPU, the fastest here), cpu, cuda or tensorrt; falls back
+    /// to cpu with a warning when the loaded ONNX Runtime lacks it.
+    #[arg(long, env = "PURRIFY_EXECUTION_PROVIDER", default_value = "openvino")]
     provider: Provider,
     /// Intra-op threads per model session; 0 = all cores.
     #[arg(long, env = "PURRIFY_THREADS", default_value_t = 0)]

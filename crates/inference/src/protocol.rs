@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 // The enhancement vocabulary is defined once, in `purrify-api`, and spoken here unchanged.
 pub use purrify_api::enhance::{
     DEFAULT_TILE_SIZE, EnhanceParams, FaceRestoration, JobResult, MAX_TILE_SIZE, MIN_TILE_SIZE, OutputFormat, QualityLevel,
+    ReportedJobResult, TileAdaptation,
 };
 
 /// A job submitted to a worker: `POST /v1/jobs`. Idempotent by `id`.
@@ -151,7 +152,7 @@ pub struct ModelInfo {
 pub struct WorkerInfo {
     pub version: String,
     pub models: Vec<ModelInfo>,
-    /// The provider sessions actually run on (`cpu`, `cuda`, `tensorrt`).
+    /// The provider sessions actually run on (`cpu`, `openvino`, `cuda`, `tensorrt`).
     pub execution_provider: String,
     /// The provider that was asked for; differs from `execution_provider` after a fallback.
     pub requested_execution_provider: String,

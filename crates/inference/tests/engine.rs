@@ -278,7 +278,7 @@ fn gpu_providers_fall_back_to_cpu_when_the_runtime_lacks_them() {
         assert_eq!(sel.registered, vec![Provider::Cpu]);
         // TensorRT is registered with CUDA behind it: both are tried, in that order.
         let tried: Vec<Provider> = sel.skipped.iter().map(|(p, _)| *p).collect();
-        assert_eq!(tried, requested.gpu_registrations());
+        assert_eq!(tried, requested.registrations());
         assert!(sel.skipped.iter().all(|(_, why)| !why.is_empty()));
         eprintln!("{requested}: skipped {:?}", sel.skipped);
     }

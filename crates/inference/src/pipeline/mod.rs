@@ -6,6 +6,7 @@
 //! by the worker server and the CLI. Everything here is blocking; the server runs it on the
 //! blocking pool.
 
+pub mod adaptive;
 pub mod face;
 pub mod sr;
 pub mod tiling;
@@ -199,6 +200,8 @@ pub struct Enhanced {
     pub face_restoration: FaceRestoration,
     pub model: String,
     pub tiles: u32,
+    /// How the tiles adapted to the device's memory (splits after allocation failures).
+    pub tile_adaptation: adaptive::Adaptation,
     pub timings: Timings,
 }
 
@@ -238,8 +241,15 @@ impl Engine {
         let runtime = Runtime::new(config.runtime.clone())?;
         let dir = &config.models_dir;
         let wants = |q| config.quality_levels.contains(&q);
+        // Only GPU devices report free memory; on the CPU the tile default is the API's.
+        let free_memory = std::cell::OnceCell::new();
         let load_sr = |name: &str, native| -> Result<SrModel, EngineError> {
-            Ok(SrModel { model: runtime.load(name, &model_path(dir, name))?, native_scale: native })
+            let model = runtime.load(name, &model_path(dir, name))?;
+            let free =
+                if model.selection().active.is_gpu() { *free_memory.get_or_init(crate::server::gpu::free_memory_blocking) } else { None };
+            let limits = adaptive::TileLimits::new(name, free);
+            tracing::info!(model = name, default_tile = limits.default_tile(), free_device_memory = ?free, "tile size");
+            Ok(SrModel { model, native_scale: native, limits })
         };
         let x4plus = if wants(QualityLevel::High) { Some(load_sr(MODEL_X4PLUS, 4)?) } else { None };
         let anime = wants(QualityLevel::Medium) || wants(QualityLevel::Fast);
@@ -269,6 +279,18 @@ impl Engine {
     /// The provider sessions actually run on (after any fallback).
     pub fn active_provider(&self) -> &'static str {
         self.sr_models().next().map(|m| m.model.selection().active.as_str()).unwrap_or_else(|| self.config.runtime.provider.as_str())
+    }
+
+    /// Test-only: makes `model`'s runs fail as out of memory when `fails` says so.
+    #[cfg(test)]
+    pub(crate) fn inject_oom(&self, model: &str, fails: Option<crate::runtime::InjectOom>) {
+        let m = self.sr_models().find(|m| m.model.name() == model).expect("model loaded");
+        m.model.inject_oom(fails);
+    }
+
+    /// The largest tile edge `model` is known to hold after an allocation failure.
+    pub fn remembered_tile(&self, model: &str) -> Option<u32> {
+        self.sr_models().find(|m| m.model.name() == model).and_then(|m| m.limits.remembered())
     }
 
     fn sr_models(&self) -> impl Iterator<Item = &SrModel> {
@@ -344,11 +366,14 @@ impl Engine {
         progress(Stage::Decode, P_DECODE);
 
         let t = Instant::now();
-        let opts = SrOptions {
-            scale: params.scale,
-            tile_size: params.effective_tile_size(),
-            pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)),
+        // `tile_size: 0` asks for this device's default; any size is capped by what the
+        // model's session is known to hold.
+        let tile_size = match params.tile_size {
+            0 => std::num::NonZeroU32::new(sr.limits.default_tile()).unwrap_or(std::num::NonZeroU32::MIN),
+            _ => params.effective_tile_size(),
         };
+        let opts =
+            SrOptions { scale: params.scale, tile_size, pad: self.config.tile_pad.unwrap_or_else(|| tile_pad(params.quality_level)) };
         let (mut out, stats) = sr.upscale(&decoded.rgb, opts, cancelled, &mut |done, total, model_time| {
             if let Some(f) = tile_model_time.as_mut() {
                 f(model_time);
@@ -410,6 +435,7 @@ impl Engine {
             face_restoration,
             model: sr.model.name().to_string(),
             tiles: stats.tiles,
+            tile_adaptation: stats.adaptation,
             timings,
         })
     }

@@ -6,6 +6,10 @@
 //! output block is averaged down inside the tile: tile cores start on multiples of the native
 //! scale, so the reduction is exact and seam-free, which a resize of the stitched image or of
 //! each tile with a wider filter would not be.
+//!
+//! A tile the execution provider cannot allocate memory for is split in four and its
+//! quarters run instead (see [`super::adaptive`]); they are padded like any tile, so the
+//! stitched result is the same.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use image::RgbImage;
 use ndarray::ArrayView4;
 
+use super::adaptive::{self, Adaptation, TileLimits};
 use super::tiling::{self, Tile};
 use crate::runtime::{Model, RuntimeError};
 
@@ -33,19 +38,29 @@ pub enum SrError {
 pub struct SrStats {
     pub tiles: u32,
     pub model_time: Duration,
+    /// How the tiles adapted to the device's memory.
+    pub adaptation: Adaptation,
 }
 
-/// A super-resolution model and the scale it natively produces.
+/// A super-resolution model, the scale it natively produces, and the tile sizes its session
+/// is known to hold.
 #[derive(Debug)]
 pub struct SrModel {
     pub model: Model,
     pub native_scale: u32,
+    pub limits: TileLimits,
+}
+
+/// Edge of a tile's core, the quantity `tile_size` bounds.
+fn edge(t: &Tile) -> u32 {
+    t.w.max(t.h)
 }
 
 /// Options of one upscale.
 #[derive(Debug, Clone, Copy)]
 pub struct SrOptions {
     pub scale: u32,
+    /// The tile edge asked for; the run may plan smaller ones ([`TileLimits::plan`]).
     pub tile_size: NonZeroU32,
     pub pad: u32,
 }
@@ -66,37 +81,83 @@ impl SrModel {
         }
         let reduce = native / opts.scale;
         let (w, h) = img.dimensions();
-        let tiles = tiling::plan(w, h, opts.tile_size, opts.pad);
+        let planned = self.limits.plan(opts.tile_size.get());
+        let tiles = tiling::plan(w, h, NonZeroU32::new(planned).unwrap_or(NonZeroU32::MIN), opts.pad);
         let total = tiles.len() as u32;
         let mut out = RgbImage::new(w * opts.scale, h * opts.scale);
-        let mut stats = SrStats::default();
+        let mut stats = SrStats {
+            adaptation: Adaptation { requested: opts.tile_size.get(), planned, smallest: planned, splits: 0 },
+            ..SrStats::default()
+        };
         let mut input = Vec::new();
         for (i, tile) in tiles.iter().enumerate() {
-            if cancelled() {
-                return Err(SrError::Cancelled);
-            }
-            fill_input(img, tile, &mut input);
-            let view = ArrayView4::from_shape((1, 3, tile.ph as usize, tile.pw as usize), &input[..]).expect("buffer sized for the tile");
-            let (written, elapsed) = self.model.run_raw(view, |shape, data| {
-                let expected_h = tile.ph * native;
-                let expected_w = tile.pw * native;
-                if shape != [1, 3, i64::from(expected_h), i64::from(expected_w)] {
-                    return Err(SrError::BadOutput {
-                        model: self.model.name().to_string(),
-                        shape: shape.to_vec(),
-                        h: expected_h,
-                        w: expected_w,
-                    });
+            let mut model_time = Duration::ZERO;
+            // Depth first, in order: a split tile's quarters run before the next tile.
+            let mut pending = vec![*tile];
+            while let Some(t) = pending.pop() {
+                if cancelled() {
+                    return Err(SrError::Cancelled);
                 }
-                write_core(data, tile, native, reduce, opts.scale, &mut out);
-                Ok(())
-            })?;
-            written?;
-            stats.model_time += elapsed;
+                match self.run_tile(img, &t, reduce, opts.scale, &mut input, &mut out) {
+                    Ok(elapsed) => {
+                        self.limits.record_success(edge(&t));
+                        model_time += elapsed;
+                    }
+                    Err(SrError::Runtime(RuntimeError::OutOfMemory { message, .. })) if edge(&t).div_ceil(2) >= adaptive::FLOOR => {
+                        self.limits.record_failure(edge(&t));
+                        let parts = tiling::split(&t, w, h, opts.pad);
+                        let a = &mut stats.adaptation;
+                        a.splits += 1;
+                        a.smallest = parts.iter().map(edge).fold(a.smallest, u32::min);
+                        tracing::warn!(
+                            model = self.model.name(),
+                            provider = %self.model.selection().active,
+                            tile = edge(&t),
+                            retry_with = edge(&parts[0]),
+                            %message,
+                            "tile did not fit in memory; splitting it in four"
+                        );
+                        pending.extend(parts.into_iter().rev());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            stats.model_time += model_time;
             stats.tiles += 1;
-            on_tile(i as u32 + 1, total, elapsed);
+            on_tile(i as u32 + 1, total, model_time);
         }
         Ok((out, stats))
+    }
+
+    /// Runs one padded tile and writes its core into `out`; returns the model time.
+    fn run_tile(
+        &self,
+        img: &RgbImage,
+        tile: &Tile,
+        reduce: u32,
+        scale: u32,
+        input: &mut Vec<f32>,
+        out: &mut RgbImage,
+    ) -> Result<Duration, SrError> {
+        let native = self.native_scale;
+        fill_input(img, tile, input);
+        let view = ArrayView4::from_shape((1, 3, tile.ph as usize, tile.pw as usize), &input[..]).expect("buffer sized for the tile");
+        let (written, elapsed) = self.model.run_raw(view, |shape, data| {
+            let expected_h = tile.ph * native;
+            let expected_w = tile.pw * native;
+            if shape != [1, 3, i64::from(expected_h), i64::from(expected_w)] {
+                return Err(SrError::BadOutput {
+                    model: self.model.name().to_string(),
+                    shape: shape.to_vec(),
+                    h: expected_h,
+                    w: expected_w,
+                });
+            }
+            write_core(data, tile, native, reduce, scale, out);
+            Ok(())
+        })?;
+        written?;
+        Ok(elapsed)
     }
 }
 
@@ -246,3 +307,8 @@ mod tests {
         assert_eq!(to_u8(1.0 / 255.0), 1);
     }
 }
+
+/// Adaptive tiles with the real model and injected allocation failures.
+#[cfg(test)]
+#[path = "sr_oom_tests.rs"]
+mod oom_tests;

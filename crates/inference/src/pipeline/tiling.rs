@@ -58,6 +58,28 @@ pub fn plan(width: u32, height: u32, tile_size: NonZeroU32, pad: u32) -> Vec<Til
     tiles
 }
 
+/// Splits `tile`'s core into (up to) four quarters, each padded like [`plan`] pads, for a
+/// retry after the tile did not fit in memory. The quarters partition the core, so their
+/// kept outputs stitch exactly as the tile's would have. A core 1 px wide or high splits in
+/// two along the other side only.
+pub fn split(tile: &Tile, width: u32, height: u32, pad: u32) -> Vec<Tile> {
+    let halves = |start: u32, len: u32| {
+        let first = len.div_ceil(2);
+        [(start, first), (start + first, len - first)].into_iter().filter(|&(_, l)| l > 0)
+    };
+    let mut out = Vec::with_capacity(4);
+    for (y, h) in halves(tile.y, tile.h) {
+        for (x, w) in halves(tile.x, tile.w) {
+            let px = x.saturating_sub(pad);
+            let py = y.saturating_sub(pad);
+            let pw = (x + w + pad).min(width) - px;
+            let ph = (y + h + pad).min(height) - py;
+            out.push(Tile { x, y, w, h, px, py, pw, ph });
+        }
+    }
+    out
+}
+
 /// Input pixels the model sees in total, counting the overlap (for cost estimates and the
 /// benchmark's overhead accounting).
 pub fn padded_area(tiles: &[Tile]) -> u64 {
@@ -116,6 +138,34 @@ mod tests {
         let last = tiles.last().unwrap();
         assert_eq!((last.x, last.y, last.w, last.h), (128, 64, 2, 6));
         assert_eq!(padded_area(&plan(10, 10, 10, 5)), 100);
+    }
+
+    #[test]
+    fn split_quarters_partition_the_core_and_pad_like_plan() {
+        let (w, h, pad) = (130, 70, 6);
+        for tile in plan(w, h, 64, pad) {
+            let parts = split(&tile, w, h, pad);
+            let area: u32 = parts.iter().map(|p| p.w * p.h).sum();
+            assert_eq!(area, tile.w * tile.h, "{tile:?}");
+            for p in &parts {
+                assert!(p.x >= tile.x && p.x + p.w <= tile.x + tile.w && p.y >= tile.y && p.y + p.h <= tile.y + tile.h);
+                // Padded like plan(): `pad` on every side, clamped at the borders.
+                assert_eq!(p.px, p.x.saturating_sub(pad));
+                assert_eq!(p.py, p.y.saturating_sub(pad));
+                assert_eq!(p.px + p.pw, (p.x + p.w + pad).min(w));
+                assert_eq!(p.py + p.ph, (p.y + p.h + pad).min(h));
+            }
+        }
+        // Every pixel still belongs to exactly one core after splitting every tile.
+        let all: Vec<Tile> = plan(w, h, 64, pad).iter().flat_map(|t| split(t, w, h, pad)).collect();
+        covers_exactly_once(w, h, &all);
+        let first = plan(w, h, 64, pad)[0];
+        assert_eq!(split(&first, w, h, pad).iter().map(|t| (t.w, t.h)).collect::<Vec<_>>(), [(32, 32), (32, 32), (32, 32), (32, 32)]);
+        // The 2x6 corner tile: halves of 1x3 and 1x3 columns, never empty.
+        let corner = *plan(w, h, 64, pad).last().unwrap();
+        assert_eq!(split(&corner, w, h, pad).iter().map(|t| (t.w, t.h)).collect::<Vec<_>>(), [(1, 3), (1, 3), (1, 3), (1, 3)]);
+        let thin = Tile { x: 0, y: 0, w: 1, h: 5, px: 0, py: 0, pw: 1, ph: 5 };
+        assert_eq!(split(&thin, 1, 5, 0).len(), 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ndarray::{Array4, ArrayD, ArrayView4};
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::TensorRef;
 
 pub use provider::{Provider, Selection};
@@ -32,10 +32,36 @@ pub enum RuntimeError {
     Session { model: String, message: String },
     #[error("model {model} failed: {message}")]
     Run { model: String, message: String },
+    /// The execution provider could not allocate the memory a run needs (GPU memory for a
+    /// tile too large, usually). Kept apart from [`Self::Run`] because a smaller input can
+    /// succeed: super-resolution splits the tile and retries.
+    #[error("model {model} ran out of memory: {message}")]
+    OutOfMemory { model: String, message: String },
 }
 
-#[derive(Debug, Clone)]
+/// Whether an ONNX Runtime error message reports a failed allocation. ONNX Runtime has no
+/// error code for it (both come back as `ORT_FAIL` or `ORT_RUNTIME_EXCEPTION`), so the
+/// providers' own wordings are matched: the CPU and CUDA arenas ("Failed to allocate
+/// memory", "BFCArena"), CUDA ("out of memory", `cudaErrorMemoryAllocation`,
+/// `CUBLAS_STATUS_ALLOC_FAILED`), TensorRT and OpenVINO (`std::bad_alloc`).
+pub fn is_allocation_failure(message: &str) -> bool {
+    const NEEDLES: &[&str] = &[
+        "failed to allocate memory",
+        "out of memory",
+        "bfcarena",
+        "cudaerrormemoryallocation",
+        "cublas_status_alloc_failed",
+        "cudnn_status_alloc_failed",
+        "bad_alloc",
+        "cannot allocate memory",
+    ];
+    let lower = message.to_ascii_lowercase();
+    NEEDLES.iter().any(|n| lower.contains(n))
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
+    /// Default [`Provider::OpenVino`], falling back to the CPU provider without its build.
     pub provider: Provider,
     /// Threads per session for intra-op parallelism; 0 lets ONNX Runtime choose (all cores).
     pub intra_threads: usize,
@@ -45,12 +71,6 @@ pub struct RuntimeConfig {
     pub library: Option<PathBuf>,
     /// Where TensorRT keeps compiled engines between restarts (compiling takes minutes).
     pub tensorrt_cache_dir: Option<PathBuf>,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self { provider: Provider::Cpu, intra_threads: 0, device_id: 0, library: None, tensorrt_cache_dir: None }
-    }
 }
 
 /// The process-wide ONNX Runtime environment. The shared library can be loaded only once per
@@ -74,9 +94,19 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let library = match &config.library {
             Some(p) => p.clone(),
-            None => paths::find_ort_library().ok_or_else(|| RuntimeError::LibraryNotFound {
-                searched: paths::ort_library_candidates().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-            })?,
+            None => {
+                let (found, matches) = paths::find_ort_library_for(config.provider).ok_or_else(|| RuntimeError::LibraryNotFound {
+                    searched: paths::ort_library_candidates_for(config.provider)
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+                if !matches {
+                    tracing::warn!(library = %found.display(), "the OpenVINO build of ONNX Runtime is missing (run `make models`); models will run on the CPU provider");
+                }
+                found
+            }
         };
         let loaded = ENVIRONMENT.get_or_init(|| {
             let env = ort::init_from(&library).map_err(|e| e.to_string())?.with_name("purrify").build().map_err(|e| e.to_string())?;
@@ -96,14 +126,9 @@ impl Runtime {
         &self.library
     }
 
-    /// Creates the session for one model, registering the configured execution providers
-    /// ([`Provider::gpu_registrations`], CPU last) and skipping, with a warning, those the
-    /// loaded ONNX Runtime cannot use.
-    pub fn load(&self, name: &str, path: &Path) -> Result<Model, RuntimeError> {
-        if !path.exists() {
-            return Err(RuntimeError::ModelMissing { path: path.to_path_buf() });
-        }
-        let started = Instant::now();
+    /// A session builder with `provider`'s registrations ([`Provider::registrations`]),
+    /// skipping, with a warning, those the loaded ONNX Runtime cannot use.
+    fn builder(&self, name: &str, provider: Provider) -> Result<(SessionBuilder, Selection), RuntimeError> {
         let session_err = |e: ort::Error| RuntimeError::Session { model: name.to_string(), message: e.to_string() };
         let mut builder = Session::builder(&self.env)
             .map_err(session_err)?
@@ -114,7 +139,7 @@ impl Runtime {
         }
 
         let mut slot = Some(builder);
-        let selection = provider::select(self.config.provider, |p| {
+        let selection = provider::select(provider, |p| {
             let b = slot.take().expect("builder is always put back");
             let dispatch = match p {
                 Provider::Cuda => ep::CUDA::default().with_device_id(self.config.device_id).build(),
@@ -124,6 +149,15 @@ impl Runtime {
                         trt = trt.with_engine_cache(true).with_engine_cache_path(dir.display());
                     }
                     trt.build()
+                }
+                // One OpenVINO stream on the CPU device: jobs are serialised per session
+                // anyway, and its threads are the same budget as the CPU provider's.
+                Provider::OpenVino => {
+                    let mut ov = ep::OpenVINO::default().with_device_type("CPU").with_num_streams(1);
+                    if self.config.intra_threads > 0 {
+                        ov = ov.with_num_threads(self.config.intra_threads);
+                    }
+                    ov.build()
                 }
                 Provider::Cpu => unreachable!("select() never registers the CPU provider"),
             };
@@ -142,8 +176,36 @@ impl Runtime {
         for (p, why) in &selection.skipped {
             tracing::warn!(model = name, provider = %p, reason = %why, "execution provider unavailable, falling back");
         }
-        let mut builder = slot.expect("builder is always put back");
-        let session = builder.commit_from_file(path).map_err(session_err)?;
+        Ok((slot.expect("builder is always put back"), selection))
+    }
+
+    /// Creates the session for one model, registering the configured execution providers
+    /// ([`Provider::registrations`], CPU last) and skipping, with a warning, those the
+    /// loaded ONNX Runtime cannot use.
+    pub fn load(&self, name: &str, path: &Path) -> Result<Model, RuntimeError> {
+        if !path.exists() {
+            return Err(RuntimeError::ModelMissing { path: path.to_path_buf() });
+        }
+        let started = Instant::now();
+        let session_err = |e: ort::Error| RuntimeError::Session { model: name.to_string(), message: e.to_string() };
+        let (mut builder, mut selection) = self.builder(name, self.config.provider)?;
+        let session = match builder.commit_from_file(path) {
+            Ok(s) => s,
+            // A provider that registered can still refuse the graph when it compiles it
+            // (OpenVINO, TensorRT): the model then runs on the CPU rather than not at all.
+            Err(e) if selection.active != Provider::Cpu => {
+                let why = e.to_string();
+                tracing::warn!(model = name, provider = %selection.active, reason = %why, "execution provider cannot run this model, falling back to cpu");
+                let (mut cpu, mut fallback) = self.builder(name, Provider::Cpu)?;
+                let session = cpu.commit_from_file(path).map_err(session_err)?;
+                fallback.requested = selection.requested;
+                fallback.skipped = std::mem::take(&mut selection.skipped);
+                fallback.skipped.extend(selection.registered.iter().filter(|p| **p != Provider::Cpu).map(|p| (*p, why.clone())));
+                selection = fallback;
+                session
+            }
+            Err(e) => return Err(session_err(e)),
+        };
         let input_name = session
             .inputs()
             .first()
@@ -160,6 +222,8 @@ impl Runtime {
             load_time,
             input_name,
             output_names,
+            #[cfg(test)]
+            inject_oom: Mutex::new(None),
         })
     }
 }
@@ -173,7 +237,14 @@ pub struct Model {
     load_time: Duration,
     input_name: String,
     output_names: Vec<String>,
+    /// Test-only: decides, from the input shape, whether a run fails as if the provider had
+    /// run out of memory. Never compiled into the product.
+    #[cfg(test)]
+    inject_oom: Mutex<Option<InjectOom>>,
 }
+
+#[cfg(test)]
+pub(crate) type InjectOom = Box<dyn Fn(&[usize]) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,11 +270,43 @@ impl Model {
     }
 
     fn run_err(&self, e: impl std::fmt::Display) -> RuntimeError {
-        RuntimeError::Run { model: self.name.clone(), message: e.to_string() }
+        let message = e.to_string();
+        if is_allocation_failure(&message) {
+            RuntimeError::OutOfMemory { model: self.name.clone(), message }
+        } else {
+            RuntimeError::Run { model: self.name.clone(), message }
+        }
+    }
+
+    /// Test-only: from now on, runs whose input shape satisfies `fails` return the error a
+    /// provider returns when it cannot allocate (`None` removes the hook).
+    #[cfg(test)]
+    pub(crate) fn inject_oom(&self, fails: Option<InjectOom>) {
+        *self.inject_oom.lock().unwrap_or_else(|p| p.into_inner()) = fails;
+    }
+
+    #[cfg(test)]
+    fn injected_oom(&self, input: &ArrayView4<'_, f32>) -> Result<(), RuntimeError> {
+        let hook = self.inject_oom.lock().unwrap_or_else(|p| p.into_inner());
+        match hook.as_ref() {
+            // The CUDA arena's own wording, so the classification is exercised too.
+            Some(fails) if fails(input.shape()) => Err(self.run_err(format!(
+                "Non-zero status code returned while running Conv node. Status Message: Failed to allocate memory for requested buffer of size {} (injected)",
+                input.len() * 4 * 64
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected_oom(&self, _input: &ArrayView4<'_, f32>) -> Result<(), RuntimeError> {
+        Ok(())
     }
 
     /// Runs a single-input model and returns every output, in the model's output order.
     pub fn run_all(&self, input: ArrayView4<'_, f32>) -> Result<Vec<ArrayD<f32>>, RuntimeError> {
+        self.injected_oom(&input)?;
         let tensor = TensorRef::from_array_view(input).map_err(|e| self.run_err(e))?;
         // A poisoned lock only means another run panicked; the session itself is still valid.
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,6 +323,7 @@ impl Model {
     /// copying it; also returns how long ONNX Runtime itself took (the benchmark separates
     /// model time from pipeline overhead with it).
     pub fn run_raw<R>(&self, input: ArrayView4<'_, f32>, f: impl FnOnce(&[i64], &[f32]) -> R) -> Result<(R, Duration), RuntimeError> {
+        self.injected_oom(&input)?;
         let tensor = TensorRef::from_array_view(input).map_err(|e| self.run_err(e))?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
@@ -233,5 +337,30 @@ impl Model {
     pub fn run(&self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>, RuntimeError> {
         let first = self.run_all(input)?.into_iter().next().ok_or_else(|| self.run_err("model produced no output"))?;
         first.into_dimensionality::<ndarray::Ix4>().map_err(|e| self.run_err(format!("output is not 4-D: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_allocation_failure;
+
+    #[test]
+    fn allocation_failures_are_told_from_other_failures() {
+        for oom in [
+            "Non-zero status code returned while running Conv node. Name:'conv_1' Status Message: Failed to allocate memory for requested buffer of size 2147483648",
+            "CUDA failure 2: out of memory ; GPU=0 ; hostname=x ; file=cuda_allocator.cc",
+            "BFCArena::AllocateRawInternal: Available memory of 0 is smaller than requested bytes",
+            "CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED",
+            "Exception during initialization: std::bad_alloc",
+        ] {
+            assert!(is_allocation_failure(oom), "{oom}");
+        }
+        for other in [
+            "Got invalid dimensions for input: input for the following indices index: 1 Got: 4 Expected: 3",
+            "CUDA failure 700: an illegal memory access was encountered",
+            "model has no inputs",
+        ] {
+            assert!(!is_allocation_failure(other), "{other}");
+        }
     }
 }

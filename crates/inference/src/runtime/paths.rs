@@ -28,6 +28,35 @@ pub fn ort_library_candidates() -> Vec<PathBuf> {
     out
 }
 
+/// Candidates for `provider`. OpenVINO needs the ONNX Runtime build from the
+/// `onnxruntime-openvino` wheel (`onnxruntime-openvino/` in the cache, or `lib/openvino/` beside
+/// the binary); `ORT_DYLIB_PATH` still wins, since an image decides which build it ships. The
+/// standard candidates follow, so a missing OpenVINO build degrades to the CPU provider.
+pub fn ort_library_candidates_for(provider: super::Provider) -> Vec<PathBuf> {
+    let mut out = ort_library_candidates();
+    if provider == super::Provider::OpenVino {
+        let explicit = usize::from(std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty()));
+        let mut openvino = vec![cache_root().join("onnxruntime-openvino").join(ORT_LIB_NAME)];
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            openvino.push(dir.join("lib").join("openvino").join(ORT_LIB_NAME));
+        }
+        out.splice(explicit..explicit, openvino);
+    }
+    out
+}
+
+/// The first existing candidate for `provider`, and whether it is the build that provider
+/// asked for (false: an OpenVINO request found only the standard build).
+pub fn find_ort_library_for(provider: super::Provider) -> Option<(PathBuf, bool)> {
+    let found = ort_library_candidates_for(provider).into_iter().find(|p| p.exists())?;
+    let matches = provider != super::Provider::OpenVino
+        || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| !p.is_empty())
+        || found.parent().is_some_and(|d| d.ends_with("onnxruntime-openvino") || d.ends_with("openvino"));
+    Some((found, matches))
+}
+
 #[cfg(target_os = "macos")]
 pub const ORT_LIB_NAME: &str = "libonnxruntime.dylib";
 #[cfg(not(target_os = "macos"))]

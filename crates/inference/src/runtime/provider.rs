@@ -1,15 +1,20 @@
-//! Execution-provider selection. CUDA and TensorRT are asked for by configuration and fall
-//! back (with a warning) when the loaded ONNX Runtime cannot use them; the chain itself is
-//! pure so it is tested without a GPU.
+//! Execution-provider selection. OpenVINO, CUDA and TensorRT are asked for by configuration
+//! and fall back (with a warning) when the loaded ONNX Runtime cannot use them; the chain
+//! itself is pure so it is tested without a GPU or the OpenVINO build.
 
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Provider {
-    #[default]
     Cpu,
     Cuda,
     TensorRt,
+    /// Intel's OpenVINO runtime on the CPU, inside the ONNX Runtime build of the PyPI
+    /// `onnxruntime-openvino` wheel: its convolution kernels are faster than the CPU
+    /// provider's on the Real-ESRGAN models (README, Benchmarks), so it is the default of
+    /// CPU workers; without that build it falls back to `Cpu` with a warning.
+    #[default]
+    OpenVino,
 }
 
 impl Provider {
@@ -18,19 +23,26 @@ impl Provider {
             Self::Cpu => "cpu",
             Self::Cuda => "cuda",
             Self::TensorRt => "tensorrt",
+            Self::OpenVino => "openvino",
         }
     }
 
-    /// GPU providers to register, in priority order, when `self` is requested. TensorRT
+    /// Providers to register, in priority order, when `self` is requested. TensorRT
     /// compiles only the subgraphs it supports and leaves the rest to the next provider, so
     /// CUDA is registered after it (otherwise those nodes would run on the CPU). CPU needs
     /// no registration: ONNX Runtime always appends it last.
-    pub fn gpu_registrations(self) -> &'static [Provider] {
+    pub fn registrations(self) -> &'static [Provider] {
         match self {
             Self::TensorRt => &[Self::TensorRt, Self::Cuda],
             Self::Cuda => &[Self::Cuda],
+            Self::OpenVino => &[Self::OpenVino],
             Self::Cpu => &[],
         }
+    }
+
+    /// Whether this provider runs on a GPU (GPU telemetry, device memory for tile sizes).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Self::Cuda | Self::TensorRt)
     }
 }
 
@@ -47,7 +59,8 @@ impl std::str::FromStr for Provider {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda),
             "tensorrt" | "trt" => Ok(Self::TensorRt),
-            other => Err(format!("unknown execution provider {other:?}: expected cpu, cuda or tensorrt")),
+            "openvino" | "ov" => Ok(Self::OpenVino),
+            other => Err(format!("unknown execution provider {other:?}: expected cpu, openvino, cuda or tensorrt")),
         }
     }
 }
@@ -65,13 +78,13 @@ pub struct Selection {
     pub skipped: Vec<(Provider, String)>,
 }
 
-/// Calls `try_register` for each of `requested.gpu_registrations()`, in order, keeping the
+/// Calls `try_register` for each of `requested.registrations()`, in order, keeping the
 /// ones that succeed: with TensorRT that is TensorRT then CUDA, so a missing TensorRT still
 /// leaves CUDA, and a working one still has CUDA behind it. Pure apart from the callback.
 pub fn select(requested: Provider, mut try_register: impl FnMut(Provider) -> Result<(), String>) -> Selection {
     let mut registered = Vec::new();
     let mut skipped = Vec::new();
-    for &p in requested.gpu_registrations() {
+    for &p in requested.registrations() {
         match try_register(p) {
             Ok(()) => registered.push(p),
             Err(why) => skipped.push((p, why)),
@@ -85,7 +98,7 @@ pub fn select(requested: Provider, mut try_register: impl FnMut(Provider) -> Res
 mod tests {
     use super::*;
 
-    use Provider::{Cpu, Cuda, TensorRt};
+    use Provider::{Cpu, Cuda, OpenVino, TensorRt};
 
     /// (requested, which GPU registrations succeed) -> (tried, registered, active).
     #[test]
@@ -100,6 +113,9 @@ mod tests {
             (TensorRt, &[Cuda], &[TensorRt, Cuda], &[Cuda, Cpu], Cuda),
             (TensorRt, &[TensorRt], &[TensorRt, Cuda], &[TensorRt, Cpu], TensorRt),
             (TensorRt, &[], &[TensorRt, Cuda], &[Cpu], Cpu),
+            (OpenVino, &[OpenVino], &[OpenVino], &[OpenVino, Cpu], OpenVino),
+            // The standard ONNX Runtime build has no OpenVINO provider: CPU, with a warning.
+            (OpenVino, &[], &[OpenVino], &[Cpu], Cpu),
         ];
         for &(requested, works, tried_expected, registered, active) in cases {
             let mut tried = Vec::new();
@@ -122,6 +138,10 @@ mod tests {
     fn parses_names() {
         assert_eq!("CUDA".parse::<Provider>().unwrap(), Provider::Cuda);
         assert_eq!("trt".parse::<Provider>().unwrap(), Provider::TensorRt);
+        assert_eq!("OpenVINO".parse::<Provider>().unwrap(), Provider::OpenVino);
+        for p in [Cpu, Cuda, TensorRt, OpenVino] {
+            assert_eq!(p.as_str().parse::<Provider>().unwrap(), p);
+        }
         assert!("rocm".parse::<Provider>().unwrap_err().contains("expected"));
     }
 }

@@ -42,6 +42,19 @@ async fn query() -> Option<GpuInfo> {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Free memory of the first GPU, read once when models load (the default tile size follows
+/// it). Blocking; `None` without `nvidia-smi` or a GPU.
+pub fn free_memory_blocking() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse(&String::from_utf8_lossy(&out.stdout)).map(|g| g.memory_total.saturating_sub(g.memory_used))
+}
+
 /// First GPU of `nvidia-smi --query-gpu=name,utilization.gpu,memory.used,memory.total
 /// --format=csv,noheader,nounits` (memory in MiB), memory converted to bytes.
 pub fn parse(csv: &str) -> Option<GpuInfo> {

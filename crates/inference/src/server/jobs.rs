@@ -11,9 +11,9 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::metrics::{Metrics, OutcomeLabels};
+use super::metrics::{Metrics, ModelLabels, OutcomeLabels};
 use crate::pipeline::{Engine, JobControl, Stage};
-use crate::protocol::{ErrorReason, JobAccepted, JobError, JobRequest, JobResult, JobState, JobStatus};
+use crate::protocol::{ErrorReason, JobAccepted, JobError, JobRequest, JobResult, JobState, JobStatus, TileAdaptation};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,8 @@ pub struct Job {
     cancelled: AtomicBool,
     cancel_notify: Notify,
     finished_at: Mutex<Option<Instant>>,
+    /// Set when the job's tiles adapted to memory; sent with its result.
+    tile_adaptation: OnceLock<TileAdaptation>,
 }
 
 impl Job {
@@ -206,6 +208,7 @@ impl Jobs {
             cancelled: AtomicBool::new(false),
             cancel_notify: Notify::new(),
             finished_at: Mutex::new(None),
+            tile_adaptation: OnceLock::new(),
         });
         table.insert(req.id.clone(), job.clone());
         // Counted before the lock is released: the capacity check above and this increment
@@ -221,6 +224,11 @@ impl Jobs {
 
     pub fn status(&self, id: &str) -> Option<JobStatus> {
         self.lock().get(id).map(|j| j.status.borrow().clone())
+    }
+
+    /// How a finished job's tiles adapted, when they did.
+    pub fn tile_adaptation(&self, id: &str) -> Option<TileAdaptation> {
+        self.lock().get(id).and_then(|j| j.tile_adaptation.get().copied())
     }
 
     pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<JobStatus>> {
@@ -316,7 +324,9 @@ impl Jobs {
         let params = req.params;
         let tile_hist = self.metrics.tile_duration.clone();
         let span = tracing::Span::current();
+        let engine2 = engine.clone();
         let enhanced = tokio::task::spawn_blocking(move || {
+            let engine = engine2;
             let _entered = span.enter();
             let mut progress = |stage: Stage, p: f32| {
                 job2.status.send_modify(|s| {
@@ -338,6 +348,21 @@ impl Jobs {
         .map_err(|e| JobError { reason: ErrorReason::Internal, message: format!("engine task failed: {e}") })?
         .map_err(|e| e.to_job_error())?;
 
+        let a = enhanced.tile_adaptation;
+        if a.adapted() {
+            let labels = ModelLabels { model: enhanced.model.clone(), provider: engine.active_provider() };
+            self.metrics.tile_splits.get_or_create(&labels).inc_by(u64::from(a.splits));
+            if let Some(limit) = engine.remembered_tile(&enhanced.model) {
+                self.metrics.tile_size_limit.get_or_create(&labels).set(i64::from(limit));
+            }
+            warn!(requested = a.requested, planned = a.planned, smallest = a.smallest, splits = a.splits, "tiles adapted to memory");
+            let _ = job.tile_adaptation.set(TileAdaptation {
+                requested: a.requested,
+                planned: a.planned,
+                smallest: a.smallest,
+                splits: a.splits,
+            });
+        }
         job.status.send_modify(|s| s.stage = Some("upload".into()));
         let bytes = enhanced.bytes.len() as u64;
         self.storage.put(&req.output_uri, Bytes::from(enhanced.bytes)).await.map_err(storage_error)?;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub rejected_full: Counter,
     pub model_load_seconds: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    /// Tiles split in four after the execution provider failed to allocate.
+    pub tile_splits: Family<ModelLabels, Counter>,
+    /// Largest tile edge that worked after an allocation failure: what jobs are capped at.
+    pub tile_size_limit: Family<ModelLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -55,7 +59,15 @@ impl Metrics {
         registry.register("jobs_rejected_full", "Submissions refused with 429 because the worker was full", rejected_full.clone());
         let model_load_seconds = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("model_load_seconds", "Time to create each model's session", model_load_seconds.clone());
-        Self { registry, jobs, job_duration, tile_duration, in_flight, rejected_full, model_load_seconds }
+        let tile_splits = Family::<ModelLabels, Counter>::default();
+        registry.register("tile_splits", "Tiles split in four after an allocation failure of the execution provider", tile_splits.clone());
+        let tile_size_limit = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "tile_size_limit",
+            "Largest tile edge (input pixels) that worked after an allocation failure; later jobs are capped at it",
+            tile_size_limit.clone(),
+        );
+        Self { registry, jobs, job_duration, tile_duration, in_flight, rejected_full, model_load_seconds, tile_splits, tile_size_limit }
     }
 
     pub fn encode(&self) -> String {

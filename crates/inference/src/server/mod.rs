@@ -32,7 +32,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::pipeline::{Engine, EngineConfig};
-use crate::protocol::{GpuInfo, JobEvent, JobRequest, JobState, JobStatus, ModelInfo, WorkerErrorBody, WorkerInfo};
+use crate::protocol::{
+    GpuInfo, JobEvent, JobRequest, JobState, JobStatus, ModelInfo, ReportedJobResult, TileAdaptation, WorkerErrorBody, WorkerInfo,
+};
 use crate::storage::Storage;
 use jobs::{Jobs, JobsConfig, SubmitError};
 use metrics::{Metrics, ModelLabels};
@@ -213,16 +215,29 @@ fn not_found(id: &str) -> Response {
     error(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))
 }
 
+/// `value` (a status or an event) as sent: a `result` in it becomes a [`ReportedJobResult`]
+/// with the job's tile report. `JobStatus` and `JobEvent` keep a plain `JobResult` because
+/// other crates build them field by field; readers of those types ignore the extra key.
+pub fn with_tile_report<T: serde::Serialize>(value: &T, adaptation: Option<TileAdaptation>) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    if let (Some(a), Some(slot)) = (adaptation, v.get_mut("result").filter(|r| r.is_object()))
+        && let Ok(result) = serde_json::from_value(slot.take())
+    {
+        *slot = serde_json::to_value(ReportedJobResult { result, tile_adaptation: Some(a) }).unwrap_or(serde_json::Value::Null);
+    }
+    v
+}
+
 async fn status(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.jobs.status(&id) {
-        Some(st) => Json(st).into_response(),
+        Some(st) => Json(with_tile_report(&st, s.jobs.tile_adaptation(&id))).into_response(),
         None => not_found(&id),
     }
 }
 
 async fn cancel(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.jobs.cancel(&id) {
-        Some(st) => (StatusCode::ACCEPTED, Json(st)).into_response(),
+        Some(st) => (StatusCode::ACCEPTED, Json(with_tile_report(&st, s.jobs.tile_adaptation(&id)))).into_response(),
         None => not_found(&id),
     }
 }
@@ -236,14 +251,18 @@ pub fn event_for(st: &JobStatus) -> JobEvent {
     }
 }
 
-fn sse_event(ev: &JobEvent) -> Event {
-    Event::default().event(ev.sse_name()).json_data(ev).unwrap_or_else(|_| Event::default().comment("encode error"))
+fn sse_event(ev: &JobEvent, adaptation: Option<TileAdaptation>) -> Event {
+    Event::default()
+        .event(ev.sse_name())
+        .json_data(with_tile_report(ev, adaptation))
+        .unwrap_or_else(|_| Event::default().comment("encode error"))
 }
 
 async fn events(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     let Some(mut rx) = s.jobs.subscribe(&id) else {
         return not_found(&id);
     };
+    let jobs = s.jobs.clone();
     // The current state first, then every change until a terminal state; the watch channel
     // coalesces bursts, so a slow reader gets the latest progress, not a backlog.
     let stream = async_stream::stream! {
@@ -252,7 +271,8 @@ async fn events(State(s): State<AppState>, Path(id): Path<String>) -> Response {
                 let st = rx.borrow_and_update();
                 (event_for(&st), st.state.is_terminal())
             };
-            yield Ok::<_, Infallible>(sse_event(&ev));
+            let adaptation = if terminal { jobs.tile_adaptation(&id) } else { None };
+            yield Ok::<_, Infallible>(sse_event(&ev, adaptation));
             if terminal || rx.changed().await.is_err() {
                 break;
             }
@@ -305,3 +325,8 @@ async fn info(State(s): State<AppState>) -> Json<WorkerInfo> {
 async fn metrics_text(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode()).into_response()
 }
+
+/// A job whose tiles adapt, end to end through the HTTP API and the metrics.
+#[cfg(test)]
+#[path = "tile_report_tests.rs"]
+mod tile_report_tests;
