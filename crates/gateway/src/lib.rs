@@ -19,6 +19,11 @@ pub fn run() -> anyhow::Result<()> {
     let config = config::Config::parse();
     purrify_process::init_tracing(config.log_format, "info,ort=warn");
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(command) = config.command.clone() {
+        let out = rt.block_on(app::cli::run(&config, &command, &mut std::io::stdin().lock()))?;
+        println!("{out}");
+        return Ok(());
+    }
     let result = rt.block_on(async move {
         let gateway = app::start(config, purrify_process::shutdown_signal()).await?;
         gateway.handle.await?

@@ -8,101 +8,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::BodyExt;
-use purrify_gateway::app::{self, Stack};
 use purrify_testkit::fake_worker::{Behavior, FakeWorker};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::client::*;
 use support::*;
-use tower::ServiceExt;
-
-struct Api {
-    stack: Stack,
-    _dir: tempfile::TempDir,
-    _pg: Option<support::TestDb>,
-}
-
-async fn api_with(backend: Backend, tweak: impl FnOnce(&mut purrify_gateway::config::Config)) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(support::TestDb::postgres().await),
-    };
-    let mut c = config(dir.path(), pg.as_ref().map(|p| p.url.clone()));
-    tweak(&mut c);
-    let stack = app::build(c).await.expect("gateway stack builds");
-    Api { stack, _dir: dir, _pg: pg }
-}
-
-async fn api(backend: Backend) -> Api {
-    api_with(backend, |_| {}).await
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-    raw: Vec<u8>,
-}
-
-impl Api {
-    async fn send(&self, req: Request<Body>) -> Reply {
-        let resp = app::router(self.stack.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let raw = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Reply { status, headers, body, raw }
-    }
-
-    async fn get(&self, uri: &str) -> Reply {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
-    }
-
-    async fn post_json(&self, uri: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
-        let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        self.send(b.body(Body::from(body.to_string())).unwrap()).await
-    }
-
-    async fn upload(&self, parts: &[(&str, Option<&str>, &[u8])]) -> Reply {
-        let body = multipart(parts);
-        let req = Request::post("/api/v1/enhance")
-            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
-            .header(header::CONTENT_LENGTH, body.len())
-            .body(Body::from(body))
-            .unwrap();
-        self.send(req).await
-    }
-
-    /// A `/metrics` sample's value (0 when absent).
-    async fn metric(&self, sample: &str) -> f64 {
-        let m = self.get("/metrics").await;
-        let text = String::from_utf8_lossy(&m.raw).to_string();
-        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
-    }
-
-    fn stored_uploads(&self) -> usize {
-        let dir = self._dir.path().join("storage").join("uploads");
-        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-    }
-}
-
-fn assert_envelope(r: &Reply, status: StatusCode, code: &str, what: &str) {
-    assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.raw));
-    assert_eq!(r.body["success"], false, "{what}");
-    assert_eq!(r.body["error_code"], code, "{what}: {}", r.body);
-    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
-    assert!(r.body["details"].is_object(), "{what}");
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )* }
-        mod postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )* }
-    };
-}
 
 on_both!(
     upload_queues_a_task_and_status_reports_it,

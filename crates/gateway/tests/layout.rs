@@ -93,12 +93,9 @@ async fn every_documented_route_is_served_and_listed() {
     let mut checked = 0;
     for (path, item) in &doc.paths.paths {
         let concrete = path.split('/').map(|seg| if seg.starts_with('{') { "x" } else { seg }).collect::<Vec<_>>().join("/");
-        for (method, present) in
-            [(Method::GET, item.get.is_some()), (Method::POST, item.post.is_some()), (Method::DELETE, item.delete.is_some())]
+        for (method, op) in [(Method::GET, &item.get), (Method::POST, &item.post), (Method::PUT, &item.put), (Method::DELETE, &item.delete)]
         {
-            if !present {
-                continue;
-            }
+            let Some(op) = op else { continue };
             let req = Request::builder().method(method.clone()).uri(&concrete).body(Body::empty()).unwrap();
             let resp = app::router(stack.state.clone()).oneshot(req).await.unwrap();
             let status = resp.status();
@@ -106,6 +103,13 @@ async fn every_documented_route_is_served_and_listed() {
             let text = String::from_utf8_lossy(&body);
             assert!(!text.contains("no such endpoint"), "{method} {path} is documented but not routed ({status}: {text})");
             assert_ne!(status.as_u16(), 405, "{method} {path} is documented with a method the router does not serve");
+            // Asking for credentials means documenting which.
+            if status.as_u16() == 401 {
+                assert!(
+                    op.security.as_ref().is_some_and(|s| !s.is_empty()),
+                    "{method} {path} answers 401 without a token but documents no security scheme"
+                );
+            }
             checked += 1;
         }
     }

@@ -74,7 +74,13 @@ pub fn kubernetes_gateway_args(port: u16, data_dir: &Path, storage: &str) -> Vec
         "0",
         "--uploads-per-minute",
         "100000",
+        // Kubernetes mode refuses to start without a shared signing key.
+        "--jwt-key",
+        TEST_JWT_KEY,
     ]
     .map(String::from)
     .to_vec()
 }
+
+/// The access-token signing key of gateways started by tests (`<kid>:<secret>`).
+pub const TEST_JWT_KEY: &str = "test-key:0123456789abcdef0123456789abcdef-purrify";

@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod fake_worker;
 #[cfg(feature = "gateway-client")]
 pub mod gateway_client;
+#[cfg(feature = "wechat")]
+pub mod wechat;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

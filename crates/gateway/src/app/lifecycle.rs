@@ -58,6 +58,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let fleet = Fleet::new(FleetConfig::default()).map_err(|e| anyhow::anyhow!("fleet: {e}"))?;
     let url = config.database_url();
     let db = Db::connect(&url).await.map_err(|e| anyhow::anyhow!("database {}: {e}", redact(&url)))?;
+    let accounts = super::accounts::start(&config, db.clone()).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // In Kubernetes mode the operator's workers do the work.
@@ -88,6 +89,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         upload_limiter: Arc::new(RateLimiter::new(config.uploads_per_minute / 60.0, config.uploads_per_minute.max(1.0))),
         swagger_ui_dir: config.swagger_ui_dir.clone().unwrap_or_else(crate::http::routes::docs::default_assets_dir),
         tasks,
+        accounts,
         config: config.clone(),
     };
 
@@ -102,6 +104,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
                         let now = std::time::Instant::now();
                         state.limiter.sweep(now);
                         state.upload_limiter.sweep(now);
+                        state.accounts.housekeeping().await;
                     }
                     _ = stop.changed() => break,
                 }

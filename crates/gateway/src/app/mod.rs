@@ -2,6 +2,8 @@
 //! shutdown of the whole stack (database, storage, fleet, task backend, the optional
 //! in-process worker).
 
+pub mod accounts;
+pub mod cli;
 mod embedded;
 mod lifecycle;
 mod router;
@@ -16,6 +18,7 @@ pub use lifecycle::{Gateway, Stack, build, start};
 pub use router::router;
 
 use crate::config::Config;
+use crate::domain::accounts::AccountService;
 use crate::domain::tasks::TaskService;
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
@@ -31,6 +34,8 @@ pub struct AppState {
     pub swagger_ui_dir: PathBuf,
     /// The task core: tasks, the fleet and GPU servers, whichever backend runs.
     pub tasks: TaskService,
+    /// Users, logins and tokens.
+    pub accounts: AccountService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

@@ -9,6 +9,19 @@ pub enum DomainError {
     /// A value the caller sent is not acceptable; `field` names it.
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// Several fields at once, each with its problem (seed 002's `field_errors`).
+    #[error("invalid fields")]
+    Fields(Vec<(&'static str, String)>),
+    /// No valid credentials: a wrong password, an invalid or expired token or login code.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials are valid but not enough (deactivated account, not an admin, someone
+    /// else's task).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts; `retry_after` is in seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     /// The request conflicts with what exists (e.g. a GPU server URL registered under another
     /// address).
     #[error("{0}")]
@@ -33,7 +46,10 @@ impl DomainError {
     /// Bounded label for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            Self::Invalid { .. } => "invalid",
+            Self::Invalid { .. } | Self::Fields(_) => "invalid",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Conflict(_) => "conflict",
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",

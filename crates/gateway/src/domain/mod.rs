@@ -3,6 +3,7 @@
 //! resources driven by the operator) and the fleet of GPU servers. Never imports axum; reaches
 //! the database only through `purrify-store`.
 
+pub mod accounts;
 pub mod error;
 pub mod fleet;
 pub mod tasks;

@@ -1,4 +1,5 @@
-//! Who may call what. `PURRIFY_ADMIN_TOKEN` guards the seed-000 configuration endpoints (a
+//! Who may call what. Users prove themselves with an access token (`CurrentUser`,
+//! `MaybeUser`, `AdminUser`); `PURRIFY_ADMIN_TOKEN` guards the seed-000 configuration endpoints (a
 //! service credential, DESIGN section 11); the webhook secret guards GPU-server registration.
 //! Secrets come from configuration only and are compared in constant time.
 
@@ -10,6 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use crate::app::AppState;
+use crate::domain::accounts::Principal;
 
 /// Constant-time comparison; a length mismatch returns early, which reveals only the length.
 pub fn secret_matches(expected: &str, given: &str) -> bool {
@@ -62,5 +64,71 @@ mod tests {
         assert!(!secret_matches("s3cret", "s3cre"));
         assert!(!secret_matches("s3cret", "s3cret "));
         assert!(!secret_matches("s3cret", ""));
+    }
+}
+
+/// The Bearer token of a request, if it sent one.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// A logged-in user: `Authorization: Bearer <access token>`, verified. Missing or invalid
+/// is 401 INVALID_CREDENTIALS; a deactivated account 403.
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub Principal);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidCredentials, "login required: send Authorization: Bearer <access token>"))?;
+        Ok(Self(state.accounts.authenticate(token).await?))
+    }
+}
+
+/// A logged-in user when the request carries a token; `None` without one. A token that is
+/// sent but invalid is refused rather than ignored: the client believes it is logged in.
+#[derive(Debug, Clone)]
+pub struct MaybeUser(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match bearer(parts) {
+            None => Ok(Self(None)),
+            Some(token) => Ok(Self(Some(state.accounts.authenticate(token).await?))),
+        }
+    }
+}
+
+/// A logged-in admin; other users get 403 ACCESS_DENIED.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let CurrentUser(p) = CurrentUser::from_request_parts(parts, state).await?;
+        if !p.is_admin() {
+            return Err(ApiError::new(ErrorCode::AccessDenied, "administrators only"));
+        }
+        Ok(Self(p))
+    }
+}
+
+/// The client's address as the rate limits see it (see `middleware::client_ip`).
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self(super::middleware::client_ip_of(&parts.extensions, &parts.headers, &state.config).to_string()))
     }
 }

@@ -112,6 +112,20 @@ impl ApiError {
             .with_details(serde_json::json!({ "field_errors": { field: [message] } }))
     }
 
+    /// A 422 naming every offending field at once.
+    pub fn fields(fields: &[(&'static str, String)]) -> Self {
+        let mut map = serde_json::Map::new();
+        for (field, message) in fields {
+            let entry = map.entry(*field).or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = entry {
+                list.push(Value::String(message.clone()));
+            }
+        }
+        let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+        Self::new(ErrorCode::ValidationError, format!("request validation failed: {}", names.join(", ")))
+            .with_details(serde_json::json!({ "field_errors": map }))
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(ErrorCode::ResourceNotFound, what)
     }
@@ -166,6 +180,10 @@ impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::Invalid { field, message } => Self::field(field, message),
+            DomainError::Fields(fields) => Self::fields(&fields),
+            DomainError::Unauthorized(m) => Self::new(ErrorCode::InvalidCredentials, m),
+            DomainError::Forbidden(m) => Self::new(ErrorCode::AccessDenied, m),
+            DomainError::RateLimited { message, retry_after } => Self::new(ErrorCode::RateLimitExceeded, message).retry_after(retry_after),
             DomainError::Conflict(m) => Self::new(ErrorCode::ValidationError, m),
             DomainError::NotFound(m) => Self::not_found(m),
             DomainError::Unavailable(m) => Self::unavailable(m),

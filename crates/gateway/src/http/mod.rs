@@ -3,10 +3,12 @@
 //! services; nothing here reaches the database.
 
 pub mod auth;
+pub mod envelope;
 pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod views;
 
 pub use error::{ApiError, ApiResult, ErrorBody, ErrorCode};

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::error::{ErrorBody, ErrorCode};
 use super::routes::tasks::LiveMessage;
@@ -20,6 +20,11 @@ use super::routes::tasks::LiveMessage;
         (name = "system", description = "Health, info, configuration, probes and metrics"),
         (name = "webhook", description = "GPU-server registration"),
         (name = "docs", description = "This document and Swagger UI"),
+        (name = "auth", description = "Logins and tokens (seeds 001 and 002)"),
+        (name = "users", description = "The logged-in user's account (seed 002)"),
+        (name = "admin", description = "Administration (seeds 001 and 002)"),
+        (name = "generation", description = "The generation app (seed 003): camelCase in the {code, message, data, timestamp} envelope"),
+        (name = "postcards", description = "The postcard mini-program (seed 004)"),
     )
 )]
 pub struct ApiDoc;
@@ -30,6 +35,23 @@ impl utoipa::Modify for AdminTokenScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("admin_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "webhook_secret",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Webhook-Secret",
+                "The shared secret GPU servers present (or the body's `secret` field)",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from a login (30 minutes); renew it at /api/auth/refresh"))
+                    .build(),
+            ),
+        );
     }
 }
 

@@ -3,6 +3,8 @@
 //! multipart bodies, and real photos.
 #![allow(dead_code, unused_imports)]
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 
 use purrify_gateway::config::Config;
@@ -20,6 +22,12 @@ pub fn config(dir: &Path, database_url: Option<String>) -> Config {
     c.rate_limit = 0.0;
     c.uploads_per_minute = 100_000.0;
     c.probe_interval_seconds = 1;
+    // Logins: cheap hashes (the real cost is measured by `make bench`) and no rate limits
+    // (every oneshot request comes from one address); the tests that check them set them.
+    c.argon2_memory_kib = 1024;
+    c.argon2_iterations = 1;
+    c.logins_per_minute_per_address = 0.0;
+    c.logins_per_minute_per_account = 0.0;
     c
 }
 

@@ -220,7 +220,8 @@ impl TaskService {
         task.content_type = upload.content_type;
         task.input_bytes = upload.bytes;
         task.request_id = Some(upload.request_id);
-        task.user_id = Some(upload.client);
+        task.fair_group = Some(upload.owner.clone().unwrap_or_else(|| format!("{}{}", model::ANONYMOUS_GROUP_PREFIX, upload.client)));
+        task.user_id = upload.owner;
         task.deadline = Some(self.inner.settings.deadline);
         match &self.inner.backend {
             Backend::Standalone(d) => {

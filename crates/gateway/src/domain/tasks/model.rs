@@ -47,6 +47,8 @@ impl PublicStatus {
 #[derive(Debug, Clone)]
 pub struct TaskSnapshot {
     pub id: String,
+    /// The owning account; `None` for an anonymous upload (its id is its capability).
+    pub owner: Option<String>,
     pub status: PublicStatus,
     pub progress: f64,
     pub error: Option<String>,
@@ -70,6 +72,7 @@ impl From<&TaskView> for TaskSnapshot {
         };
         Self {
             id: v.task_id.clone(),
+            owner: v.user_id.clone(),
             status,
             progress: if v.status == TaskStatus::Completed { 1.0 } else { f64::from(v.progress) },
             error,
@@ -88,9 +91,32 @@ pub struct NewUpload {
     pub bytes: u64,
     pub params: EnhanceParams,
     pub request_id: String,
-    /// Fairness group: one client's burst must not starve others. Accounts (a later
-    /// issue) will replace the client address with the user id.
+    /// The logged-in uploader, who alone (with admins) sees the task.
+    pub owner: Option<String>,
+    /// The client address: the fairness group of anonymous uploads, so one client's burst
+    /// does not starve the others.
     pub client: String,
+}
+
+/// Fairness group of an anonymous upload (also the `EnhanceTask` owner, for the operator's
+/// fair queuing); never an account id, which are UUIDs.
+pub const ANONYMOUS_GROUP_PREFIX: &str = "anon:";
+
+/// The account behind a task owner as stored on an `EnhanceTask` (anonymous groups are none).
+pub fn account_owner(owner: &str) -> Option<String> {
+    (!owner.starts_with(ANONYMOUS_GROUP_PREFIX) && !owner.is_empty()).then(|| owner.to_owned())
+}
+
+impl TaskSnapshot {
+    /// Whether the task may be shown to `viewer`: anonymous tasks to anyone holding the id,
+    /// owned ones to their owner and to admins.
+    pub fn visible_to(&self, viewer: Option<&crate::domain::accounts::Principal>) -> bool {
+        match (&self.owner, viewer) {
+            (None, _) => true,
+            (Some(owner), Some(v)) => *owner == v.user_id || v.is_admin(),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// Where jobs may go (`/api/v1/config`).

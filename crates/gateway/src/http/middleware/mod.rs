@@ -46,11 +46,16 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 /// the address it received the request from, so entries further left are what the client
 /// wrote itself and prove nothing; the first entry in particular is freely chosen.
 pub fn client_ip(req: &Request, config: &Config) -> IpAddr {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    client_ip_of(req.extensions(), req.headers(), config)
+}
+
+/// [`client_ip`] from a request's parts (extractors).
+pub fn client_ip_of(extensions: &axum::http::Extensions, headers: &HeaderMap, config: &Config) -> IpAddr {
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     if !config.trust_forwarded_for {
         return peer;
     }
-    forwarded_client(req.headers(), config.trusted_proxy_hops).unwrap_or(peer)
+    forwarded_client(headers, config.trusted_proxy_hops).unwrap_or(peer)
 }
 
 /// The `X-Forwarded-For` entry appended by the outermost of `hops` trusted proxies (every

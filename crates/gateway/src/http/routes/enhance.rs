@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::tasks::NewUpload;
+use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::http::middleware::{RequestId, client_ip};
 
@@ -240,10 +241,11 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64, fiel
 }
 
 #[utoipa::path(
-    post, path = "/api/v1/enhance", tag = "enhance",
+    post, path = "/api/v1/enhance", tag = "enhance", security((), ("bearer" = [])),
     request_body(content_type = "multipart/form-data", description = "`file` (JPEG/PNG/WebP/AVIF, up to 100 MB), optional `tile_size` (default 400), `quality_level` (high|medium|fast, default high), `scale` (2|4, default 2), `face_enhance` (default true)"),
     responses(
-        (status = 202, description = "Task queued", body = EnhanceResponse),
+        (status = 202, description = "Task queued; with a Bearer token it belongs to that user", body = EnhanceResponse),
+        (status = 401, description = "An invalid token, or none where anonymous uploads are off", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
         (status = 415, description = "Not a supported image type", body = ErrorBody),
         (status = 422, description = "Missing file, bad parameter or invalid image header", body = ErrorBody),
@@ -254,9 +256,15 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64, fiel
 pub async fn enhance(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
+    MaybeUser(user): MaybeUser,
     req: Request,
 ) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
-    let outcome = accept(&state, request_id, req).await;
+    let outcome = match user {
+        None if !state.config.allow_anonymous_uploads => {
+            Err(ApiError::new(ErrorCode::InvalidCredentials, "login required to upload: send Authorization: Bearer <access token>"))
+        }
+        user => accept(&state, request_id, user.map(|u| u.user_id), req).await,
+    };
     // Every way an upload can fail to become a task counts, by its error code.
     if let Err(e) = &outcome {
         state.metrics.upload_rejected(e.code);
@@ -264,7 +272,12 @@ pub async fn enhance(
     outcome
 }
 
-async fn accept(state: &AppState, request_id: RequestId, req: Request) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
+async fn accept(
+    state: &AppState,
+    request_id: RequestId,
+    owner: Option<String>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
     let started = Instant::now();
     let ip = client_ip(&req, &state.config);
     if let Err(wait) = state.upload_limiter.check(ip, started) {
@@ -345,6 +358,7 @@ async fn accept(state: &AppState, request_id: RequestId, req: Request) -> ApiRes
         bytes: file.bytes,
         params,
         request_id: request_id.0.clone(),
+        owner,
         client: ip.to_string(),
     };
     if let Err(e) = state.tasks.create_task(upload).await.map_err(ApiError::from) {

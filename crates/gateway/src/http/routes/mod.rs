@@ -1,10 +1,15 @@
 //! One module per area, each a `router()` of documented handlers. [`all`] is the one list the
 //! router and the OpenAPI document are both built from, so a route cannot exist undocumented.
 
+pub mod admin_users;
+pub mod auth;
 pub mod docs;
 pub mod enhance;
+pub mod generation;
+pub mod postcards;
 pub mod system;
 pub mod tasks;
+pub mod users;
 pub mod webhook;
 
 use utoipa::OpenApi;
@@ -19,5 +24,10 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(tasks::router())
         .merge(system::router())
         .merge(webhook::router())
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(admin_users::router())
+        .merge(generation::router())
+        .merge(postcards::router())
         .merge(docs::router())
 }

@@ -20,8 +20,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
+use crate::domain::accounts::Principal;
 use crate::domain::tasks::{PublicStatus, TaskSnapshot};
+use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::http::extract::ApiQuery;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(status)).routes(routes!(events)).routes(routes!(download)).routes(routes!(ws))
@@ -87,20 +90,33 @@ fn unknown(task_id: &str) -> ApiError {
     ApiError::not_found(format!("no task {task_id}"))
 }
 
-#[utoipa::path(get, path = "/api/v1/status/{task_id}", tag = "tasks",
+/// The task if `viewer` may see it. Someone else's task is answered exactly like a missing
+/// one, so ids of other users' tasks cannot be probed.
+async fn visible_task(state: &AppState, task_id: &str, viewer: Option<&Principal>) -> ApiResult<TaskSnapshot> {
+    match state.tasks.task(task_id).await? {
+        Some(t) if t.visible_to(viewer) => Ok(t),
+        _ => Err(unknown(task_id)),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/status/{task_id}", tag = "tasks", security((), ("bearer" = [])),
     params(("task_id" = String, Path, description = "Id returned by /api/v1/enhance")),
     responses((status = 200, body = StatusResponse), (status = 404, body = ErrorBody)))]
-pub async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Json<StatusResponse>> {
-    let t = state.tasks.task(&task_id).await?.ok_or_else(|| unknown(&task_id))?;
+pub async fn status(
+    State(state): State<AppState>,
+    MaybeUser(viewer): MaybeUser,
+    Path(task_id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    let t = visible_task(&state, &task_id, viewer.as_ref()).await?;
     Ok(Json(StatusResponse::from(&t)))
 }
 
-#[utoipa::path(get, path = "/api/v1/download/{task_id}", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/download/{task_id}", tag = "tasks", security((), ("bearer" = [])),
     params(("task_id" = String, Path)),
     responses((status = 200, description = "The enhanced image (image/jpeg, attachment)", content_type = "image/jpeg"),
               (status = 404, body = ErrorBody), (status = 409, description = "Not finished, or failed", body = ErrorBody)))]
-pub async fn download(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Response> {
-    let t = state.tasks.task(&task_id).await?.ok_or_else(|| unknown(&task_id))?;
+pub async fn download(State(state): State<AppState>, MaybeUser(viewer): MaybeUser, Path(task_id): Path<String>) -> ApiResult<Response> {
+    let t = visible_task(&state, &task_id, viewer.as_ref()).await?;
     match t.status {
         PublicStatus::Completed => {}
         PublicStatus::Failed => {
@@ -183,12 +199,12 @@ impl LiveMessage {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/status/{task_id}/events", tag = "tasks",
+#[utoipa::path(get, path = "/api/v1/status/{task_id}/events", tag = "tasks", security((), ("bearer" = [])),
     params(("task_id" = String, Path)),
     responses((status = 200, description = "text/event-stream of task_progress, then task_complete or task_failed", body = LiveMessage),
               (status = 404, body = ErrorBody)))]
-pub async fn events(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Response> {
-    let first = state.tasks.task(&task_id).await?.ok_or_else(|| unknown(&task_id))?;
+pub async fn events(State(state): State<AppState>, MaybeUser(viewer): MaybeUser, Path(task_id): Path<String>) -> ApiResult<Response> {
+    let first = visible_task(&state, &task_id, viewer.as_ref()).await?;
     let updates = state.tasks.watch_task(&task_id);
     let draining = state.draining.clone();
     let stream = async_stream::stream! {
@@ -222,13 +238,16 @@ fn sse_event(m: &LiveMessage) -> Event {
 }
 
 /// Client -> server WebSocket messages: `{"type":"ping"}`, `{"type":"subscribe","taskId":..}`,
-/// `{"type":"unsubscribe","taskId":..}`. Seed 001 also sends `{"type":"auth",...}`; accounts
-/// arrive with a later issue, so it is acknowledged and ignored.
+/// `{"type":"unsubscribe","taskId":..}`, and seed 001's `{"type":"auth","token":..}`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
     Ping,
-    Auth {},
+    /// Seed 001's first message: `{"type": "auth", "token": "<access token>"}`.
+    Auth {
+        #[serde(default)]
+        token: String,
+    },
     Subscribe {
         #[serde(rename = "taskId")]
         task_id: String,
@@ -239,14 +258,26 @@ enum ClientMessage {
     },
 }
 
-#[utoipa::path(get, path = "/ws", tag = "tasks",
-    responses((status = 101, description = "WebSocket: send `{type: subscribe, taskId}` (also `unsubscribe`, `ping`); receive the same messages as the SSE stream", body = LiveMessage)))]
-pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.max_message_size(16 * 1024).on_upgrade(move |socket| ws_session(state, socket))
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+pub struct WsQuery {
+    /// An access token (seed 003's `/ws?token=`); or send `{type: auth, token}` first.
+    pub token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/ws", tag = "tasks", params(WsQuery),
+    responses((status = 101, description = "WebSocket: authenticate with `?token=` or `{type: auth, token}`; send `{type: subscribe, taskId}` (also `unsubscribe`, `ping`); receive the same messages as the SSE stream. Tasks of an account are visible only to it.", body = LiveMessage),
+              (status = 401, description = "An invalid `token`", body = ErrorBody)))]
+pub async fn ws(State(state): State<AppState>, ApiQuery(q): ApiQuery<WsQuery>, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
+    let viewer = match q.token.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(state.accounts.authenticate(t).await?),
+        None => None,
+    };
+    Ok(upgrade.max_message_size(16 * 1024).on_upgrade(move |socket| ws_session(state, socket, viewer)))
 }
 
 /// Sends progress of the tasks the client subscribed to (at most 100 per connection).
-async fn ws_session(state: AppState, socket: WebSocket) {
+async fn ws_session(state: AppState, socket: WebSocket, mut viewer: Option<Principal>) {
     let (mut tx, mut rx) = socket.split();
     let mut all = Box::pin(state.tasks.watch_all());
     let mut subscribed = std::collections::HashSet::<String>::new();
@@ -268,9 +299,19 @@ async fn ws_session(state: AppState, socket: WebSocket) {
                 };
                 let reply = match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(ClientMessage::Ping) => serde_json::json!({"type": "pong"}),
-                    Ok(ClientMessage::Auth {}) => serde_json::json!({"type": "auth_ok"}),
+                    Ok(ClientMessage::Auth { token }) => match state.accounts.authenticate(&token).await {
+                        Ok(p) => {
+                            let reply = serde_json::json!({"type": "auth_ok", "userId": p.user_id});
+                            viewer = Some(p);
+                            reply
+                        }
+                        Err(e) => serde_json::json!({"type": "auth_failed", "error": ApiError::from(e).message}),
+                    },
                     Ok(ClientMessage::Subscribe { task_id }) => {
                         match state.tasks.task(&task_id).await {
+                            Ok(Some(t)) if !t.visible_to(viewer.as_ref()) => {
+                                serde_json::json!({"type": "error", "taskId": task_id, "error": "no such task"})
+                            }
                             Ok(Some(t)) if subscribed.len() < 100 => {
                                 subscribed.insert(task_id.clone());
                                 let current = LiveMessage::from_snapshot(&t);

@@ -75,7 +75,7 @@ pub struct ServersResponse {
     pub data: ServersOverview,
 }
 
-#[utoipa::path(post, path = "/webhook/register", tag = "webhook", request_body = ServerRequest,
+#[utoipa::path(post, path = "/webhook/register", tag = "webhook", security(("webhook_secret" = [])), request_body = ServerRequest,
     responses((status = 200, body = RegisterResponse), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 503, description = "No webhook secret configured", body = ErrorBody)))]
@@ -92,7 +92,7 @@ pub async fn register(
     Ok(Json(RegisterResponse { success: true, message: message.into(), server_id, ip: ip.to_string(), port }))
 }
 
-#[utoipa::path(post, path = "/webhook/unregister", tag = "webhook", request_body = ServerRequest,
+#[utoipa::path(post, path = "/webhook/unregister", tag = "webhook", security(("webhook_secret" = [])), request_body = ServerRequest,
     responses((status = 200, body = UnregisterResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)))]
 pub async fn unregister(
@@ -116,7 +116,7 @@ pub struct SecretQuery {
     pub secret: Option<String>,
 }
 
-#[utoipa::path(get, path = "/webhook/servers", tag = "webhook",
+#[utoipa::path(get, path = "/webhook/servers", tag = "webhook", security(("webhook_secret" = [])),
     params(("secret" = Option<String>, Query, description = "The shared secret (or X-Webhook-Secret)")),
     responses((status = 200, body = ServersResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn servers(

@@ -59,7 +59,7 @@ impl KubeBackend {
         }
         let cancel_asked = t.metadata.annotations.as_ref().and_then(|a| a.get(CANCEL_ANNOTATION)).is_some_and(|v| v == "true");
         info!(task = id, phase = st.phase.as_str(), cancel_asked, "task CR deleted before it finished");
-        let user = t.spec.owner.as_ref().map(|o| o.user_id.clone());
+        let user = t.spec.owner.as_ref().and_then(|o| crate::domain::tasks::model::account_owner(&o.user_id));
         self.end_task(id, cancel_asked, DELETED_MESSAGE, f64::from(st.progress), st.attempts, user).await;
     }
 

@@ -56,7 +56,7 @@ pub fn view_of(task: &EnhanceTask) -> Option<TaskView> {
         stage: None,
         error,
         result,
-        user_id: task.spec.owner.as_ref().map(|o| o.user_id.clone()),
+        user_id: task.spec.owner.as_ref().and_then(|o| crate::domain::tasks::model::account_owner(&o.user_id)),
         updated_at: now_ms(),
     })
 }
@@ -81,7 +81,8 @@ pub fn task_resource(task: &NewTask, pool: &str, deadline_seconds: u32) -> Enhan
             deadline_seconds,
             // The gateway keeps the history; the CR can go soon after it finished.
             ttl_seconds_after_finished: Some(300),
-            owner: task.user_id.clone().map(|user_id| purrify_api::TaskOwner { user_id }),
+            // The account, or the anonymous client's group: the operator queues fairly by it.
+            owner: task.user_id.clone().or_else(|| task.fair_group.clone()).map(|user_id| purrify_api::TaskOwner { user_id }),
         },
         status: None,
     }
@@ -132,13 +133,17 @@ mod tests {
     #[test]
     fn uploads_become_task_resources() {
         let mut t = NewTask::new("abc123", "file:///s/in.jpg", "file:///s/out.jpg", EnhanceParams::default());
-        t.user_id = Some("10.0.0.9".into());
+        t.fair_group = Some("anon:10.0.0.9".into());
         t.request_id = Some("req-1".into());
+        let anonymous = task_resource(&t, "gpu-a", 300);
+        assert_eq!(anonymous.spec.owner.as_ref().unwrap().user_id, "anon:10.0.0.9", "anonymous clients are queued fairly too");
+        assert_eq!(view_of(&anonymous).and_then(|v| v.user_id), None, "an anonymous group is not an account");
+        t.user_id = Some("5d0c6c2e-2b0e-4a51-9b1f-0a4c8f1e2d3c".into());
         let cr = task_resource(&t, "gpu-a", 300);
         assert_eq!(cr.metadata.name.as_deref(), Some("abc123"));
         assert_eq!(cr.spec.pool, "gpu-a");
         assert_eq!(cr.spec.params.tile_size, 400);
-        assert_eq!(cr.spec.owner.unwrap().user_id, "10.0.0.9");
+        assert_eq!(cr.spec.owner.as_ref().unwrap().user_id, "5d0c6c2e-2b0e-4a51-9b1f-0a4c8f1e2d3c");
         assert_eq!(cr.metadata.labels.unwrap()[LABEL_POOL], "gpu-a");
         assert_eq!(cr.metadata.annotations.unwrap()["purrify.io/request-id"], "req-1");
     }

@@ -1,0 +1,101 @@
+//! Account administration (seeds 001 and 002, `/api/admin/users`): the list with filters and
+//! paging, and role/active edits. Balance edits go through the credits ledger, not here.
+
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::domain::accounts::{AccountChange, AccountFilter, PageRequest, Role};
+use crate::http::auth::AdminUser;
+use crate::http::envelope::Envelope;
+use crate::http::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::views::UserView;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_users)).routes(routes!(update_user))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+pub struct UserQuery {
+    pub page: Option<u32>,
+    pub page_size: Option<u32>,
+    /// `user` or `admin`.
+    pub role: Option<String>,
+    pub is_active: Option<bool>,
+    /// Part of the email or username.
+    pub search: Option<String>,
+}
+
+/// Seed 002's page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserPage {
+    pub items: Vec<UserView>,
+    pub total: u64,
+    pub page: u32,
+    pub page_size: u32,
+    pub total_pages: u64,
+}
+
+fn role(v: &str) -> Result<Role, ApiError> {
+    Role::parse(v).ok_or_else(|| ApiError::field("role", format!("{v:?} is not user or admin")))
+}
+
+#[utoipa::path(get, path = "/api/admin/users", tag = "admin", params(UserQuery), security(("bearer" = [])),
+    responses((status = 200, body = Envelope<UserPage>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    ApiQuery(q): ApiQuery<UserQuery>,
+) -> ApiResult<Envelope<UserPage>> {
+    let filter = AccountFilter {
+        role: q.role.as_deref().filter(|r| !r.is_empty()).map(role).transpose()?,
+        active: q.is_active,
+        search: q.search.filter(|s| !s.trim().is_empty()).map(|s| s.trim().chars().take(100).collect()),
+    };
+    let page = state.accounts.list(&filter, PageRequest::new(q.page, q.page_size)).await?;
+    let total_pages = page.total_pages();
+    Ok(Envelope::ok(
+        "ok",
+        UserPage {
+            items: page.items.iter().map(UserView::from).collect(),
+            total: page.total,
+            page: page.page,
+            page_size: page.page_size,
+            total_pages,
+        },
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct UpdateUser {
+    pub role: Option<String>,
+    pub is_active: Option<bool>,
+    /// Refused: balances change only through the credits ledger.
+    #[schema(value_type = Option<f64>)]
+    pub balance: Option<Value>,
+}
+
+#[utoipa::path(put, path = "/api/admin/users/{user_id}", tag = "admin", request_body = UpdateUser, security(("bearer" = [])),
+    params(("user_id" = String, Path)),
+    responses((status = 200, body = Envelope<UserView>),
+              (status = 404, body = ErrorBody),
+              (status = 422, description = "Bad role, a balance edit, or demoting the last admin", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(user_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateUser>,
+) -> ApiResult<Envelope<UserView>> {
+    if body.balance.is_some() {
+        return Err(ApiError::field("balance", "balances change only through the credits ledger (a recharge, a grant or an adjustment)"));
+    }
+    let change = AccountChange { role: body.role.as_deref().map(role).transpose()?, active: body.is_active };
+    let account = state.accounts.admin_update(&admin, &user_id, change).await?;
+    Ok(Envelope::ok("user updated", UserView::from(&account)))
+}

@@ -1,0 +1,13 @@
+//! Seed 003's surface (the generation app, under `/api/v1`): camelCase fields in the
+//! `{code, message, data, timestamp}` envelope, errors rewritten to its shape by
+//! [`crate::http::envelope::v1_errors`].
+
+mod accounts;
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(accounts::router()).layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
+}
