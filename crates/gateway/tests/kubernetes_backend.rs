@@ -463,3 +463,53 @@ async fn after_a_restart_missing_unfinished_tasks_end_and_finished_ones_stay_dow
     assert_eq!(code, 200);
     assert_eq!(got, bytes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_with_a_token_belongs_to_its_user_in_the_custom_resource() {
+    let c = Cluster::start().await;
+    c.pool_with_workers("gpu-a", &[("http://203.0.113.8:8000", true)]).await;
+    let gw = c.gateway().await;
+    c.route_to(&gw, "gpu-a").await;
+    let reg: Value = c
+        .http
+        .post(format!("{}/api/auth/register", gw.base))
+        .json(&json!({"email": "k8s@example.com", "password": "correct horse 42"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (token, user_id) = (reg["data"]["access_token"].as_str().unwrap(), reg["data"]["user"]["id"].as_str().unwrap());
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(support::small_photo_png(64, 48)).file_name("cat.png"));
+    let up: Value =
+        c.http.post(format!("{}/api/v1/enhance", gw.base)).bearer_auth(token).multipart(form).send().await.unwrap().json().await.unwrap();
+    let id = up["task_id"].as_str().unwrap().to_owned();
+    let cr = c.tasks().get(&id).await.unwrap();
+    assert_eq!(cr.spec.owner.as_ref().map(|o| o.user_id.as_str()), Some(user_id), "spec.owner.userId names the account");
+    let owner_status = |t: Option<&str>| {
+        let mut req = c.http.get(format!("{}/api/v1/status/{id}", gw.base));
+        if let Some(t) = t {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!((owner_status(Some(token)).await, owner_status(None).await), (200, 404));
+    c.succeed(&id).await;
+    let completed = purrify_testkit::eventually(20, "the owner sees the task completed", || async {
+        let s: Value = c.http.get(format!("{}/api/v1/status/{id}", gw.base)).bearer_auth(token).send().await.ok()?.json().await.ok()?;
+        (s["status"] == "completed").then_some(s)
+    })
+    .await;
+    assert_eq!(completed["download_url"], format!("/api/v1/download/{id}"));
+    assert_eq!(owner_status(None).await, 404, "still hidden from others");
+    let r = c.http.get(format!("{}/api/v1/download/{id}", gw.base)).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the owner downloads the result");
+
+    // An anonymous upload is queued fairly under its client's group, owned by nobody.
+    let anon = c.upload(&gw).await;
+    let cr = c.tasks().get(&anon).await.unwrap();
+    assert!(cr.spec.owner.as_ref().is_some_and(|o| o.user_id.starts_with("anon:")), "{:?}", cr.spec.owner);
+    assert_eq!(c.status(&gw, &anon).await["status"], "queued");
+}
