@@ -2,7 +2,8 @@
 //! every case of the values matrix, `purrify-operator` and `purrify-gateway` start with
 //! exactly the args and env the chart gives their containers, against `purrify-kubesim`
 //! (KUBECONFIG) and a PostgreSQL database of their own, and their readiness probes' paths
-//! answer 200. Then what the values said shows in what they do (lease, limits, secrets,
+//! answer 200. Then what the values said shows in what they do (lease, limits, secrets, the
+//! first admin, the JWT signing key, WeChat login against a fake, anonymous uploads,
 //! the default pool's workers). The `helm test` pod's script runs against the live gateway.
 //! And the release installs into kubesim with the real `kubectl apply` (client-side
 //! validation against the server's OpenAPI, and server-side apply), after which the
@@ -34,6 +35,17 @@ use purrify_testkit::{Proc, eventually, free_port, workspace_bin};
 use serde_json::Value;
 use support::{Case, Doc, NAMESPACE, chart_dir, matrix, render, values_of};
 
+/// Access-token signing keys (`<key id>:<secret of at least 32 bytes>`) of the tests.
+const JWT_KEY: &str = "chart-k1:0123456789abcdef0123456789abcdef-chart-tests";
+const JWT_KEY_ROTATED: &str = "chart-k2:fedcba9876543210fedcba9876543210-chart-tests";
+const JWT_KEYS_PREVIOUS: &str = "chart-k0:00112233445566778899aabbccddeeff-chart-tests";
+/// The WeChat app of the tests, which the fake jscode2session knows.
+const WECHAT_APPID: &str = "wx0123456789abcdef";
+const WECHAT_SECRET: &str = "wechat-app-secret-for-tests";
+/// The first admin of the Secret cases.
+const ADMIN_EMAIL: &str = "first-admin@example.com";
+const ADMIN_PASSWORD: &str = "Chart-admin-pass-42";
+
 /// Values of the Secrets the cases refer to, as an admin would have created them.
 fn secret_value(name: &str, key: &str, database_url: &str) -> String {
     match (name, key) {
@@ -42,9 +54,98 @@ fn secret_value(name: &str, key: &str, database_url: &str) -> String {
         ("purrify-admin", _) => "admin-token-for-tests".into(),
         ("purrify-s3", "AWS_ACCESS_KEY_ID") => "minio-test".into(),
         ("purrify-s3", "AWS_SECRET_ACCESS_KEY") => "minio-test-secret".into(),
-        ("purrify-jwt", _) => "jwt-secret-for-tests".into(),
+        ("purrify-jwt", "PURRIFY_JWT_KEY") => JWT_KEY.into(),
+        ("purrify-jwt", "PURRIFY_JWT_PREVIOUS_KEYS") => JWT_KEYS_PREVIOUS.into(),
+        // Rotated: the new key signs, the old one (and one older) still verify.
+        ("purrify-signing", "current") => JWT_KEY_ROTATED.into(),
+        ("purrify-signing", "previous") => format!("{JWT_KEY},{JWT_KEYS_PREVIOUS}"),
+        ("purrify-wechat", "WECHAT_APPID" | "appid") => WECHAT_APPID.into(),
+        ("purrify-wechat", "WECHAT_SECRET" | "secret") => WECHAT_SECRET.into(),
+        ("purrify-bootstrap-admin" | "purrify-first-admin", "PURRIFY_BOOTSTRAP_ADMIN_EMAIL" | "email") => ADMIN_EMAIL.into(),
+        ("purrify-bootstrap-admin" | "purrify-first-admin", "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD" | "password") => ADMIN_PASSWORD.into(),
+        ("purrify-pay", "WECHAT_PAY_MCH_ID") => "1900000109".into(),
         _ => panic!("the test has no value for Secret {name} key {key}"),
     }
+}
+
+/// WeChat's `jscode2session` as the gateway calls it: any code of the tests' app (its id and
+/// secret in the query) is user `o-chart-test`; anything else is WeChat's invalid-credentials
+/// error. The request lines it received, for the test to look at.
+struct FakeWeChat {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeWeChat {
+    async fn start() -> FakeWeChat {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                let ours = line.starts_with("GET /sns/jscode2session?")
+                    && line.contains(&format!("appid={WECHAT_APPID}&"))
+                    && line.contains(&format!("secret={WECHAT_SECRET}&"));
+                seen.lock().unwrap().push(line);
+                let body = if ours {
+                    r#"{"openid":"o-chart-test","session_key":"c2Vzc2lvbi1rZXk="}"#
+                } else {
+                    r#"{"errcode":40125,"errmsg":"invalid appsecret"}"#
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            }
+        });
+        FakeWeChat { url, requests, server }
+    }
+}
+
+impl Drop for FakeWeChat {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The JSON header of a JWT.
+fn jwt_header(token: &str) -> Value {
+    let part = token.split('.').next().unwrap_or_default();
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut bytes = Vec::new();
+    for c in part.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("{token}: not base64url"),
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            bytes.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{token}: header is not JSON: {e}"))
 }
 
 /// `[env: NAME` of a binary's `--help`: the variables it reads.
@@ -281,7 +382,10 @@ fn logs(r: &Running) -> String {
 }
 
 async fn run_case(case: &Case) {
-    let (gw_port, _, sets) = port_sets();
+    let (gw_port, _, mut sets) = port_sets();
+    // WeChat's API is the fake's (the rendered value is checked in tests/chart).
+    let wechat = FakeWeChat::start().await;
+    sets.push(format!("gateway.config.wechatApiBase={}", wechat.url));
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let docs = render(&values_of(case), &sets);
     let r = start(&docs, case.secrets).await;
@@ -292,7 +396,7 @@ async fn run_case(case: &Case) {
     let operator_reads = env_names_of("purrify-operator", &["run"]);
     for name in gw.env.keys() {
         let known = gateway_reads.contains(name)
-            || ["POD_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PURRIFY_JWT_SECRET", "RUST_LOG"].contains(&name.as_str());
+            || ["POD_NAME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WECHAT_PAY_MCH_ID", "RUST_LOG"].contains(&name.as_str());
         assert!(known, "{}: the gateway does not read {name}", case.name);
     }
     for name in op.env.keys() {
@@ -332,6 +436,59 @@ async fn run_case(case: &Case) {
         .unwrap();
     let expected = if gw.env.contains_key("PURRIFY_ADMIN_TOKEN") { 200 } else { 403 };
     assert_eq!(admin.status(), expected, "{}: admin endpoint\n{}", case.name, logs(&r));
+
+    // Accounts. The first admin exists when its Secret was given, and logs in with a token
+    // signed by the key of the JWT Secret, for the rendered lifetime.
+    let url = |path: &str| format!("http://127.0.0.1:{gw_port}{path}");
+    let login = r
+        .http
+        .post(url("/api/auth/admin/login"))
+        .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let status = login.status();
+    let body: Value = login.json().await.unwrap();
+    let token = if gw.env.contains_key("PURRIFY_BOOTSTRAP_ADMIN_EMAIL") {
+        assert_eq!(status, 200, "{}: the first admin's login: {body}\n{}", case.name, logs(&r));
+        let session = &body["data"];
+        assert_eq!(session["user"]["role"], "admin", "{}: {body}", case.name);
+        assert_eq!(session["expires_in"].to_string(), gw.env["PURRIFY_ACCESS_TOKEN_SECONDS"], "{}", case.name);
+        let token = session["access_token"].as_str().unwrap().to_owned();
+        let kid = gw.env["PURRIFY_JWT_KEY"].split(':').next().unwrap();
+        assert_eq!(jwt_header(&token)["kid"], kid, "{}: signed with the JWT Secret's key", case.name);
+        let me = r.http.get(url("/api/auth/me")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(me.status(), 200, "{}: /api/auth/me", case.name);
+        Some(token)
+    } else {
+        assert_eq!(status, 401, "{}: no admin without the bootstrap Secret: {body}", case.name);
+        None
+    };
+    // Anonymous uploads as rendered (off by default): refused before anything is read.
+    let anonymous = r.http.post(url("/api/v1/enhance")).send().await.unwrap().status();
+    match gw.env["PURRIFY_ALLOW_ANONYMOUS_UPLOADS"].as_str() {
+        "false" => assert_eq!(anonymous, 401, "{}: an anonymous upload", case.name),
+        "true" => assert_ne!(anonymous, 401, "{}: an anonymous upload", case.name),
+        other => panic!("{}: PURRIFY_ALLOW_ANONYMOUS_UPLOADS={other}", case.name),
+    }
+    if let Some(token) = &token {
+        let upload = r.http.post(url("/api/v1/enhance")).bearer_auth(token).send().await.unwrap().status();
+        assert_ne!(upload, 401, "{}: the admin's upload", case.name);
+    }
+    // WeChat login with the Secret's app id and secret at the rendered API base, or 503.
+    let wx = r.http.post(url("/api/auth/wechat/login")).json(&serde_json::json!({"code": "0a1b2c3d4e5f"})).send().await.unwrap();
+    let status = wx.status();
+    let body: Value = wx.json().await.unwrap();
+    if gw.env.contains_key("WECHAT_APPID") {
+        assert_eq!(status, 200, "{}: WeChat login: {body}\n{}", case.name, logs(&r));
+        assert_eq!(body["data"]["is_new_user"], true, "{}: {body}", case.name);
+        let requests = wechat.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "{}: {requests:?}", case.name);
+        assert!(requests[0].contains("js_code=0a1b2c3d4e5f"), "{}: {requests:?}", case.name);
+    } else {
+        assert_eq!(status, 503, "{}: WeChat login without its Secret: {body}", case.name);
+        assert!(wechat.requests.lock().unwrap().is_empty(), "{}", case.name);
+    }
 
     // The default pool, as rendered, is admitted and reconciled: a managed one gets its
     // workers' Deployment, whose environment comes from the chart's ConfigMap and the

@@ -279,6 +279,16 @@ fn value(c: &Container, name: &str) -> Option<String> {
     env_of(c, name)?.value.clone()
 }
 
+/// The Secret and key a variable comes from.
+fn secret_ref(c: &Container, name: &str) -> Option<(String, String)> {
+    let r = env_of(c, name)?.value_from.as_ref()?.secret_key_ref.as_ref()?;
+    Some((r.name.clone(), r.key.clone()))
+}
+
+fn pair(name: &str, key: &str) -> Option<(String, String)> {
+    Some((name.to_owned(), key.to_owned()))
+}
+
 #[test]
 fn the_pods_know_their_namespace_and_name_from_the_downward_api() {
     each_case(|_, r| {
@@ -324,6 +334,27 @@ fn defaults_run_two_gateways_and_two_leader_elected_operators_from_the_app_versi
     assert_eq!(value(gwc, "PURRIFY_TRUST_FORWARDED_FOR").as_deref(), Some("false"));
     assert_eq!((r.count("HorizontalPodAutoscaler"), r.count("PodDisruptionBudget"), r.count("GpuPool")), (0, 1, 0));
     assert_eq!((r.count("NetworkPolicy"), r.count("ServiceMonitor")), (0, 0));
+    // Accounts: the signing key from its required Secret, nothing optional, anonymous
+    // uploads off (the binary's default is on), the binary's other defaults.
+    assert_eq!(secret_ref(gwc, "PURRIFY_JWT_KEY"), pair("purrify-jwt", "PURRIFY_JWT_KEY"));
+    for name in
+        ["PURRIFY_JWT_PREVIOUS_KEYS", "WECHAT_APPID", "WECHAT_SECRET", "PURRIFY_BOOTSTRAP_ADMIN_EMAIL", "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"]
+    {
+        assert!(env_of(gwc, name).is_none(), "{name} is set without its Secret");
+    }
+    for (name, expected) in [
+        ("PURRIFY_ALLOW_ANONYMOUS_UPLOADS", "false"),
+        ("PURRIFY_ACCESS_TOKEN_SECONDS", "1800"),
+        ("PURRIFY_REFRESH_TOKEN_DAYS", "30"),
+        ("WECHAT_API_BASE", "https://api.weixin.qq.com"),
+        ("PURRIFY_LOGINS_PER_MINUTE_PER_ADDRESS", "20"),
+        ("PURRIFY_LOGINS_PER_MINUTE_PER_ACCOUNT", "5"),
+        ("PURRIFY_ARGON2_MEMORY_KIB", "19456"),
+        ("PURRIFY_ARGON2_ITERATIONS", "2"),
+    ] {
+        assert_eq!(value(gwc, name).as_deref(), Some(expected), "{name}");
+    }
+    assert!(gwc.env_from.is_none());
     // The helm test pod runs the gateway image (bash, no curl).
     let test = r.pods().next().expect("the helm test pod");
     assert_eq!(test.spec.as_ref().unwrap().containers[0].image, Some(image(gw)));
@@ -363,7 +394,35 @@ fn everything_on_renders_each_optional_object_with_its_settings() {
     assert_eq!(value(c, "PURRIFY_MAX_PIXELS").as_deref(), Some("40000000"));
     assert_eq!(value(c, "PURRIFY_CORS_ORIGINS").as_deref(), Some("https://servicewechat.com,https://admin.example.com"));
     assert_eq!(value(c, "PURRIFY_TRUST_FORWARDED_FOR").as_deref(), Some("true"), "behind the Ingress");
-    assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "purrify-jwt");
+    assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "purrify-pay");
+    // The account Secrets under their own names and keys, and the account settings.
+    assert_eq!(secret_ref(c, "PURRIFY_JWT_KEY"), pair("purrify-signing", "current"));
+    assert_eq!(secret_ref(c, "PURRIFY_JWT_PREVIOUS_KEYS"), pair("purrify-signing", "previous"));
+    assert_eq!(secret_ref(c, "WECHAT_APPID"), pair("purrify-wechat", "appid"));
+    assert_eq!(secret_ref(c, "WECHAT_SECRET"), pair("purrify-wechat", "secret"));
+    assert_eq!(secret_ref(c, "PURRIFY_BOOTSTRAP_ADMIN_EMAIL"), pair("purrify-first-admin", "email"));
+    assert_eq!(secret_ref(c, "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"), pair("purrify-first-admin", "password"));
+    for (name, expected) in [
+        ("PURRIFY_ALLOW_ANONYMOUS_UPLOADS", "true"),
+        ("PURRIFY_ACCESS_TOKEN_SECONDS", "900"),
+        ("PURRIFY_REFRESH_TOKEN_DAYS", "7"),
+        ("WECHAT_API_BASE", "https://wechat-proxy.example.com"),
+        ("PURRIFY_LOGINS_PER_MINUTE_PER_ADDRESS", "12.5"),
+        ("PURRIFY_LOGINS_PER_MINUTE_PER_ACCOUNT", "3"),
+        ("PURRIFY_ARGON2_MEMORY_KIB", "32768"),
+        ("PURRIFY_ARGON2_ITERATIONS", "3"),
+    ] {
+        assert_eq!(value(c, name).as_deref(), Some(expected), "{name}");
+    }
+    // The largest values are printed as integers, not 1.048576e+06.
+    let big = Release::new(render(
+        &values_of(&case),
+        &["gateway.config.argon2MemoryKib=1048576", "gateway.config.accessTokenSeconds=86400", "gateway.config.refreshTokenDays=365"],
+    ));
+    let bc = &big.deployment("purrify-gateway").spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(value(bc, "PURRIFY_ARGON2_MEMORY_KIB").as_deref(), Some("1048576"));
+    assert_eq!(value(bc, "PURRIFY_ACCESS_TOKEN_SECONDS").as_deref(), Some("86400"));
+    assert_eq!(value(bc, "PURRIFY_REFRESH_TOKEN_DAYS").as_deref(), Some("365"));
     // SIGTERM grace plus the preStop pause plus a margin.
     assert_eq!(gw.termination_grace_period_seconds, Some(20 + 5 + 10));
     assert_eq!(c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().sleep.as_ref().unwrap().seconds, 5);

@@ -35,6 +35,41 @@ fn kubernetes_mode_without_a_database_url_secret_is_refused() {
 }
 
 #[test]
+fn kubernetes_mode_without_a_jwt_key_secret_is_refused() {
+    assert_refused(&["gateway.secrets.jwtKey.name="], &["gateway.secrets.jwtKey.name: String length must be greater than or equal to 1"]);
+    assert_refused(&["gateway.secrets.jwtKey.key="], &["gateway.secrets.jwtKey.key: String length must be greater than or equal to 1"]);
+    assert_refused(&["gateway.secrets.jwtKey=null"], &["gateway.secrets.jwtKey: Invalid type. Expected: object, given: null"]);
+    assert_refused(&["gateway.secrets.jwtKey.name=Purrify_JWT"], &["gateway.secrets.jwtKey.name: Does not match pattern"]);
+}
+
+#[test]
+fn account_settings_outside_what_the_gateway_accepts_are_refused() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["gateway.config.accessTokenSeconds=59"], "gateway.config.accessTokenSeconds: Must be greater than or equal to 60"),
+        (&["gateway.config.accessTokenSeconds=86401"], "gateway.config.accessTokenSeconds: Must be less than or equal to 86400"),
+        (&["gateway.config.refreshTokenDays=0"], "gateway.config.refreshTokenDays: Must be greater than or equal to 1"),
+        (&["gateway.config.refreshTokenDays=366"], "gateway.config.refreshTokenDays: Must be less than or equal to 365"),
+        (&["gateway.config.argon2MemoryKib=1023"], "gateway.config.argon2MemoryKib: Must be greater than or equal to 1024"),
+        (&["gateway.config.argon2MemoryKib=1048577"], "gateway.config.argon2MemoryKib: Must be less than or equal to"),
+        (&["gateway.config.argon2Iterations=0"], "gateway.config.argon2Iterations: Must be greater than or equal to 1"),
+        (&["gateway.config.argon2Iterations=11"], "gateway.config.argon2Iterations: Must be less than or equal to 10"),
+        (&["gateway.config.loginsPerMinutePerAddress=-1"], "gateway.config.loginsPerMinutePerAddress: Must be greater than or equal to 0"),
+        (&["gateway.config.loginsPerMinutePerAccount=-1"], "gateway.config.loginsPerMinutePerAccount: Must be greater than or equal to 0"),
+        (&["gateway.config.wechatApiBase=api.weixin.qq.com"], "gateway.config.wechatApiBase: Does not match pattern"),
+        (&["gateway.config.allowAnonymousUploads=maybe"], "gateway.config.allowAnonymousUploads: Invalid type. Expected: boolean"),
+        (
+            &["gateway.secrets.wechat.name=purrify-wechat", "gateway.secrets.wechat.secretKey="],
+            "gateway.secrets.wechat.secretKey: String length",
+        ),
+        (&["gateway.secrets.bootstrapAdmin.emailKey="], "gateway.secrets.bootstrapAdmin.emailKey: String length"),
+        (&["gateway.secrets.jwtPreviousKeys.name=Old Keys"], "gateway.secrets.jwtPreviousKeys.name: Does not match pattern"),
+    ];
+    for (sets, expected) in cases {
+        assert_refused(sets, &[expected]);
+    }
+}
+
+#[test]
 fn fewer_than_one_replica_is_refused() {
     assert_refused(&["gateway.replicas=0"], &["gateway.replicas: Must be greater than or equal to 1"]);
     assert_refused(&["operator.replicas=0"], &["operator.replicas: Must be greater than or equal to 1"]);

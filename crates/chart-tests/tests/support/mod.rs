@@ -173,7 +173,12 @@ gateway:
   secrets:
     webhookSecret: {name: purrify-webhook, key: WEBHOOK_SECRET}
     adminToken: {name: purrify-admin, key: token}
-  extraEnvFromSecrets: [purrify-jwt]
+    # The signing key and the one it replaced, in one Secret.
+    jwtKey: {name: purrify-signing, key: current}
+    jwtPreviousKeys: {name: purrify-signing, key: previous}
+    wechat: {name: purrify-wechat, appidKey: appid, secretKey: secret}
+    bootstrapAdmin: {name: purrify-first-admin, emailKey: email, passwordKey: password}
+  extraEnvFromSecrets: [purrify-pay]
   extraEnv:
     - {name: RUST_LOG, value: "info,purrify_gateway=debug"}
   config:
@@ -191,6 +196,14 @@ gateway:
     probeIntervalSeconds: 3
     shutdownGraceSeconds: 20
     swaggerUiDir: /usr/share/purrify/swagger-ui
+    allowAnonymousUploads: true
+    accessTokenSeconds: 900
+    refreshTokenDays: 7
+    wechatApiBase: https://wechat-proxy.example.com
+    loginsPerMinutePerAddress: 12.5
+    loginsPerMinutePerAccount: 3
+    argon2MemoryKib: 32768
+    argon2Iterations: 3
   autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 6, targetCPUUtilizationPercentage: 60}
   podDisruptionBudget: {enabled: true, maxUnavailable: 1}
   podAnnotations: {example.com/team: photos}
@@ -258,29 +271,51 @@ const EVERYTHING_SECRETS: &[(&str, &[&str])] = &[
     ("purrify-webhook", &["WEBHOOK_SECRET"]),
     ("purrify-admin", &["token"]),
     ("purrify-s3", &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
-    ("purrify-jwt", &["PURRIFY_JWT_SECRET"]),
+    ("purrify-signing", &["current", "previous"]),
+    ("purrify-wechat", &["appid", "secret"]),
+    ("purrify-first-admin", &["email", "password"]),
+    ("purrify-pay", &["WECHAT_PAY_MCH_ID"]),
 ];
+
+/// The Secrets of the defaults: the database URL and the JWT signing key, both required.
+pub const DEFAULT_SECRETS: &[(&str, &[&str])] = &[("purrify-database", &["DATABASE_URL"]), ("purrify-jwt", &["PURRIFY_JWT_KEY"])];
+
+/// An external database, and the optional account Secrets under their default keys (the
+/// previous signing keys next to the current one in the JWT Secret).
+const EXTERNAL_DATABASE: &str = r#"
+gateway:
+  secrets:
+    databaseUrl: {name: pg-cluster-app, key: uri}
+    jwtPreviousKeys: {name: purrify-jwt}
+    wechat: {name: purrify-wechat}
+    bootstrapAdmin: {name: purrify-bootstrap-admin}
+"#;
 
 /// The values matrix: defaults, everything on, an external database, GPU pools, no ingress.
 pub fn matrix() -> Vec<Case> {
     vec![
-        Case { name: "defaults", values: "", secrets: &[("purrify-database", &["DATABASE_URL"])] },
+        Case { name: "defaults", values: "", secrets: DEFAULT_SECRETS },
         Case { name: "everything-on", values: EVERYTHING_ON, secrets: EVERYTHING_SECRETS },
         Case {
             // A database run elsewhere (here: a CloudNativePG cluster's generated Secret).
             name: "external-database",
-            values: "gateway:\n  secrets:\n    databaseUrl: {name: pg-cluster-app, key: uri}\n",
-            secrets: &[("pg-cluster-app", &["uri"])],
+            values: EXTERNAL_DATABASE,
+            secrets: &[
+                ("pg-cluster-app", &["uri"]),
+                ("purrify-jwt", &["PURRIFY_JWT_KEY", "PURRIFY_JWT_PREVIOUS_KEYS"]),
+                ("purrify-wechat", &["WECHAT_APPID", "WECHAT_SECRET"]),
+                ("purrify-bootstrap-admin", &["PURRIFY_BOOTSTRAP_ADMIN_EMAIL", "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"]),
+            ],
         },
         Case {
             name: "gpu-pool-managed",
             values: "gpuPool:\n  create: true\n  executionProvider: cpu\n  gpusPerReplica: 0\n  replicas: {min: 1, max: 2}\n",
-            secrets: &[("purrify-database", &["DATABASE_URL"])],
+            secrets: DEFAULT_SECRETS,
         },
         Case {
             name: "gpu-pool-external",
             values: "gpuPool:\n  create: true\n  mode: external\n  external:\n    - {url: \"http://203.0.113.7:8000\"}\n    - {url: \"https://gpu-2.example.com\", name: gpu-2}\n",
-            secrets: &[("purrify-database", &["DATABASE_URL"])],
+            secrets: DEFAULT_SECRETS,
         },
         Case { name: "no-ingress", values: "", secrets: EVERYTHING_SECRETS },
     ]

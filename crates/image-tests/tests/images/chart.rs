@@ -41,10 +41,13 @@ use crate::support::{
 const HOST_LOOPBACK: &str = "10.0.2.2";
 /// Where the cluster credentials appear in containers of pods with a service account.
 const KUBECONFIG_IN_POD: &str = "/var/run/purrify/kubeconfig";
+/// The access-token signing key in the JWT Secret (`<key id>:<secret of at least 32 bytes>`).
+const JWT_KEY: &str = "image-k1:0123456789abcdef0123456789abcdef-image-tests";
 
-/// The release this test installs: the defaults, with what a real install must say (where
-/// S3 is and its credentials Secret, the webhook and admin Secrets) and the default GpuPool on
-/// CPU, so the operator creates a worker Deployment.
+/// The release this test installs: the defaults (the JWT Secret `purrify-jwt`, anonymous
+/// uploads off), with what a real install must say (where S3 is and its credentials Secret,
+/// the webhook and admin Secrets) and the default GpuPool on CPU, so the operator creates a
+/// worker Deployment.
 fn values(s3_port: u16) -> String {
     format!(
         r#"
@@ -77,6 +80,7 @@ fn secrets(database_url: &str) -> Secrets {
         ("purrify-database".into(), secret(&[("DATABASE_URL", database_url)])),
         ("purrify-webhook".into(), secret(&[("WEBHOOK_SECRET", "webhook-secret-for-tests")])),
         ("purrify-admin".into(), secret(&[("token", "admin-token-for-tests")])),
+        ("purrify-jwt".into(), secret(&[("PURRIFY_JWT_KEY", JWT_KEY)])),
         ("purrify-s3".into(), secret(&[("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET)])),
     ])
 }
@@ -347,6 +351,7 @@ async fn the_rendered_deployments_run_in_their_images_and_become_ready() {
     let gateway = start(&deployment(&docs, "purrify-gateway"), &sources, &mut containers);
     let took = wait_ready(&http, &gateway, 60).await;
     eprintln!("gateway ready in {took:?}");
+    first_admin_as_notes_say(&http, &gateway).await;
 
     // The chart's default pool: the operator in its container creates the workers'
     // Deployment, which runs the inference image as the operator built it.
@@ -381,6 +386,45 @@ async fn the_rendered_deployments_run_in_their_images_and_become_ready() {
     drop(containers);
     drop(cluster);
     eprintln!("rendered Deployments in their images: {:?}", begin.elapsed());
+}
+
+/// NOTES.txt's way to the first admin: `purrify-gateway admin create-user` run in the
+/// gateway's container (`kubectl exec -i`; here `podman exec -i`), the password on stdin.
+/// The admin then logs in, with a token signed by the JWT Secret's key; anonymous uploads are
+/// refused (the chart's default) and the admin's are not.
+async fn first_admin_as_notes_say(http: &reqwest::Client, gateway: &Started) {
+    use std::io::Write;
+    let (email, password) = ("admin@example.com", "Image-admin-pass-42");
+    let mut child =
+        crate::support::podman_cmd(&["exec", "-i", &gateway.container, "purrify-gateway", "admin", "create-user", "--email", email])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("podman exec");
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "admin create-user in the gateway container failed:\n{text}");
+    assert!(text.contains("created admin admin@example.com"), "{text}");
+    assert!(!text.contains(password), "the password is echoed:\n{text}");
+
+    let base = gateway.ready_url.rsplit_once('/').map(|(b, _)| b).unwrap().to_owned();
+    let login = http
+        .post(format!("{base}/api/auth/admin/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200, "the admin's login");
+    let body: serde_json::Value = login.json().await.unwrap();
+    let token = body["data"]["access_token"].as_str().expect("an access token").to_owned();
+    let me = http.get(format!("{base}/api/auth/me")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(me.status(), 200, "/api/auth/me with the admin's token");
+    let anonymous = http.post(format!("{base}/api/v1/enhance")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "an anonymous upload with the chart's defaults");
+    let upload = http.post(format!("{base}/api/v1/enhance")).bearer_auth(&token).send().await.unwrap();
+    assert_ne!(upload.status(), 401, "the admin's upload");
 }
 
 /// A PostgreSQL URL on the host's loopback, as a container reaches it.
