@@ -16,6 +16,8 @@
 
 mod error;
 pub mod gpu_servers;
+pub mod holds;
+pub mod ledger;
 mod migrate;
 pub mod page;
 pub mod refresh_tokens;
@@ -37,13 +39,15 @@ use tracing::{debug, info};
 
 pub use error::StoreError;
 pub use gpu_servers::GpuServer;
+pub use holds::{HoldOutcome, OpenHold, Settlement};
+pub use ledger::{Applied, Entry, EntryKind, LedgerTotals, NewEntry};
 pub use migrate::{embedded_migration_files, migrator};
 pub use page::{Page, PageRequest};
 pub use refresh_tokens::{NewRefreshToken, Rotation};
 pub use task_history::UserTaskStats;
-pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
 pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, Task};
 pub use time::{duration_ms, now_ms};
+pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
 
 /// A write transaction; commit it, or it rolls back when dropped.
 pub type WriteTx = sqlx::Transaction<'static, sqlx::Any>;

@@ -11,6 +11,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 const MIGRATIONS: &[(&str, &str)] = &[
     ("20251121000000_standalone_tasks.sql", include_str!("../../../migrations/20251121000000_standalone_tasks.sql")),
     ("20261202000000_accounts.sql", include_str!("../../../migrations/20261202000000_accounts.sql")),
+    ("20261202010000_credits.sql", include_str!("../../../migrations/20261202010000_credits.sql")),
 ];
 
 /// The migrator for `/migrations`.
