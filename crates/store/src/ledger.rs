@@ -264,3 +264,40 @@ pub(crate) fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
         created_at: row.try_get("created_at")?,
     })
 }
+
+impl Db {
+    /// Sets a balance to `target` with one `adjust` entry of the difference (an admin's
+    /// edit), read and written under the account's write lock so a concurrent change cannot
+    /// slip between the read and the write. `Duplicate` if `reference` was used before.
+    pub async fn adjust_balance_to(
+        &self,
+        user_id: &str,
+        target: i64,
+        actor: &str,
+        note: &str,
+        reference: &str,
+    ) -> Result<Applied, StoreError> {
+        if target < 0 {
+            return Err(StoreError::Invalid("a balance cannot be negative".into()));
+        }
+        let mut tx = self.begin_write(&account_scope(user_id)).await?;
+        let Some(row) = sqlx::query("SELECT balance FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *tx).await? else {
+            return Ok(Applied::NoUser);
+        };
+        let current: i64 = row.try_get("balance")?;
+        let entry = NewEntry {
+            user_id: user_id.into(),
+            delta: target - current,
+            kind: EntryKind::Adjust,
+            reference: reference.into(),
+            note: Some(note.into()),
+            actor: Some(actor.into()),
+        };
+        let applied = apply_entry_in(&mut tx, &entry).await?;
+        match applied {
+            Applied::Written(_) => tx.commit().await?,
+            _ => tx.rollback().await?,
+        }
+        Ok(applied)
+    }
+}

@@ -74,7 +74,8 @@ impl Db {
 
     /// Revokes the family of `token_hash` (logout). Returns whether a live token was found.
     pub async fn revoke_refresh_family(&self, token_hash: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT family_id FROM refresh_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT family_id FROM refresh_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&self.pool).await?;
         let Some(row) = row else { return Ok(false) };
         let family: String = row.try_get("family_id")?;
         let mut tx = self.begin_write(&format!("refresh:{family}")).await?;

@@ -15,6 +15,11 @@ pub mod keys {
     pub const FALLBACK_TO_DEFAULT: &str = "fallback_to_default";
     /// Kubernetes mode: the GpuPool new tasks go to (`POST /api/v1/config/backend`).
     pub const POOL: &str = "pool";
+
+    /// Price of one task of `kind`, in hundredths of a credit (absent: free).
+    pub fn price(kind: &str) -> String {
+        format!("price_{kind}")
+    }
 }
 
 impl Db {

@@ -13,6 +13,8 @@ pub struct UserTaskStats {
     pub cancelled: u64,
     /// Sum of the tasks' prices, in hundredths of a credit.
     pub total_cost: i64,
+    /// Completed tasks at 4x: seed 003's `hdCount`.
+    pub hd_completed: u64,
     /// Creation time of the newest task (unix ms).
     pub last_task_at: Option<i64>,
 }
@@ -22,10 +24,12 @@ impl Db {
     pub async fn user_task_stats(&self, user_id: &str) -> Result<UserTaskStats, StoreError> {
         let row = sqlx::query(
             // SUM over BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode: cast back.
+            // `params` is compact serde_json of EnhanceParams, so a 4x task reads `"scale":4`.
             "SELECT COUNT(*) AS total, \
                     COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS completed, \
                     COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
                     COALESCE(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END), 0) AS cancelled, \
+                    COALESCE(SUM(CASE WHEN status = 'completed' AND params LIKE '%\"scale\":4%' THEN 1 ELSE 0 END), 0) AS hd, \
                     CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS total_cost, MAX(created_at) AS last_task_at \
              FROM tasks WHERE user_id = $1",
         )
@@ -38,6 +42,7 @@ impl Db {
             completed: count("completed")?,
             failed: count("failed")?,
             cancelled: count("cancelled")?,
+            hd_completed: count("hd")?,
             total_cost: row.try_get("total_cost")?,
             last_task_at: row.try_get("last_task_at")?,
         })

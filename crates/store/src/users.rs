@@ -222,7 +222,8 @@ impl Db {
         match self.create_user(new).await {
             Ok(u) => Ok((u, true)),
             Err(e) if duplicate_field(&e) == Some(Taken::WeChat) => {
-                let u = self.user_by_wechat(&id.appid, &id.openid).await?.ok_or_else(|| StoreError::Corrupt("WeChat user vanished".into()))?;
+                let u =
+                    self.user_by_wechat(&id.appid, &id.openid).await?.ok_or_else(|| StoreError::Corrupt("WeChat user vanished".into()))?;
                 Ok((u, false))
             }
             Err(e) => Err(e),
@@ -349,7 +350,8 @@ impl Db {
         if bump == 1 {
             crate::refresh_tokens::revoke_user_in(&mut tx, id, now).await?;
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"))).bind(id).fetch_one(&mut *tx).await?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE id = $1"))).bind(id).fetch_one(&mut *tx).await?;
         let user = user_from_row(&row)?;
         tx.commit().await?;
         Ok(Some(user))
@@ -375,15 +377,16 @@ impl Db {
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?;
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM users WHERE {cond} ORDER BY created_at DESC, id LIMIT $4 OFFSET $5")))
-                .bind(role)
-                .bind(active)
-                .bind(pattern.as_deref())
-                .bind(page.limit())
-                .bind(page.offset())
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE {cond} ORDER BY created_at DESC, id LIMIT $4 OFFSET $5"
+        )))
+        .bind(role)
+        .bind(active)
+        .bind(pattern.as_deref())
+        .bind(page.limit())
+        .bind(page.offset())
+        .fetch_all(&self.pool)
+        .await?;
         let items = rows.iter().map(user_from_row).collect::<Result<_, _>>()?;
         Ok(Page::new(items, u64::try_from(total).unwrap_or(0), page))
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use purrify_api::{EnhanceParams, TaskStatus};
 use purrify_store::testing::TestDb;
 use purrify_store::users::{Taken, duplicate_field};
-use purrify_store::{AdminChange, NewRefreshToken, NewTask, NewUser, PageRequest, ProfileChange, Role, Rotation, UserFilter, WeChatIdentity, now_ms};
+use purrify_store::{
+    AdminChange, NewRefreshToken, NewTask, NewUser, PageRequest, ProfileChange, Role, Rotation, UserFilter, WeChatIdentity, now_ms,
+};
 
 fn email_user(id: &str, email: &str, username: Option<&str>) -> NewUser {
     NewUser {
@@ -34,7 +36,13 @@ fn wechat_user(id: &str, openid: &str) -> NewUser {
 }
 
 fn token(id: &str, user: &str, family: &str) -> NewRefreshToken {
-    NewRefreshToken { id: id.into(), user_id: user.into(), family_id: family.into(), token_hash: format!("hash-{id}"), expires_at: now_ms() + 3_600_000 }
+    NewRefreshToken {
+        id: id.into(),
+        user_id: user.into(),
+        family_id: family.into(),
+        token_hash: format!("hash-{id}"),
+        expires_at: now_ms() + 3_600_000,
+    }
 }
 
 async fn identities_are_unique(t: TestDb) {
@@ -55,7 +63,11 @@ async fn identities_are_unique(t: TestDb) {
     assert_eq!(db.user_by_wechat("wx-app", "openid-3").await.unwrap().unwrap().id, "w3");
     let taken = db.update_profile("w3", &ProfileChange { username: Some("alice".into()), ..Default::default() }).await.unwrap_err();
     assert_eq!(duplicate_field(&taken), Some(Taken::Username));
-    let renamed = db.update_profile("w3", &ProfileChange { username: Some("喵喵".into()), full_name: Some("Mimi".into()), avatar_url: None }).await.unwrap().unwrap();
+    let renamed = db
+        .update_profile("w3", &ProfileChange { username: Some("喵喵".into()), full_name: Some("Mimi".into()), avatar_url: None })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((renamed.username.as_deref(), renamed.full_name.as_deref()), (Some("喵喵"), Some("Mimi")));
 }
 

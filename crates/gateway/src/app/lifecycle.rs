@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
+use crate::domain::credits::CreditService;
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
@@ -79,7 +80,11 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         allow_private_workers: config.allow_private_workers,
     };
     let embedded_url = embedded_worker.map(|a| format!("http://{a}"));
-    let tasks = TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, stop_rx.clone()).await?;
+    let credits = CreditService::new(db.clone());
+    let tasks =
+        TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
+            .await?;
+    let settler = crate::domain::credits::spawn_settler(credits.clone(), tasks.watch_all(), stop_rx.clone());
 
     let state = AppState {
         draining: CancellationToken::new(),
@@ -90,6 +95,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         swagger_ui_dir: config.swagger_ui_dir.clone().unwrap_or_else(crate::http::routes::docs::default_assets_dir),
         tasks,
         accounts,
+        credits,
         config: config.clone(),
     };
 
@@ -111,7 +117,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    Ok(Stack { state, embedded_worker, stop_tx, background: vec![sweeper] })
+    Ok(Stack { state, embedded_worker, stop_tx, background: vec![sweeper, settler] })
 }
 
 /// A running gateway.

@@ -19,6 +19,7 @@ pub use router::router;
 
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
+use crate::domain::credits::CreditService;
 use crate::domain::tasks::TaskService;
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub tasks: TaskService,
     /// Users, logins and tokens.
     pub accounts: AccountService,
+    /// Balances, the ledger, task prices and holds.
+    pub credits: CreditService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

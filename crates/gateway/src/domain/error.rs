@@ -22,6 +22,9 @@ pub enum DomainError {
     /// Too many attempts; `retry_after` is in seconds.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
+    /// The balance cannot pay the price (hundredths).
+    #[error("insufficient balance: {balance} available, {price} needed")]
+    InsufficientBalance { balance: i64, price: i64 },
     /// The request conflicts with what exists (e.g. a GPU server URL registered under another
     /// address).
     #[error("{0}")]
@@ -50,6 +53,7 @@ impl DomainError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::InsufficientBalance { .. } => "insufficient_balance",
             Self::Conflict(_) => "conflict",
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",

@@ -4,6 +4,7 @@
 //! the database only through `purrify-store`.
 
 pub mod accounts;
+pub mod credits;
 pub mod error;
 pub mod fleet;
 pub mod tasks;

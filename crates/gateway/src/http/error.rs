@@ -28,6 +28,8 @@ pub enum ErrorCode {
     InvalidImage,
     TaskNotFinished,
     TaskLimitExceeded,
+    /// Seed 002: the balance cannot pay (400).
+    InsufficientBalance,
     RateLimitExceeded,
     ServerUnavailable,
     InternalError,
@@ -41,6 +43,7 @@ impl ErrorCode {
             Self::ResourceNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ValidationError | Self::InvalidImage => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InsufficientBalance => StatusCode::BAD_REQUEST,
             Self::FileTooLarge | Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TaskNotFinished => StatusCode::CONFLICT,
@@ -63,6 +66,7 @@ impl ErrorCode {
             Self::InvalidImage => "INVALID_IMAGE",
             Self::TaskNotFinished => "TASK_NOT_FINISHED",
             Self::TaskLimitExceeded => "TASK_LIMIT_EXCEEDED",
+            Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
             Self::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
             Self::ServerUnavailable => "SERVER_UNAVAILABLE",
             Self::InternalError => "INTERNAL_ERROR",
@@ -181,6 +185,17 @@ impl From<DomainError> for ApiError {
         match e {
             DomainError::Invalid { field, message } => Self::field(field, message),
             DomainError::Fields(fields) => Self::fields(&fields),
+            DomainError::InsufficientBalance { balance, price } => Self::new(
+                ErrorCode::InsufficientBalance,
+                format!(
+                    "insufficient balance: {} credits available, {} needed",
+                    crate::http::views::decimal(balance),
+                    crate::http::views::decimal(price)
+                ),
+            )
+            .with_details(
+                serde_json::json!({ "balance": crate::http::views::decimal(balance), "price": crate::http::views::decimal(price) }),
+            ),
             DomainError::Unauthorized(m) => Self::new(ErrorCode::InvalidCredentials, m),
             DomainError::Forbidden(m) => Self::new(ErrorCode::AccessDenied, m),
             DomainError::RateLimited { message, retry_after } => Self::new(ErrorCode::RateLimitExceeded, message).retry_after(retry_after),

@@ -29,6 +29,7 @@ pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, 
 pub use servers::{ServerLine, ServersOverview};
 pub use standalone::{CancelOutcome, DispatchConfig, DispatchMetrics, DispatchStats, Dispatcher};
 
+use crate::domain::credits::CreditService;
 use crate::domain::{DomainError, DomainResult};
 use crate::metrics::{Metrics, OutcomeLabels};
 
@@ -69,6 +70,8 @@ struct Inner {
     handles: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     settings: TaskSettings,
+    /// Charges logged-in users' tasks.
+    credits: CreditService,
 }
 
 /// Cheap to clone; clones share one service.
@@ -90,6 +93,7 @@ impl TaskService {
         fleet: Fleet,
         metrics: Arc<Metrics>,
         embedded: Option<String>,
+        credits: CreditService,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let hub = ProgressHub::default();
@@ -121,6 +125,7 @@ impl TaskService {
                 handles: Mutex::new(Vec::new()),
                 metrics,
                 settings,
+                credits,
             }),
         };
         let mut handles = vec![prober];
@@ -223,13 +228,31 @@ impl TaskService {
         task.fair_group = Some(upload.owner.clone().unwrap_or_else(|| format!("{}{}", model::ANONYMOUS_GROUP_PREFIX, upload.client)));
         task.user_id = upload.owner;
         task.deadline = Some(self.inner.settings.deadline);
+        // A logged-in user's task is paid for before it exists: the hold is taken first and
+        // released if the task cannot be created (a crash in between leaves an orphan hold
+        // the settler releases).
+        let held = match &task.user_id {
+            Some(user) => self.inner.credits.hold_for_task(user, &task.id, "enhance").await?.is_some(),
+            None => false,
+        };
+        let created = self.submit(&task).await;
+        if created.is_err()
+            && held
+            && let Err(e) = self.inner.credits.release(&task.id).await
+        {
+            tracing::warn!(task = %task.id, error = %e, "cannot release the hold of a task that was not created; the settler will");
+        }
+        created
+    }
+
+    async fn submit(&self, task: &NewTask) -> DomainResult<()> {
         match &self.inner.backend {
             Backend::Standalone(d) => {
-                d.enqueue(task).await?;
+                d.enqueue(task.clone()).await?;
             }
             Backend::Kubernetes(k) => {
                 let pool = self.routing().await?.pool.unwrap_or_else(|| kubernetes::default_pool().into());
-                k.create(&task, &pool, self.inner.settings.deadline).await.map_err(|e| {
+                k.create(task, &pool, self.inner.settings.deadline).await.map_err(|e| {
                     tracing::error!(error = %e, "cannot create the EnhanceTask");
                     DomainError::Unavailable("the cluster did not accept the task; try again shortly".into())
                 })?;

@@ -1,6 +1,7 @@
 //! Account administration (seeds 001 and 002, `/api/admin/users`): the list with filters and
-//! paging, and role/active edits. Balance edits go through the credits ledger, not here.
+//! paging, and role, active and balance edits (a balance edit is an `adjust` ledger entry).
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,10 +10,12 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::accounts::{AccountChange, AccountFilter, PageRequest, Role};
+use crate::domain::credits::hundredths;
 use crate::http::auth::AdminUser;
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::middleware::RequestId;
 use crate::http::views::UserView;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -75,7 +78,8 @@ pub async fn list_users(
 pub struct UpdateUser {
     pub role: Option<String>,
     pub is_active: Option<bool>,
-    /// Refused: balances change only through the credits ledger.
+    /// The new balance (credits, two decimals): written as one `adjust` ledger entry that
+    /// names the admin.
     #[schema(value_type = Option<f64>)]
     pub balance: Option<Value>,
 }
@@ -84,18 +88,28 @@ pub struct UpdateUser {
     params(("user_id" = String, Path)),
     responses((status = 200, body = Envelope<UserView>),
               (status = 404, body = ErrorBody),
-              (status = 422, description = "Bad role, a balance edit, or demoting the last admin", body = ErrorBody),
+              (status = 422, description = "Bad role or balance, or demoting the last admin", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn update_user(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
+    Extension(request_id): Extension<RequestId>,
     Path(user_id): Path<String>,
     ApiJson(body): ApiJson<UpdateUser>,
 ) -> ApiResult<Envelope<UserView>> {
-    if body.balance.is_some() {
-        return Err(ApiError::field("balance", "balances change only through the credits ledger (a recharge, a grant or an adjustment)"));
+    let role = body.role.as_deref().map(role).transpose()?;
+    // The absolute balance the admin asks for becomes one `adjust` ledger entry naming the
+    // admin; the request id makes a retried request a no-op.
+    let target = match &body.balance {
+        None => None,
+        Some(Value::Number(n)) => Some(hundredths(&n.to_string()).map_err(|m| ApiError::field("balance", m))?),
+        Some(Value::String(s)) => Some(hundredths(s).map_err(|m| ApiError::field("balance", m))?),
+        Some(_) => return Err(ApiError::field("balance", "must be a number like 200.00")),
+    };
+    if let Some(target) = target {
+        state.credits.set_balance(&admin.user_id, &user_id, target, &format!("adjust:{}", request_id.0)).await?;
     }
-    let change = AccountChange { role: body.role.as_deref().map(role).transpose()?, active: body.is_active };
+    let change = AccountChange { role, active: body.is_active };
     let account = state.accounts.admin_update(&admin, &user_id, change).await?;
     Ok(Envelope::ok("user updated", UserView::from(&account)))
 }

@@ -1,8 +1,10 @@
 //! One module per area, each a `router()` of documented handlers. [`all`] is the one list the
 //! router and the OpenAPI document are both built from, so a route cannot exist undocumented.
 
+pub mod admin_config;
 pub mod admin_users;
 pub mod auth;
+pub mod credits;
 pub mod docs;
 pub mod enhance;
 pub mod generation;
@@ -27,6 +29,8 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(users::router())
         .merge(admin_users::router())
+        .merge(credits::router())
+        .merge(admin_config::router())
         .merge(generation::router())
         .merge(postcards::router())
         .merge(docs::router())

@@ -14,7 +14,12 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(register)).routes(routes!(login)).routes(routes!(refresh)).routes(routes!(profile))
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(profile))
+        .routes(routes!(compute_power))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -131,4 +136,35 @@ pub async fn profile(State(state): State<AppState>, CurrentUser(user): CurrentUs
     let account = state.accounts.account(&user.user_id).await?;
     let stats = state.accounts.task_stats(&user.user_id).await?;
     Ok(V1::ok(Profile::of(account, stats.completed)))
+}
+
+/// Seed 003's compute power, in whole credits from the ledger: `total = used + remaining`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputePower {
+    pub total: i64,
+    /// Spent on finished tasks and held by running ones.
+    pub used: i64,
+    /// The balance.
+    pub remaining: i64,
+    /// Granted (sign-up gifts, compensation).
+    pub gifted: i64,
+    /// Completed 4x (HD) enhancements.
+    pub hd_count: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/user/compute-power", tag = "generation", security(("bearer" = [])),
+    responses((status = 200, body = V1<ComputePower>), (status = 401, body = V1Error)))]
+pub async fn compute_power(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> ApiResult<V1<ComputePower>> {
+    let b = state.credits.balance(&user.user_id).await?;
+    let totals = state.credits.totals(&user.user_id).await?;
+    let stats = state.accounts.task_stats(&user.user_id).await?;
+    let (remaining, used) = (b.balance / 100, (b.spent + b.held) / 100);
+    Ok(V1::ok(ComputePower {
+        total: remaining + used,
+        used,
+        remaining,
+        gifted: totals.of(crate::domain::credits::LedgerKind::Grant) / 100,
+        hd_count: stats.hd_completed,
+    }))
 }
