@@ -256,7 +256,9 @@ async fn admins_list_and_edit_users(backend: Backend) {
     assert_envelope(&bad, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "unknown role filter");
     let id = user["user"]["id"].as_str().unwrap();
     let balance = api.call("PUT", &format!("/api/admin/users/{id}"), Some(&a), Some(json!({"balance": 200.0}))).await;
-    assert!(balance.body["details"]["field_errors"]["balance"][0].as_str().unwrap().contains("ledger"));
+    assert_eq!(balance.body["data"]["balance"], 200.0, "a balance edit is a ledger adjustment: {}", balance.body);
+    let bad = api.call("PUT", &format!("/api/admin/users/{id}"), Some(&a), Some(json!({"balance": "12.345"}))).await;
+    assert!(bad.body["details"]["field_errors"]["balance"][0].as_str().unwrap().contains("two decimals"), "{}", bad.body);
     let promoted = api.call("PUT", &format!("/api/admin/users/{id}"), Some(&a), Some(json!({"role": "admin"}))).await;
     assert_eq!(promoted.body["data"]["role"], "admin");
     // Role changes reach the old token's checks at once on this replica.

@@ -8,6 +8,7 @@ pub mod password;
 mod sessions;
 pub mod throttle;
 mod validate;
+mod verified;
 mod versions;
 pub mod wechat;
 
@@ -64,6 +65,7 @@ struct Inner {
     wechat: WeChat,
     throttle: LoginThrottle,
     versions: VersionCache,
+    verified: verified::VerifiedTokens,
 }
 
 /// The one answer to a failed password login, whatever failed: no account, wrong password.
@@ -86,7 +88,17 @@ impl AccountService {
         let passwords = Passwords::new(settings.hash_cost, parallel)?;
         let wechat = WeChat::new(settings.wechat.clone())?;
         let throttle = LoginThrottle::new(settings.login_per_address, settings.login_per_account);
-        Ok(Self { inner: Arc::new(Inner { db, settings, passwords, wechat, throttle, versions: VersionCache::default() }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                settings,
+                passwords,
+                wechat,
+                throttle,
+                versions: VersionCache::default(),
+                verified: Default::default(),
+            }),
+        })
     }
 
     fn db(&self) -> &Db {
@@ -245,12 +257,19 @@ impl AccountService {
     /// [`TOKEN_STATE_STALENESS`] old.
     pub async fn authenticate(&self, access_token: &str) -> DomainResult<Principal> {
         let now = purrify_store::now_ms() / 1000;
-        let claims = self.inner.settings.keys.verify(access_token, now).map_err(|e| {
-            tracing::debug!(reason = %e, "access token refused");
-            DomainError::Unauthorized(
-                if e == jwt::Rejected::Expired { "the access token has expired" } else { "invalid access token" }.into(),
-            )
-        })?;
+        let claims = match self.inner.verified.get(access_token, now) {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(self.inner.settings.keys.verify(access_token, now).map_err(|e| {
+                    tracing::debug!(reason = %e, "access token refused");
+                    DomainError::Unauthorized(
+                        if e == jwt::Rejected::Expired { "the access token has expired" } else { "invalid access token" }.into(),
+                    )
+                })?);
+                self.inner.verified.put(access_token, c.clone(), now);
+                c
+            }
+        };
         let at = Instant::now();
         let state = match self.inner.versions.get(&claims.sub, at) {
             Some(s) => s,
@@ -270,7 +289,7 @@ impl AccountService {
         if state.token_version != claims.ver {
             return Err(DomainError::Unauthorized("this access token was revoked; log in again".into()));
         }
-        Ok(Principal { user_id: claims.sub, role: state.role })
+        Ok(Principal { user_id: claims.sub.clone(), role: state.role })
     }
 
     pub async fn account(&self, user_id: &str) -> DomainResult<Account> {
