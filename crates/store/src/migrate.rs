@@ -12,6 +12,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20251121000000_standalone_tasks.sql", include_str!("../../../migrations/20251121000000_standalone_tasks.sql")),
     ("20261202000000_accounts.sql", include_str!("../../../migrations/20261202000000_accounts.sql")),
     ("20261202010000_credits.sql", include_str!("../../../migrations/20261202010000_credits.sql")),
+    ("20261202020000_recharge_codes.sql", include_str!("../../../migrations/20261202020000_recharge_codes.sql")),
 ];
 
 /// The migrator for `/migrations`.
