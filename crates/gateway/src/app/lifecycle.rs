@@ -15,6 +15,7 @@ use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
 use crate::domain::credits::CreditService;
+use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
@@ -81,6 +82,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     };
     let embedded_url = embedded_worker.map(|a| format!("http://{a}"));
     let credits = CreditService::new(db.clone());
+    let recharge = RechargeService::new(db.clone(), RechargeSettings::default());
     let tasks =
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
@@ -96,6 +98,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         tasks,
         accounts,
         credits,
+        recharge,
         config: config.clone(),
     };
 
@@ -111,6 +114,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
                         state.limiter.sweep(now);
                         state.upload_limiter.sweep(now);
                         state.accounts.housekeeping().await;
+                        state.recharge.sweep();
                     }
                     _ = stop.changed() => break,
                 }

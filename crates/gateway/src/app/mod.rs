@@ -20,6 +20,7 @@ pub use router::router;
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
 use crate::domain::credits::CreditService;
+use crate::domain::recharge::RechargeService;
 use crate::domain::tasks::TaskService;
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub accounts: AccountService,
     /// Balances, the ledger, task prices and holds.
     pub credits: CreditService,
+    /// Recharge codes (seed 002).
+    pub recharge: RechargeService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

@@ -24,6 +24,7 @@ use super::routes::tasks::LiveMessage;
         (name = "users", description = "The logged-in user's account (seed 002)"),
         (name = "admin", description = "Administration (seeds 001 and 002)"),
         (name = "credits", description = "Balances and the ledger (seed 001)"),
+        (name = "recharge", description = "Recharge codes: admin batches, redemption, records (seed 002)"),
         (name = "generation", description = "The generation app (seed 003): camelCase in the {code, message, data, timestamp} envelope"),
         (name = "postcards", description = "The postcard mini-program (seed 004)"),
     )

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod enhance;
 pub mod generation;
 pub mod postcards;
+pub mod recharge;
 pub mod system;
 pub mod tasks;
 pub mod users;
@@ -31,6 +32,7 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(admin_users::router())
         .merge(credits::router())
         .merge(admin_config::router())
+        .merge(recharge::router())
         .merge(generation::router())
         .merge(postcards::router())
         .merge(docs::router())
