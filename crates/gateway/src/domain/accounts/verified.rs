@@ -11,9 +11,12 @@ use super::jwt::Claims;
 
 const MAX_ENTRIES: usize = 50_000;
 
+/// Signature -> (the whole token, its claims).
+type Entries = HashMap<Box<str>, (Box<str>, Arc<Claims>)>;
+
 #[derive(Default)]
 pub struct VerifiedTokens {
-    map: Mutex<HashMap<Box<str>, (Box<str>, Arc<Claims>)>>,
+    map: Mutex<Entries>,
 }
 
 fn signature(token: &str) -> &str {
