@@ -1,5 +1,6 @@
 //! Test support shared by the crates' tests: the project's binaries as processes (here),
-//! and, behind features, kubesim clients, a fake inference worker and the gateway's API.
+//! and, behind features, kubesim clients, a fake inference worker, the gateway's API and
+//! local fakes of WeChat's login and WeChat Pay.
 
 #[cfg(feature = "kube")]
 pub mod cluster;
@@ -9,6 +10,8 @@ pub mod fake_worker;
 pub mod gateway_client;
 #[cfg(feature = "wechat")]
 pub mod wechat;
+#[cfg(feature = "wechatpay")]
+pub mod wechatpay;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
