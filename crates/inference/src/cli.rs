@@ -293,6 +293,7 @@ fn enhance(args: EnhanceArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "width": enhanced.width, "height": enhanced.height, "bytes": enhanced.bytes.len(),
                 "model": enhanced.model, "tiles": enhanced.tiles, "faces": enhanced.faces,
+                "provider": engine.active_provider(), "tile_splits": enhanced.tile_adaptation.splits,
                 "total_s": t.total.as_secs_f64(), "model_s": t.sr_model.as_secs_f64(),
                 "decode_s": t.decode.as_secs_f64(), "faces_s": t.faces.as_secs_f64(),
                 "tiles_s": t.tiles.as_secs_f64(), "encode_s": t.encode.as_secs_f64(),

@@ -125,7 +125,9 @@ async fn job_runs_with_events_result_info_and_metrics() {
     assert_eq!(info.capacity, 2);
     assert_eq!(info.in_flight, 0);
     assert!(info.ready);
-    assert_eq!(info.execution_provider, "cpu");
+    // The default provider, OpenVINO, with the build `make models` fetched.
+    assert_eq!(info.execution_provider, "openvino");
+    assert_eq!(info.requested_execution_provider, "openvino");
     assert!(info.models.iter().any(|m| m.name == "realesr-animevideov3-x2"));
 
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
