@@ -72,13 +72,15 @@ test-rust:
 images: models
 	tools/images/build.sh
 
-## bench: engine (Rust vs the Python reference), gateway (vs FastAPI+uvicorn) and operator
-## (1,000 queued tasks against fake workers) benchmarks,
+## bench: engine (Rust vs the Python reference), execution providers (the engine on cpu and
+## openvino vs ncnn, per model), gateway (vs FastAPI+uvicorn) and operator (1,000 queued
+## tasks against fake workers) benchmarks,
 ## release builds, printed side by side.
 bench: models venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) build $(CARGO_FLAGS) --release -p purrify-inference -p purrify-gateway --bins
 	"$$($(PYTHON_VENV))" tools/bench/engine_bench.py --binary $(TARGET_DIR)/release/purrify-inference
+	"$$($(PYTHON_VENV))" tools/bench/provider_bench.py --binary $(TARGET_DIR)/release/purrify-inference
 	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
 

@@ -4,7 +4,9 @@ same thread count, measured side by side in one run.
 
 The reference is what the seed's GPU servers ran, minus the GPU: onnxruntime + numpy +
 Pillow with Real-ESRGAN's own tile procedure (tiles with a pad, each output cropped and
-placed). Each run is a separate process so its peak RSS is its own (os.wait4).
+placed). Both sides run ONNX Runtime's CPU provider (the engine with `--provider cpu`), so
+the comparison is of the pipelines; provider_bench.py compares runtimes. Each run is a
+separate process so its peak RSS is its own (os.wait4).
 
 Prints, per photo size: wall time of each side and the ratio Rust/Python, pipeline overhead
 (time outside model execution as % of model time) on each side, and peak RSS.
@@ -130,7 +132,7 @@ def main() -> None:
                 args.binary, "enhance", str(crop), str(Path(tmp) / f"rust_{mp}.jpg"),
                 "--quality", args.quality, "--scale", str(args.scale),
                 "--tile-size", str(args.tile_size), "--tile-pad", str(args.pad),
-                "--threads", str(args.threads), "--json",
+                "--threads", str(args.threads), "--provider", "cpu", "--json",
             ]
             py_cmd = [
                 sys.executable, __file__, "--reference", "--model", str(model),
