@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use purrify_testkit::eventually;
-use purrify_testkit::wechatpay::{FakeWeChatPay, Forgery, TEST_APPID, TEST_MCH_ID, test_api_v3_key, test_merchant};
+use purrify_testkit::wechatpay::{FakeConfig, FakeWeChatPay, Forgery, TEST_APPID, TEST_MCH_ID, test_api_v3_key, test_merchant};
 use purrify_wechatpay::notify::{Event, failure_body, parse_notification};
 use purrify_wechatpay::{Client, Error, MerchantKey, NewJsapiOrder, NewRefund, Verifier};
 
@@ -225,4 +225,32 @@ async fn seed_000_configuration_files_load_and_work() {
     assert!(purrify_wechatpay::Settings::from_lookup(|_| None).unwrap().is_none());
     let partial = purrify_wechatpay::Settings::from_lookup(|k| (k == "WECHAT_MCH_ID").then(|| "1".into()));
     assert!(matches!(partial, Err(Error::Config(_))));
+}
+
+#[tokio::test]
+async fn an_answer_slower_than_the_attempt_timeout_is_retried() {
+    let mut cfg = FakeConfig::for_merchant(&test_merchant("http://unused", "http://unused/notify"));
+    cfg.attempt_timeout = std::time::Duration::from_millis(300);
+    let fake = FakeWeChatPay::start(cfg).await;
+    let slow_once = Arc::new(AtomicUsize::new(1));
+    let app = axum::Router::new().route(
+        "/notify",
+        axum::routing::post(|State(slow): State<Arc<AtomicUsize>>| async move {
+            if slow.fetch_sub(1, Ordering::SeqCst) == 1 {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            StatusCode::OK
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app.with_state(slow_once)).await.unwrap() });
+    let merchant = test_merchant(&fake.base_url(), &format!("http://{addr}/notify"));
+    let client = Client::with_http(merchant, fake.verifier(), http());
+    client.create_jsapi_order(&order("R20260101000004", 100)).await.unwrap();
+    let delivery = fake.pay("R20260101000004").await;
+    assert_eq!(delivery.attempts.len(), 2, "{delivery:?}");
+    assert_eq!(delivery.attempts[0].error.as_deref(), Some("timed out"));
+    assert_eq!(delivery.attempts[1].status, Some(200));
+    assert_eq!(fake.deliveries().len(), 1);
 }
