@@ -82,6 +82,7 @@ bench: models venv
 	"$$($(PYTHON_VENV))" tools/bench/engine_bench.py --binary $(TARGET_DIR)/release/purrify-inference
 	"$$($(PYTHON_VENV))" tools/bench/provider_bench.py --binary $(TARGET_DIR)/release/purrify-inference
 	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
+	"$$($(PYTHON_VENV))" tools/bench/auth_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
 
 clean-cache:
