@@ -84,7 +84,7 @@ async fn tasks_are_held_then_captured_or_released_once(backend: Backend) {
 
     // One succeeds, one fails; the settler captures and releases, once each.
     assert!(db.claim_task(&ids[0], 0, "http://w", &format!("{}-1", ids[0])).await.unwrap());
-    assert!(db.complete_task(&ids[0], &format!("{}-1", ids[0]), &job_result()).await.unwrap());
+    assert!(db.complete_task(&ids[0], &format!("{}-1", ids[0]), &support::client::job_result()).await.unwrap());
     assert!(db.fail_task(&ids[1], Guard::Queued, purrify_api::FailReason::BadInput, "not an image").await.unwrap());
     for _ in 0..2 {
         api.stack.state.credits.sweep().await;
@@ -133,18 +133,4 @@ async fn concurrent_uploads_never_overdraw(backend: Backend) {
     assert_eq!(accepted, 10, "exactly what the balance pays for");
     assert_eq!(balance(&api, &bob).await, json!({"balance": 0.0, "held": 10.0, "spent": 0.0}));
     assert!(api.stack.state.tasks.db().ledger_mismatches().await.unwrap().is_empty());
-}
-
-fn job_result() -> purrify_api::JobResult {
-    purrify_api::JobResult {
-        output_uri: "file:///out".into(),
-        content_type: "image/jpeg".into(),
-        width: 8,
-        height: 8,
-        bytes: 10,
-        faces: 0,
-        face_restoration: purrify_api::FaceRestoration::NotConfigured,
-        model: "realesr-animevideov3-x2".into(),
-        elapsed_ms: 10,
-    }
 }
