@@ -14,6 +14,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202010000_credits.sql", include_str!("../../../migrations/20261202010000_credits.sql")),
     ("20261202020000_recharge_codes.sql", include_str!("../../../migrations/20261202020000_recharge_codes.sql")),
     ("20261202030000_quotas.sql", include_str!("../../../migrations/20261202030000_quotas.sql")),
+    ("20261202040000_orders.sql", include_str!("../../../migrations/20261202040000_orders.sql")),
 ];
 
 /// The migrator for `/migrations`.
