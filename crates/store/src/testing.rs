@@ -146,3 +146,34 @@ fn with_database(url: &str, name: &str) -> String {
     u.set_path(&format!("/{name}"));
     u.to_string()
 }
+
+/// A plain account (`<id>@example.com`, role user, no password) for tests of tables that
+/// reference users.
+pub async fn create_user(db: &Db, id: &str) -> crate::User {
+    db.create_user(&crate::NewUser {
+        id: id.into(),
+        email: Some(format!("{id}@example.com")),
+        password_hash: None,
+        wechat: None,
+        username: None,
+        full_name: None,
+        role: crate::Role::User,
+    })
+    .await
+    .expect("test user")
+}
+
+/// A worker's result as the dispatcher records it, for tests that finish tasks by hand.
+pub fn job_result() -> purrify_api::JobResult {
+    purrify_api::JobResult {
+        output_uri: "file:///out".into(),
+        content_type: "image/jpeg".into(),
+        width: 8,
+        height: 8,
+        bytes: 10,
+        faces: 0,
+        face_restoration: purrify_api::FaceRestoration::NotConfigured,
+        model: "realesr-animevideov3-x2".into(),
+        elapsed_ms: 10,
+    }
+}

@@ -5,20 +5,10 @@ use std::time::Duration;
 
 use purrify_api::{EnhanceParams, FailReason};
 use purrify_store::testing::TestDb;
-use purrify_store::{Applied, Db, EntryKind, Guard, HoldOutcome, NewEntry, NewTask, NewUser, PageRequest, Role, Settlement};
+use purrify_store::{Applied, Db, EntryKind, Guard, HoldOutcome, NewEntry, NewTask, PageRequest, Settlement};
 
 async fn user(db: &Db, id: &str) {
-    db.create_user(&NewUser {
-        id: id.into(),
-        email: Some(format!("{id}@example.com")),
-        password_hash: None,
-        wechat: None,
-        username: None,
-        full_name: None,
-        role: Role::User,
-    })
-    .await
-    .unwrap();
+    purrify_store::testing::create_user(db, id).await;
 }
 
 fn entry(user: &str, delta: i64, kind: EntryKind, reference: &str) -> NewEntry {
@@ -151,7 +141,7 @@ async fn the_settler_finds_finished_and_orphaned_holds(t: TestDb) {
     }
     assert!(db.fail_task("bad", Guard::Queued, FailReason::BadInput, "not an image").await.unwrap());
     assert!(db.claim_task("done", 0, "http://w", "done-1").await.unwrap());
-    assert!(db.complete_task("done", "done-1", &purrify_store_testing_result()).await.unwrap());
+    assert!(db.complete_task("done", "done-1", &purrify_store::testing::job_result()).await.unwrap());
     let open = db.holds_to_settle(60_000, 100).await.unwrap();
     let ids: Vec<_> = open.iter().map(|h| (h.task_id.as_str(), h.task_status.as_deref())).collect();
     assert_eq!(ids, [("done", Some("completed")), ("bad", Some("failed"))], "a young orphan may still get its task");
@@ -161,20 +151,6 @@ async fn the_settler_finds_finished_and_orphaned_holds(t: TestDb) {
     assert_eq!(db.get_task("done").await.unwrap().unwrap().user_id.as_deref(), Some("u"));
     assert_eq!(db.user_task_stats("u").await.unwrap().total_cost, 100, "the captured price is the task's cost");
     assert_eq!(db.hold_totals("u").await.unwrap(), (300, 100));
-}
-
-fn purrify_store_testing_result() -> purrify_api::JobResult {
-    purrify_api::JobResult {
-        output_uri: "file:///out".into(),
-        content_type: "image/jpeg".into(),
-        width: 8,
-        height: 8,
-        bytes: 10,
-        faces: 0,
-        face_restoration: purrify_api::FaceRestoration::NotConfigured,
-        model: "realesr-animevideov3-x2".into(),
-        elapsed_ms: 10,
-    }
 }
 
 purrify_store::on_both_databases!(

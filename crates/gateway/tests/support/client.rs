@@ -132,17 +132,4 @@ pub async fn api_with_dir(dir: tempfile::TempDir, config: purrify_gateway::confi
     Api { stack, _dir: dir, _pg: None }
 }
 
-/// A worker's result as the dispatcher records it, for tests that finish tasks by hand.
-pub fn job_result() -> purrify_api::JobResult {
-    purrify_api::JobResult {
-        output_uri: "file:///out".into(),
-        content_type: "image/jpeg".into(),
-        width: 8,
-        height: 8,
-        bytes: 10,
-        faces: 0,
-        face_restoration: purrify_api::FaceRestoration::NotConfigured,
-        model: "realesr-animevideov3-x2".into(),
-        elapsed_ms: 10,
-    }
-}
+pub use purrify_store::testing::job_result;
