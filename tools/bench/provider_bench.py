@@ -23,13 +23,14 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_bench import cache_root, run_measured  # noqa: E402
+from engine_bench import cache_root  # noqa: E402
 
 # quality level -> (model, native scale, the engine's tile pad for that level)
 MODELS = {
@@ -46,6 +47,30 @@ def tiles(w: int, h: int, size: int, pad: int):
         for x in range(0, w, size):
             x1, y1 = min(x + size, w), min(y + size, h)
             yield x, y, x1, y1, max(x - pad, 0), max(y - pad, 0), min(x1 + pad, w), min(y1 + pad, h)
+
+
+def busy_seconds() -> float:
+    """CPU time every process on the machine has used so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_with_others(cmd: list[str]) -> tuple[str, float]:
+    """Runs cmd; returns its stdout and how many cores other processes kept busy meanwhile
+    (the machine's CPU time minus the child's, over the wall time): the load it ran under."""
+    before, start = busy_seconds(), time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        others = (busy_seconds() - before - usage.ru_utime - usage.ru_stime) / wall
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"bench: {' '.join(cmd[:3])} ... failed:\n{err.read().decode(errors='replace')}")
+        return out.read().decode(), max(others, 0.0)
 
 
 def ncnn_run(args: argparse.Namespace) -> None:
@@ -154,12 +179,12 @@ def main() -> None:
                         "--provider", peer.split("/")[1], "--json"]
 
             times: dict[str, list[float]] = {peer: [] for peer in PEERS}
-            loads: list[float] = []
+            loads: dict[str, list[float]] = {peer: [] for peer in PEERS}
             for r in range(max(1, args.repeat)):
                 order = PEERS[r % len(PEERS):] + PEERS[: r % len(PEERS)]
-                loads.append(os.getloadavg()[0])
                 for peer in order:
-                    out, _, _ = run_measured(command(peer))
+                    out, others = run_with_others(command(peer))
+                    loads[peer].append(others)
                     res = json.loads(out.strip().splitlines()[-1])
                     want = peer.split("/")[-1]
                     if res["provider"] != want:
@@ -183,10 +208,11 @@ def main() -> None:
                   f"{med[peer] / med[best]:9.2f} {f'{min(rounds):.2f}-{max(rounds):.2f}':>13} "
                   f"{'-' if db is None else f'{db:.1f} dB':>12}")
         print(f"{'':<28} ({w}x{h}, x{scale}, pad {pad}; fastest: {best})")
-        # Every round, so a reader can see what the machine's other load did to each peer.
-        print(f"{'':<28} load average at each round: {' '.join(f'{l:.1f}' for l in loads)}")
+        # Every run, with the cores other processes kept busy during it (of os.cpu_count()),
+        # so a reader can see what the machine's other load did to each peer.
         for peer in PEERS:
-            print(f"{'':<28} {peer:<16} s/MP by round: {' '.join(f'{t:.2f}' for t in times[peer])}")
+            runs = " ".join(f"{t:.2f}@{l:.1f}" for t, l in zip(times[peer], loads[peer]))
+            print(f"{'':<28} {peer:<16} s/MP@other cores busy, by round: {runs}")
 
 
 if __name__ == "__main__":
