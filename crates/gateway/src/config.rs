@@ -160,8 +160,30 @@ pub struct Config {
     pub swagger_ui_dir: Option<PathBuf>,
     #[arg(long, env = "PURRIFY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub payments: PaymentConfig,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Recharge orders and WeChat Pay. The merchant itself is configured with seed 000's
+/// variables (`WECHAT_MCH_ID`, `WECHAT_APPID`, `WECHAT_API_KEY`, `WECHAT_NOTIFY_URL`, the
+/// certificates directory, ...; see `purrify_wechatpay::load`), read at start.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PaymentConfig {
+    /// Seconds an order can be paid (its WeChat `time_expire`); the reconciler closes it after.
+    #[arg(long, env = "PURRIFY_PAY_ORDER_TTL_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub order_ttl_seconds: u64,
+    /// Seconds an order or refund may stay unsettled before the reconciler asks WeChat.
+    #[arg(long, env = "PURRIFY_PAY_RECONCILE_AFTER_SECONDS", default_value_t = 120)]
+    pub reconcile_after_seconds: u64,
+    /// Seconds between reconciler rounds.
+    #[arg(long, env = "PURRIFY_PAY_RECONCILE_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval_seconds: u64,
+    /// The merchant's settings when given by an embedding program or a test; `None` reads
+    /// them from the environment at start.
+    #[arg(skip)]
+    pub wechat_pay: Option<purrify_wechatpay::Settings>,
 }
 
 /// Operator commands; without one the gateway serves.

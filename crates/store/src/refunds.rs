@@ -36,8 +36,8 @@ pub struct RefundRow {
 pub enum BeginRefund {
     /// Recorded; ask WeChat now.
     Started {
-        order: Order,
-        refund: RefundRow,
+        order: Box<Order>,
+        refund: Box<RefundRow>,
     },
     Unknown,
     /// Only `paid` orders can be refunded.
@@ -120,7 +120,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(BeginRefund::Started { order: Order { status: OrderStatus::Refunding, ..order }, refund })
+        Ok(BeginRefund::Started { order: Box::new(Order { status: OrderStatus::Refunding, ..order }), refund: Box::new(refund) })
     }
 
     pub async fn refund(&self, out_refund_no: &str) -> Result<Option<RefundRow>, StoreError> {

@@ -83,6 +83,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let embedded_url = embedded_worker.map(|a| format!("http://{a}"));
     let credits = CreditService::new(db.clone());
     let recharge = RechargeService::new(db.clone(), RechargeSettings::default());
+    let payments = super::payments::service(&config, db.clone())?;
     let tasks =
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
@@ -99,6 +100,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         accounts,
         credits,
         recharge,
+        payments,
         config: config.clone(),
     };
 
@@ -121,7 +123,9 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    Ok(Stack { state, embedded_worker, stop_tx, background: vec![sweeper, settler] })
+    let mut background = vec![sweeper, settler];
+    background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
+    Ok(Stack { state, embedded_worker, stop_tx, background })
 }
 
 /// A running gateway.

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod cli;
 mod embedded;
 mod lifecycle;
+mod payments;
 mod router;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ pub use router::router;
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
 use crate::domain::credits::CreditService;
+use crate::domain::payments::PaymentService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::tasks::TaskService;
 use crate::http::middleware::rate_limit::RateLimiter;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub credits: CreditService,
     /// Recharge codes (seed 002).
     pub recharge: RechargeService,
+    /// Recharge orders paid through WeChat Pay (seeds 000 and 001).
+    pub payments: PaymentService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

@@ -25,6 +25,7 @@ use super::routes::tasks::LiveMessage;
         (name = "admin", description = "Administration (seeds 001 and 002)"),
         (name = "credits", description = "Balances and the ledger (seed 001)"),
         (name = "recharge", description = "Recharge codes: admin batches, redemption, records (seed 002)"),
+        (name = "payments", description = "Packages, recharge orders and WeChat Pay API v3 (seeds 000 and 001)"),
         (name = "generation", description = "The generation app (seed 003): camelCase in the {code, message, data, timestamp} envelope"),
         (name = "postcards", description = "The postcard mini-program (seed 004)"),
     )

@@ -8,12 +8,14 @@ pub mod credits;
 pub mod docs;
 pub mod enhance;
 pub mod generation;
+pub mod orders;
 pub mod postcards;
 pub mod recharge;
 pub mod system;
 pub mod tasks;
 pub mod users;
 pub mod webhook;
+pub mod wechat_pay;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,6 +35,8 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(credits::router())
         .merge(admin_config::router())
         .merge(recharge::router())
+        .merge(orders::router())
+        .merge(wechat_pay::router())
         .merge(generation::router())
         .merge(postcards::router())
         .merge(docs::router())

@@ -3,11 +3,15 @@
 //! [`crate::http::envelope::v1_errors`].
 
 mod accounts;
+mod recharge;
 
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(accounts::router()).layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
+    OpenApiRouter::new()
+        .merge(accounts::router())
+        .merge(recharge::router())
+        .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
