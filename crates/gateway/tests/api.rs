@@ -597,10 +597,13 @@ async fn unknown_fields_are_dropped_as_they_arrive() {
     let mut tail = b"\r\n".to_vec();
     tail.extend_from_slice(&multipart(&[("file", Some("a.png"), &photo)]));
     let req = streamed_upload(streamed_body(head, 128, tail, false));
+    // The router (with its OpenAPI document) is built before counting: it grows with every
+    // route added, and this measures what handling an upload holds.
+    let router = purrify_gateway::app::router(api.stack.state.clone());
     let base = heap::reset();
-    let r = api.send(req).await;
+    let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
     let peak = heap::peak() - base;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert!(peak < 2 * 1024 * 1024, "handling the upload held {peak} bytes at once: the unknown field was buffered");
 }
 
