@@ -161,9 +161,33 @@ pub struct Config {
     #[arg(long, env = "PURRIFY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     #[command(flatten)]
+    pub quotas: QuotaConfig,
+    #[command(flatten)]
     pub payments: PaymentConfig,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Seed 003's quotas per plan (VIP: a VIP level above 0 that has not expired). Defaults are
+/// the seed's. A generation limit of 0 allows none; an API-call limit of 0 turns the hourly
+/// count off for that plan.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QuotaConfig {
+    /// Image generations a free user may start per UTC day.
+    #[arg(long, env = "PURRIFY_QUOTA_FREE_IMAGES_PER_DAY", default_value_t = 10, value_parser = clap::value_parser!(i64).range(0..))]
+    pub free_images_per_day: i64,
+    /// Video generations a free user may start per UTC day.
+    #[arg(long, env = "PURRIFY_QUOTA_FREE_VIDEOS_PER_DAY", default_value_t = 3, value_parser = clap::value_parser!(i64).range(0..))]
+    pub free_videos_per_day: i64,
+    /// Authenticated API calls a free user may make per UTC hour.
+    #[arg(long, env = "PURRIFY_QUOTA_FREE_API_CALLS_PER_HOUR", default_value_t = 100, value_parser = clap::value_parser!(i64).range(0..))]
+    pub free_api_calls_per_hour: i64,
+    #[arg(long, env = "PURRIFY_QUOTA_VIP_IMAGES_PER_DAY", default_value_t = 100, value_parser = clap::value_parser!(i64).range(0..))]
+    pub vip_images_per_day: i64,
+    #[arg(long, env = "PURRIFY_QUOTA_VIP_VIDEOS_PER_DAY", default_value_t = 20, value_parser = clap::value_parser!(i64).range(0..))]
+    pub vip_videos_per_day: i64,
+    #[arg(long, env = "PURRIFY_QUOTA_VIP_API_CALLS_PER_HOUR", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub vip_api_calls_per_hour: i64,
 }
 
 /// Recharge orders and WeChat Pay. The merchant itself is configured with seed 000's

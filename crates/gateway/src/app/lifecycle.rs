@@ -15,6 +15,7 @@ use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
 use crate::domain::credits::CreditService;
+use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
 use crate::http::middleware::rate_limit::RateLimiter;
@@ -84,6 +85,22 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let credits = CreditService::new(db.clone());
     let recharge = RechargeService::new(db.clone(), RechargeSettings::default());
     let payments = super::payments::service(&config, db.clone())?;
+    let q = &config.quotas;
+    let quotas = QuotaService::new(
+        db.clone(),
+        QuotaSettings {
+            free: Limits {
+                images_per_day: q.free_images_per_day,
+                videos_per_day: q.free_videos_per_day,
+                api_calls_per_hour: q.free_api_calls_per_hour,
+            },
+            vip: Limits {
+                images_per_day: q.vip_images_per_day,
+                videos_per_day: q.vip_videos_per_day,
+                api_calls_per_hour: q.vip_api_calls_per_hour,
+            },
+        },
+    );
     let tasks =
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
@@ -101,6 +118,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         credits,
         recharge,
         payments,
+        quotas,
         config: config.clone(),
     };
 
@@ -117,6 +135,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
                         state.upload_limiter.sweep(now);
                         state.accounts.housekeeping().await;
                         state.recharge.sweep();
+                        state.quotas.housekeeping().await;
                     }
                     _ = stop.changed() => break,
                 }

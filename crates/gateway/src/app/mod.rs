@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::domain::accounts::AccountService;
 use crate::domain::credits::CreditService;
 use crate::domain::payments::PaymentService;
+use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::tasks::TaskService;
 use crate::http::middleware::rate_limit::RateLimiter;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub recharge: RechargeService,
     /// Recharge orders paid through WeChat Pay (seeds 000 and 001).
     pub payments: PaymentService,
+    /// Seed 003's daily generation and hourly API-call quotas.
+    pub quotas: QuotaService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

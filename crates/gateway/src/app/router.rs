@@ -24,12 +24,13 @@ fn cors(origins: &[String]) -> CorsLayer {
             middleware::REQUEST_ID,
             HeaderName::from_static("x-webhook-secret"),
         ])
-        .expose_headers([middleware::REQUEST_ID, axum::http::header::RETRY_AFTER])
+        .expose_headers([middleware::REQUEST_ID, axum::http::header::RETRY_AFTER, middleware::quota::LIMIT, middleware::quota::REMAINING])
         .max_age(Duration::from_secs(3600))
 }
 
 /// The full router with its middleware. Outermost first: request id (so every log line and
-/// every response has one), CORS, metrics, rate limit, then the routes.
+/// every response has one), CORS, metrics, rate limit by address, the API-call quota (after
+/// the address limit, so a flood from one address never reaches the database), then the routes.
 pub fn router(state: AppState) -> Router {
     let (routes, _document) = http::routes::all(state.config.max_upload_bytes).split_for_parts();
     Router::new()
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { http::ApiError::not_found("no such endpoint; see /docs") })
         // After every route: it applies to the routes registered so far.
         .method_not_allowed_fallback(http::error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::quota::api_calls))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
         .layer(cors(&state.config.cors_origins))

@@ -1,6 +1,7 @@
 //! Cross-cutting HTTP behaviour (seed 004): request ids, client identity, rate limiting,
-//! request metrics.
+//! request metrics; seed 003's hourly API-call quota (`quota`).
 
+pub mod quota;
 pub mod rate_limit;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -3,6 +3,7 @@
 //! [`crate::http::envelope::v1_errors`].
 
 mod accounts;
+mod quota;
 mod recharge;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -12,6 +13,7 @@ use crate::app::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(accounts::router())
+        .merge(quota::router())
         .merge(recharge::router())
         .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
