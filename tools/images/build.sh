@@ -8,8 +8,8 @@
 #   2. the base: a `debootstrap --variant=minbase bookworm` root filesystem (with
 #      ca-certificates), made once into $PURRIFY_CACHE/images/bookworm-rootfs.tar and
 #      imported as `debian:bookworm-slim` (the name the Containerfiles use);
-#   3. the build context $TARGET_DIR/images-context: stripped binaries, ONNX Runtime, the
-#      small models and the Swagger UI assets from the cache `make models` fills;
+#   3. the build context $TARGET_DIR/images-context: stripped binaries, ONNX Runtime (the
+#      standard build and the OpenVINO one), the small models and the Swagger UI assets from the cache `make models` fills;
 #   4. purrify-{gateway,operator,inference}:<workspace version> (and :latest).
 #
 # Environment: PURRIFY_CACHE (~/.cache/purrify), CARGO_TARGET_DIR (target),
@@ -26,6 +26,7 @@ profile=${PURRIFY_IMAGE_PROFILE:-debug}
 images=${PURRIFY_IMAGES:-gateway operator inference}
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 ort_version=$(sed -n 's/^ORT_VERSION = "\(.*\)"/\1/p' tools/models/fetch.py)
+ort_openvino_version=$(sed -n 's/^ORT_OPENVINO_VERSION = "\(.*\)"/\1/p' tools/models/fetch.py)
 log() { printf 'images: %s\n' "$*" >&2; }
 
 # 1. Tools.
@@ -76,18 +77,29 @@ if ((${#need_build[@]})); then
   log "building ${need_build[*]} ($profile)"
   cargo build ${CI:+--locked} $([[ $profile == release ]] && echo --release) "${need_build[@]}" --bins
 fi
-for dir in "$cache/onnxruntime" "$cache/models" "$cache/swagger-ui"; do
+for dir in "$cache/onnxruntime" "$cache/onnxruntime-openvino" "$cache/models" "$cache/swagger-ui"; do
   [[ -d $dir ]] || { log "$dir is missing: run \`make models\` first"; exit 1; }
 done
 ctx="$target/images-context"
 rm -rf "$ctx"
-mkdir -p "$ctx/bin" "$ctx/onnxruntime" "$ctx/models"
+mkdir -p "$ctx/bin" "$ctx/onnxruntime" "$ctx/onnxruntime-openvino" "$ctx/models"
 for bin in "${bins[@]}"; do
   # Debug info is most of a debug binary's size; symbols stay for backtraces.
   strip --strip-debug -o "$ctx/bin/$bin" "$bindir/$bin" 2>/dev/null || cp "$bindir/$bin" "$ctx/bin/$bin"
 done
+# Both ONNX Runtime builds, each with the unversioned `libonnxruntime.so` the worker looks for
+# (crates/inference/src/runtime/paths.rs): the standard one for the `cpu` provider, and the
+# OpenVINO one (whose provider loads the OpenVINO libraries from its own directory) for
+# `openvino`, the worker's default.
 cp "$cache/onnxruntime/libonnxruntime.so.$ort_version" "$cache/onnxruntime/libonnxruntime_providers_shared.so" \
    "$cache/onnxruntime/LICENSE" "$ctx/onnxruntime/"
+ln -s "libonnxruntime.so.$ort_version" "$ctx/onnxruntime/libonnxruntime.so"
+for f in "$cache/onnxruntime-openvino/"*; do
+  [[ -L $f ]] || cp "$f" "$ctx/onnxruntime-openvino/"
+done
+[[ -e $ctx/onnxruntime-openvino/libonnxruntime.so.$ort_openvino_version ]] \
+  || { log "$cache/onnxruntime-openvino has no libonnxruntime.so.$ort_openvino_version: run \`make models\`"; exit 1; }
+ln -s "libonnxruntime.so.$ort_openvino_version" "$ctx/onnxruntime-openvino/libonnxruntime.so"
 cp "$cache/models/realesr-animevideov3-x2.onnx" "$cache/models/realesr-animevideov3-x4.onnx" \
    "$cache/models/scrfd.onnx" "$ctx/models/"
 cp -r "$cache/models/mtcnn" "$ctx/models/mtcnn"
@@ -98,6 +110,7 @@ for image in $images; do
   log "building purrify-$image:$version"
   podman build --quiet --file "images/$image.Containerfile" \
     --build-arg "VERSION=$version" --build-arg "ORT_VERSION=$ort_version" \
+    --build-arg "ORT_OPENVINO_VERSION=$ort_openvino_version" \
     --tag "purrify-$image:$version" --tag "purrify-$image:latest" "$ctx" >/dev/null
 done
 # Images the tags moved away from (earlier builds) would pile up run after run.

@@ -4,7 +4,9 @@
 //! A real photo goes through; the worker running it is killed (`podman kill`) and the task
 //! completes on the other; every container runs as UID 10001 and exits cleanly on
 //! `podman stop` (SIGTERM) within its grace period. Twice: storage on a shared podman
-//! volume, and on S3 (an s3s-fs server).
+//! volume, and on S3 (an s3s-fs server). The workers run on the `openvino` execution
+//! provider (their default), not on its CPU fallback; and the worker image's CLI runs each
+//! provider it ships on its own ONNX Runtime build.
 //!
 //! The images are the ones `make images` builds (built first when missing). Without podman
 //! the test fails: it never skips.
@@ -196,6 +198,15 @@ async fn scenario(mut env: Env, storage: &[&str]) {
     for w in &workers {
         wait_http_ok(&http, &format!("http://127.0.0.1:{}/readyz", host_port(w, 8000)), &env).await;
     }
+    // The image carries the OpenVINO build of ONNX Runtime where the binary looks for it, so
+    // the workers' sessions run on `openvino`, their default, and nothing fell back to `cpu`.
+    for w in &workers {
+        let info: Value =
+            http.get(format!("http://127.0.0.1:{}/v1/info", host_port(w, 8000))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(info["requested_execution_provider"], "openvino", "{w}: {info}");
+        assert_eq!(info["execution_provider"], "openvino", "{w} runs on the fallback: {info}\n{}", env.logs());
+    }
+    assert_no_fallback(&logs_of(&workers));
     // Docs are served from the assets baked into the gateway image.
     let docs = http.get(format!("http://127.0.0.1:{gw_port}/docs/assets/swagger-ui-bundle.js")).send().await.unwrap();
     assert!(docs.status().is_success(), "Swagger UI assets: {}", docs.status());
@@ -294,11 +305,54 @@ async fn scenario(mut env: Env, storage: &[&str]) {
     assert_eq!(img.status(), 200);
     let bytes = img.bytes().await.unwrap();
     assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "not a JPEG");
+    // Running the job (on both workers: one was killed mid-task) fell back nowhere either.
+    assert_no_fallback(&logs_of(&workers));
 
     // A clean stop on SIGTERM within the grace period.
     let survivor = workers.iter().find(|w| **w != busy).unwrap().clone();
     for c in [&survivor, &gw] {
         let took = stop_within(c, STOP_TIMEOUT_SECS);
         eprintln!("{c} stopped on SIGTERM in {took:?}");
+    }
+}
+
+/// No session of the worker whose `logs` these are left its requested execution provider: the
+/// warnings `purrify-inference` logs when the OpenVINO build is missing, when a provider
+/// cannot be registered, or when it refuses a model.
+fn assert_no_fallback(logs: &str) {
+    for warning in ["will run on the CPU provider", "falling back"] {
+        assert!(!logs.contains(warning), "a worker fell back ({warning:?}):\n{logs}");
+    }
+}
+
+/// `purrify-inference enhance --json` in the worker image, restricted as the chart runs it
+/// (read-only root, UID 10001, no capabilities), names the provider that ran: `openvino` by
+/// default (the OpenVINO build in lib/openvino/ beside the binary), `cpu` when the operator
+/// asks for it through PURRIFY_EXECUTION_PROVIDER (the standard build in lib/). Each finds
+/// its own build: the image sets no ORT_DYLIB_PATH, which would pick one for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_image_runs_each_provider_on_its_own_onnx_runtime() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    ensure_images();
+    let image = format!("purrify-inference:{VERSION}");
+    let env_vars = podman(&["image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &image]);
+    assert!(!env_vars.contains("ORT_DYLIB_PATH"), "the image pins one ONNX Runtime for every provider:\n{env_vars}");
+    let photos = format!("{}:/photos:ro", purrify_cache().join("photos").display());
+    for provider in ["openvino", "cpu"] {
+        let select = format!("PURRIFY_EXECUTION_PROVIDER={provider}");
+        #[rustfmt::skip]
+        let out = run(&[
+            "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--cap-drop", "all",
+            "--security-opt", "no-new-privileges", "--volume", &photos, "--env", &select, &image,
+            "enhance", "--quality", "fast", "--threads", "1", "--no-face", "--json", "--log-format", "text",
+            "/photos/chelsea.png", "/tmp/out.jpg",
+        ]);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "enhance on {provider}: {stdout}{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line: {stdout}{stderr}"));
+        let result: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(result["provider"], provider, "{result}\n{stderr}");
+        assert_eq!(result["width"], 451 * 2, "{result}");
+        assert_no_fallback(&stderr);
     }
 }
