@@ -201,8 +201,7 @@ async fn scenario(mut env: Env, storage: &[&str]) {
     // The image carries the OpenVINO build of ONNX Runtime where the binary looks for it, so
     // the workers' sessions run on `openvino`, their default, and nothing fell back to `cpu`.
     for w in &workers {
-        let info: Value =
-            http.get(format!("http://127.0.0.1:{}/v1/info", host_port(w, 8000))).send().await.unwrap().json().await.unwrap();
+        let info: Value = http.get(format!("http://127.0.0.1:{}/v1/info", host_port(w, 8000))).send().await.unwrap().json().await.unwrap();
         assert_eq!(info["requested_execution_provider"], "openvino", "{w}: {info}");
         assert_eq!(info["execution_provider"], "openvino", "{w} runs on the fallback: {info}\n{}", env.logs());
     }
