@@ -67,9 +67,12 @@ async fn the_hourly_api_quota_refuses_the_call_after_the_limit(backend: Backend)
     let to_hour_end = (Window::Hour.end(before) - before + 999) / 1000;
     assert!((1..=to_hour_end).contains(&retry) && retry >= to_hour_end - 5, "Retry-After {retry}, hour ends in {to_hour_end} s");
     assert_eq!((header(&spent, "x-ratelimit-limit"), header(&spent, "x-ratelimit-remaining")), (Some(3), Some(0)));
-    // Every counted route is refused, whichever surface.
+    // Seed 003's limits count seed 003's API only: other surfaces, and seed 000's status polls,
+    // stay served (and uncounted) for the same user.
     let me = api.call("GET", "/api/users/me", Some(&alice), None).await;
-    assert_envelope(&me, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", "seed 002's profile");
+    assert_eq!((me.status, header(&me, "x-ratelimit-limit")), (StatusCode::OK, None), "seed 002's profile: {}", me.body);
+    let poll = api.call("GET", "/api/v1/status/0123456789abcdef0123456789abcdef", Some(&alice), None).await;
+    assert_eq!((poll.status, header(&poll, "x-ratelimit-limit")), (StatusCode::NOT_FOUND, None), "a seed 000 status poll");
 
     // The report is not counted, so a spent user still learns when the hour resets.
     let q = quota(&api, &alice).await;
@@ -137,7 +140,7 @@ async fn vip_users_and_admins_get_their_limits(backend: Backend) {
     let root = api.post_json("/api/auth/login", json!({"email": "root@example.com", "password": "root password 1"}), &[]).await;
     let root = root.body["data"]["access_token"].as_str().unwrap().to_owned();
     for _ in 0..4 {
-        let r = api.call("GET", "/api/admin/users", Some(&root), None).await;
+        let r = api.call("GET", "/api/v1/user/profile", Some(&root), None).await;
         assert_eq!((r.status, header(&r, "x-ratelimit-limit")), (StatusCode::OK, None), "{}", r.body);
     }
 }

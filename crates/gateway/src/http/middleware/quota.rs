@@ -1,5 +1,5 @@
-//! Seed 003's hourly API-call quota: every request that carries a valid access token counts
-//! one call for its user (one upsert, see `domain::quotas`), and a spent quota is answered
+//! Seed 003's hourly API-call quota: every request to seed 003's surface that carries a valid
+//! access token counts one call for its user (one upsert, see `domain::quotas`), and a spent quota is answered
 //! 429 `RATE_LIMIT_EXCEEDED` with `Retry-After` (seconds to the end of the UTC hour) before
 //! the handler runs. Counted responses carry `X-RateLimit-Limit` and `X-RateLimit-Remaining`.
 //!
@@ -19,32 +19,24 @@ use crate::http::error::ApiError;
 pub const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
-/// Requests that are not API usage: probes and scrapes (a throttled probe restarts a healthy
-/// pod), the documentation, the endpoints that hand out tokens (a user who spent the hour
-/// must still be able to log in again), and the quota report itself, so a client can always
-/// learn when its quota resets.
-fn not_counted(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/health"
-            | "/api/v1/health"
-            | "/actuator/health"
-            | "/docs"
-            | "/api/v1/openapi.json"
-            | "/api/auth/login"
-            | "/api/auth/admin/login"
-            | "/api/auth/wechat/login"
-            | "/api/auth/register"
-            | "/api/auth/refresh"
-            | "/api/v1/auth/login"
-            | "/api/v1/auth/register"
-            | "/api/v1/auth/refresh"
-            | "/api/v1/users/login"
-            | "/api/v1/user/quota"
-    ) || path.starts_with("/docs/")
+/// The requests seed 003's limits count: its own surface (the generation app, `/api/v1/user/*`,
+/// `generate`, `works`, `square`, `assistant`, `upload`, provider configuration), whose
+/// "限流说明" they are. Seed 000's enhancement polls, the other surfaces, probes and the token
+/// endpoints are not API usage in that sense; counting every authenticated status poll would
+/// also put a database write on the hottest read path. The quota report is not counted, so a
+/// client can always learn when its quota resets.
+fn counted(path: &str) -> bool {
+    const SURFACE: &[&str] = &[
+        "/api/v1/user/",
+        "/api/v1/generate/",
+        "/api/v1/works",
+        "/api/v1/square/",
+        "/api/v1/assistant/",
+        "/api/v1/upload/",
+        "/api/v1/config/providers",
+        "/api/v1/config/current",
+    ];
+    SURFACE.iter().any(|p| path.starts_with(p)) && path != "/api/v1/user/quota"
 }
 
 /// The request's Bearer token, read as `http::auth` reads it.
@@ -61,7 +53,7 @@ fn set_headers(resp: &mut Response, limit: i64, remaining: i64) {
 }
 
 pub async fn api_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if not_counted(req.uri().path()) {
+    if !counted(req.uri().path()) {
         return next.run(req).await;
     }
     let Some(token) = bearer(req.headers()) else {
@@ -97,20 +89,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn probes_docs_and_token_endpoints_are_not_counted() {
+    fn only_seed_003s_surface_is_counted() {
+        for p in [
+            "/api/v1/user/profile",
+            "/api/v1/user/compute-power",
+            "/api/v1/generate/text-to-image",
+            "/api/v1/works/1",
+            "/api/v1/config/providers",
+        ] {
+            assert!(counted(p), "{p}");
+        }
         for p in [
             "/healthz",
             "/metrics",
-            "/docs",
             "/docs/assets/swagger-ui.css",
-            "/api/auth/refresh",
             "/api/v1/auth/login",
             "/api/v1/user/quota",
+            "/api/v1/status/abc",
+            "/api/v1/enhance",
+            "/api/v1/config",
+            "/api/v1/config/backend",
+            "/api/users/me",
+            "/api/auth/me",
         ] {
-            assert!(not_counted(p), "{p}");
-        }
-        for p in ["/api/users/me", "/api/v1/user/profile", "/api/v1/enhance", "/api/auth/me", "/docsx", "/api/v1/auth/loginx"] {
-            assert!(!not_counted(p), "{p}");
+            assert!(!counted(p), "{p}");
         }
     }
 
