@@ -160,3 +160,23 @@ http://{{ include "purrify.operator.fullname" . }}.{{ .Release.Namespace }}.svc:
 {{- .Values.ingress.enabled -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the WeChat Pay certificates Secret is mounted (WECHAT_CERT_DIR). */}}
+{{- define "purrify.wechatPayCertDir" -}}/etc/purrify/wechatpay{{- end -}}
+
+{{/* WECHAT_NOTIFY_URL: gateway.wechatPay.notifyUrl, or the notify route on ingress.host. */}}
+{{- define "purrify.wechatPayNotifyUrl" -}}
+{{- if .Values.gateway.wechatPay.notifyUrl -}}
+{{- .Values.gateway.wechatPay.notifyUrl -}}
+{{- else if .Values.ingress.host -}}
+{{- printf "https://%s/api/wechat/pay/notify/" .Values.ingress.host -}}
+{{- else -}}
+{{- fail "gateway.wechatPay.notifyUrl: set it, or ingress.host to derive it (https://<host>/api/wechat/pay/notify/); WeChat posts payment notifications there" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* WECHAT_MCH_ID: a number in the values (1900000109) printed as one, not as 1.900000109e+09. */}}
+{{- define "purrify.wechatPayMchId" -}}
+{{- $id := .Values.gateway.wechatPay.mchId -}}
+{{- ternary $id ($id | int64 | toString) (kindIs "string" $id) -}}
+{{- end -}}

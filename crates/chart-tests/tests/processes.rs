@@ -386,6 +386,10 @@ async fn run_case(case: &Case) {
     // WeChat's API is the fake's (the rendered value is checked in tests/chart).
     let wechat = FakeWeChat::start().await;
     sets.push(format!("gateway.config.wechatApiBase={}", wechat.url));
+    // WeChat Pay stays off here: with it on, the gateway loads the merchant's key files from
+    // the certificates Secret at start, which these processes have no real ones of (its
+    // rendering is checked in tests/chart; the gateway's own tests run it against a fake).
+    sets.push("gateway.wechatPay.enabled=false".into());
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let docs = render(&values_of(case), &sets);
     let r = start(&docs, case.secrets).await;

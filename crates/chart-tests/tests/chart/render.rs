@@ -254,6 +254,12 @@ fn selectors_and_references_resolve() {
                     }
                 }
             }
+            // Secrets mounted as files (the WeChat Pay certificates).
+            for v in spec.volumes.iter().flatten() {
+                if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+                    referred.insert((name, None));
+                }
+            }
         }
         let named: BTreeSet<&str> = case.secrets.iter().map(|(n, _)| *n).collect();
         let referred_names: BTreeSet<&str> = referred.iter().map(|(n, _)| n.as_str()).collect();
@@ -398,8 +404,32 @@ fn everything_on_renders_each_optional_object_with_its_settings() {
     // The account Secrets under their own names and keys, and the account settings.
     assert_eq!(secret_ref(c, "PURRIFY_JWT_KEY"), pair("purrify-signing", "current"));
     assert_eq!(secret_ref(c, "PURRIFY_JWT_PREVIOUS_KEYS"), pair("purrify-signing", "previous"));
-    assert_eq!(secret_ref(c, "WECHAT_APPID"), pair("purrify-wechat", "appid"));
+    // WeChat Pay's app id is the one WECHAT_APPID (login's too); the login secret stays.
+    assert_eq!(value(c, "WECHAT_APPID").as_deref(), Some("wx0123456789abcdef"));
+    assert_eq!(c.env.iter().flatten().filter(|e| e.name == "WECHAT_APPID").count(), 1);
     assert_eq!(secret_ref(c, "WECHAT_SECRET"), pair("purrify-wechat", "secret"));
+    // WeChat Pay: seed 000's variables, the APIv3 key by Secret reference, the key files
+    // mounted read-only from their Secret where WECHAT_CERT_DIR points.
+    for (name, expected) in [
+        ("WECHAT_MCH_ID", "1900000109"),
+        ("WECHAT_NOTIFY_URL", "https://api.purrify.example.com/api/wechat/pay/notify/"),
+        ("WECHAT_CERT_DIR", "/etc/purrify/wechatpay"),
+        ("WECHAT_PAY_PUBLIC_KEY_ID", "PUB_KEY_ID_0114232134912410000000000000"),
+        ("WECHAT_PAY_API_BASE", "https://wechatpay-proxy.example.com"),
+        ("PURRIFY_PAY_ORDER_TTL_SECONDS", "900"),
+        ("PURRIFY_PAY_RECONCILE_AFTER_SECONDS", "120"),
+        ("PURRIFY_PAY_RECONCILE_INTERVAL_SECONDS", "60"),
+    ] {
+        assert_eq!(value(c, name).as_deref(), Some(expected), "{name}");
+    }
+    assert_eq!(secret_ref(c, "WECHAT_API_KEY"), pair("purrify-wechatpay", "api-v3-key"));
+    assert!(env_of(c, "WECHAT_CERT_SERIAL").is_none(), "read from apiclient_cert.pem");
+    let mount = c.volume_mounts.iter().flatten().find(|m| m.mount_path == "/etc/purrify/wechatpay").expect("the certificates mount");
+    assert_eq!(mount.read_only, Some(true));
+    let vol = gw.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+    let secret = vol.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("purrify-wechatpay-certs"));
+    assert_eq!(secret.default_mode, Some(0o440), "readable by the pod's group only");
     assert_eq!(secret_ref(c, "PURRIFY_BOOTSTRAP_ADMIN_EMAIL"), pair("purrify-first-admin", "email"));
     assert_eq!(secret_ref(c, "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"), pair("purrify-first-admin", "password"));
     for (name, expected) in [
@@ -459,6 +489,36 @@ fn everything_on_renders_each_optional_object_with_its_settings() {
     let from = np.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0].from.clone().unwrap();
     let test_labels = test.metadata.labels.clone().unwrap();
     assert!(from.iter().any(|p| p.pod_selector.as_ref().is_some_and(|s| selects(s, &test_labels))), "{from:?}");
+}
+
+#[test]
+fn wechat_pay_notify_url_is_explicit_or_from_the_ingress_host_and_off_by_default() {
+    let gateway = |r: &Release| r.deployment("purrify-gateway").spec.template.spec.clone().unwrap();
+    let on = [
+        "gateway.wechatPay.enabled=true",
+        "gateway.wechatPay.mchId=1230000109",
+        "gateway.wechatPay.appid=wx0123456789abcdef",
+        "gateway.wechatPay.apiV3Key.name=pay-key",
+        "gateway.wechatPay.certificatesSecret=pay-certs",
+    ];
+    let r = Release::new(render(&[""], &[&on[..], &["gateway.wechatPay.notifyUrl=https://pay.example.com/notify/"]].concat()));
+    let spec = gateway(&r);
+    let c = &spec.containers[0];
+    assert_eq!(value(c, "WECHAT_NOTIFY_URL").as_deref(), Some("https://pay.example.com/notify/"));
+    assert_eq!(value(c, "WECHAT_MCH_ID").as_deref(), Some("1230000109"), "an integer --set prints as one");
+    assert_eq!(secret_ref(c, "WECHAT_API_KEY"), pair("pay-key", "WECHAT_API_KEY"));
+    assert_eq!(value(c, "WECHAT_PAY_API_BASE").as_deref(), Some("https://api.mch.weixin.qq.com"));
+    assert!(env_of(c, "WECHAT_PAY_PUBLIC_KEY_ID").is_none());
+    // Neither a notification URL nor a host: the render says which value to set.
+    let err = crate::support::try_render(&[""], &on, false).expect_err("no notify URL");
+    assert!(err.contains("gateway.wechatPay.notifyUrl: set it, or ingress.host"), "{err}");
+    // Off (the default): none of it.
+    let spec = gateway(&Release::new(render(&[""], &[])));
+    let c = &spec.containers[0];
+    for name in ["WECHAT_MCH_ID", "WECHAT_API_KEY", "WECHAT_NOTIFY_URL", "WECHAT_CERT_DIR", "PURRIFY_PAY_ORDER_TTL_SECONDS"] {
+        assert!(env_of(c, name).is_none(), "{name} without WeChat Pay");
+    }
+    assert!(spec.volumes.iter().flatten().all(|v| v.secret.is_none()));
 }
 
 #[test]

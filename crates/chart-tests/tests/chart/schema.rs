@@ -70,6 +70,38 @@ fn account_settings_outside_what_the_gateway_accepts_are_refused() {
 }
 
 #[test]
+fn wechat_pay_enabled_without_its_merchant_or_secrets_is_refused() {
+    let complete = [
+        "gateway.wechatPay.enabled=true",
+        "gateway.wechatPay.appid=wx0123456789abcdef",
+        "gateway.wechatPay.apiV3Key.name=purrify-wechatpay",
+        "gateway.wechatPay.certificatesSecret=purrify-wechatpay-certs",
+        "gateway.wechatPay.notifyUrl=https://api.example.com/api/wechat/pay/notify/",
+    ];
+    // Enabled without the merchant id.
+    assert_refused(&complete, &["gateway.wechatPay.mchId: String length must be greater than or equal to 1"]);
+    // Enabled with nothing: every missing field is named.
+    assert_refused(
+        &["gateway.wechatPay.enabled=true"],
+        &[
+            "gateway.wechatPay.mchId: String length must be greater than or equal to 1",
+            "gateway.wechatPay.appid: String length must be greater than or equal to 1",
+            "gateway.wechatPay.apiV3Key.name: String length must be greater than or equal to 1",
+            "gateway.wechatPay.certificatesSecret: String length must be greater than or equal to 1",
+        ],
+    );
+    let with_mch = [&complete[..], &["gateway.wechatPay.mchId=1900000109"]].concat();
+    try_render(&[""], &with_mch, false).unwrap_or_else(|e| panic!("a complete WeChat Pay is refused:\n{e}"));
+    assert_refused(
+        &[&with_mch[..], &["gateway.wechatPay.notifyUrl=http://api.example.com/notify"]].concat(),
+        &["gateway.wechatPay.notifyUrl: Does not match pattern"],
+    );
+    assert_refused(&[&with_mch[..], &["gateway.wechatPay.mchId=0"]].concat(), &["gateway.wechatPay.mchId: Must be greater than or equal to 1"]);
+    // Off, the empty defaults are fine.
+    try_render(&[""], &["gateway.wechatPay.enabled=false"], false).unwrap();
+}
+
+#[test]
 fn fewer_than_one_replica_is_refused() {
     assert_refused(&["gateway.replicas=0"], &["gateway.replicas: Must be greater than or equal to 1"]);
     assert_refused(&["operator.replicas=0"], &["operator.replicas: Must be greater than or equal to 1"]);

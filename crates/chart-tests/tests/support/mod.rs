@@ -178,6 +178,17 @@ gateway:
     jwtPreviousKeys: {name: purrify-signing, key: previous}
     wechat: {name: purrify-wechat, appidKey: appid, secretKey: secret}
     bootstrapAdmin: {name: purrify-first-admin, emailKey: email, passwordKey: password}
+  # WeChat Pay with stand-in Secrets; the notification URL from ingress.host. The process
+  # tests turn it off: the gateway loads the merchant's key files at start.
+  wechatPay:
+    enabled: true
+    mchId: 1900000109
+    appid: wx0123456789abcdef
+    publicKeyId: PUB_KEY_ID_0114232134912410000000000000
+    apiBase: https://wechatpay-proxy.example.com
+    apiV3Key: {name: purrify-wechatpay, key: api-v3-key}
+    certificatesSecret: purrify-wechatpay-certs
+    orderTtlSeconds: 900
   extraEnvFromSecrets: [purrify-pay]
   extraEnv:
     - {name: RUST_LOG, value: "info,purrify_gateway=debug"}
@@ -275,6 +286,9 @@ const EVERYTHING_SECRETS: &[(&str, &[&str])] = &[
     ("purrify-wechat", &["appid", "secret"]),
     ("purrify-first-admin", &["email", "password"]),
     ("purrify-pay", &["WECHAT_PAY_MCH_ID"]),
+    ("purrify-wechatpay", &["api-v3-key"]),
+    // Mounted as files at WECHAT_CERT_DIR.
+    ("purrify-wechatpay-certs", &["apiclient_key.pem", "apiclient_cert.pem", "pub_key.pem"]),
 ];
 
 /// The Secrets of the defaults: the database URL and the JWT signing key, both required.
