@@ -84,6 +84,7 @@ bench: models venv
 	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 	"$$($(PYTHON_VENV))" tools/bench/auth_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
+	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" $(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-store --example ledger_bench
 
 clean-cache:
 	rm -rf $(PURRIFY_CACHE)
