@@ -96,7 +96,10 @@ fn wechat_pay_enabled_without_its_merchant_or_secrets_is_refused() {
         &[&with_mch[..], &["gateway.wechatPay.notifyUrl=http://api.example.com/notify"]].concat(),
         &["gateway.wechatPay.notifyUrl: Does not match pattern"],
     );
-    assert_refused(&[&with_mch[..], &["gateway.wechatPay.mchId=0"]].concat(), &["gateway.wechatPay.mchId: Must be greater than or equal to 1"]);
+    assert_refused(
+        &[&with_mch[..], &["gateway.wechatPay.mchId=0"]].concat(),
+        &["gateway.wechatPay.mchId: Must be greater than or equal to 1"],
+    );
     // Off, the empty defaults are fine.
     try_render(&[""], &["gateway.wechatPay.enabled=false"], false).unwrap();
 }
