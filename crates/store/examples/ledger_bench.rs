@@ -31,7 +31,14 @@ async fn run(db: &Db, accounts: usize) -> (f64, u64) {
                 while start.elapsed() < RUN {
                     let n = seq.fetch_add(1, Ordering::Relaxed);
                     let user = format!("acct-{}", (w + n as usize) % accounts);
-                    let e = NewEntry { user_id: user, delta: 100, kind: EntryKind::Grant, reference: format!("bench-{n}"), note: None, actor: None };
+                    let e = NewEntry {
+                        user_id: user,
+                        delta: 100,
+                        kind: EntryKind::Grant,
+                        reference: format!("bench-{n}"),
+                        note: None,
+                        actor: None,
+                    };
                     if let Ok(Applied::Written(_)) = db.apply_entry(&e).await {
                         written.fetch_add(1, Ordering::Relaxed);
                     }
