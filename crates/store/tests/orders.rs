@@ -5,19 +5,10 @@
 //! again).
 
 use purrify_store::testing::TestDb;
-use purrify_store::{BeginRefund, Db, EntryKind, MarkPaid, NewOrder, NewUser, OrderStatus, PageRequest, Role, SettledRefund, now_ms};
+use purrify_store::{BeginRefund, Db, EntryKind, MarkPaid, NewOrder, OrderStatus, PageRequest, SettledRefund, now_ms};
 
 async fn user(db: &Db, id: &str) {
-    let new = NewUser {
-        id: id.into(),
-        email: Some(format!("{id}@example.com")),
-        password_hash: None,
-        wechat: None,
-        username: None,
-        full_name: None,
-        role: Role::User,
-    };
-    db.create_user(&new).await.unwrap();
+    purrify_store::testing::create_user(db, id).await;
 }
 
 async fn balance(db: &Db, user: &str) -> i64 {

@@ -4,20 +4,10 @@
 //! exactly 10 uses.
 
 use purrify_store::testing::TestDb;
-use purrify_store::{Consumed, Db, NewUser, QuotaUsage, Role, VipState, Window};
+use purrify_store::{Consumed, Db, QuotaUsage, VipState, Window};
 
 async fn user(db: &Db, id: &str) {
-    db.create_user(&NewUser {
-        id: id.into(),
-        email: Some(format!("{id}@example.com")),
-        password_hash: None,
-        wechat: None,
-        username: None,
-        full_name: None,
-        role: Role::User,
-    })
-    .await
-    .unwrap();
+    purrify_store::testing::create_user(db, id).await;
 }
 
 /// 2024-01-26T13:45:10.500Z: a fixed instant, so no test depends on the wall clock.

@@ -3,20 +3,10 @@
 //! without writing anything, and 200 users racing for a 5-use code get exactly 5 uses.
 
 use purrify_store::testing::TestDb;
-use purrify_store::{CodeFilter, CodeStatus, Db, EntryKind, NewBatch, NewUser, PageRequest, Redemption, Role, StoreError, now_ms};
+use purrify_store::{CodeFilter, CodeStatus, Db, EntryKind, NewBatch, PageRequest, Redemption, StoreError, now_ms};
 
 async fn user(db: &Db, id: &str) {
-    db.create_user(&NewUser {
-        id: id.into(),
-        email: Some(format!("{id}@example.com")),
-        password_hash: None,
-        wechat: None,
-        username: None,
-        full_name: None,
-        role: Role::User,
-    })
-    .await
-    .unwrap();
+    purrify_store::testing::create_user(db, id).await;
 }
 
 fn batch(codes: &[&str], amount: i64, max_uses: i64, expires_at: i64) -> NewBatch {
