@@ -68,6 +68,8 @@ async fn email_accounts_register_log_in_and_refresh(backend: Backend) {
     let unknown = login(&api, "nobody@example.com", PASSWORD).await;
     assert_envelope(&wrong, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", "wrong password");
     assert_eq!((wrong.status, &wrong.body), (unknown.status, &unknown.body));
+    let empty = login(&api, "", "").await;
+    assert_eq!(empty.body["details"]["field_errors"], json!({"email": ["is required"], "password": ["is required"]}), "{}", empty.body);
     let ok = login(&api, "  ALICE@example.com ", PASSWORD).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!((ok.body["success"].as_bool(), ok.body["error_code"].is_null()), (Some(true), true));

@@ -162,14 +162,8 @@ impl AccountService {
         let folded = email.trim().to_lowercase();
         self.inner.throttle.check(address, Some(&folded))?;
         if folded.is_empty() || password.is_empty() {
-            let mut errors = FieldErrors::default();
-            if folded.is_empty() {
-                errors.add("email", "is required");
-            }
-            if password.is_empty() {
-                errors.add("password", "is required");
-            }
-            return errors.into_result().map(|()| unreachable!("errors were added"));
+            let missing = [("email", folded.is_empty()), ("password", password.is_empty())];
+            return Err(DomainError::Fields(missing.into_iter().filter(|(_, m)| *m).map(|(f, _)| (f, "is required".to_owned())).collect()));
         }
         // Overlong input is refused after the same work as any other wrong password.
         let password = if password.len() > password::MAX_PASSWORD_BYTES { "" } else { password };
