@@ -65,11 +65,25 @@ mod tests {
         assert!(!secret_matches("s3cret", "s3cret "));
         assert!(!secret_matches("s3cret", ""));
     }
+
+    #[test]
+    fn bearer_tokens_are_read_in_any_case_and_trimmed() {
+        use axum::http::HeaderValue;
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
 }
 
-/// The Bearer token of a request, if it sent one.
-fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The Bearer token of a request, if it sent one (the scheme in any case, the token trimmed).
+/// The extractors below and the quota middleware read tokens only through this.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
@@ -83,7 +97,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
+        let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::new(ErrorCode::InvalidCredentials, "login required: send Authorization: Bearer <access token>"))?;
         Ok(Self(state.accounts.authenticate(token).await?))
     }
@@ -98,7 +112,7 @@ impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match bearer(parts) {
+        match bearer(&parts.headers) {
             None => Ok(Self(None)),
             Some(token) => Ok(Self(Some(state.accounts.authenticate(token).await?))),
         }

@@ -8,7 +8,7 @@
 //! this layer's business: the request goes on and the route answers as it always does.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -39,13 +39,6 @@ fn counted(path: &str) -> bool {
     SURFACE.iter().any(|p| path.starts_with(p)) && path != "/api/v1/user/quota"
 }
 
-/// The request's Bearer token, read as `http::auth` reads it.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-}
-
 fn set_headers(resp: &mut Response, limit: i64, remaining: i64) {
     let h = resp.headers_mut();
     h.insert(LIMIT, HeaderValue::from(limit));
@@ -56,7 +49,7 @@ pub async fn api_calls(State(state): State<AppState>, req: Request, next: Next) 
     if !counted(req.uri().path()) {
         return next.run(req).await;
     }
-    let Some(token) = bearer(req.headers()) else {
+    let Some(token) = crate::http::auth::bearer(req.headers()) else {
         return next.run(req).await;
     };
     let Ok(user) = state.accounts.authenticate(token).await else {
@@ -114,17 +107,5 @@ mod tests {
         ] {
             assert!(!counted(p), "{p}");
         }
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_like_the_extractors_read_them() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), None);
     }
 }
