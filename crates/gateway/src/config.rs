@@ -53,6 +53,11 @@ pub struct Config {
     /// are disabled.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Key that signs task-completion callbacks (`callback_url` on task creation): each POST
+    /// carries `X-Purrify-Timestamp` and `X-Purrify-Signature: sha256=<hex HMAC of
+    /// "<timestamp>.<body>">`. Without it, tasks with a `callback_url` are refused.
+    #[arg(long, env = "PURRIFY_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
     /// Bearer token for admin endpoints (/api/v1/config/*). Without it they are disabled.
     #[arg(long, env = "PURRIFY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
