@@ -16,6 +16,7 @@ mod error;
 mod raster;
 mod resize;
 mod sniff;
+mod thumbnail;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -23,6 +24,7 @@ pub use encode::{DEFAULT_JPEG_QUALITY, OutputFormat, check_output_size, encode};
 pub use error::ImageError;
 pub use resize::{resize_gray, resize_rgb, resize_rgb_alpha};
 pub use sniff::{Format, SNIFF_LEN, sniff};
+pub use thumbnail::{THUMBNAIL_JPEG_QUALITY, Thumbnail, fit_within, thumbnail};
 
 pub use image::{GrayImage, RgbImage};
 
