@@ -138,6 +138,24 @@ pub struct GpuInfo {
     pub memory_total: u64,
 }
 
+/// The worker host's load (Linux: `/proc/stat` and `/proc/meminfo`; inside a container these
+/// are the node's figures unless the runtime virtualises them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Busy CPU time over the interval since the previous reading, 0..=100.
+    pub cpu_usage: f32,
+    /// Bytes in use (total minus available).
+    pub memory_used: u64,
+    pub memory_total: u64,
+}
+
+impl HostInfo {
+    /// Memory in use, 0..=100.
+    pub fn memory_usage(&self) -> f32 {
+        if self.memory_total == 0 { 0.0 } else { (self.memory_used as f64 * 100.0 / self.memory_total as f64) as f32 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// e.g. `realesrgan-x4plus`, `realesr-animevideov3-x2`, `scrfd`, `face-restoration`.
@@ -158,6 +176,13 @@ pub struct WorkerInfo {
     pub requested_execution_provider: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuInfo>,
+    /// Every GPU of the worker, in device order (`gpu` is the first of them, kept for older
+    /// readers); empty on CPU workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+    /// CPU and memory load of the worker's host; absent where it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostInfo>,
     /// Jobs this worker runs at once.
     pub capacity: u32,
     /// Jobs accepted and not finished.

@@ -253,6 +253,8 @@ async fn info(State(s): State<Arc<Fake>>) -> Response {
         execution_provider: "cpu".into(),
         requested_execution_provider: "cpu".into(),
         gpu: None,
+        gpus: vec![],
+        host: None,
         capacity: s.capacity,
         in_flight,
         ready: true,

@@ -17,7 +17,7 @@ use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit};
 use super::time::opt_rfc3339;
 use super::worker::{ClientConfig, WorkerClient, parse_endpoint};
 use super::{ClientError, ConfigError};
-use crate::protocol::{GpuInfo, WorkerInfo};
+use crate::protocol::{GpuInfo, HostInfo, WorkerInfo};
 
 /// Source of `Instant`s for breaker cooldowns and busy back-off, injectable so tests move
 /// time by hand instead of sleeping.
@@ -150,6 +150,13 @@ pub struct WorkerSnapshot {
     pub last_error: Option<String>,
     #[serde(default)]
     pub gpu: Option<GpuInfo>,
+    /// Every GPU the worker reports, in device order (a worker that reports only `gpu`: that
+    /// one); empty on CPU workers.
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+    /// The worker host's CPU and memory load, when it reports them.
+    #[serde(default)]
+    pub host: Option<HostInfo>,
     #[serde(default)]
     pub execution_provider: Option<String>,
     #[serde(default)]
@@ -281,6 +288,12 @@ impl Entry {
             last_heartbeat: self.last_heartbeat,
             last_error: self.last_error.clone(),
             gpu: self.info.as_ref().and_then(|i| i.gpu.clone()),
+            gpus: self
+                .info
+                .as_ref()
+                .map(|i| if i.gpus.is_empty() { i.gpu.iter().cloned().collect() } else { i.gpus.clone() })
+                .unwrap_or_default(),
+            host: self.info.as_ref().and_then(|i| i.host.clone()),
             execution_provider: self.info.as_ref().map(|i| i.execution_provider.clone()),
             version: self.info.as_ref().map(|i| i.version.clone()),
             dispatched: self.dispatched,
@@ -753,6 +766,8 @@ mod tests {
             execution_provider: "cuda".into(),
             requested_execution_provider: "cuda".into(),
             gpu: Some(GpuInfo { name: "T4".into(), utilization: 10.0, memory_used: 1, memory_total: 2 }),
+            gpus: vec![],
+            host: None,
             capacity,
             in_flight,
             ready: true,
@@ -1026,6 +1041,8 @@ mod tests {
         assert_eq!(a["endpoint"], A);
         assert_eq!(a["breaker"], "closed");
         assert_eq!(a["gpu"]["name"], "T4");
+        assert_eq!(a["gpus"][0]["name"], "T4", "a worker reporting only `gpu` has that one GPU");
+        assert_eq!(json["workers"][1]["gpus"], serde_json::json!([]));
         assert!(a["last_heartbeat"].as_str().unwrap().ends_with('Z'));
         assert!(json["workers"][1]["last_heartbeat"].is_null());
         assert_eq!(json["counters"]["picks"], 1);

@@ -13,11 +13,12 @@ const TTL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct GpuProbe {
-    cached: Mutex<Option<(Instant, Option<GpuInfo>)>>,
+    cached: Mutex<Option<(Instant, Vec<GpuInfo>)>>,
 }
 
 impl GpuProbe {
-    pub async fn read(&self) -> Option<GpuInfo> {
+    /// Every GPU `nvidia-smi` lists, in device order; empty without it.
+    pub async fn read(&self) -> Vec<GpuInfo> {
         let mut cached = self.cached.lock().await;
         if let Some((at, info)) = cached.as_ref()
             && at.elapsed() < TTL
@@ -30,16 +31,15 @@ impl GpuProbe {
     }
 }
 
-async fn query() -> Option<GpuInfo> {
+async fn query() -> Vec<GpuInfo> {
     let out = tokio::process::Command::new("nvidia-smi")
         .args(["--query-gpu=name,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"])
         .output()
-        .await
-        .ok()?;
-    if !out.status.success() {
-        return None;
+        .await;
+    match out {
+        Ok(out) if out.status.success() => parse_all(&String::from_utf8_lossy(&out.stdout)),
+        _ => Vec::new(),
     }
-    parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Free memory of the first GPU, read once when models load (the default tile size follows
@@ -58,7 +58,16 @@ pub fn free_memory_blocking() -> Option<u64> {
 /// First GPU of `nvidia-smi --query-gpu=name,utilization.gpu,memory.used,memory.total
 /// --format=csv,noheader,nounits` (memory in MiB), memory converted to bytes.
 pub fn parse(csv: &str) -> Option<GpuInfo> {
-    let line = csv.lines().find(|l| !l.trim().is_empty())?;
+    parse_line(csv.lines().find(|l| !l.trim().is_empty())?)
+}
+
+/// Every GPU of that output, in device order. A line that does not parse (a GPU reporting
+/// `N/A`) ends the list there, so indices keep matching device numbers.
+pub fn parse_all(csv: &str) -> Vec<GpuInfo> {
+    csv.lines().filter(|l| !l.trim().is_empty()).map_while(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<GpuInfo> {
     let fields: Vec<&str> = line.split(',').map(str::trim).collect();
     let [name, util, used, total] = fields.as_slice() else {
         return None;
@@ -83,6 +92,10 @@ mod tests {
         assert_eq!(g.utilization, 37.0);
         assert_eq!(g.memory_used, 2048 * 1024 * 1024);
         assert_eq!(g.memory_total, 23028 * 1024 * 1024);
+        let all = parse_all("NVIDIA A10G, 37, 2048, 23028\nNVIDIA A10G, 0, 0, 23028\n");
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[1].utilization, all[1].memory_used), (0.0, 0));
+        assert_eq!(parse_all("T4, 5, 1, 2\nT4, N/A, 1, 2\nT4, 7, 1, 2\n").len(), 1, "stops at the first unreadable GPU");
     }
 
     #[test]

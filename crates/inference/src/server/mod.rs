@@ -9,6 +9,7 @@
 //! wait for it.
 
 pub mod gpu;
+pub mod host;
 pub mod jobs;
 pub mod metrics;
 
@@ -65,6 +66,7 @@ struct AppState {
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
     gpu: Arc<gpu::GpuProbe>,
+    host: Arc<host::HostProbe>,
 }
 
 /// A started worker.
@@ -85,7 +87,7 @@ pub async fn start(config: WorkerConfig, shutdown: impl Future<Output = ()> + Se
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let jobs = Jobs::new(config.jobs, config.storage, metrics.clone());
-    let state = AppState { jobs: jobs.clone(), metrics: metrics.clone(), gpu: Arc::new(gpu::GpuProbe::default()) };
+    let state = AppState { jobs: jobs.clone(), metrics: metrics.clone(), gpu: Arc::new(gpu::GpuProbe::default()), host: Arc::new(host::HostProbe::default()) };
 
     let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     match config.engine {
@@ -309,13 +311,15 @@ async fn info(State(s): State<AppState>) -> Json<WorkerInfo> {
         Some(e) => (e.active_provider().to_string(), e.config().runtime.provider.as_str().to_string()),
         None => ("loading".to_string(), String::new()),
     };
-    let gpu: Option<GpuInfo> = if active == "cuda" || active == "tensorrt" { s.gpu.read().await } else { None };
+    let gpus: Vec<GpuInfo> = if active == "cuda" || active == "tensorrt" { s.gpu.read().await } else { Vec::new() };
     Json(WorkerInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         models,
         execution_provider: active,
         requested_execution_provider: requested,
-        gpu,
+        gpu: gpus.first().cloned(),
+        gpus,
+        host: s.host.read().await,
         capacity: s.jobs.capacity() as u32,
         in_flight: s.jobs.in_flight() as u32,
         ready: s.jobs.ready(),

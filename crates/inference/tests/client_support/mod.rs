@@ -250,6 +250,8 @@ pub fn worker_info(capacity: u32, in_flight: u32) -> WorkerInfo {
         execution_provider: "cuda".into(),
         requested_execution_provider: "cuda".into(),
         gpu: Some(GpuInfo { name: "Fake T4".into(), utilization: 42.0, memory_used: 1 << 30, memory_total: 16 << 30 }),
+        gpus: vec![],
+        host: None,
         capacity,
         in_flight,
         ready: true,
