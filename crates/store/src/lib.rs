@@ -26,11 +26,14 @@ pub mod recharge_codes;
 pub mod refresh_tokens;
 pub mod refunds;
 pub mod settings;
+pub mod system_logs;
+pub mod task_events;
 pub mod task_history;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
+pub mod user_actions;
 pub mod users;
 
 use std::str::FromStr;
@@ -52,9 +55,12 @@ pub use quotas::{Consumed, QuotaUsage, VipState, Window};
 pub use recharge_codes::{Batch, CodeFilter, CodeStatus, NewBatch, RechargeCode, Redemption, RedemptionRecord};
 pub use refresh_tokens::{NewRefreshToken, Rotation};
 pub use refunds::{BeginRefund, RefundRow, SettledRefund};
+pub use system_logs::{NewSystemLog, SystemLog, SystemLogFilter};
+pub use task_events::TaskEvent;
 pub use task_history::UserTaskStats;
 pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, Task};
 pub use time::{duration_ms, now_ms};
+pub use user_actions::{NewUserAction, UserAction, UserActionFilter};
 pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
 
 /// A write transaction; commit it, or it rolls back when dropped.

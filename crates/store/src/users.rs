@@ -416,7 +416,7 @@ async fn insert_user(conn: &mut sqlx::AnyConnection, user: &NewUser) -> Result<U
 }
 
 /// `%`, `_` and the escape character itself, escaped for `LIKE ... ESCAPE '\'`.
-fn escape_like(s: &str) -> String {
+pub(crate) fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
