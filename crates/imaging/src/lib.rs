@@ -11,6 +11,7 @@
 //!   `catch_unwind`; see `avif::dav1d` for the one exception).
 
 mod avif;
+mod complete;
 mod encode;
 mod error;
 mod raster;
@@ -20,6 +21,7 @@ mod thumbnail;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+pub use complete::{BoxPos, Completeness, Container, check_complete};
 pub use encode::{DEFAULT_JPEG_QUALITY, OutputFormat, check_output_size, encode};
 pub use error::ImageError;
 pub use resize::{resize_gray, resize_rgb, resize_rgb_alpha};
