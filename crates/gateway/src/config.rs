@@ -58,6 +58,23 @@ pub struct Config {
     /// "<timestamp>.<body>">`. Without it, tasks with a `callback_url` are refused.
     #[arg(long, env = "PURRIFY_CALLBACK_SECRET", hide_env_values = true)]
     pub callback_secret: Option<String>,
+    /// Attempts per task-completion callback before it is given up; the wait between them
+    /// doubles from `--callback-retry-base-ms` (capped at an hour).
+    #[arg(long, env = "PURRIFY_CALLBACK_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub callback_max_attempts: u32,
+    #[arg(long, env = "PURRIFY_CALLBACK_RETRY_BASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub callback_retry_base_ms: u64,
+    /// Time one callback POST may take, connection included.
+    #[arg(long, env = "PURRIFY_CALLBACK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub callback_timeout_seconds: u64,
+    /// `/ws` heartbeat: milliseconds between the server's pings; a connection that sent
+    /// nothing back by the next ping is closed (4002). The access token is re-checked then too.
+    #[arg(long, env = "PURRIFY_WS_PING_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ws_ping_interval_ms: u64,
+    /// Milliseconds a `/ws` connection has to authenticate (or follow a task by id) before it
+    /// is closed (4001).
+    #[arg(long, env = "PURRIFY_WS_AUTH_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub ws_auth_timeout_ms: u64,
     /// Bearer token for admin endpoints (/api/v1/config/*). Without it they are disabled.
     #[arg(long, env = "PURRIFY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

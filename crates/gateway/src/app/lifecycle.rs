@@ -15,6 +15,7 @@ use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
 use crate::domain::credits::CreditService;
+use crate::domain::live::{LiveHub, LiveSettings};
 use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
@@ -105,6 +106,12 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
     let settler = crate::domain::credits::spawn_settler(credits.clone(), tasks.watch_all(), stop_rx.clone());
+    let live = LiveHub::new(LiveSettings {
+        ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
+        auth_timeout: Duration::from_millis(config.ws_auth_timeout_ms),
+        ..LiveSettings::default()
+    });
+    let live_feed = live.spawn_feed(tasks.watch_all(), stop_rx.clone());
 
     let state = AppState {
         draining: CancellationToken::new(),
@@ -119,6 +126,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         recharge,
         payments,
         quotas,
+        live,
         config: config.clone(),
     };
 
@@ -142,7 +150,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    let mut background = vec![sweeper, settler];
+    let mut background = vec![sweeper, settler, live_feed];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
     Ok(Stack { state, embedded_worker, stop_tx, background })
 }

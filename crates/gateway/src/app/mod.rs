@@ -21,6 +21,7 @@ pub use router::router;
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
 use crate::domain::credits::CreditService;
+use crate::domain::live::LiveHub;
 use crate::domain::payments::PaymentService;
 use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub payments: PaymentService,
     /// Seed 003's daily generation and hourly API-call quotas.
     pub quotas: QuotaService,
+    /// Live task updates per user, for `/ws`.
+    pub live: LiveHub,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

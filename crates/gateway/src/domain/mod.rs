@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod credits;
 pub mod error;
 pub mod fleet;
+pub mod live;
 pub mod payments;
 pub mod quotas;
 pub mod recharge;

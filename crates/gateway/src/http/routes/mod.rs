@@ -8,6 +8,7 @@ pub mod credits;
 pub mod docs;
 pub mod enhance;
 pub mod generation;
+pub mod live;
 pub mod orders;
 pub mod postcards;
 pub mod recharge;
@@ -27,6 +28,7 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
         .merge(enhance::router(max_upload_bytes))
         .merge(tasks::router())
+        .merge(live::router())
         .merge(system::router())
         .merge(webhook::router())
         .merge(auth::router())

@@ -1,5 +1,6 @@
 //! Task status, download and live progress: `GET /api/v1/status/{task_id}`,
-//! `GET /api/v1/download/{task_id}`, `GET /api/v1/status/{task_id}/events` (SSE) and `/ws`.
+//! `GET /api/v1/download/{task_id}` and `GET /api/v1/status/{task_id}/events` (SSE); the
+//! [`LiveMessage`] shapes they share with `/ws` (`routes::live`).
 //!
 //! Status polls are answered from the in-memory progress hub (the database only for tasks
 //! that left it), so polling costs no database round trip.
@@ -9,12 +10,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -24,10 +24,9 @@ use crate::domain::accounts::Principal;
 use crate::domain::tasks::{PublicStatus, TaskSnapshot};
 use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use crate::http::extract::ApiQuery;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(status)).routes(routes!(events)).routes(routes!(download)).routes(routes!(ws))
+    OpenApiRouter::new().routes(routes!(status)).routes(routes!(events)).routes(routes!(download))
 }
 
 /// Result metadata of a completed task.
@@ -235,120 +234,6 @@ pub async fn events(State(state): State<AppState>, MaybeUser(viewer): MaybeUser,
 
 fn sse_event(m: &LiveMessage) -> Event {
     Event::default().event(m.name()).json_data(m).unwrap_or_else(|_| Event::default().comment("encode error"))
-}
-
-/// Client -> server WebSocket messages: `{"type":"ping"}`, `{"type":"subscribe","taskId":..}`,
-/// `{"type":"unsubscribe","taskId":..}`, and seed 001's `{"type":"auth","token":..}`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
-    Ping,
-    /// Seed 001's first message: `{"type": "auth", "token": "<access token>"}`.
-    Auth {
-        #[serde(default)]
-        token: String,
-    },
-    Subscribe {
-        #[serde(rename = "taskId")]
-        task_id: String,
-    },
-    Unsubscribe {
-        #[serde(rename = "taskId")]
-        task_id: String,
-    },
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(default)]
-pub struct WsQuery {
-    /// An access token (seed 003's `/ws?token=`); or send `{type: auth, token}` first.
-    pub token: Option<String>,
-}
-
-#[utoipa::path(get, path = "/ws", tag = "tasks", params(WsQuery),
-    responses((status = 101, description = "WebSocket: authenticate with `?token=` or `{type: auth, token}`; send `{type: subscribe, taskId}` (also `unsubscribe`, `ping`); receive the same messages as the SSE stream. Tasks of an account are visible only to it.", body = LiveMessage),
-              (status = 401, description = "An invalid `token`", body = ErrorBody)))]
-pub async fn ws(State(state): State<AppState>, ApiQuery(q): ApiQuery<WsQuery>, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
-    let viewer = match q.token.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => Some(state.accounts.authenticate(t).await?),
-        None => None,
-    };
-    Ok(upgrade.max_message_size(16 * 1024).on_upgrade(move |socket| ws_session(state, socket, viewer)))
-}
-
-/// Sends progress of the tasks the client subscribed to (at most 100 per connection).
-async fn ws_session(state: AppState, socket: WebSocket, mut viewer: Option<Principal>) {
-    let (mut tx, mut rx) = socket.split();
-    let mut all = Box::pin(state.tasks.watch_all());
-    let mut subscribed = std::collections::HashSet::<String>::new();
-    let send = |v: serde_json::Value| Message::Text(v.to_string().into());
-    loop {
-        tokio::select! {
-            () = state.draining.cancelled() => {
-                // 1001 "going away": the client reconnects and subscribes again.
-                let bye = axum::extract::ws::CloseFrame { code: 1001, reason: "server shutting down".into() };
-                let _ = tx.send(Message::Close(Some(bye))).await;
-                break;
-            }
-            incoming = rx.next() => {
-                let Some(Ok(msg)) = incoming else { break };
-                let text = match msg {
-                    Message::Text(t) => t,
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                let reply = match serde_json::from_str::<ClientMessage>(&text) {
-                    Ok(ClientMessage::Ping) => serde_json::json!({"type": "pong"}),
-                    Ok(ClientMessage::Auth { token }) => match state.accounts.authenticate(&token).await {
-                        Ok(p) => {
-                            let reply = serde_json::json!({"type": "auth_ok", "userId": p.user_id});
-                            viewer = Some(p);
-                            reply
-                        }
-                        Err(e) => serde_json::json!({"type": "auth_failed", "error": ApiError::from(e).message}),
-                    },
-                    Ok(ClientMessage::Subscribe { task_id }) => {
-                        match state.tasks.task(&task_id).await {
-                            Ok(Some(t)) if !t.visible_to(viewer.as_ref()) => {
-                                serde_json::json!({"type": "error", "taskId": task_id, "error": "no such task"})
-                            }
-                            Ok(Some(t)) if subscribed.len() < 100 => {
-                                subscribed.insert(task_id.clone());
-                                let current = LiveMessage::from_snapshot(&t);
-                                if tx.send(send(serde_json::to_value(&current).unwrap_or_default())).await.is_err() {
-                                    break;
-                                }
-                                serde_json::json!({"type": "subscribed", "taskId": task_id})
-                            }
-                            Ok(Some(_)) => serde_json::json!({"type": "error", "error": "too many subscriptions (100 per connection)"}),
-                            _ => serde_json::json!({"type": "error", "taskId": task_id, "error": "no such task"}),
-                        }
-                    }
-                    Ok(ClientMessage::Unsubscribe { task_id }) => {
-                        subscribed.remove(&task_id);
-                        serde_json::json!({"type": "unsubscribed", "taskId": task_id})
-                    }
-                    Err(e) => serde_json::json!({"type": "error", "error": format!("unknown message: {e}")}),
-                };
-                if tx.send(send(reply)).await.is_err() {
-                    break;
-                }
-            }
-            update = all.next() => {
-                let Some(t) = update else { break };
-                if !subscribed.contains(&t.id) {
-                    continue;
-                }
-                let msg = LiveMessage::from_snapshot(&t);
-                if msg.is_final() {
-                    subscribed.remove(&t.id);
-                }
-                if tx.send(send(serde_json::to_value(&msg).unwrap_or_default())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
