@@ -35,6 +35,7 @@ pub mod testing;
 mod time;
 pub mod user_actions;
 pub mod users;
+pub mod works;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,6 +63,7 @@ pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, 
 pub use time::{duration_ms, now_ms};
 pub use user_actions::{NewUserAction, UserAction, UserActionFilter};
 pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
+pub use works::{DeleteWorks, NewWork, PendingDeletion, Work, WorkChange, WorkFile, WorkFilter, WorkKind};
 
 /// A write transaction; commit it, or it rolls back when dropped.
 pub type WriteTx = sqlx::Transaction<'static, sqlx::Any>;
