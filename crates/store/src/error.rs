@@ -18,6 +18,9 @@ pub enum StoreError {
     Query(#[source] sqlx::Error),
     #[error("stored row is not valid: {0}")]
     Corrupt(String),
+    /// A conditional insert found its limit reached (e.g. a user's concurrent tasks).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
 }
 
 impl StoreError {
@@ -31,6 +34,7 @@ impl StoreError {
             Self::Invalid(_) => "invalid",
             Self::Query(_) => "query",
             Self::Corrupt(_) => "corrupt",
+            Self::LimitReached(_) => "limit",
         }
     }
 }

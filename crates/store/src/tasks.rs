@@ -10,6 +10,7 @@ use purrify_api::{EnhanceParams, FailReason, JobResult, TaskStatus};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::task_lists::TaskMeta;
 use crate::time::{duration_ms, now_ms};
 use crate::{Db, StoreError};
 
@@ -34,6 +35,13 @@ pub struct NewTask {
     pub request_id: Option<String>,
     /// Time allowed from acceptance to result. `None`: the dispatcher's default.
     pub deadline: Option<Duration>,
+    /// Kind, title, scene, callback and the like (see [`TaskMeta`]).
+    pub meta: TaskMeta,
+    /// At most this many of the owner's tasks may be queued or processing: the insert
+    /// counts them under the owner's write lock and refuses with
+    /// [`StoreError::LimitReached`] when full, so two concurrent inserts cannot both take
+    /// the last slot. `None`: no limit.
+    pub max_active: Option<u32>,
 }
 
 impl NewTask {
@@ -50,6 +58,8 @@ impl NewTask {
             fair_group: None,
             request_id: None,
             deadline: None,
+            meta: TaskMeta::default(),
+            max_active: None,
         }
     }
 }
@@ -171,6 +181,7 @@ macro_rules! task_columns {
          request_id, created_at, updated_at, started_at, finished_at, deadline_at"
     };
 }
+pub(crate) use task_columns;
 
 impl Db {
     /// Inserts a queued task. Returns once committed: on PostgreSQL and on SQLite (WAL,
@@ -189,17 +200,32 @@ impl Db {
         // The fair tag is computed in the same statement (see the migration): the virtual
         // time of this priority is its smallest queued tag, or its largest tag when nothing
         // is queued, so an idle group cannot bank credit and a busy one cannot jump ahead.
-        let inserted = sqlx::query(
+        let meta = &task.meta;
+        let limited = match (task.max_active, task.user_id.as_deref()) {
+            (Some(limit), Some(user)) => Some((i64::from(limit), user)),
+            _ => None,
+        };
+        // With a limit, the count and the insert run under the owner's write lock (the
+        // advisory lock of their account on PostgreSQL, the database lock on SQLite).
+        let mut tx = match limited {
+            Some((_, user)) => Some(self.begin_write(&crate::ledger::account_scope(user)).await?),
+            None => None,
+        };
+        let query = sqlx::query(
             "INSERT INTO tasks (id, status, progress, input_uri, output_uri, content_type, \
              input_bytes, params, priority, user_id, fair_group, fair_tag, attempts, request_id, \
-             created_at, updated_at, deadline_at) \
+             created_at, updated_at, deadline_at, kind, title, description, scene_id, callback_url, \
+             retry_of, estimated_seconds) \
              SELECT $1, 'queued', 0, $2, $3, $4, $5, $6, $7, $8, $12, \
-                    CASE WHEN v.vt > v.ut THEN v.vt ELSE v.ut END, 0, $9, $10, $10, $11 \
+                    CASE WHEN v.vt > v.ut THEN v.vt ELSE v.ut END, 0, $9, $10, $10, $11, \
+                    $13, $14, $15, $16, $17, $18, $19 \
              FROM (SELECT \
                  COALESCE((SELECT MIN(fair_tag) FROM tasks WHERE status = 'queued' AND priority = $7), \
                           (SELECT MAX(fair_tag) FROM tasks WHERE priority = $7), 0) AS vt, \
                  COALESCE((SELECT MAX(fair_tag) FROM tasks \
-                           WHERE fair_group = $12 AND priority = $7), -1) + 1 AS ut) AS v",
+                           WHERE fair_group = $12 AND priority = $7), -1) + 1 AS ut) AS v \
+             WHERE $20 < 0 OR (SELECT COUNT(*) FROM tasks \
+                               WHERE user_id = $8 AND status IN ('queued', 'processing')) < $20",
         )
         .bind(&task.id)
         .bind(&task.input_uri)
@@ -213,14 +239,33 @@ impl Db {
         .bind(now)
         .bind(deadline_at)
         .bind(task.fair_group.as_deref().or(task.user_id.as_deref()).unwrap_or(""))
-        .execute(&self.pool)
-        .await;
+        .bind(&meta.kind)
+        .bind(meta.title.as_deref())
+        .bind(meta.description.as_deref())
+        .bind(meta.scene_id.as_deref())
+        .bind(meta.callback_url.as_deref())
+        .bind(meta.retry_of.as_deref())
+        .bind(meta.estimated_seconds)
+        .bind(limited.map_or(-1, |(limit, _)| limit));
+        let inserted = match tx.as_mut() {
+            Some(tx) => query.execute(&mut **tx).await,
+            None => query.execute(&self.pool).await,
+        };
         match inserted {
+            Ok(done) if done.rows_affected() == 0 => {
+                if let Some(tx) = tx {
+                    tx.rollback().await?;
+                }
+                return Err(StoreError::LimitReached(format!("{} tasks already queued or running", task.max_active.unwrap_or(0))));
+            }
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::Duplicate(format!("task {}", task.id)));
             }
             Err(e) => return Err(e.into()),
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
         }
         Ok(Task {
             id: task.id.clone(),
@@ -529,7 +574,7 @@ fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("task {id}: {what}"))
 }
 
-fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
+pub(crate) fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
     let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
     let status = TaskStatus::from_str(&status).map_err(|e| corrupt(&id, e))?;
