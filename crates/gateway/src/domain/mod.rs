@@ -12,5 +12,6 @@ pub mod payments;
 pub mod quotas;
 pub mod recharge;
 pub mod tasks;
+pub mod uploads;
 
 pub use error::{DomainError, DomainResult};

@@ -14,6 +14,7 @@ pub mod postcards;
 pub mod recharge;
 pub mod system;
 pub mod tasks;
+pub mod uploads;
 pub mod users;
 pub mod webhook;
 pub mod wechat_pay;

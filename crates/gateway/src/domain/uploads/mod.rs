@@ -1,0 +1,6 @@
+//! Uploaded files (seeds 001 and 003): streamed into storage under the upload rules of
+//! [`ingest`], recorded per user in the `uploads` table, counted against a per-user storage
+//! quota, deleted only by their owner, and resolved by id when a task is made from one.
+
+pub mod ingest;
+pub mod video;
