@@ -14,6 +14,7 @@
 //! the write lock up front on SQLite: a deferred transaction that reads and then writes fails
 //! with "database is locked" under WAL when another writer got there first.
 
+pub mod callbacks;
 mod error;
 pub mod gpu_servers;
 pub mod holds;
@@ -47,6 +48,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 use tracing::{debug, info};
 
+pub use callbacks::{AttemptOutcome, CallbackDelivery};
 pub use error::StoreError;
 pub use gpu_servers::GpuServer;
 pub use holds::{HoldOutcome, OpenHold, Settlement};

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202060000_works.sql", include_str!("../../../migrations/20261202060000_works.sql")),
     ("20261202070000_task_management.sql", include_str!("../../../migrations/20261202070000_task_management.sql")),
     ("20261202080000_logs.sql", include_str!("../../../migrations/20261202080000_logs.sql")),
+    ("20261202090000_callbacks.sql", include_str!("../../../migrations/20261202090000_callbacks.sql")),
 ];
 
 /// The migrator for `/migrations`.
