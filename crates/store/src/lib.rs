@@ -28,6 +28,7 @@ pub mod refresh_tokens;
 pub mod refunds;
 pub mod scenes;
 pub mod settings;
+pub mod stats;
 pub mod system_logs;
 pub mod task_events;
 pub mod task_history;
@@ -61,6 +62,7 @@ pub use recharge_codes::{Batch, CodeFilter, CodeStatus, NewBatch, RechargeCode, 
 pub use refresh_tokens::{NewRefreshToken, Rotation};
 pub use refunds::{BeginRefund, RefundRow, SettledRefund};
 pub use scenes::{Scene, SceneFields};
+pub use stats::{Revenue, UserCounts};
 pub use system_logs::{NewSystemLog, SystemLog, SystemLogFilter};
 pub use task_events::TaskEvent;
 pub use task_history::UserTaskStats;
