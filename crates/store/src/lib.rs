@@ -34,6 +34,7 @@ pub mod task_events;
 pub mod task_history;
 pub mod task_lists;
 pub mod tasks;
+pub mod uploads;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
@@ -69,6 +70,7 @@ pub use task_history::UserTaskStats;
 pub use task_lists::{QueueFigures, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, Task};
 pub use time::{duration_ms, now_ms};
+pub use uploads::{Upload, UploadKind};
 pub use user_actions::{NewUserAction, UserAction, UserActionFilter};
 pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
 pub use works::{DeleteWorks, NewWork, PendingDeletion, Work, WorkChange, WorkFile, WorkFilter, WorkKind};

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202020000_recharge_codes.sql", include_str!("../../../migrations/20261202020000_recharge_codes.sql")),
     ("20261202030000_quotas.sql", include_str!("../../../migrations/20261202030000_quotas.sql")),
     ("20261202040000_orders.sql", include_str!("../../../migrations/20261202040000_orders.sql")),
+    ("20261202050000_uploads.sql", include_str!("../../../migrations/20261202050000_uploads.sql")),
     ("20261202060000_works.sql", include_str!("../../../migrations/20261202060000_works.sql")),
     ("20261202070000_task_management.sql", include_str!("../../../migrations/20261202070000_task_management.sql")),
     ("20261202080000_logs.sql", include_str!("../../../migrations/20261202080000_logs.sql")),
