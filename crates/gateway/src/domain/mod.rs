@@ -8,6 +8,7 @@ pub mod credits;
 pub mod error;
 pub mod fleet;
 pub mod live;
+pub mod monitoring;
 pub mod payments;
 pub mod quotas;
 pub mod recharge;

@@ -7,6 +7,7 @@
 //! This module and `servers` are the only places that look at which backend runs; callers
 //! never do.
 
+mod gpu_view;
 pub mod hub;
 pub mod kubernetes;
 pub mod model;
@@ -23,6 +24,7 @@ use purrify_store::{Db, NewTask, StatusCounts};
 use tokio::sync::{Mutex, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
+pub use gpu_view::{GpuReading, WorkerOrigin, WorkerTelemetry};
 pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use kubernetes::KubeBackend;
 pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, TaskSnapshot, WorkerLine, valid_task_id};

@@ -2,12 +2,14 @@
 //! router and the OpenAPI document are both built from, so a route cannot exist undocumented.
 
 pub mod admin_config;
+pub mod admin_stats;
 pub mod admin_users;
 pub mod auth;
 pub mod credits;
 pub mod docs;
 pub mod enhance;
 pub mod generation;
+pub mod gpu;
 pub mod live;
 pub mod orders;
 pub mod postcards;
@@ -37,6 +39,8 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(admin_users::router())
         .merge(credits::router())
         .merge(admin_config::router())
+        .merge(admin_stats::router())
+        .merge(gpu::router())
         .merge(recharge::router())
         .merge(orders::router())
         .merge(wechat_pay::router())
