@@ -125,6 +125,9 @@ pub struct Config {
     /// Largest image in pixels (checked from the header at upload and again by the worker).
     #[arg(long, env = "PURRIFY_MAX_PIXELS", default_value_t = purrify_imaging::Limits::default().max_pixels)]
     pub max_pixels: u64,
+    /// Bytes of uploaded files (and their thumbnails) one user may keep (seed 001/003 uploads).
+    #[arg(long, env = "PURRIFY_UPLOAD_QUOTA_BYTES", default_value_t = 1 << 30)]
+    pub upload_quota_bytes: u64,
     /// Allowed CORS origins, comma-separated; `*` allows any.
     #[arg(long, env = "PURRIFY_CORS_ORIGINS", value_delimiter = ',', default_value = "*")]
     pub cors_origins: Vec<String>,

@@ -19,6 +19,7 @@ use crate::domain::live::{LiveHub, LiveSettings};
 use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
+use crate::domain::uploads::{UploadService, UploadSettings};
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -106,6 +107,16 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
     let settler = crate::domain::credits::spawn_settler(credits.clone(), tasks.watch_all(), stop_rx.clone());
+    let uploads = UploadService::new(
+        tasks.db().clone(),
+        storage.clone(),
+        UploadSettings {
+            quota_bytes: config.upload_quota_bytes,
+            max_bytes: config.max_upload_bytes,
+            limits: purrify_imaging::Limits { max_pixels: config.max_pixels, ..Default::default() },
+            thumbnail_side: UploadSettings::THUMBNAIL_SIDE,
+        },
+    );
     let live = LiveHub::new(LiveSettings {
         ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
         auth_timeout: Duration::from_millis(config.ws_auth_timeout_ms),
@@ -126,6 +137,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         recharge,
         payments,
         quotas,
+        uploads,
         live,
         config: config.clone(),
     };

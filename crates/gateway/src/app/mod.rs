@@ -26,6 +26,7 @@ use crate::domain::payments::PaymentService;
 use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::tasks::TaskService;
+use crate::domain::uploads::UploadService;
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub quotas: QuotaService,
     /// Live task updates per user, for `/ws`.
     pub live: LiveHub,
+    /// Uploaded files (seeds 001 and 003): storage, quota, ownership.
+    pub uploads: UploadService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

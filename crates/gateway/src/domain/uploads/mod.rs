@@ -4,3 +4,6 @@
 
 pub mod ingest;
 pub mod video;
+mod service;
+
+pub use service::{Staged, UploadError, UploadService, UploadSettings, UploadedFile, new_upload_id, sanitize_file_name};
