@@ -185,6 +185,10 @@ pub struct Config {
     pub swagger_ui_dir: Option<PathBuf>,
     #[arg(long, env = "PURRIFY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Days system logs, user actions and task timelines are kept (seed 002's /api/logs);
+    /// older rows are deleted in bounded batches by the housekeeping loop.
+    #[arg(long, env = "PURRIFY_LOG_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub log_retention_days: u64,
     #[command(flatten)]
     pub quotas: QuotaConfig,
     #[command(flatten)]

@@ -17,7 +17,10 @@ use clap::Parser;
 /// Entry point of the binary.
 pub fn run() -> anyhow::Result<()> {
     let config = config::Config::parse();
-    purrify_process::init_tracing(config.log_format, "info,ort=warn");
+    // The gateway's own events at INFO and above also go to `system_logs` (seed 002's
+    // /api/logs/system), through the stack started below.
+    let (capture, system_logs) = domain::logs::system_log_channel();
+    purrify_process::init_tracing_with(config.log_format, "info,ort=warn", capture);
     let rt = tokio::runtime::Runtime::new()?;
     if let Some(command) = config.command.clone() {
         let out = rt.block_on(app::cli::run(&config, &command, &mut std::io::stdin().lock()))?;
@@ -26,6 +29,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let result = rt.block_on(async move {
         let gateway = app::start(config, purrify_process::shutdown_signal()).await?;
+        gateway.state.logs.attach_system_logs(system_logs);
         gateway.handle.await?
     });
     // `start` already spent the grace period; connections it cut off and blocking work (an

@@ -87,8 +87,18 @@ impl Collector for TaskCollector {
     }
 }
 
+/// Rows of the log tables that were never stored (seed 002's `/api/logs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLossLabels {
+    /// system_logs | user_actions | task_events
+    pub table: &'static str,
+    /// queue_full | write_failed
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub log_records_lost: Family<LogLossLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
     pub upload_bytes: Counter,
@@ -128,8 +138,11 @@ impl Metrics {
         registry.register("tasks_processing", "Tasks running on a worker", processing.clone());
         let healthy_workers = Gauge::default();
         registry.register("healthy_workers", "Workers passing health checks", healthy_workers.clone());
+        let log_records_lost = Family::<LogLossLabels, Counter>::default();
+        registry.register("log_records_lost", "Log rows never stored, by table and reason", log_records_lost.clone());
         Self {
             registry,
+            log_records_lost,
             requests,
             request_duration,
             upload_bytes,

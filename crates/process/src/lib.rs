@@ -12,13 +12,25 @@ pub enum LogFormat {
 /// Installs the global subscriber: `RUST_LOG` when set, else `default_filter`. A second call
 /// (tests start servers in one process) keeps the first subscriber.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    init_tracing_with(format, default_filter, tracing_subscriber::layer::Identity::new());
+}
+
+/// [`init_tracing`] with one more layer beside the stderr output (the gateway's capture of its
+/// own events into the database). The filter applies to both.
+pub fn init_tracing_with<L>(format: LogFormat, default_filter: &str, layer: L)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let output = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let output = match format {
+        LogFormat::Json => tracing_subscriber::Layer::boxed(output.json()),
+        LogFormat::Text => tracing_subscriber::Layer::boxed(output),
     };
+    let _ = tracing_subscriber::registry().with(layer).with(output).with(filter).try_init();
 }
 
 /// Resolves on the first SIGINT or SIGTERM. When a handler cannot be installed that signal

@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
+use crate::domain::audit::AuditLog;
 use crate::domain::credits::CreditService;
 use crate::domain::live::{LiveHub, LiveSettings};
+use crate::domain::logs::{LogService, LogSettings};
 use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
@@ -66,6 +68,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let accounts = super::accounts::start(&config, db.clone()).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (audit, audit_writer) = AuditLog::start(db.clone(), metrics.clone(), stop_rx.clone());
+    let accounts = accounts.with_audit(audit.clone());
     // In Kubernetes mode the operator's workers do the work.
     let embedded_worker = match config.backend {
         crate::config::Backend::Standalone => start_embedded_worker(&config, &storage, stop_rx.clone()).await?,
@@ -86,7 +90,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let embedded_url = embedded_worker.map(|a| format!("http://{a}"));
     let credits = CreditService::new(db.clone());
     let recharge = RechargeService::new(db.clone(), RechargeSettings::default());
-    let payments = super::payments::service(&config, db.clone())?;
+    let payments = super::payments::service(&config, db.clone())?.with_audit(audit.clone());
     let q = &config.quotas;
     let quotas = QuotaService::new(
         db.clone(),
@@ -107,6 +111,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
     let settler = crate::domain::credits::spawn_settler(credits.clone(), tasks.watch_all(), stop_rx.clone());
+    let log_settings = LogSettings { retention: Duration::from_secs(config.log_retention_days * 86_400) };
+    let (logs, log_loops) = LogService::start(tasks.db().clone(), metrics.clone(), log_settings, tasks.watch_all(), stop_rx.clone());
     let uploads = UploadService::new(
         tasks.db().clone(),
         storage.clone(),
@@ -137,6 +143,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         recharge,
         payments,
         quotas,
+        logs,
+        audit,
         uploads,
         live,
         config: config.clone(),
@@ -156,6 +164,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
                         state.accounts.housekeeping().await;
                         state.recharge.sweep();
                         state.quotas.housekeeping().await;
+                        state.logs.housekeeping().await;
                     }
                     _ = stop.changed() => break,
                 }
@@ -164,6 +173,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     };
     let mut background = vec![sweeper, settler, live_feed];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
+    background.push(audit_writer);
+    background.extend(log_loops);
     Ok(Stack { state, embedded_worker, stop_tx, background })
 }
 

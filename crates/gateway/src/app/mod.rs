@@ -20,8 +20,10 @@ pub use router::router;
 
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
+use crate::domain::audit::AuditLog;
 use crate::domain::credits::CreditService;
 use crate::domain::live::LiveHub;
+use crate::domain::logs::LogService;
 use crate::domain::payments::PaymentService;
 use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
@@ -55,6 +57,10 @@ pub struct AppState {
     pub live: LiveHub,
     /// Uploaded files (seeds 001 and 003): storage, quota, ownership.
     pub uploads: UploadService,
+    /// System logs, task timelines and retention (seed 002's /api/logs).
+    pub logs: LogService,
+    /// Records what users did (logins, admin actions, payments, deletions, every write).
+    pub audit: AuditLog,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { http::ApiError::not_found("no such endpoint; see /docs") })
         // After every route: it applies to the routes registered so far.
         .method_not_allowed_fallback(http::error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::audit::record))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::quota::api_calls))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))

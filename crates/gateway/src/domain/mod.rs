@@ -4,10 +4,12 @@
 //! the database only through `purrify-store`.
 
 pub mod accounts;
+pub mod audit;
 pub mod credits;
 pub mod error;
 pub mod fleet;
 pub mod live;
+pub mod logs;
 pub mod monitoring;
 pub mod payments;
 pub mod quotas;

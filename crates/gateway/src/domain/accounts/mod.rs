@@ -27,6 +27,7 @@ use self::throttle::{LoginThrottle, Rate};
 use self::validate::FieldErrors;
 use self::versions::VersionCache;
 use self::wechat::{WeChat, WeChatConfig};
+use crate::domain::audit::{Action, AuditLog, actions};
 use crate::domain::{DomainError, DomainResult};
 
 /// Everything the account service is configured with.
@@ -56,6 +57,8 @@ pub type AccountChange = AdminChange;
 #[derive(Clone)]
 pub struct AccountService {
     inner: Arc<Inner>,
+    /// Where login attempts are recorded (seed 002's user actions).
+    audit: Option<AuditLog>,
 }
 
 struct Inner {
@@ -98,7 +101,23 @@ impl AccountService {
                 versions: VersionCache::default(),
                 verified: Default::default(),
             }),
+            audit: None,
         })
+    }
+
+    /// Records every login attempt, successful or not, in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn audit_login(&self, result: &DomainResult<Session>, method: &str, address: &str, email: Option<&str>) {
+        let Some(audit) = &self.audit else { return };
+        let (user_id, action, detail) = match result {
+            Ok(s) => (Some(s.account.id.clone()), actions::LOGIN, serde_json::json!({ "method": method, "email": email })),
+            Err(e) => (None, actions::LOGIN_FAILED, serde_json::json!({ "method": method, "email": email, "reason": e.category() })),
+        };
+        audit.record(Action { user_id, action, client_addr: Some(address.to_owned()), detail, ..Action::default() });
     }
 
     fn db(&self) -> &Db {
@@ -159,6 +178,13 @@ impl AccountService {
     /// Email and password. The same answer, in the same time, for an unknown email and a
     /// wrong password. `admin_only` refuses (403) accounts that are not admins.
     pub async fn login(&self, email: &str, password: &str, address: &str, admin_only: bool) -> DomainResult<Session> {
+        let result = self.password_login(email, password, address, admin_only).await;
+        let method = if admin_only { "admin_password" } else { "password" };
+        self.audit_login(&result, method, address, Some(email.trim()).filter(|e| !e.is_empty() && e.len() <= 254));
+        result
+    }
+
+    async fn password_login(&self, email: &str, password: &str, address: &str, admin_only: bool) -> DomainResult<Session> {
         let folded = email.trim().to_lowercase();
         self.inner.throttle.check(address, Some(&folded))?;
         if folded.is_empty() || password.is_empty() {
@@ -188,6 +214,12 @@ impl AccountService {
 
     /// A mini-program's `wx.login()` code; the first login creates the account.
     pub async fn login_wechat(&self, code: &str, address: &str) -> DomainResult<Session> {
+        let result = self.wechat_login(code, address).await;
+        self.audit_login(&result, "wechat", address, None);
+        result
+    }
+
+    async fn wechat_login(&self, code: &str, address: &str) -> DomainResult<Session> {
         self.inner.throttle.check(address, None)?;
         let session = self.inner.wechat.exchange(code).await?;
         let appid = self.inner.wechat.appid().unwrap_or_default().to_owned();

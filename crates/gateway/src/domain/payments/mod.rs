@@ -21,6 +21,7 @@ pub use purrify_wechatpay::RequestPayment;
 use purrify_wechatpay::{Client, NewJsapiOrder, NewRefund, Transaction};
 use rand::{Rng, TryRngCore};
 
+use crate::domain::audit::{Action, AuditLog, actions};
 use crate::domain::{DomainError, DomainResult};
 
 const NOT_CONFIGURED: &str = "WeChat Pay is not configured";
@@ -53,6 +54,8 @@ pub struct PaymentService {
     /// The merchant's client (it holds the merchant's keys and the verifier of WeChat's).
     wechat: Option<Arc<Client>>,
     settings: PaymentSettings,
+    /// Where paid orders and refunds are recorded (seed 002's user actions).
+    audit: Option<AuditLog>,
 }
 
 /// An order placed with WeChat and the parameters the mini program pays it with.
@@ -85,7 +88,19 @@ fn ms(d: Duration) -> i64 {
 impl PaymentService {
     /// `client`: the merchant's, or `None` when WeChat Pay is not configured.
     pub fn new(db: Db, client: Option<Client>, settings: PaymentSettings) -> Self {
-        Self { db, wechat: client.map(Arc::new), settings }
+        Self { db, wechat: client.map(Arc::new), settings, audit: None }
+    }
+
+    /// Records paid orders and refunds in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn audit(&self, action: Action) {
+        if let Some(a) = &self.audit {
+            a.record(action);
+        }
     }
 
     pub fn configured(&self) -> bool {
@@ -199,6 +214,13 @@ impl PaymentService {
         match self.db.mark_order_paid(&t.out_trade_no, transaction_id, amount.total).await {
             Ok(MarkPaid::Applied(entry)) => {
                 tracing::info!(out_trade_no = %t.out_trade_no, credited = entry.delta, "order paid and credited");
+                self.audit(Action {
+                    user_id: Some(entry.user_id.clone()),
+                    action: actions::ORDER_PAID,
+                    target_id: Some(t.out_trade_no.clone()),
+                    detail: serde_json::json!({ "amount_fen": amount.total, "credits": entry.delta, "transaction_id": transaction_id }),
+                    ..Action::default()
+                });
                 Ok(Applied::Now)
             }
             Ok(MarkPaid::AlreadyApplied) => Ok(Applied::Before),
@@ -253,6 +275,13 @@ impl PaymentService {
             }
         }
         tracing::info!(out_trade_no, out_refund_no = %out_refund_no, actor, "refund requested");
+        self.audit(Action {
+            user_id: Some(order.user_id.clone()),
+            action: actions::REFUND,
+            target_id: Some(out_trade_no.to_owned()),
+            detail: serde_json::json!({ "actor": actor, "amount_fen": order.amount_fen, "out_refund_no": out_refund_no, "reason": reason }),
+            ..Action::default()
+        });
         Ok(self.db.refund(&out_refund_no).await?.unwrap_or(*row))
     }
 }

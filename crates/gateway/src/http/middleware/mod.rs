@@ -1,6 +1,7 @@
 //! Cross-cutting HTTP behaviour (seed 004): request ids, client identity, rate limiting,
 //! request metrics; seed 003's hourly API-call quota (`quota`).
 
+pub mod audit;
 pub mod quota;
 pub mod rate_limit;
 

@@ -11,6 +11,7 @@ pub mod enhance;
 pub mod generation;
 pub mod gpu;
 pub mod live;
+pub mod logs;
 pub mod orders;
 pub mod postcards;
 pub mod recharge;
@@ -46,5 +47,6 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(wechat_pay::router())
         .merge(generation::router())
         .merge(postcards::router())
+        .merge(logs::router())
         .merge(docs::router())
 }
