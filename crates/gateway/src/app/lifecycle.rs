@@ -22,6 +22,7 @@ use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
 use crate::domain::uploads::{UploadService, UploadSettings};
+use crate::domain::works::{WorkService, WorkSettings};
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -111,6 +112,9 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         TaskService::start(choice, settings, db, storage.clone(), fleet, metrics.clone(), embedded_url, credits.clone(), stop_rx.clone())
             .await?;
     let settler = crate::domain::credits::spawn_settler(credits.clone(), tasks.watch_all(), stop_rx.clone());
+    let image_limits = purrify_imaging::Limits { max_pixels: config.max_pixels, ..Default::default() };
+    let works = WorkService::new(tasks.db().clone(), storage.clone(), WorkSettings { image_limits, ..WorkSettings::default() });
+    let recorder = crate::domain::works::spawn_recorder(works.clone(), tasks.watch_all(), stop_rx.clone());
     let log_settings = LogSettings { retention: Duration::from_secs(config.log_retention_days * 86_400) };
     let (logs, log_loops) = LogService::start(tasks.db().clone(), metrics.clone(), log_settings, tasks.watch_all(), stop_rx.clone());
     let uploads = UploadService::new(
@@ -147,6 +151,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         audit,
         uploads,
         live,
+        works,
         config: config.clone(),
     };
 
@@ -171,7 +176,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    let mut background = vec![sweeper, settler, live_feed];
+    let mut background = vec![sweeper, settler, live_feed, recorder];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
     background.push(audit_writer);
     background.extend(log_loops);

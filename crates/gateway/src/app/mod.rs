@@ -29,6 +29,7 @@ use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::tasks::TaskService;
 use crate::domain::uploads::UploadService;
+use crate::domain::works::WorkService;
 use crate::http::middleware::rate_limit::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     pub logs: LogService,
     /// Records what users did (logins, admin actions, payments, deletions, every write).
     pub audit: AuditLog,
+    /// What users keep of their tasks (seeds 001 and 003), thumbnails and object deletion.
+    pub works: WorkService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

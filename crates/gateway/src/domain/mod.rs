@@ -16,5 +16,6 @@ pub mod quotas;
 pub mod recharge;
 pub mod tasks;
 pub mod uploads;
+pub mod works;
 
 pub use error::{DomainError, DomainResult};

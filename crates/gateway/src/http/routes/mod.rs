@@ -21,6 +21,7 @@ pub mod uploads;
 pub mod users;
 pub mod webhook;
 pub mod wechat_pay;
+pub mod works;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -45,6 +46,7 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(recharge::router())
         .merge(orders::router())
         .merge(wechat_pay::router())
+        .merge(works::router())
         .merge(generation::router())
         .merge(postcards::router())
         .merge(logs::router())

@@ -5,6 +5,7 @@
 mod accounts;
 mod quota;
 mod recharge;
+mod works;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -15,5 +16,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(accounts::router())
         .merge(quota::router())
         .merge(recharge::router())
+        .merge(works::router())
         .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
