@@ -18,7 +18,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use purrify_inference::client::{ClientConfig, Fleet, FleetConfig, WorkerSpec};
 use purrify_inference::protocol::{
-    ErrorReason, FaceRestoration, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus, WorkerErrorBody, WorkerInfo,
+    ErrorReason, FaceRestoration, GpuInfo, HostInfo, JobAccepted, JobError, JobEvent, JobRequest, JobResult, JobState, JobStatus,
+    WorkerErrorBody, WorkerInfo,
 };
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -70,6 +71,8 @@ struct Fake {
     gate: Semaphore,
     killed: AtomicBool,
     kill: watch::Sender<bool>,
+    /// What `/v1/info` reports about the hardware (see [`FakeWorker::report`]).
+    telemetry: Mutex<(Vec<GpuInfo>, Option<HostInfo>)>,
 }
 
 /// A running fake worker at `url`; killed when dropped.
@@ -93,6 +96,7 @@ impl FakeWorker {
             gate: Semaphore::new(0),
             killed: AtomicBool::new(false),
             kill: watch::Sender::new(false),
+            telemetry: Mutex::new((Vec::new(), None)),
         });
         let app = Router::new()
             .route("/v1/jobs", post(submit))
@@ -122,6 +126,12 @@ impl FakeWorker {
     /// Decides per request (e.g. by attempt suffix); `None` falls through to the default.
     pub fn rule(&self, f: impl Fn(&JobRequest) -> Option<Behavior> + Send + Sync + 'static) {
         *self.state.rule.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    /// Hardware telemetry `/v1/info` reports from now on: these GPUs (the first also as
+    /// `gpu`) and this host load. By default none, as a CPU worker without `/proc` would.
+    pub fn report(&self, gpus: Vec<GpuInfo>, host: Option<HostInfo>) {
+        *self.state.telemetry.lock().unwrap() = (gpus, host);
     }
 
     /// Lets `n` held jobs finish.
@@ -247,14 +257,15 @@ async fn info(State(s): State<Arc<Fake>>) -> Response {
         return dead();
     }
     let in_flight = s.jobs.lock().unwrap().values().filter(|j| !j.borrow().state.is_terminal()).count() as u32;
+    let (gpus, host) = s.telemetry.lock().unwrap().clone();
     Json(WorkerInfo {
         version: "fake".into(),
         models: vec![],
-        execution_provider: "cpu".into(),
-        requested_execution_provider: "cpu".into(),
-        gpu: None,
-        gpus: vec![],
-        host: None,
+        execution_provider: if gpus.is_empty() { "cpu" } else { "cuda" }.into(),
+        requested_execution_provider: if gpus.is_empty() { "cpu" } else { "cuda" }.into(),
+        gpu: gpus.first().cloned(),
+        gpus,
+        host,
         capacity: s.capacity,
         in_flight,
         ready: true,
