@@ -26,6 +26,8 @@ pub enum ErrorCode {
     RequestTooLarge,
     UnsupportedMediaType,
     InvalidImage,
+    /// The user's uploaded files fill their storage quota.
+    StorageQuotaExceeded,
     TaskNotFinished,
     TaskLimitExceeded,
     /// Seed 002: the balance cannot pay (400).
@@ -44,7 +46,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::ValidationError | Self::InvalidImage => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InsufficientBalance => StatusCode::BAD_REQUEST,
-            Self::FileTooLarge | Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::FileTooLarge | Self::RequestTooLarge | Self::StorageQuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TaskNotFinished => StatusCode::CONFLICT,
             Self::TaskLimitExceeded | Self::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::RequestTooLarge => "REQUEST_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::InvalidImage => "INVALID_IMAGE",
+            Self::StorageQuotaExceeded => "STORAGE_QUOTA_EXCEEDED",
             Self::TaskNotFinished => "TASK_NOT_FINISHED",
             Self::TaskLimitExceeded => "TASK_LIMIT_EXCEEDED",
             Self::InsufficientBalance => "INSUFFICIENT_BALANCE",

@@ -2,6 +2,7 @@
 //! [`ingest`], recorded per user in the `uploads` table, counted against a per-user storage
 //! quota, deleted only by their owner, and resolved by id when a task is made from one.
 
+pub mod base64_text;
 pub mod ingest;
 pub mod video;
 mod service;

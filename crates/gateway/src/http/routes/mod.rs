@@ -32,6 +32,8 @@ use crate::app::AppState;
 pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(super::openapi::ApiDoc::openapi())
         .merge(enhance::router(max_upload_bytes))
+        .merge(uploads::router(max_upload_bytes))
+        .merge(generation::uploads::router(max_upload_bytes))
         .merge(tasks::router())
         .merge(live::router())
         .merge(system::router())

@@ -5,6 +5,7 @@
 mod accounts;
 mod quota;
 mod recharge;
+pub mod uploads;
 mod works;
 
 use utoipa_axum::router::OpenApiRouter;
