@@ -44,6 +44,12 @@ async fn upload_queues_a_task_and_status_reports_it(backend: Backend) {
     // Live, not the gauge a /metrics scrape refreshes (nothing scraped in this test).
     let health = api.get("/api/v1/health").await;
     assert_eq!(health.body["backend_status"]["queue_depth"], 1, "{}", health.body);
+    // Seed 001's /health: the same report in its envelope.
+    let h001 = api.get("/health").await;
+    assert_eq!(h001.body["data"]["backend_status"]["queue_depth"], 1, "{}", h001.body);
+    assert_eq!(h001.status, health.status);
+    assert_eq!(h001.body["success"], health.status == StatusCode::OK, "{}", h001.body);
+    assert_eq!(h001.body["data"]["status"], health.body["status"]);
 
     let d = api.get(&format!("/api/v1/download/{id}")).await;
     assert_envelope(&d, StatusCode::CONFLICT, "TASK_NOT_FINISHED", "download while queued");

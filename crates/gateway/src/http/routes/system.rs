@@ -1,6 +1,7 @@
 //! Health, info and configuration (seed 000): `/api/v1/health`, `/api/v1/info`,
-//! `/api/v1/config`, `POST /api/v1/config/backend`, `POST /api/v1/config/multi-backend`, plus
-//! `/healthz` and `/readyz` for Kubernetes probes and `/metrics` for Prometheus.
+//! `/api/v1/config`, `POST /api/v1/config/backend`, `POST /api/v1/config/multi-backend`; seed
+//! 001's `/health` (the same report in its envelope); `/healthz` and `/readyz` for Kubernetes
+//! probes and `/metrics` for Prometheus.
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
@@ -13,6 +14,7 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::domain::tasks::WorkerLine;
 use crate::http::auth::AdminToken;
+use crate::http::envelope::Envelope;
 use crate::http::error::{ApiResult, ErrorBody, JSON_BODY_LIMIT};
 use crate::http::extract::ApiJson;
 use crate::http::openapi;
@@ -20,6 +22,7 @@ use crate::http::openapi;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
+        .routes(routes!(health_v001))
         .routes(routes!(info))
         .routes(routes!(config))
         .routes(routes!(set_backend))
@@ -57,6 +60,23 @@ pub struct HealthResponse {
     responses((status = 200, description = "Healthy: the database answers and a worker is up", body = HealthResponse),
               (status = 503, description = "Unhealthy: database down or no healthy worker", body = HealthResponse)))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    let (healthy, body) = health_report(&state).await;
+    (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+/// Seed 001's health check: the report of `/api/v1/health` in the 001 envelope (`success`
+/// false and 503 when unhealthy).
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, description = "Healthy: the database answers and a worker is up", body = Envelope<HealthResponse>),
+              (status = 503, description = "Unhealthy: database down or no healthy worker", body = Envelope<HealthResponse>)))]
+pub async fn health_v001(State(state): State<AppState>) -> (StatusCode, Envelope<HealthResponse>) {
+    let (healthy, body) = health_report(&state).await;
+    let envelope = Envelope { success: healthy, message: body.status.to_owned(), data: body, error_code: None };
+    (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, envelope)
+}
+
+/// Healthy: the database answers and a worker is up.
+async fn health_report(state: &AppState) -> (bool, HealthResponse) {
     let db_ok = state.tasks.db_ping().await;
     let workers = state.tasks.workers().await;
     let healthy_workers = workers.iter().filter(|w| w.healthy).count();
@@ -71,7 +91,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthRe
         },
         timestamp: now_rfc3339(),
     };
-    (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (healthy, body)
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "The process is alive", body = String, content_type = "text/plain")))]
