@@ -286,6 +286,32 @@ impl Db {
     }
 }
 
+/// Makes the packages on sale exactly `packages` (an admin's edit): each is inserted or
+/// updated, and packages not in the list are taken off sale (kept: orders name them).
+pub(crate) async fn replace_packages_in(tx: &mut crate::WriteTx, packages: &[Package]) -> Result<(), StoreError> {
+    for p in packages {
+        sqlx::query(
+            "INSERT INTO packages (id, name, price_fen, credits, bonus, active, sort) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, credits = excluded.credits, \
+             bonus = excluded.bonus, active = excluded.active, sort = excluded.sort",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(p.price_fen)
+        .bind(p.credits)
+        .bind(p.bonus)
+        .bind(i64::from(p.active))
+        .bind(p.sort)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let ids: Vec<String> = sqlx::query("SELECT id FROM packages").fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+    for id in ids.iter().filter(|id| !packages.iter().any(|p| &p.id == *id)) {
+        sqlx::query("UPDATE packages SET active = 0 WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 fn package_from_row(row: &AnyRow) -> Result<Package, StoreError> {
     Ok(Package {
         id: row.try_get("id")?,

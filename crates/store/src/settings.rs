@@ -63,6 +63,29 @@ impl Db {
         rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("value")?))).collect()
     }
 
+    /// Writes several settings, and optionally the recharge packages, in one transaction:
+    /// all of them or none (an admin's multi-key configuration change).
+    pub async fn save_settings(&self, pairs: &[(String, String)], packages: Option<&[crate::Package]>) -> Result<(), StoreError> {
+        let mut tx = self.begin_write("settings").await?;
+        let now = now_ms();
+        for (name, value) in pairs {
+            sqlx::query(
+                "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(packages) = packages {
+            crate::orders::replace_packages_in(&mut tx, packages).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn delete_setting(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM settings WHERE name = $1").bind(name).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)

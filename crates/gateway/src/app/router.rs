@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(http::error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::audit::record))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::quota::api_calls))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::maintenance::maintenance))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::record_metrics))
         .layer(cors(&state.config.cors_origins))

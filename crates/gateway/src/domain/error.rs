@@ -22,6 +22,9 @@ pub enum DomainError {
     /// Too many attempts; `retry_after` is in seconds.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
+    /// The user has as many tasks queued or running as the configured limit allows.
+    #[error("{0}")]
+    TaskLimit(String),
     /// The balance cannot pay the price (hundredths).
     #[error("insufficient balance: {balance} available, {price} needed")]
     InsufficientBalance { balance: i64, price: i64 },
@@ -53,6 +56,7 @@ impl DomainError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::TaskLimit(_) => "task_limit",
             Self::InsufficientBalance { .. } => "insufficient_balance",
             Self::Conflict(_) => "conflict",
             Self::NotFound(_) => "not_found",

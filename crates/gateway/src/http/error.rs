@@ -202,6 +202,7 @@ impl From<DomainError> for ApiError {
             DomainError::Unauthorized(m) => Self::new(ErrorCode::InvalidCredentials, m),
             DomainError::Forbidden(m) => Self::new(ErrorCode::AccessDenied, m),
             DomainError::RateLimited { message, retry_after } => Self::new(ErrorCode::RateLimitExceeded, message).retry_after(retry_after),
+            DomainError::TaskLimit(m) => Self::new(ErrorCode::TaskLimitExceeded, m),
             DomainError::Conflict(m) => Self::new(ErrorCode::ValidationError, m),
             DomainError::NotFound(m) => Self::not_found(m),
             DomainError::Unavailable(m) => Self::unavailable(m),

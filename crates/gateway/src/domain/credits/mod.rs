@@ -78,6 +78,12 @@ impl CreditService {
     /// enough balance is `InsufficientBalance`.
     pub async fn hold_for_task(&self, user_id: &str, task_id: &str, kind: &str) -> DomainResult<Option<i64>> {
         let price = self.price(kind).await?;
+        self.hold_price(user_id, task_id, price).await
+    }
+
+    /// Holds `price` hundredths for a task whose price is not its kind's (a scene's price);
+    /// `None` when it is free.
+    pub async fn hold_price(&self, user_id: &str, task_id: &str, price: i64) -> DomainResult<Option<i64>> {
         if price == 0 {
             return Ok(None);
         }

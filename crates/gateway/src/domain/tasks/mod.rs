@@ -10,7 +10,10 @@
 mod gpu_view;
 pub mod hub;
 pub mod kubernetes;
+pub mod manage;
 pub mod model;
+pub mod runtime;
+pub mod scenes;
 mod servers;
 pub mod standalone;
 
@@ -27,12 +30,14 @@ use tokio::task::{AbortHandle, JoinHandle};
 pub use gpu_view::{GpuReading, WorkerOrigin, WorkerTelemetry};
 pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use kubernetes::KubeBackend;
+pub use manage::{Cancelled, QueueStats, TASK_KINDS, TaskDetail, TaskOptions};
+pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, TaskSnapshot, WorkerLine, valid_task_id};
 pub use servers::{ServerLine, ServersOverview};
 pub use standalone::{CancelOutcome, DispatchConfig, DispatchMetrics, DispatchStats, Dispatcher};
 
 use crate::domain::credits::CreditService;
-use crate::domain::{DomainError, DomainResult};
+use crate::domain::DomainResult;
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// What the task service needs to know from the configuration.
@@ -74,6 +79,8 @@ struct Inner {
     settings: TaskSettings,
     /// Charges logged-in users' tasks.
     credits: CreditService,
+    /// Admin settings of tasks (limits, timeout, maintenance), cached.
+    runtime: runtime::RuntimeSettings,
 }
 
 /// Cheap to clone; clones share one service.
@@ -115,6 +122,7 @@ impl TaskService {
                 let _ = stop.changed().await;
             })
         };
+        let runtime = runtime::RuntimeSettings::new(db.clone());
         let service = Self {
             inner: Arc::new(Inner {
                 db,
@@ -128,6 +136,7 @@ impl TaskService {
                 metrics,
                 settings,
                 credits,
+                runtime,
             }),
         };
         let mut handles = vec![prober];
@@ -222,29 +231,12 @@ impl TaskService {
     /// Persists the task (committed before the caller answers 2xx) and hands it to the
     /// backend.
     pub async fn create_task(&self, upload: NewUpload) -> DomainResult<()> {
-        let output_uri = self.inner.storage.uri_for(&format!("results/{}.jpg", upload.task_id));
-        let mut task = NewTask::new(upload.task_id, upload.input_uri, output_uri, upload.params);
-        task.content_type = upload.content_type;
-        task.input_bytes = upload.bytes;
-        task.request_id = Some(upload.request_id);
-        task.fair_group = Some(upload.owner.clone().unwrap_or_else(|| format!("{}{}", model::ANONYMOUS_GROUP_PREFIX, upload.client)));
-        task.user_id = upload.owner;
-        task.deadline = Some(self.inner.settings.deadline);
-        // A logged-in user's task is paid for before it exists: the hold is taken first and
-        // released if the task cannot be created (a crash in between leaves an orphan hold
-        // the settler releases).
-        let held = match &task.user_id {
-            Some(user) => self.inner.credits.hold_for_task(user, &task.id, "enhance").await?.is_some(),
-            None => false,
-        };
-        let created = self.submit(&task).await;
-        if created.is_err()
-            && held
-            && let Err(e) = self.inner.credits.release(&task.id).await
-        {
-            tracing::warn!(task = %task.id, error = %e, "cannot release the hold of a task that was not created; the settler will");
-        }
-        created
+        self.create_task_with(upload, TaskOptions::default()).await.map(|_| ())
+    }
+
+    /// The admin settings of tasks (`/api/admin/config`, the maintenance switch).
+    pub fn runtime(&self) -> &runtime::RuntimeSettings {
+        &self.inner.runtime
     }
 
     async fn submit(&self, task: &NewTask) -> DomainResult<()> {
@@ -254,10 +246,7 @@ impl TaskService {
             }
             Backend::Kubernetes(k) => {
                 let pool = self.routing().await?.pool.unwrap_or_else(|| kubernetes::default_pool().into());
-                k.create(task, &pool, self.inner.settings.deadline).await.map_err(|e| {
-                    tracing::error!(error = %e, "cannot create the EnhanceTask");
-                    DomainError::Unavailable("the cluster did not accept the task; try again shortly".into())
-                })?;
+                k.create(task, &pool, task.deadline.unwrap_or(self.inner.settings.deadline)).await.map_err(manage::kube_create_error)?;
             }
         }
         Ok(())

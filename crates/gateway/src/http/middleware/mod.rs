@@ -2,6 +2,7 @@
 //! request metrics; seed 003's hourly API-call quota (`quota`).
 
 pub mod audit;
+pub mod maintenance;
 pub mod quota;
 pub mod rate_limit;
 

@@ -1,5 +1,9 @@
-//! Seed 001's admin configuration (`/api/admin/config`): the settings an admin changes at
-//! run time. Today: task prices (`price_enhance`, credits per task).
+//! Seeds 001/002's admin configuration (`/api/admin/config`): typed settings an admin changes
+//! at run time. `max_concurrent_tasks_per_user` (0: no limit; enforced at every submission
+//! with 429 TASK_LIMIT_EXCEEDED), `default_task_timeout` (seconds; the deadline of new tasks),
+//! `maintenance_mode` (non-admin writes answer 503), `price_<kind>` (credits per task) and
+//! `packages` (the recharge packages). `PUT /api/admin/config` sets several keys at once, all
+//! or none; `PUT /api/admin/config/{config_key}` one.
 
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
@@ -8,15 +12,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::domain::credits::{PRICED_KINDS, hundredths};
+use crate::domain::DomainError;
+use crate::domain::tasks::runtime::ConfigChange;
 use crate::http::auth::AdminUser;
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
-use crate::http::views::decimal;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_config)).routes(routes!(put_config))
+    OpenApiRouter::new().routes(routes!(get_config, put_many)).routes(routes!(put_config))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -27,19 +31,56 @@ pub struct ConfigItem {
     pub description: &'static str,
 }
 
+async fn items(state: &AppState) -> ApiResult<Vec<ConfigItem>> {
+    let all = state.tasks.runtime().items(state.tasks.settings().deadline).await?;
+    Ok(all.into_iter().map(|(key, value, description)| ConfigItem { key, value, description }).collect())
+}
+
 #[utoipa::path(get, path = "/api/admin/config", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Envelope<Vec<ConfigItem>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get_config(State(state): State<AppState>, AdminUser(_admin): AdminUser) -> ApiResult<Envelope<Vec<ConfigItem>>> {
-    let mut items = Vec::new();
-    for kind in PRICED_KINDS {
-        let price = state.credits.price(kind).await?;
-        items.push(ConfigItem {
-            key: format!("price_{kind}"),
-            value: decimal(price).into(),
-            description: "credits charged per task (0: free)",
-        });
+    Ok(Envelope::ok("ok", items(&state).await?))
+}
+
+async fn apply(state: &AppState, admin: &str, changes: Vec<ConfigChange>) -> ApiResult<Vec<ConfigItem>> {
+    state.tasks.runtime().apply(&changes).await?;
+    let keys: Vec<String> = changes.iter().map(ConfigChange::key).collect();
+    tracing::info!(admin = %admin, keys = ?keys, "configuration changed");
+    Ok(items(state).await?.into_iter().filter(|i| keys.contains(&i.key)).collect())
+}
+
+#[utoipa::path(put, path = "/api/admin/config", tag = "admin", security(("bearer" = [])),
+    request_body(content = Object, description = "Keys and values, e.g. {\"max_concurrent_tasks_per_user\": 5, \"default_task_timeout\": 3600, \"maintenance_mode\": false}; all are applied or none"),
+    responses((status = 200, description = "The keys as now set", body = Envelope<Vec<ConfigItem>>), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, description = "Unknown keys or bad values, each named; nothing changed", body = ErrorBody)))]
+pub async fn put_many(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(body): ApiJson<serde_json::Map<String, Value>>,
+) -> ApiResult<Envelope<Vec<ConfigItem>>> {
+    if body.is_empty() {
+        return Err(ApiError::field("config", "send at least one key"));
     }
-    Ok(Envelope::ok("ok", items))
+    let mut changes = Vec::new();
+    let mut errors: Vec<(String, String)> = Vec::new();
+    for (key, value) in &body {
+        match ConfigChange::parse(key, value) {
+            Ok(c) => changes.push(c),
+            Err(DomainError::NotFound(m)) => errors.push((key.clone(), m)),
+            Err(DomainError::Invalid { message, .. }) => errors.push((key.clone(), message)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !errors.is_empty() {
+        let mut map = serde_json::Map::new();
+        for (k, m) in &errors {
+            map.insert(k.clone(), Value::Array(vec![Value::String(m.clone())]));
+        }
+        let names: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(ApiError::new(crate::http::error::ErrorCode::ValidationError, format!("nothing changed; invalid: {}", names.join(", ")))
+            .with_details(serde_json::json!({ "field_errors": map })));
+    }
+    Ok(Envelope::ok("settings updated", apply(&state, &admin.user_id, changes).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -49,7 +90,7 @@ pub struct ConfigValue {
 }
 
 #[utoipa::path(put, path = "/api/admin/config/{config_key}", tag = "admin", request_body = ConfigValue, security(("bearer" = [])),
-    params(("config_key" = String, Path, description = "price_enhance")),
+    params(("config_key" = String, Path, description = "max_concurrent_tasks_per_user, default_task_timeout, maintenance_mode, price_enhance or packages")),
     responses((status = 200, body = Envelope<ConfigItem>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_config(
@@ -58,16 +99,8 @@ pub async fn put_config(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<ConfigValue>,
 ) -> ApiResult<Envelope<ConfigItem>> {
-    let Some(kind) = key.strip_prefix("price_").filter(|k| PRICED_KINDS.contains(k)) else {
-        return Err(ApiError::not_found(format!("no setting {key}")));
-    };
-    let text = match &body.value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => return Err(ApiError::field("value", "must be a number of credits like 1.50")),
-    };
-    let price = hundredths(&text).map_err(|m| ApiError::field("value", m))?;
-    state.credits.set_price(kind, price).await?;
-    tracing::info!(admin = %admin.user_id, key = %key, price, "task price changed");
-    Ok(Envelope::ok("setting updated", ConfigItem { key, value: decimal(price).into(), description: "credits charged per task (0: free)" }))
+    // An unknown key is a 404, a bad value a 422 naming it.
+    let c = ConfigChange::parse(&key, &body.value)?;
+    let item = apply(&state, &admin.user_id, vec![c]).await?.pop().ok_or_else(|| ApiError::internal(format!("setting {key} not listed")))?;
+    Ok(Envelope::ok("setting updated", item))
 }

@@ -15,7 +15,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::domain::tasks::NewUpload;
+use crate::domain::tasks::manage::check_callback_url;
+use crate::domain::tasks::{NewUpload, TaskMeta, TaskOptions};
 use crate::domain::uploads::ingest::{Accept, Ingested};
 use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
@@ -37,6 +38,14 @@ pub struct EnhanceResponse {
     pub message: String,
 }
 
+/// The optional `callback_url` field, checked (see [`check_callback_url`]).
+fn callback_url(state: &AppState, f: &Fields) -> Result<Option<String>, ApiError> {
+    match f.callback_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok(None),
+        Some(u) => Ok(Some(check_callback_url(u, state.config.callback_secret.is_some(), state.tasks.settings().allow_private_workers)?)),
+    }
+}
+
 /// Form fields other than the file, as received.
 #[derive(Default)]
 struct Fields {
@@ -44,6 +53,8 @@ struct Fields {
     quality_level: Option<String>,
     scale: Option<String>,
     face_enhance: Option<String>,
+    /// Seed 001/002's task callback, POSTed (signed) when the task finishes.
+    callback_url: Option<String>,
 }
 
 fn parse_params(f: &Fields) -> Result<EnhanceParams, ApiError> {
@@ -150,6 +161,7 @@ async fn accept(
                 "quality_level" => &mut fields.quality_level,
                 "scale" => &mut fields.scale,
                 "face_enhance" => &mut fields.face_enhance,
+                "callback_url" => &mut fields.callback_url,
                 // Unknown fields are ignored, as the seed gateway did.
                 _ => {
                     discard(field, limit).await?;
@@ -174,7 +186,8 @@ async fn accept(
         cleanup(&stored).await;
         return Err(e);
     }
-    let params = match parse_params(&fields) {
+    let checked = parse_params(&fields).and_then(|p| Ok((p, callback_url(state, &fields)?)));
+    let (params, callback_url) = match checked {
         Ok(p) => p,
         Err(e) => {
             cleanup(&stored).await;
@@ -194,7 +207,8 @@ async fn accept(
         owner,
         client: ip.to_string(),
     };
-    if let Err(e) = state.tasks.create_task(upload).await.map_err(ApiError::from) {
+    let options = TaskOptions { meta: TaskMeta { callback_url, ..TaskMeta::default() }, ..TaskOptions::default() };
+    if let Err(e) = state.tasks.create_task_with(upload, options).await.map_err(ApiError::from) {
         cleanup(&Some(file)).await;
         return Err(e);
     }
@@ -208,7 +222,7 @@ mod tests {
     use super::*;
 
     fn fields(tile: Option<&str>, q: Option<&str>, scale: Option<&str>) -> Fields {
-        Fields { tile_size: tile.map(Into::into), quality_level: q.map(Into::into), scale: scale.map(Into::into), face_enhance: None }
+        Fields { tile_size: tile.map(Into::into), quality_level: q.map(Into::into), scale: scale.map(Into::into), face_enhance: None, callback_url: None }
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub mod logs;
 pub mod orders;
 pub mod postcards;
 pub mod recharge;
+pub mod scenes;
 pub mod system;
+pub mod task_actions;
+pub mod task_list;
 pub mod tasks;
 pub mod uploads;
 pub mod users;
@@ -43,6 +46,9 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(admin_users::router())
         .merge(credits::router())
         .merge(admin_config::router())
+        .merge(task_list::router())
+        .merge(task_actions::router())
+        .merge(scenes::router())
         .merge(admin_stats::router())
         .merge(gpu::router())
         .merge(recharge::router())
