@@ -129,6 +129,10 @@ async fn job_runs_with_events_result_info_and_metrics() {
     assert_eq!(info.execution_provider, "openvino");
     assert_eq!(info.requested_execution_provider, "openvino");
     assert!(info.models.iter().any(|m| m.name == "realesr-animevideov3-x2"));
+    // A CPU provider reports no GPU, and the host's load as /proc gives it.
+    assert!(info.gpu.is_none() && info.gpus.is_empty(), "{info:?}");
+    let host = info.host.as_ref().expect("a Linux worker reports its host load");
+    assert!((0.0..=100.0).contains(&host.cpu_usage) && host.memory_used > 0 && host.memory_used <= host.memory_total, "{host:?}");
 
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"purrify_worker_jobs_total{outcome="succeeded",reason="none"} 1"#), "{metrics}");
