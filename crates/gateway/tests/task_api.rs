@@ -95,6 +95,7 @@ on_both!(
     maintenance_mode_pauses_writes_of_non_admins,
     admin_config_is_typed_and_all_or_nothing,
     callback_urls_are_checked,
+    tasks_are_created_from_uploaded_files,
 );
 
 async fn lists_filter_sort_and_page(backend: Backend) {
@@ -384,4 +385,74 @@ async fn callback_urls_are_checked(backend: Backend) {
     let r = submit_reply(&plain, &token, &[("callback_url", None, b"https://hooks.example.com/done")]).await;
     assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "no signing key");
     assert!(r.body["message"].as_str().unwrap().contains("not enabled"), "{}", r.body);
+}
+
+/// Uploads a file through seed 001's `/api/upload/single`; its file id and stored URI.
+async fn upload_file(api: &Api, token: &str, bytes: &[u8]) -> String {
+    let body = multipart(&[("file", Some("photo.png"), bytes)]);
+    let req = axum::http::Request::post("/api/upload/single")
+        .header(axum::http::header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let r = api.send(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["data"]["file_id"].as_str().unwrap().to_owned()
+}
+
+async fn tasks_are_created_from_uploaded_files(backend: Backend) {
+    let w = world(backend).await;
+    let api = &w.api;
+    let photo = small_photo_png(40, 30);
+    let file = upload_file(api, &w.alice, &photo).await;
+
+    // 001: a file and explicit parameters; users cannot raise their priority.
+    let r = api
+        .call("POST", "/api/tasks/create", Some(&w.alice),
+              Some(json!({"file_id": file, "params": {"scale": 4, "quality_level": "fast", "face_enhance": false}, "priority": 5, "title": "cat"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let d = r.body["data"].clone();
+    assert_eq!((d["status"].as_str(), d["priority"].as_i64(), d["title"].as_str()), (Some("pending"), Some(0), Some("cat")), "{d}");
+    assert_eq!((d["config"]["scale"].as_u64(), d["config"]["face_enhance"].as_bool()), (Some(4), Some(false)));
+    let id = d["id"].as_str().unwrap().to_owned();
+    // The task has its own input object: the user's upload survives the task's housekeeping.
+    let t = api.stack.state.tasks.db().get_task(&id).await.unwrap().unwrap();
+    assert!(t.input_uri.contains(&id), "{}", t.input_uri);
+    api.stack.state.storage.delete(&t.input_uri).await.unwrap();
+    let again = api.call("POST", "/api/tasks/create", Some(&w.alice), Some(json!({"file_id": file}))).await;
+    assert_eq!(again.status, StatusCode::CREATED, "the upload is still there: {}", again.body);
+
+    // 002: title, description, task_type, priority, config; admins may raise priority.
+    let admin_file = upload_file(api, &w.root, &photo).await;
+    let r = api
+        .call("POST", "/api/tasks", Some(&w.root),
+              Some(json!({"title": "batch", "description": "d", "task_type": "enhance", "priority": 50, "estimated_duration": 30,
+                          "config": {"file_id": admin_file, "scale": 2}})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!((r.body["data"]["priority"].as_i64(), r.body["data"]["estimated_duration"].as_i64()), (Some(10), Some(30)), "clamped to the admin ceiling");
+
+    // Refusals: unknown kind (listing those served), another user's file, no file, bad params.
+    let unknown = api.call("POST", "/api/tasks", Some(&w.alice), Some(json!({"task_type": "video_analysis", "config": {"file_id": file}}))).await;
+    assert_envelope(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "unknown task_type");
+    assert!(unknown.body["message"].as_str().unwrap().contains("served: enhance"), "{}", unknown.body);
+    for (body, field) in [
+        (json!({"file_id": admin_file}), "file_id"),
+        (json!({}), "file_id"),
+        (json!({"file_id": file, "params": {"scale": 3}}), "scale"),
+        (json!({"file_id": file, "scene_id": "nope"}), "scene_id"),
+        (json!({"file_id": file, "callback_url": "http://169.254.169.254/"}), "callback_url"),
+    ] {
+        let r = api.call("POST", "/api/tasks/create", Some(&w.alice), Some(body.clone())).await;
+        assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", &body.to_string());
+        assert!(r.body["details"]["field_errors"][field].is_array(), "{body}: {}", r.body);
+    }
+    let with_hook = api.call("POST", "/api/tasks", Some(&w.alice), Some(json!({"config": {"file_id": file}, "callback_url": "https://hooks.example.com/x"}))).await;
+    assert_eq!(with_hook.body["data"]["callback_url"], "https://hooks.example.com/x", "{}", with_hook.body);
+
+    // The limit applies here too.
+    api.call("PUT", "/api/admin/config/max_concurrent_tasks_per_user", Some(&w.root), Some(json!({"value": 3}))).await;
+    let over = api.call("POST", "/api/tasks/create", Some(&w.alice), Some(json!({"file_id": file}))).await;
+    assert_envelope(&over, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "fourth task");
 }

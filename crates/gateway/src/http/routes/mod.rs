@@ -18,6 +18,7 @@ pub mod recharge;
 pub mod scenes;
 pub mod system;
 pub mod task_actions;
+pub mod task_create;
 pub mod task_list;
 pub mod tasks;
 pub mod uploads;
@@ -48,6 +49,7 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(admin_config::router())
         .merge(task_list::router())
         .merge(task_actions::router())
+        .merge(task_create::router())
         .merge(scenes::router())
         .merge(admin_stats::router())
         .merge(gpu::router())
