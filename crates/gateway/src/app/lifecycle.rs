@@ -15,6 +15,7 @@ use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
 use crate::domain::audit::AuditLog;
+use crate::domain::callbacks::{CallbackService, CallbackSettings};
 use crate::domain::credits::CreditService;
 use crate::domain::live::{LiveHub, LiveSettings};
 use crate::domain::logs::{LogService, LogSettings};
@@ -133,6 +134,22 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         ..LiveSettings::default()
     });
     let live_feed = live.spawn_feed(tasks.watch_all(), stop_rx.clone());
+    let callbacks = match &config.callback_secret {
+        Some(secret) => {
+            let service = CallbackService::new(
+                tasks.db().clone(),
+                CallbackSettings {
+                    secret: secret.clone().into_bytes(),
+                    max_attempts: config.callback_max_attempts,
+                    retry_base: Duration::from_millis(config.callback_retry_base_ms),
+                    timeout: Duration::from_secs(config.callback_timeout_seconds),
+                    allow_private: config.allow_private_workers,
+                },
+            )?;
+            Some(service.spawn(tasks.watch_all(), stop_rx.clone()))
+        }
+        None => None,
+    };
 
     let state = AppState {
         draining: CancellationToken::new(),
@@ -178,6 +195,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     };
     let mut background = vec![sweeper, settler, live_feed, recorder];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
+    background.extend(callbacks);
     background.push(audit_writer);
     background.extend(log_loops);
     Ok(Stack { state, embedded_worker, stop_tx, background })

@@ -4,6 +4,7 @@
 //! the database only through `purrify-store`.
 
 pub mod accounts;
+pub mod callbacks;
 pub mod audit;
 pub mod credits;
 pub mod error;
