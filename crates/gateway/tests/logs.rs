@@ -149,7 +149,10 @@ async fn user_actions_record_logins_admin_changes_and_deletions(backend: Backend
     let actions: Vec<&str> = alices.iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["delete", "update", "login"], "newest first: {alices:?}");
     let delete = &alices[0];
-    assert_eq!((&delete["method"], &delete["route"], &delete["target_id"]), (&json!("DELETE"), &json!("/api/works/{work_id}"), &json!("w-404")));
+    assert_eq!(
+        (&delete["method"], &delete["route"], &delete["target_id"]),
+        (&json!("DELETE"), &json!("/api/works/{work_id}"), &json!("w-404"))
+    );
     assert_eq!(delete["status_code"], deleted.status.as_u16());
     let update = &alices[1];
     assert_eq!((&update["route"], &update["status_code"]), (&json!("/api/admin/config/{config_key}"), &json!(403)), "refused writes too");

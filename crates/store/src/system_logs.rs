@@ -85,10 +85,8 @@ impl Db {
     pub async fn insert_system_logs(&self, logs: &[NewSystemLog]) -> Result<u64, StoreError> {
         let mut written = 0;
         for chunk in logs.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO system_logs ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
-                values_placeholders(chunk.len(), 7)
-            );
+            let sql =
+                format!("INSERT INTO system_logs ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING", values_placeholders(chunk.len(), 7));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for l in chunk {
                 q = q

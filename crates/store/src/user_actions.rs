@@ -67,10 +67,8 @@ impl Db {
     pub async fn insert_user_actions(&self, actions: &[NewUserAction]) -> Result<u64, StoreError> {
         let mut written = 0;
         for chunk in actions.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO user_actions ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING",
-                values_placeholders(chunk.len(), 11)
-            );
+            let sql =
+                format!("INSERT INTO user_actions ({COLUMNS}) VALUES {} ON CONFLICT (id) DO NOTHING", values_placeholders(chunk.len(), 11));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for a in chunk {
                 q = q

@@ -34,8 +34,7 @@ pub mod actions {
     pub const REFUND: &str = "refund";
 
     /// Every word, for validating filters.
-    pub const ALL: &[&str] =
-        &[LOGIN, LOGIN_FAILED, CREATE, UPDATE, DELETE, ADMIN_CREATE, ADMIN_UPDATE, ADMIN_DELETE, ORDER_PAID, REFUND];
+    pub const ALL: &[&str] = &[LOGIN, LOGIN_FAILED, CREATE, UPDATE, DELETE, ADMIN_CREATE, ADMIN_UPDATE, ADMIN_DELETE, ORDER_PAID, REFUND];
 }
 
 /// One action, as its recorder knows it.
@@ -141,6 +140,9 @@ mod tests {
     fn secret_details_are_redacted_at_any_depth() {
         let mut v = serde_json::json!({"email": "a@example.com", "password": "p", "nested": [{"token": "t", "ok": 1}]});
         redact_value(&mut v);
-        assert_eq!(v, serde_json::json!({"email": "a@example.com", "password": "[REDACTED]", "nested": [{"token": "[REDACTED]", "ok": 1}]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"email": "a@example.com", "password": "[REDACTED]", "nested": [{"token": "[REDACTED]", "ok": 1}]})
+        );
     }
 }

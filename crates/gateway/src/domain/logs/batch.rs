@@ -106,7 +106,12 @@ impl<T> Queue<T> {
 
 /// Writes what arrives on `feed` until `stop` changes (then what is already queued) or every
 /// sender is gone.
-pub fn spawn_writer<T: LogRow>(db: Db, metrics: Arc<Metrics>, feed: Feed<T>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_writer<T: LogRow>(
+    db: Db,
+    metrics: Arc<Metrics>,
+    feed: Feed<T>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Feed { mut rx, dropped } = feed;
         let mut msgs = Vec::with_capacity(MAX_BATCH);

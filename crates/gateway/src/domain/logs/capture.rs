@@ -153,9 +153,10 @@ where
         }
         let mut f = Fields::default();
         event.record(&mut f);
-        let request_id = f.request_id.take().or_else(|| {
-            ctx.event_scope(event)?.find_map(|span| span.extensions().get::<SpanRequestId>().map(|r| r.0.clone()))
-        });
+        let request_id = f
+            .request_id
+            .take()
+            .or_else(|| ctx.event_scope(event)?.find_map(|span| span.extensions().get::<SpanRequestId>().map(|r| r.0.clone())));
         let created_at = purrify_store::now_ms();
         self.queue.push(NewSystemLog {
             id: row_id(created_at),

@@ -107,7 +107,11 @@ pub fn parse_date(field: &'static str, s: &str, end: bool) -> DomainResult<i64> 
 pub fn parse_level(s: &str) -> DomainResult<&'static str> {
     let upper = s.trim().to_ascii_uppercase();
     let upper = if upper == "WARN" { "WARNING".to_owned() } else { upper };
-    LEVELS.iter().copied().find(|l| *l == upper).ok_or_else(|| DomainError::invalid("level", format!("{s:?} is not one of {}", LEVELS.join(", "))))
+    LEVELS
+        .iter()
+        .copied()
+        .find(|l| *l == upper)
+        .ok_or_else(|| DomainError::invalid("level", format!("{s:?} is not one of {}", LEVELS.join(", "))))
 }
 
 impl LogService {

@@ -37,7 +37,9 @@ pub fn is_secret_name(name: &str) -> bool {
     }
     let last = lower.rsplit(['_', '.', '-']).next().unwrap_or(&lower);
     // `key`, `api-key`, `apiv3key`, `signing_key`; `sign`, `pay_sign`; `code`, `js_code`.
-    lower.ends_with("key") || matches!(last, "sign" | "paysign" | "nonce" | "otp" | "pin") || (last == "code" && !PUBLIC_CODES.contains(&lower.as_str()))
+    lower.ends_with("key")
+        || matches!(last, "sign" | "paysign" | "nonce" | "otp" | "pin")
+        || (last == "code" && !PUBLIC_CODES.contains(&lower.as_str()))
 }
 
 /// `text` with every `Bearer <token>` (any case) replaced by `Bearer [REDACTED]`.
@@ -52,7 +54,8 @@ pub fn scrub_text(text: &str) -> std::borrow::Cow<'_, str> {
     let mut from = 0;
     while let Some(at) = lower[from..].find(SCHEME).map(|i| i + from) {
         let token_start = at + SCHEME.len();
-        let token_end = text[token_start..].find(|c: char| c.is_whitespace() || c == '"' || c == ',').map_or(text.len(), |i| i + token_start);
+        let token_end =
+            text[token_start..].find(|c: char| c.is_whitespace() || c == '"' || c == ',').map_or(text.len(), |i| i + token_start);
         out.push_str(&text[rest..token_start]);
         if token_end > token_start {
             out.push_str(REDACTED);

@@ -61,7 +61,10 @@ pub fn events_from_row(task: &Task, now: i64) -> Vec<TaskEvent> {
             let finished = task.finished_at.unwrap_or(now);
             if task.attempts > 0 {
                 let started = task.started_at.unwrap_or(finished).min(finished);
-                out.push(TaskEvent { worker: worker.clone(), ..event(task, format!("dispatched:{}", task.attempts), "dispatched", started) });
+                out.push(TaskEvent {
+                    worker: worker.clone(),
+                    ..event(task, format!("dispatched:{}", task.attempts), "dispatched", started)
+                });
             }
             let (key, kind) = match task.status {
                 TaskStatus::Completed => ("completed".to_owned(), "completed"),

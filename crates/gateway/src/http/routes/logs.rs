@@ -14,7 +14,9 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::audit::actions;
-use crate::domain::logs::{LogKind, Page, PageRequest, SystemLog, SystemLogFilter, TaskEvent, UserAction, UserActionFilter, parse_date, parse_level};
+use crate::domain::logs::{
+    LogKind, Page, PageRequest, SystemLog, SystemLogFilter, TaskEvent, UserAction, UserActionFilter, parse_date, parse_level,
+};
 use crate::http::auth::{AdminUser, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
@@ -263,14 +265,19 @@ pub struct DownloadQuery {
 #[utoipa::path(get, path = "/api/logs/download", tag = "logs", params(DownloadQuery), security(("bearer" = [])),
     responses((status = 200, description = "The day's rows as text lines, oldest first", content_type = "text/plain"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn download(State(state): State<AppState>, AdminUser(_admin): AdminUser, ApiQuery(q): ApiQuery<DownloadQuery>) -> ApiResult<Response> {
+pub async fn download(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
+) -> ApiResult<Response> {
     let kind = match q.log_type.as_deref().map(str::trim) {
         None | Some("") => return Err(ApiError::field("log_type", "is required: system or user_actions")),
         Some(t) => LogKind::parse(t).ok_or_else(|| ApiError::field("log_type", format!("{t:?} is not one of system, user_actions")))?,
     };
     let day = match q.date.as_deref().map(str::trim) {
         None | Some("") => return Err(ApiError::field("date", "is required (YYYY-MM-DD)")),
-        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| ApiError::field("date", format!("{d:?} is not a day (YYYY-MM-DD)")))?,
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| ApiError::field("date", format!("{d:?} is not a day (YYYY-MM-DD)")))?,
     };
     let stream = state.logs.download(kind, day).inspect_err(|e| tracing::warn!(error = %e, "log download cut short"));
     let mut resp = Body::from_stream(stream).into_response();
