@@ -135,7 +135,7 @@ pub struct PendingDeletion {
 const COLUMNS: &str = "id, user_id, task_id, kind, title, status, error_message, media_key, output_uri, content_type, \
      width, height, file_size, thumbnail_uri, thumb_attempts, is_favorite, is_public, created_at, updated_at";
 
-/// Statuses a work may still leave (its task is not finished, or its file not stored yet).
+/// Statuses of works still waiting for their task (or for their file to be stored).
 const OPEN: &str = "('queued', 'processing')";
 
 /// Largest set one delete takes; callers bound requests by it.
@@ -223,16 +223,16 @@ impl Db {
         Ok(Page::new(items, u64::try_from(total).unwrap_or(0), page))
     }
 
-    /// Moves a visible, unfinished work to its task's `status` (not `completed`: that is
-    /// [`complete_work`](Self::complete_work), once the file is stored). `false`: nothing to
-    /// change.
+    /// Moves a visible work that is not completed to its task's `status` (a failed task that
+    /// is retried takes its work along); `completed` is [`complete_work`](Self::complete_work),
+    /// once the file is stored. `false`: nothing to change.
     pub async fn set_work_status(&self, task_id: &str, status: TaskStatus, error: Option<&str>) -> Result<bool, StoreError> {
         if status == TaskStatus::Completed {
             return Err(StoreError::Invalid("a work is completed with its file".into()));
         }
         let sql = format!(
             "UPDATE works SET status = $2, error_message = $3, updated_at = $4 \
-             WHERE task_id = $1 AND deleted_at IS NULL AND status IN {OPEN} AND status <> $2"
+             WHERE task_id = $1 AND deleted_at IS NULL AND status <> 'completed' AND status <> $2"
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(task_id)
@@ -244,25 +244,24 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Completes a visible, unfinished work with its stored file, due for a thumbnail now.
-    /// `false`: it was deleted (or completed) meanwhile; the caller owns the file it stored.
+    /// Completes a visible work with its stored file, due for a thumbnail now. `false`: it
+    /// was deleted or completed meanwhile.
     pub async fn complete_work(&self, id: &str, file: &WorkFile) -> Result<bool, StoreError> {
         let now = now_ms();
-        let sql = format!(
+        let done = sqlx::query(
             "UPDATE works SET status = 'completed', error_message = NULL, output_uri = $2, content_type = $3, \
              width = $4, height = $5, file_size = $6, thumb_retry_at = $7, updated_at = $7 \
-             WHERE id = $1 AND deleted_at IS NULL AND status IN {OPEN}"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(&file.uri)
-            .bind(&file.content_type)
-            .bind(i64::from(file.width))
-            .bind(i64::from(file.height))
-            .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+             WHERE id = $1 AND deleted_at IS NULL AND status <> 'completed'",
+        )
+        .bind(id)
+        .bind(&file.uri)
+        .bind(&file.content_type)
+        .bind(i64::from(file.width))
+        .bind(i64::from(file.height))
+        .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -440,12 +439,15 @@ impl Db {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// Ids of tasks whose visible, unfinished work shows another status than the task: the
-    /// work still has to follow (its file may still have to be stored).
+    /// Ids of tasks whose visible work shows another status than the task and still has to
+    /// follow it: a waiting work (its task moved on, or its file is still to be stored), or a
+    /// failed or cancelled one whose task changed since (it was retried). A work that failed
+    /// after its task (the task's output could not be kept) is not behind.
     pub async fn works_behind_tasks(&self, limit: u32) -> Result<Vec<String>, StoreError> {
         let sql = format!(
             "SELECT w.task_id FROM works w JOIN tasks t ON t.id = w.task_id \
-             WHERE w.status IN {OPEN} AND w.deleted_at IS NULL AND t.status <> w.status \
+             WHERE w.deleted_at IS NULL AND w.status <> 'completed' AND t.status <> w.status \
+             AND (w.status IN {OPEN} OR t.updated_at > w.updated_at) \
              ORDER BY w.created_at, w.id LIMIT $1"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;

@@ -95,6 +95,27 @@ async fn works_are_recorded_once_and_follow_their_task(t: TestDb) {
     assert!(db.set_work_status("t2", TaskStatus::Failed, Some("not an image")).await.unwrap());
     let w2 = db.work("w2").await.unwrap().unwrap();
     assert_eq!((w2.status, w2.error_message.as_deref(), w2.output_uri), (TaskStatus::Failed, Some("not an image"), None));
+    assert!(db.works_behind_tasks(10).await.unwrap().is_empty(), "the work failed with its task");
+
+    // The task is retried (it runs again under the same id): its failed work follows it.
+    sqlx::query("UPDATE tasks SET status = 'queued', updated_at = $2 WHERE id = $1")
+        .bind("t2")
+        .bind(now_ms() + 1)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(db.works_behind_tasks(10).await.unwrap(), ["t2"]);
+    assert!(db.set_work_status("t2", TaskStatus::Queued, None).await.unwrap());
+    finish(db, "t2").await;
+    assert!(db.complete_work("w2", &file("w2")).await.unwrap(), "a retried task's work completes");
+
+    // A work that failed after its task completed (the output could not be kept) is not behind.
+    task(db, "t3", Some("u1")).await;
+    finish(db, "t3").await;
+    db.insert_work(&new_work("w3", "u1", "t3")).await.unwrap();
+    assert_eq!(db.works_behind_tasks(10).await.unwrap(), ["t3"], "waiting for its file");
+    assert!(db.set_work_status("t3", TaskStatus::Failed, Some("the result is no longer stored")).await.unwrap());
+    assert!(db.works_behind_tasks(10).await.unwrap().is_empty());
 }
 
 async fn lists_filter_and_page(t: TestDb) {

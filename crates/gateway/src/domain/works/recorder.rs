@@ -126,7 +126,7 @@ impl WorkService {
         }
         // A deleted or already completed work keeps what it has.
         match self.db.work_of_task(&task.id).await? {
-            Some(work) if matches!(work.status, TaskStatus::Queued | TaskStatus::Processing) => self.adopt(&work, &task).await,
+            Some(work) if work.status != TaskStatus::Completed => self.adopt(&work, &task).await,
             _ => Ok(()),
         }
     }
@@ -154,8 +154,11 @@ impl WorkService {
             .map_err(|e| crate::domain::DomainError::Unavailable(format!("storing the work's file: {e}")))?;
         let file = WorkFile { uri: uri.clone(), content_type, width: result.width, height: result.height, size: bytes.len() as u64 };
         if !self.db.complete_work(&work.id, &file).await? {
-            // Deleted meanwhile: the copy just stored is nobody's.
-            self.db.queue_deletion(&uri, Some(&work.id)).await?;
+            // Completed by another replica (the same key, the same bytes), or deleted meanwhile:
+            // then the copy just stored is nobody's.
+            if self.db.work(&work.id).await?.is_none() {
+                self.db.queue_deletion(&uri, Some(&work.id)).await?;
+            }
             return Ok(());
         }
         tracing::info!(work = %work.id, task = %task.id, "work completed");
