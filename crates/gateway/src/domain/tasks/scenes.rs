@@ -7,7 +7,7 @@ use purrify_store::{Scene, SceneFields, StoreError};
 
 use super::TaskService;
 use super::manage::task_kind;
-use crate::domain::credits::MAX_AMOUNT;
+use crate::domain::credits::{MAX_AMOUNT, hundredths};
 use crate::domain::{DomainError, DomainResult};
 
 /// A scene as an admin sends it, before checks.
@@ -18,7 +18,8 @@ pub struct SceneInput {
     pub cover_url: Option<String>,
     pub kind: Option<String>,
     pub params: EnhanceParams,
-    pub price: Option<i64>,
+    /// Credits as the client wrote them (`2.50`); `None`: the kind's price.
+    pub price: Option<String>,
     pub sort_order: Option<i64>,
     pub active: Option<bool>,
 }
@@ -48,11 +49,18 @@ pub fn check_scene(input: SceneInput) -> DomainResult<SceneFields> {
     if let Err(m) = input.params.validate() {
         errors.push((if m.starts_with("scale") { "scale" } else { "tile_size" }, m));
     }
-    if let Some(p) = input.price
-        && !(0..=MAX_AMOUNT).contains(&p)
-    {
-        errors.push(("price", "must be between 0 and 10,000,000 credits".into()));
-    }
+    let price = match input.price.as_deref().map(hundredths) {
+        None => None,
+        Some(Ok(p)) if (0..=MAX_AMOUNT).contains(&p) => Some(p),
+        Some(Ok(_)) => {
+            errors.push(("price", "must be between 0 and 10,000,000 credits".into()));
+            None
+        }
+        Some(Err(m)) => {
+            errors.push(("price", m));
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(DomainError::Fields(errors));
     }
@@ -62,7 +70,7 @@ pub fn check_scene(input: SceneInput) -> DomainResult<SceneFields> {
         cover_url,
         kind,
         params: input.params,
-        price: input.price,
+        price,
         sort_order: input.sort_order.unwrap_or(0),
         active: input.active.unwrap_or(true),
     })
@@ -117,7 +125,7 @@ mod tests {
             cover_url: Some("javascript:alert(1)".into()),
             kind: Some("video".into()),
             params: EnhanceParams { scale: 3, ..EnhanceParams::default() },
-            price: Some(-1),
+            price: Some("-1".into()),
             ..SceneInput::default()
         };
         let Err(DomainError::Fields(f)) = check_scene(bad) else { panic!("refused") };

@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::domain::credits::hundredths;
 use crate::domain::tasks::Scene;
 use crate::domain::tasks::scenes::SceneInput;
 use crate::http::auth::{AdminUser, MaybeUser};
@@ -161,8 +160,8 @@ impl SceneBody {
     fn input(self) -> ApiResult<SceneInput> {
         let price = match self.price {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(hundredths(&n.to_string()).map_err(|m| ApiError::field("price", m))?),
-            Some(Value::String(s)) => Some(hundredths(&s).map_err(|m| ApiError::field("price", m))?),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::String(s)) => Some(s),
             Some(_) => return Err(ApiError::field("price", "must be a number of credits like 1.50")),
         };
         Ok(SceneInput {
