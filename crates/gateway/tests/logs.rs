@@ -8,7 +8,7 @@ mod support;
 
 use axum::http::{StatusCode, header};
 use purrify_gateway::domain::logs::system_log_channel;
-use purrify_store::{NewSystemLog, NewUserAction, PageRequest, SystemLogFilter, TaskEvent};
+use purrify_store::{Guard, NewSystemLog, NewUserAction, PageRequest, SystemLogFilter, TaskEvent};
 use purrify_testkit::fake_worker::{Behavior, FakeWorker};
 use serde_json::{Value, json};
 use support::client::*;
@@ -186,6 +186,28 @@ async fn a_finished_tasks_timeline(backend: Backend) {
     let (root, _) = login(&api, "root@example.com", ROOT_PASSWORD).await;
     let (alice, _) = register(&api, "alice@example.com").await;
     let (bob, _) = register(&api, "bob@example.com").await;
+    // A task that fails before any worker takes it; its events are later lost (say, to
+    // retention): the timeline then shows what its row proves.
+    let early = api.upload_as(&alice, &[("file", Some("a.png"), &small_photo_png(16, 16))]).await;
+    let early = early.body["task_id"].as_str().unwrap_or_else(|| panic!("{}", early.body)).to_owned();
+    let db = api.stack.state.tasks.db().clone();
+    purrify_testkit::eventually(30, "the queued event is stored", || async {
+        api.stack.state.logs.flush_timeline().await;
+        (!db.task_events(&early, 10).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert!(db.fail_task(&early, Guard::Queued, purrify_api::FailReason::BadInput, "not an image").await.unwrap());
+    db.purge_task_events(i64::MAX, 100).await.unwrap();
+    let derived = api.call("GET", &format!("/api/logs/tasks/{early}"), Some(&alice), None).await;
+    let derived = derived.body["data"].clone();
+    assert_eq!(derived["status"], "failed", "{derived}");
+    let events = derived["events"].as_array().unwrap();
+    assert_eq!(events.iter().map(|e| e["event"].as_str().unwrap()).collect::<Vec<_>>(), ["queued", "failed"], "{derived}");
+    assert_eq!(
+        (&events[1]["error_code"], &events[1]["message"], &events[1]["attempt"]),
+        (&json!("BAD_INPUT"), &json!("not an image"), &json!(0))
+    );
+
     let worker = FakeWorker::start(2, Behavior::Succeed).await;
     let r = api.post_json("/api/v1/config/backend", json!({"backend_url": worker.url}), &[("authorization", "Bearer admin-token")]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -212,7 +234,6 @@ async fn a_finished_tasks_timeline(backend: Backend) {
 
     // Seen again (another replica watching the same task): stored once.
     api.stack.state.logs.flush_timeline().await;
-    let db = api.stack.state.tasks.db().clone();
     let stored = db.task_events(&id, 100).await.unwrap();
     let again: Vec<TaskEvent> = stored.iter().map(|e| TaskEvent { created_at: e.created_at + 5, ..e.clone() }).collect();
     assert_eq!(db.insert_task_events(&again).await.unwrap(), 0);

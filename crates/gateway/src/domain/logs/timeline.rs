@@ -84,6 +84,22 @@ pub fn events_from_row(task: &Task, now: i64) -> Vec<TaskEvent> {
     out
 }
 
+/// The outcome a finished snapshot reports, for a row that does not show it yet.
+fn outcome_from_snapshot(task: &Task, s: &TaskSnapshot, now: i64) -> Option<TaskEvent> {
+    let (key, kind) = match s.status {
+        PublicStatus::Completed => ("completed".to_owned(), "completed"),
+        PublicStatus::Failed if s.error_code.as_deref() == Some("CANCELLED") => ("cancelled".to_owned(), "cancelled"),
+        PublicStatus::Failed => (format!("failed:{}", task.attempts), "failed"),
+        PublicStatus::Queued | PublicStatus::Processing => return None,
+    };
+    let mut end = event(task, key, kind, now);
+    end.worker = task.worker.clone();
+    end.progress = (s.status == PublicStatus::Completed).then_some(1.0);
+    end.error_code = s.error_code.clone();
+    end.message = s.error.clone();
+    Some(end)
+}
+
 /// Progress marks crossed by `progress` (0..=1) beyond those already recorded: 1..=3.
 fn marks_crossed(progress: f64, recorded: u8) -> std::ops::RangeInclusive<u8> {
     let reached = ((progress.clamp(0.0, 1.0) * 4.0).floor() as u8).min(3);
@@ -126,8 +142,16 @@ async fn observe(db: &Db, queue: &Queue<TaskEvent>, followed: &mut HashMap<Strin
                     return;
                 }
             };
-            for e in events_from_row(&task, purrify_store::now_ms()) {
+            let now = purrify_store::now_ms();
+            for e in events_from_row(&task, now) {
                 queue.push(e);
+            }
+            if !task.status.is_finished()
+                && let Some(end) = outcome_from_snapshot(&task, &s, now)
+            {
+                // The stream saw the end before the row says it (a mirror that lags the
+                // custom resource): the snapshot is the witness.
+                queue.push(end);
             }
             let same_attempt = known.filter(|k| k.attempt == task.attempts);
             Seen { status: s.status, attempt: task.attempts, marks: same_attempt.map_or(0, |k| k.marks) }
