@@ -87,7 +87,12 @@ pub async fn start(config: WorkerConfig, shutdown: impl Future<Output = ()> + Se
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let jobs = Jobs::new(config.jobs, config.storage, metrics.clone());
-    let state = AppState { jobs: jobs.clone(), metrics: metrics.clone(), gpu: Arc::new(gpu::GpuProbe::default()), host: Arc::new(host::HostProbe::default()) };
+    let state = AppState {
+        jobs: jobs.clone(),
+        metrics: metrics.clone(),
+        gpu: Arc::new(gpu::GpuProbe::default()),
+        host: Arc::new(host::HostProbe::default()),
+    };
 
     let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     match config.engine {
