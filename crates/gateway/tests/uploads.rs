@@ -31,7 +31,9 @@ async fn truncated_images_are_refused_on_enhance(backend: Backend) {
     let jpeg = jpeg_photo(160, 120);
     let png = small_photo_png(96, 64);
     assert!(jpeg.len() > 2000, "the JPEG must be longer than the cut");
-    for (what, cut) in [("JPEG cut after 1.5 kB", &jpeg[..1536]), ("PNG cut in half", &png[..png.len() / 2]), ("PNG without IEND", &png[..png.len() - 12])] {
+    for (what, cut) in
+        [("JPEG cut after 1.5 kB", &jpeg[..1536]), ("PNG cut in half", &png[..png.len() / 2]), ("PNG without IEND", &png[..png.len() - 12])]
+    {
         let r = api.upload(&[("file", Some("photo"), cut)]).await;
         assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE", what);
         assert!(r.body["message"].as_str().unwrap().contains("incomplete"), "{what}: {}", r.body);
@@ -47,7 +49,11 @@ async fn truncated_images_are_refused_on_enhance(backend: Backend) {
 
 async fn user(api: &Api, name: &str) -> (String, String) {
     let r = api
-        .post_json("/api/auth/register", json!({"email": format!("{name}@example.com"), "username": name, "password": "correct horse 42"}), &[])
+        .post_json(
+            "/api/auth/register",
+            json!({"email": format!("{name}@example.com"), "username": name, "password": "correct horse 42"}),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     (r.body["data"]["access_token"].as_str().unwrap().to_owned(), r.body["data"]["user"]["id"].as_str().unwrap().to_owned())
@@ -88,7 +94,10 @@ async fn seed_001_uploads_are_owned_served_and_deleted(backend: Backend) {
     assert_eq!(r.body["success"], true);
     let d = &r.body["data"];
     assert_eq!((d["size"].as_u64(), d["width"].as_u64(), d["height"].as_u64()), (Some(png.len() as u64), Some(48), Some(32)));
-    assert_eq!((d["mimetype"].as_str(), d["kind"].as_str(), d["original_name"].as_str()), (Some("image/png"), Some("image"), Some("cat.png")));
+    assert_eq!(
+        (d["mimetype"].as_str(), d["kind"].as_str(), d["original_name"].as_str()),
+        (Some("image/png"), Some("image"), Some("cat.png"))
+    );
     let file_id = d["file_id"].as_str().unwrap().to_owned();
     assert_eq!(file_id.len(), 22, "128 random bits, URL-safe");
     let filename = d["filename"].as_str().unwrap().to_owned();
@@ -107,6 +116,12 @@ async fn seed_001_uploads_are_owned_served_and_deleted(backend: Backend) {
     assert_eq!((resolved.bytes, resolved.content_type.as_str(), resolved.width), (png.len() as u64, "image/png", Some(48)));
     let (_, bob_id) = (bob.clone(), api.stack.state.accounts.authenticate(&bob).await.unwrap().user_id);
     assert!(api.stack.state.uploads.resolve(&bob_id, &file_id).await.unwrap().is_none());
+    // A task made from it gets its own copy of the object: the task's housekeeping deletes
+    // that copy, never the upload, and deleting the upload leaves the task's input alone.
+    let copy = api.stack.state.uploads.copy_for_task(&alice_id, &file_id, "uploads/task-from-upload").await.unwrap().unwrap();
+    assert!(copy.uri.ends_with("/uploads/task-from-upload.png"), "{}", copy.uri);
+    assert_eq!(api.stack.state.storage.get(&copy.uri, 1 << 20).await.unwrap().as_ref(), png.as_slice());
+    assert!(api.stack.state.uploads.copy_for_task(&bob_id, &file_id, "uploads/stolen").await.unwrap().is_none());
 
     let many = post_files(
         &api,
@@ -126,6 +141,7 @@ async fn seed_001_uploads_are_owned_served_and_deleted(backend: Backend) {
     let mine = api.call("DELETE", &format!("/api/upload/{filename}"), Some(&alice), None).await;
     assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
     assert_eq!(mine.body["data"]["deleted"], true);
+    assert!(api.stack.state.storage.get(&copy.uri, 1 << 20).await.is_ok(), "the task's copy outlives the upload");
     assert_eq!(api.get(&url).await.status, StatusCode::NOT_FOUND);
     assert_eq!((rows(&api, &alice_id).await, stored_files(&api)), (3, 3), "row and object gone");
     let again = api.call("DELETE", &format!("/api/upload/{filename}"), Some(&alice), None).await;
@@ -144,7 +160,15 @@ async fn base64_uploads_decode_or_are_refused(backend: Backend) {
     let post = |body: Value| {
         let api = &api;
         let token = token.clone();
-        async move { api.call("POST", if body.get("images").is_some() { "/api/upload/base64/batch" } else { "/api/upload/base64" }, Some(&token), Some(body)).await }
+        async move {
+            api.call(
+                "POST",
+                if body.get("images").is_some() { "/api/upload/base64/batch" } else { "/api/upload/base64" },
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
     };
 
     let r = post(json!({"image": format!("data:image/png;base64,{b64}"), "filename": "c.png"})).await;
@@ -164,8 +188,18 @@ async fn base64_uploads_decode_or_are_refused(backend: Backend) {
         ("bad base64", json!({"image": "not base64 at all!"}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
         ("no image", json!({"filename": "x.png"}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
         ("text data URL", json!({"image": "data:text/plain,hello"}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
-        ("not an image", json!({"image": base64::engine::general_purpose::STANDARD.encode(b"just some text, no image here")}), StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
-        ("truncated PNG", json!({"image": base64::engine::general_purpose::STANDARD.encode(&png[..png.len() / 2])}), StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"),
+        (
+            "not an image",
+            json!({"image": base64::engine::general_purpose::STANDARD.encode(b"just some text, no image here")}),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "truncated PNG",
+            json!({"image": base64::engine::general_purpose::STANDARD.encode(&png[..png.len() / 2])}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE",
+        ),
         ("a batch with one bad image", json!({"images": [b64, "%%%%"]}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
         ("too many", json!({"images": vec![b64.clone(); 11]}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
         ("empty batch", json!({"images": []}), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
@@ -206,7 +240,8 @@ async fn the_storage_quota_refuses_and_stores_nothing(backend: Backend) {
     assert_eq!((rows(&api, &user_id).await, stored_files(&api)), (2, 2), "the refused file left nothing");
     // A batch that would pass the quota is refused whole.
     assert_eq!(api.call("DELETE", &format!("/api/upload/{}", names[0]), Some(&token), None).await.status, StatusCode::OK);
-    let batch = post_files(&api, "/api/upload/multiple", Some(&token), &[("files", Some("a.png"), &png), ("files", Some("b.png"), &png)]).await;
+    let batch =
+        post_files(&api, "/api/upload/multiple", Some(&token), &[("files", Some("a.png"), &png), ("files", Some("b.png"), &png)]).await;
     assert_envelope(&batch, StatusCode::PAYLOAD_TOO_LARGE, "STORAGE_QUOTA_EXCEEDED", "batch over the quota");
     assert_eq!((rows(&api, &user_id).await, stored_files(&api)), (1, 1));
     // Deleting made room; other users have their own quota.
@@ -223,17 +258,65 @@ async fn bad_files_and_batches_leave_nothing_behind(backend: Backend) {
     assert!(big.len() > 64 * 1024);
     let one = |name: &'static str, bytes: Vec<u8>| vec![("file", Some(name), bytes)];
     for (what, path, parts, status, code) in [
-        ("wrong magic bytes", "/api/upload/single", one("x.png", b"GIF89a but not really an image".to_vec()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
-        ("text file", "/api/upload/single", one("x.jpg", b"hello, I am text named like a photo".to_vec()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
-        ("JPEG cut after 1.5 kB", "/api/upload/single", one("x.jpg", jpeg[..1536].to_vec()), StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"),
-        ("PNG without IEND", "/api/upload/single", one("x.png", png[..png.len() - 12].to_vec()), StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"),
+        (
+            "wrong magic bytes",
+            "/api/upload/single",
+            one("x.png", b"GIF89a but not really an image".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "text file",
+            "/api/upload/single",
+            one("x.jpg", b"hello, I am text named like a photo".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            "JPEG cut after 1.5 kB",
+            "/api/upload/single",
+            one("x.jpg", jpeg[..1536].to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE",
+        ),
+        (
+            "PNG without IEND",
+            "/api/upload/single",
+            one("x.png", png[..png.len() - 12].to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE",
+        ),
         ("over the file limit", "/api/upload/single", one("x.png", big.clone()), StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE"),
         ("empty file", "/api/upload/single", one("x.png", Vec::new()), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
         ("no file", "/api/upload/single", vec![("other", None, b"x".to_vec())], StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
-        ("two files on single", "/api/upload/single", vec![("file", Some("a.png"), png.clone()), ("file", Some("b.png"), png.clone())], StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
-        ("too many files", "/api/upload/multiple", (0..11).map(|_| ("files", Some("a.png"), png.clone())).collect(), StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR"),
-        ("a batch with a cut file", "/api/upload/multiple", vec![("files", Some("a.png"), png.clone()), ("files", Some("b.jpg"), jpeg[..1536].to_vec())], StatusCode::UNPROCESSABLE_ENTITY, "INVALID_IMAGE"),
-        ("a video on an image route", "/api/upload/single", one("v.mp4", tiny_mp4(b"frames")), StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+        (
+            "two files on single",
+            "/api/upload/single",
+            vec![("file", Some("a.png"), png.clone()), ("file", Some("b.png"), png.clone())],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "too many files",
+            "/api/upload/multiple",
+            (0..11).map(|_| ("files", Some("a.png"), png.clone())).collect(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "a batch with a cut file",
+            "/api/upload/multiple",
+            vec![("files", Some("a.png"), png.clone()), ("files", Some("b.jpg"), jpeg[..1536].to_vec())],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE",
+        ),
+        (
+            "a video on an image route",
+            "/api/upload/single",
+            one("v.mp4", tiny_mp4(b"frames")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
     ] {
         let parts: Vec<(&str, Option<&str>, &[u8])> = parts.iter().map(|(n, f, b)| (*n, *f, b.as_slice())).collect();
         let r = post_files(&api, path, Some(&token), &parts).await;
@@ -303,7 +386,11 @@ async fn seed_003_image_and_video_uploads(backend: Backend) {
     ] {
         let r = post_files(&api, path, Some(&token), &[("file", Some("f"), &bytes)]).await;
         assert_eq!(r.status.as_u16(), status, "{what}: {}", r.body);
-        assert_eq!((r.body["code"].as_u64(), r.body["error"].as_str()), (Some(status.into()), Some(code)), "{what}: seed 003's error shape");
+        assert_eq!(
+            (r.body["code"].as_u64(), r.body["error"].as_str()),
+            (Some(status.into()), Some(code)),
+            "{what}: seed 003's error shape"
+        );
         assert_eq!((rows(&api, &user_id).await, stored_files(&api)), (3, files), "{what}: nothing stored");
     }
     let anonymous = post_files(&api, "/api/v1/upload/image", None, &[("file", Some("big.png"), &big)]).await;

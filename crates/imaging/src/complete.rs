@@ -306,10 +306,7 @@ impl Completeness {
             Container::Riff | Container::IsoBmff | Container::Ebml => {
                 if !self.header.is_empty() || (!self.stopped && self.next != len) {
                     let expected = if self.header.is_empty() { format!("{}", self.next) } else { "more".into() };
-                    return Err(incomplete(format!(
-                        "the {} container declares {expected} bytes but {len} arrived",
-                        self.container.name()
-                    )));
+                    return Err(incomplete(format!("the {} container declares {expected} bytes but {len} arrived", self.container.name())));
                 }
             }
         }

@@ -97,4 +97,8 @@ async fn concurrent_uploads_cannot_overrun_the_quota(t: TestDb) {
     assert_eq!(db.upload_bytes_used("alice").await.unwrap(), 550);
 }
 
-purrify_store::on_both_databases!(rows_round_trip_and_the_quota_holds, only_the_owner_reads_or_deletes, concurrent_uploads_cannot_overrun_the_quota);
+purrify_store::on_both_databases!(
+    rows_round_trip_and_the_quota_holds,
+    only_the_owner_reads_or_deletes,
+    concurrent_uploads_cannot_overrun_the_quota
+);

@@ -82,9 +82,14 @@ pub enum IngestError<E> {
     /// The client's stream failed.
     Client(E),
     Empty,
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
     /// Not an accepted type; for images, what the magic bytes say when they say anything.
-    Unsupported { accept: Accept, format: Option<Format> },
+    Unsupported {
+        accept: Accept,
+        format: Option<Format>,
+    },
     /// Truncated, damaged, or over the pixel limit.
     Invalid(ImageError),
     /// The storage failed (logged here); the caller may retry.
@@ -142,12 +147,8 @@ where
     }
     let media = classify(&prefix, rules.accept)?;
     let uri = storage.uri_for(&format!("{key_stem}.{}", media.extension()));
-    let watch = Arc::new(Mutex::new(Watch::<E> {
-        count: 0,
-        head: BytesMut::new(),
-        check: container(media).map(Completeness::new),
-        fault: None,
-    }));
+    let watch =
+        Arc::new(Mutex::new(Watch::<E> { count: 0, head: BytesMut::new(), check: container(media).map(Completeness::new), fault: None }));
     let seen = watch.clone();
     let limit = rules.max_bytes;
     let stream = futures::stream::iter(first.into_iter().map(Ok)).chain(chunks).map(move |r| {
@@ -202,7 +203,9 @@ where
             // The file is known complete, so a header error is definitive when the whole
             // file fit in the prefix or the size is over the limit; a header cut off by the
             // prefix (huge metadata) is left to the worker, which fails the task with a reason.
-            Err(e) if (bytes as usize) <= w.head.len() || matches!(e, ImageError::TooLarge { .. } | ImageError::DimensionTooLarge { .. }) => {
+            Err(e)
+                if (bytes as usize) <= w.head.len() || matches!(e, ImageError::TooLarge { .. } | ImageError::DimensionTooLarge { .. }) =>
+            {
                 return refuse(IngestError::Invalid(e)).await;
             }
             Err(_) => (None, None),

@@ -4,7 +4,7 @@
 
 pub mod base64_text;
 pub mod ingest;
-pub mod video;
 mod service;
+pub mod video;
 
 pub use service::{Staged, UploadError, UploadService, UploadSettings, UploadedFile, new_upload_id, sanitize_file_name};

@@ -102,7 +102,10 @@ impl Staged {
 pub enum UploadError<E> {
     Ingest(IngestError<E>),
     /// The owner's stored files plus this one would pass the quota.
-    Quota { used: u64, quota: u64 },
+    Quota {
+        used: u64,
+        quota: u64,
+    },
     Domain(DomainError),
 }
 
@@ -125,8 +128,13 @@ const MAX_NAME: usize = 120;
 /// control characters or quotes, bounded; `fallback` when nothing is left.
 pub fn sanitize_file_name(name: Option<&str>, fallback: &str) -> String {
     let last = name.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String =
-        last.chars().filter(|c| !c.is_control() && !matches!(c, '"' | '<' | '>' | '`')).take(MAX_NAME).collect::<String>().trim().to_string();
+    let clean: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '<' | '>' | '`'))
+        .take(MAX_NAME)
+        .collect::<String>()
+        .trim()
+        .to_string();
     if clean.is_empty() || clean.chars().all(|c| c == '.') { fallback.to_string() } else { clean }
 }
 
@@ -356,7 +364,8 @@ impl UploadService {
             return Ok(None);
         };
         let storage = &self.inner.storage;
-        let unavailable = |e: purrify_inference::storage::StorageError| DomainError::Unavailable(format!("the uploaded file cannot be read now: {e}"));
+        let unavailable =
+            |e: purrify_inference::storage::StorageError| DomainError::Unavailable(format!("the uploaded file cannot be read now: {e}"));
         let (_, stream) = storage.get_stream(&file.uri).await.map_err(unavailable)?;
         let copy = storage.uri_for(&format!("{key_stem}.{}", file.extension));
         if let Err(e) = storage.put_stream(&copy, stream).await {

@@ -194,7 +194,7 @@ pub(crate) mod tests {
         mvhd[12..16].copy_from_slice(&1000u32.to_be_bytes());
         mvhd[16..20].copy_from_slice(&2500u32.to_be_bytes());
         let mut tkhd = vec![0u8; 84];
-        let (a, b, c, d) = if rotated { (0, 0x10000, 0xFFFF_0000u32, 0) } else { (0x10000, 0, 0, 0x10000) };
+        let (a, b, c, d): (u32, u32, u32, u32) = if rotated { (0, 0x10000, 0xFFFF_0000, 0) } else { (0x10000, 0, 0, 0x10000) };
         tkhd[40..44].copy_from_slice(&a.to_be_bytes());
         tkhd[44..48].copy_from_slice(&b.to_be_bytes());
         tkhd[52..56].copy_from_slice(&c.to_be_bytes());

@@ -222,7 +222,13 @@ mod tests {
     use super::*;
 
     fn fields(tile: Option<&str>, q: Option<&str>, scale: Option<&str>) -> Fields {
-        Fields { tile_size: tile.map(Into::into), quality_level: q.map(Into::into), scale: scale.map(Into::into), face_enhance: None, callback_url: None }
+        Fields {
+            tile_size: tile.map(Into::into),
+            quality_level: q.map(Into::into),
+            scale: scale.map(Into::into),
+            face_enhance: None,
+            callback_url: None,
+        }
     }
 
     #[test]

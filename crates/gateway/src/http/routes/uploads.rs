@@ -244,7 +244,8 @@ pub(crate) async fn receive_multipart(
                 continue;
             }
             if staged.len() == max_files {
-                let what = if max_files == 1 { "send exactly one file".to_string() } else { format!("at most {max_files} files per request") };
+                let what =
+                    if max_files == 1 { "send exactly one file".to_string() } else { format!("at most {max_files} files per request") };
                 return Err(ApiError::field(field, what));
             }
             let original = part.file_name().map(str::to_owned);
@@ -373,7 +374,11 @@ pub async fn base64_one(State(state): State<AppState>, CurrentUser(user): Curren
     request_body(content = Base64Batch, description = "`images`: at most 10 items, each a string or `{image|data, filename?}`; all are stored or none"),
     responses((status = 200, body = Envelope<Vec<UploadView>>), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn base64_batch(State(state): State<AppState>, CurrentUser(user): CurrentUser, req: Request) -> ApiResult<Envelope<Vec<UploadView>>> {
+pub async fn base64_batch(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    req: Request,
+) -> ApiResult<Envelope<Vec<UploadView>>> {
     let bytes = json_bytes(&state, req, MAX_FILES as u64).await?;
     let body: Base64Batch = parse_json(&bytes)?;
     if body.images.is_empty() || body.images.len() > MAX_FILES {
@@ -401,7 +406,11 @@ pub struct DeletedUpload {
     params(("fileName" = String, Path, description = "The stored name (`<file_id>.<ext>`) or the file id")),
     responses((status = 200, body = Envelope<DeletedUpload>), (status = 401, body = ErrorBody),
         (status = 404, description = "No such file of this user", body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, CurrentUser(user): CurrentUser, Path(file_name): Path<String>) -> ApiResult<Envelope<DeletedUpload>> {
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(file_name): Path<String>,
+) -> ApiResult<Envelope<DeletedUpload>> {
     if !state.uploads.delete(&user.user_id, &file_name).await? {
         return Err(ApiError::not_found(format!("no uploaded file {file_name:?}")));
     }
