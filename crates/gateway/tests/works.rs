@@ -53,6 +53,11 @@ async fn hand_task(api: &Api, user: &str, outcome: &str) -> String {
     let output = state.storage.uri_for(&format!("results/{id}.jpg"));
     let mut t = NewTask::new(&id, state.storage.uri_for("uploads/x.png"), &output, Default::default());
     t.user_id = Some(user.to_owned());
+    if outcome == "queued" {
+        // Seed 002's tasks carry a title; the generation kinds make videos.
+        t.meta.title = Some("Grandma, 1962".into());
+        t.meta.kind = "image-to-video".into();
+    }
     let db = state.tasks.db();
     db.insert_task(&t, std::time::Duration::from_secs(300)).await.unwrap();
     match outcome {
@@ -232,8 +237,10 @@ async fn lists_filter_page_and_edit(backend: Backend) {
     assert_eq!(count("?status=failed").await, 1);
     assert_eq!(count("?status=cancelled").await, 1);
     assert_eq!(count("?status=pending").await, 1);
-    assert_eq!(count("?type=image").await, 6);
-    assert_eq!(count("?type=video").await, 0);
+    assert_eq!(count("?type=image").await, 5);
+    assert_eq!(count("?type=video").await, 1);
+    let titled = works_of(&api, &alice, "?keyword=grandma").await;
+    assert_eq!((titled["total"].as_u64(), titled["items"][0]["title"].as_str()), (Some(1), Some("Grandma, 1962")), "the task's title");
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let q = format!("?start_date={today}&end_date={today}");
     assert_eq!(works_of(&api, &alice, &q).await["total"], 6, "a day includes all of it");

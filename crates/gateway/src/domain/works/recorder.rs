@@ -98,7 +98,8 @@ impl WorkService {
     /// user's task), its status moved along, and, once the task completed, its file copied
     /// and its thumbnail made.
     pub async fn record(&self, task_id: &str) -> DomainResult<()> {
-        let Some(task) = self.db.get_task(task_id).await? else { return Ok(()) };
+        let Some(record) = self.db.task_record(task_id).await? else { return Ok(()) };
+        let task = record.task;
         let Some(user_id) = task.user_id.clone() else { return Ok(()) };
         let error = task
             .failure()
@@ -110,8 +111,8 @@ impl WorkService {
             id: uuid::Uuid::new_v4().to_string(),
             user_id,
             task_id: task.id.clone(),
-            kind: WorkKind::Image,
-            title: default_title(task.created_at),
+            kind: work_kind(&record.meta.kind),
+            title: title_of(record.meta.title.as_deref(), task.created_at),
             status,
             error_message: error.clone(),
             media_key: media_key(),
@@ -211,10 +212,21 @@ impl WorkService {
     }
 }
 
-/// A new work's title: the day and minute its task was created (UTC); users rename it.
-fn default_title(created_at: i64) -> String {
-    let at = chrono::DateTime::from_timestamp_millis(created_at).unwrap_or_default();
-    format!("Photo {}", at.format("%Y-%m-%d %H:%M"))
+/// A new work's title: its task's (seed 002's tasks have one), else the day and minute the
+/// task was created (UTC). Users rename it.
+fn title_of(task_title: Option<&str>, created_at: i64) -> String {
+    match task_title.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.chars().filter(|c| !c.is_control()).take(super::MAX_TITLE_CHARS).collect(),
+        None => {
+            let at = chrono::DateTime::from_timestamp_millis(created_at).unwrap_or_default();
+            format!("Photo {}", at.format("%Y-%m-%d %H:%M"))
+        }
+    }
+}
+
+/// What a task kind makes: the video generation kinds make videos, everything else images.
+fn work_kind(task_kind: &str) -> WorkKind {
+    if task_kind.contains("video") { WorkKind::Video } else { WorkKind::Image }
 }
 
 /// 244 random bits (two v4 UUIDs), hex: the capability in a work's media URLs.
@@ -228,7 +240,11 @@ mod tests {
 
     #[test]
     fn titles_and_keys() {
-        assert_eq!(default_title(1_700_000_000_000), "Photo 2023-11-14 22:13");
+        assert_eq!(title_of(None, 1_700_000_000_000), "Photo 2023-11-14 22:13");
+        assert_eq!(title_of(Some("  "), 1_700_000_000_000), "Photo 2023-11-14 22:13");
+        assert_eq!(title_of(Some(" Grandma\n1962 "), 0), "Grandma1962");
+        assert_eq!(title_of(Some(&"x".repeat(500)), 0).len(), 100);
+        assert_eq!((work_kind("enhance"), work_kind("text-to-video")), (WorkKind::Image, WorkKind::Video));
         let (a, b) = (media_key(), media_key());
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
