@@ -211,6 +211,19 @@ async fn recharges_are_credited_once_and_refunds_take_them_back(backend: Backend
     let (s, b) = env.call("POST", &format!("/api/admin/orders/{second}/refund"), Some(&admin), None).await;
     assert_eq!((s, b["error_code"].as_str()), (StatusCode::BAD_REQUEST, Some("INSUFFICIENT_BALANCE")), "{b}");
     assert_eq!(env.status(&second).await, OrderStatus::Paid);
+
+    // Seed 002's user actions on the buyer's record: each payment once (201 notifications of
+    // the first), the one refund WeChat took.
+    env.gw.state.audit.flush().await;
+    let (_, acts) = env.call("GET", &format!("/api/logs/user-actions?user_id={user_id}&page_size=100"), Some(&admin), None).await;
+    let of = |action: &str| -> Vec<Value> {
+        acts["data"]["items"].as_array().unwrap().iter().filter(|a| a["action"] == action).cloned().collect()
+    };
+    let paid = of("order_paid");
+    assert_eq!(paid.iter().map(|a| a["target_id"].as_str().unwrap()).collect::<Vec<_>>(), [second.as_str(), no.as_str()], "{acts}");
+    assert_eq!((&paid[1]["details"]["amount_fen"], &paid[1]["details"]["credits"]), (&json!(3000), &json!(33000)));
+    let refunds = of("refund");
+    assert_eq!((refunds.len(), &refunds[0]["target_id"], &refunds[0]["details"]["out_refund_no"]), (1, &json!(no), &json!(out_refund_no)));
 }
 
 fn fake_order_tx(env: &Env, no: &str) -> Option<String> {
