@@ -45,8 +45,8 @@ fn path_of(uri: &str) -> std::path::PathBuf {
     url::Url::parse(uri).unwrap().to_file_path().unwrap()
 }
 
-/// A task of `user` finished by hand: completed with a stored JPEG output, failed, or left
-/// queued. Returns its id.
+/// A task of `user` finished by hand: completed with a stored JPEG output (`garbage`: with
+/// bytes that are no image), failed, cancelled, or left queued. Returns its id.
 async fn hand_task(api: &Api, user: &str, outcome: &str) -> String {
     let state = &api.stack.state;
     let id = uuid::Uuid::new_v4().to_string();
@@ -61,8 +61,8 @@ async fn hand_task(api: &Api, user: &str, outcome: &str) -> String {
     let db = state.tasks.db();
     db.insert_task(&t, std::time::Duration::from_secs(300)).await.unwrap();
     match outcome {
-        "completed" => {
-            let bytes = jpeg(640, 480);
+        "completed" | "garbage" => {
+            let bytes = if outcome == "garbage" { b"not an image at all".to_vec() } else { jpeg(640, 480) };
             state.storage.put(&output, bytes.clone().into()).await.unwrap();
             let result = JobResult {
                 output_uri: output,
@@ -94,6 +94,7 @@ async fn works_of(api: &Api, token: &str, query: &str) -> Value {
 
 on_both!(
     a_finished_task_becomes_one_work_with_a_thumbnail,
+    thumbnails_are_retried_and_never_hold_a_work_back,
     lists_filter_page_and_edit,
     deleting_hides_at_once_and_the_sweeper_removes_the_objects
 );
@@ -209,6 +210,36 @@ async fn a_finished_task_becomes_one_work_with_a_thumbnail(backend: Backend) {
     let alices = api.call("GET", &format!("/api/admin/works?user_id={alice_id}&status=completed"), Some(&root), None).await;
     assert_eq!((alices.body["data"]["total"].as_u64(), alices.body["data"]["items"][0]["id"].as_str()), (Some(1), Some(id)));
     assert_envelope(&api.call("GET", "/api/admin/works", Some(&alice), None).await, StatusCode::FORBIDDEN, "ACCESS_DENIED", "user");
+}
+
+async fn thumbnails_are_retried_and_never_hold_a_work_back(backend: Backend) {
+    let api = api(backend).await;
+    let (alice, alice_id) = register(&api, "alice@example.com").await;
+    hand_task(&api, &alice_id, "garbage").await;
+    let state = &api.stack.state;
+    state.works.sweep().await;
+    let work = works_of(&api, &alice, "").await["items"][0].clone();
+    assert_eq!(
+        (work["status"].as_str(), work["thumbnail_url"].is_null(), work["file_url"].is_string()),
+        (Some("completed"), true, true),
+        "{work}"
+    );
+    let id = work["id"].as_str().unwrap();
+    let stored = state.works.get(&alice_id, id).await.unwrap();
+    assert!(stored.thumb_attempts >= 1, "the failure is counted: {stored:?}");
+    let v1 = api.call("GET", "/api/v1/works", Some(&alice), None).await;
+    assert!(v1.body["data"]["list"][0]["thumbnail"].is_null(), "{}", v1.body);
+    assert_eq!(api.get(&format!("/api/works/media/{}/thumbnail", stored.media_key)).await.status, StatusCode::NOT_FOUND);
+
+    // The stored file is repaired: the sweep's next attempt makes the thumbnail.
+    std::fs::write(api._dir.path().join(format!("storage/works/{id}/output.jpg")), jpeg(900, 600)).unwrap();
+    let thumb = eventually(30, "the sweep retries the thumbnail", || async {
+        state.works.sweep().await;
+        works_of(&api, &alice, "").await["items"][0]["thumbnail_url"].as_str().map(str::to_owned)
+    })
+    .await;
+    let small = image::load_from_memory(&api.get(&thumb).await.raw).unwrap();
+    assert_eq!((small.width(), small.height()), (320, 213));
 }
 
 async fn lists_filter_page_and_edit(backend: Backend) {
