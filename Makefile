@@ -83,6 +83,7 @@ bench: models venv
 	"$$($(PYTHON_VENV))" tools/bench/provider_bench.py --binary $(TARGET_DIR)/release/purrify-inference
 	"$$($(PYTHON_VENV))" tools/bench/gateway_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
 	"$$($(PYTHON_VENV))" tools/bench/auth_bench.py --binary $(TARGET_DIR)/release/purrify-gateway
+	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-gateway --example ws_bench -- --binary $(TARGET_DIR)/release/purrify-gateway
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" $(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-store --example ledger_bench
 
