@@ -24,6 +24,7 @@ on_both!(
     the_storage_quota_refuses_and_stores_nothing,
     bad_files_and_batches_leave_nothing_behind,
     seed_003_image_and_video_uploads,
+    uploads_share_the_per_client_rate_limit,
 );
 
 async fn truncated_images_are_refused_on_enhance(backend: Backend) {
@@ -395,4 +396,18 @@ async fn seed_003_image_and_video_uploads(backend: Backend) {
     }
     let anonymous = post_files(&api, "/api/v1/upload/image", None, &[("file", Some("big.png"), &big)]).await;
     assert_eq!((anonymous.status, anonymous.body["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("INVALID_CREDENTIALS")));
+}
+
+async fn uploads_share_the_per_client_rate_limit(backend: Backend) {
+    let api = api_with(backend, |c| c.uploads_per_minute = 2.0).await;
+    let (token, user_id) = user(&api, "heidi").await;
+    let png = small_photo_png(40, 30);
+    for _ in 0..2 {
+        assert_eq!(post_files(&api, "/api/upload/single", Some(&token), &[("file", Some("p.png"), &png)]).await.status, StatusCode::OK);
+    }
+    // The third upload from this client, on any upload route, waits.
+    let r = api.call("POST", "/api/upload/base64", Some(&token), Some(json!({"image": "QUJD"}))).await;
+    assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "third upload in a minute");
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(rows(&api, &user_id).await, 2);
 }

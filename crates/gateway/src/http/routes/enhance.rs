@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use purrify_api::{EnhanceParams, OutputFormat, QualityLevel};
 use serde::Serialize;
@@ -20,8 +20,10 @@ use crate::domain::tasks::{NewUpload, TaskMeta, TaskOptions};
 use crate::domain::uploads::ingest::{Accept, Ingested};
 use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use crate::http::middleware::{RequestId, client_ip};
-use crate::http::routes::uploads::{MULTIPART_SLACK, discard, multipart_error, store_field, text_field, too_large};
+use crate::http::middleware::RequestId;
+use crate::http::routes::uploads::{
+    MULTIPART_SLACK, admit_upload, check_declared_length, discard, multipart_error, store_field, text_field,
+};
 
 pub fn router(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
     let limit = usize::try_from(max_upload_bytes.saturating_add(MULTIPART_SLACK)).unwrap_or(usize::MAX);
@@ -123,17 +125,9 @@ async fn accept(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<EnhanceResponse>)> {
     let started = Instant::now();
-    let ip = client_ip(&req, &state.config);
-    if let Err(wait) = state.upload_limiter.check(ip, started) {
-        return Err(ApiError::new(ErrorCode::TaskLimitExceeded, "too many uploads from this client; try again later")
-            .retry_after(wait.as_secs().max(1)));
-    }
+    let ip = admit_upload(state, &req)?;
     let limit = state.config.max_upload_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > limit.saturating_add(MULTIPART_SLACK)
-    {
-        return Err(too_large(limit));
-    }
+    check_declared_length(&req, limit.saturating_add(MULTIPART_SLACK))?;
     let mut multipart = <Multipart as axum::extract::FromRequest<AppState>>::from_request(req, state)
         .await
         .map_err(|e| ApiError::field("file", format!("expected a multipart/form-data body: {}", e.body_text())))?;

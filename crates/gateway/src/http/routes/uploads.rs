@@ -3,6 +3,8 @@
 //! [`crate::domain::uploads::ingest`] and its refusals are mapped onto the envelope here, once.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::multipart::{Field, MultipartError};
@@ -23,6 +25,7 @@ use crate::domain::uploads::{Staged, UploadError, UploadedFile};
 use crate::http::auth::CurrentUser;
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::http::middleware::client_ip;
 use crate::http::views::iso;
 
 /// Multipart framing around a file; the file itself is counted exactly.
@@ -204,6 +207,16 @@ pub(crate) fn upload_error<E: Into<ApiError>>(e: UploadError<E>, field: &str) ->
     }
 }
 
+/// The per-client upload rate (`PURRIFY_UPLOADS_PER_MINUTE`) every upload route shares:
+/// the client's address, or a 429 with Retry-After.
+pub(crate) fn admit_upload(state: &AppState, req: &Request) -> ApiResult<IpAddr> {
+    let ip = client_ip(req, &state.config);
+    state.upload_limiter.check(ip, Instant::now()).map_err(|wait| {
+        ApiError::new(ErrorCode::TaskLimitExceeded, "too many uploads from this client; try again later").retry_after(wait.as_secs().max(1))
+    })?;
+    Ok(ip)
+}
+
 /// Refuses a request whose declared length is over `limit` before reading any of it (the
 /// router's body limit stops undeclared ones while they stream).
 pub(crate) fn check_declared_length(req: &Request, limit: u64) -> ApiResult<()> {
@@ -226,6 +239,7 @@ pub(crate) async fn receive_multipart(
     thumbnails: bool,
 ) -> ApiResult<Vec<UploadedFile>> {
     let max = state.config.max_upload_bytes;
+    admit_upload(state, &req)?;
     check_declared_length(&req, body_limit(max, max_files as u64))?;
     let mut multipart = <Multipart as axum::extract::FromRequest<AppState>>::from_request(req, state)
         .await
@@ -320,6 +334,7 @@ pub enum Base64Item<'a> {
 /// Reads a JSON body of at most `files` base64 files (413 past the limit).
 async fn json_bytes(state: &AppState, req: Request, files: u64) -> ApiResult<Bytes> {
     let limit = body_limit(state.config.max_upload_bytes, files);
+    admit_upload(state, &req)?;
     check_declared_length(&req, limit)?;
     <Bytes as axum::extract::FromRequest<AppState>>::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
