@@ -230,17 +230,16 @@ impl Db {
         if status == TaskStatus::Completed {
             return Err(StoreError::Invalid("a work is completed with its file".into()));
         }
-        let sql = format!(
+        let done = sqlx::query(
             "UPDATE works SET status = $2, error_message = $3, updated_at = $4 \
-             WHERE task_id = $1 AND deleted_at IS NULL AND status <> 'completed' AND status <> $2"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(task_id)
-            .bind(status.as_str())
-            .bind(error)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+             WHERE task_id = $1 AND deleted_at IS NULL AND status <> 'completed' AND status <> $2",
+        )
+        .bind(task_id)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
