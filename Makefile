@@ -86,6 +86,7 @@ bench: models venv
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-gateway --example ws_bench -- --binary $(TARGET_DIR)/release/purrify-gateway
 	$(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-operator --example dispatch_bench
 	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" $(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-store --example ledger_bench
+	PURRIFY_TEST_POSTGRES_URL="$$(tools/postgres/start.sh)" $(CARGO) run $(CARGO_FLAGS) --release -q -p purrify-store --example task_list_bench
 
 clean-cache:
 	rm -rf $(PURRIFY_CACHE)

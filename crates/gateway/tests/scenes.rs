@@ -35,14 +35,26 @@ async fn scenes_crud_and_validation(backend: Backend) {
     let created = api.call("POST", "/api/scenes", Some(&root), Some(portrait.clone())).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let p = created.body["data"].clone();
-    assert_eq!((p["name"].as_str(), p["price"].as_f64(), p["own_price"].as_bool(), p["is_active"].as_bool()), (Some("Portrait"), Some(2.5), Some(true), Some(true)));
+    assert_eq!(
+        (p["name"].as_str(), p["price"].as_f64(), p["own_price"].as_bool(), p["is_active"].as_bool()),
+        (Some("Portrait"), Some(2.5), Some(true), Some(true))
+    );
     assert_eq!((p["params"]["scale"].as_u64(), p["params"]["face_enhance"].as_bool()), (Some(2), Some(true)));
     let pid = p["id"].as_str().unwrap().to_owned();
     let landscape = api
-        .call("POST", "/api/scenes", Some(&root), Some(json!({"name": "Landscape", "params": {"scale": 4, "quality_level": "fast", "face_enhance": false}, "sort_order": 10})))
+        .call(
+            "POST",
+            "/api/scenes",
+            Some(&root),
+            Some(json!({"name": "Landscape", "params": {"scale": 4, "quality_level": "fast", "face_enhance": false}, "sort_order": 10})),
+        )
         .await;
     let lid = landscape.body["data"]["id"].as_str().unwrap().to_owned();
-    assert_eq!((landscape.body["data"]["price"].as_f64(), landscape.body["data"]["own_price"].as_bool()), (Some(0.0), Some(false)), "the kind's price");
+    assert_eq!(
+        (landscape.body["data"]["price"].as_f64(), landscape.body["data"]["own_price"].as_bool()),
+        (Some(0.0), Some(false)),
+        "the kind's price"
+    );
     let hidden = api.call("POST", "/api/scenes", Some(&root), Some(json!({"name": "Draft", "is_active": false}))).await;
     let hid = hidden.body["data"]["id"].as_str().unwrap().to_owned();
 
@@ -56,13 +68,25 @@ async fn scenes_crud_and_validation(backend: Backend) {
     assert_eq!(api.call("GET", &format!("/api/scenes/{hid}"), Some(&root), None).await.status, StatusCode::OK);
 
     // Writes are for admins, and every bad field is named.
-    for (method, path) in [("POST", "/api/scenes".to_string()), ("PUT", format!("/api/scenes/{pid}")), ("DELETE", format!("/api/scenes/{pid}"))] {
+    for (method, path) in
+        [("POST", "/api/scenes".to_string()), ("PUT", format!("/api/scenes/{pid}")), ("DELETE", format!("/api/scenes/{pid}"))]
+    {
         let r = api.call(method, &path, Some(&alice), Some(portrait.clone())).await;
         assert_envelope(&r, StatusCode::FORBIDDEN, "ACCESS_DENIED", &format!("user {method}"));
-        assert_envelope(&api.call(method, &path, None, Some(portrait.clone())).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", method);
+        assert_envelope(
+            &api.call(method, &path, None, Some(portrait.clone())).await,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+            method,
+        );
     }
     let bad = api
-        .call("POST", "/api/scenes", Some(&root), Some(json!({"name": "", "cover_url": "javascript:alert(1)", "task_type": "video", "price": -1})))
+        .call(
+            "POST",
+            "/api/scenes",
+            Some(&root),
+            Some(json!({"name": "", "cover_url": "javascript:alert(1)", "task_type": "video", "price": -1})),
+        )
         .await;
     assert_envelope(&bad, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "bad scene");
     for field in ["name", "cover_url", "task_type", "price"] {
@@ -77,10 +101,25 @@ async fn scenes_crud_and_validation(backend: Backend) {
     changed["name"] = json!("Portrait HD");
     changed["price"] = json!(null);
     let put = api.call("PUT", &format!("/api/scenes/{pid}"), Some(&root), Some(changed.clone())).await;
-    assert_eq!((put.status, put.body["data"]["name"].as_str(), put.body["data"]["own_price"].as_bool()), (StatusCode::OK, Some("Portrait HD"), Some(false)), "{}", put.body);
-    assert_envelope(&api.call("PUT", "/api/scenes/nope", Some(&root), Some(changed)).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "missing");
+    assert_eq!(
+        (put.status, put.body["data"]["name"].as_str(), put.body["data"]["own_price"].as_bool()),
+        (StatusCode::OK, Some("Portrait HD"), Some(false)),
+        "{}",
+        put.body
+    );
+    assert_envelope(
+        &api.call("PUT", "/api/scenes/nope", Some(&root), Some(changed)).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "missing",
+    );
     assert_eq!(api.call("DELETE", &format!("/api/scenes/{lid}"), Some(&root), None).await.status, StatusCode::OK);
-    assert_envelope(&api.call("DELETE", &format!("/api/scenes/{lid}"), Some(&root), None).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "twice");
+    assert_envelope(
+        &api.call("DELETE", &format!("/api/scenes/{lid}"), Some(&root), None).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "twice",
+    );
     assert_eq!(names(&api.get("/api/scenes").await), ["Portrait HD"]);
 }
 
@@ -91,7 +130,12 @@ async fn a_task_from_a_scene_takes_its_parameters_and_price(backend: Backend) {
     api.call("PUT", "/api/admin/config/price_enhance", Some(&root), Some(json!({"value": 1}))).await;
     api.call("PUT", &format!("/api/admin/users/{alice_id}"), Some(&root), Some(json!({"balance": 10}))).await;
     let scene = api
-        .call("POST", "/api/scenes", Some(&root), Some(json!({"name": "HD", "params": {"scale": 4, "quality_level": "medium", "face_enhance": false}, "price": 3})))
+        .call(
+            "POST",
+            "/api/scenes",
+            Some(&root),
+            Some(json!({"name": "HD", "params": {"scale": 4, "quality_level": "medium", "face_enhance": false}, "price": 3})),
+        )
         .await;
     let sid = scene.body["data"]["id"].as_str().unwrap().to_owned();
 
@@ -107,10 +151,14 @@ async fn a_task_from_a_scene_takes_its_parameters_and_price(backend: Backend) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let d = &r.body["data"];
     assert_eq!((d["scene_id"].as_str(), d["title"].as_str()), (Some(sid.as_str()), Some("HD")), "{d}");
-    assert_eq!((d["config"]["scale"].as_u64(), d["config"]["quality_level"].as_str(), d["config"]["face_enhance"].as_bool()), (Some(4), Some("medium"), Some(false)));
+    assert_eq!(
+        (d["config"]["scale"].as_u64(), d["config"]["quality_level"].as_str(), d["config"]["face_enhance"].as_bool()),
+        (Some(4), Some("medium"), Some(false))
+    );
     let bal = api.call("GET", "/api/credits/balance", Some(&alice), None).await.body["data"].clone();
     assert_eq!(bal, json!({"balance": 7.0, "held": 3.0, "spent": 0.0}), "the scene's price, not the kind's");
     // Explicit parameters override the scene's.
-    let r = api.call("POST", "/api/tasks/create", Some(&alice), Some(json!({"file_id": file, "scene_id": sid, "params": {"scale": 2}}))).await;
+    let r =
+        api.call("POST", "/api/tasks/create", Some(&alice), Some(json!({"file_id": file, "scene_id": sid, "params": {"scale": 2}}))).await;
     assert_eq!((r.body["data"]["config"]["scale"].as_u64(), r.body["data"]["config"]["quality_level"].as_str()), (Some(2), Some("medium")));
 }

@@ -66,7 +66,12 @@ async fn submit_reply(api: &Api, token: &str, extra: &[(&str, Option<&str>, &[u8
 }
 
 fn ids(r: &Reply) -> Vec<String> {
-    r.body["data"]["items"].as_array().unwrap_or_else(|| panic!("{}", r.body)).iter().map(|t| t["id"].as_str().unwrap().to_owned()).collect()
+    r.body["data"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.body))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn finish(api: &Api, id: &str, ok: bool) {
@@ -112,7 +117,10 @@ async fn lists_filter_sort_and_page(backend: Backend) {
         assert_eq!(r.body["data"]["items"][0]["status"], "pending");
     }
     let page = api.call("GET", "/api/tasks?page=2&page_size=2&sort_order=asc", Some(&w.alice), None).await;
-    assert_eq!((ids(&page), page.body["data"]["page"].as_u64(), page.body["data"]["total_pages"].as_u64()), (vec![a[2].clone()], Some(2), Some(2)));
+    assert_eq!(
+        (ids(&page), page.body["data"]["page"].as_u64(), page.body["data"]["total_pages"].as_u64()),
+        (vec![a[2].clone()], Some(2), Some(2))
+    );
 
     // Status filters in 002's words (and the core's), updated_at order follows changes.
     finish(api, &a[0], true).await;
@@ -126,7 +134,9 @@ async fn lists_filter_sort_and_page(backend: Backend) {
     let by_update = api.call("GET", "/api/tasks?sort_by=updated_at&sort_order=desc", Some(&w.alice), None).await;
     assert_eq!(ids(&by_update)[2], a[2], "the untouched task changed least recently: {}", by_update.body);
 
-    for (q, field) in [("status=done", "status"), ("sort_by=name", "sort_by"), ("sort_order=up", "sort_order"), ("task_type=video_analysis", "task_type")] {
+    for (q, field) in
+        [("status=done", "status"), ("sort_by=name", "sort_by"), ("sort_order=up", "sort_order"), ("task_type=video_analysis", "task_type")]
+    {
         let r = api.call("GET", &format!("/api/tasks?{q}"), Some(&w.alice), None).await;
         assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", q);
         assert!(r.body["details"]["field_errors"][field].is_array(), "{q}: {}", r.body);
@@ -140,7 +150,12 @@ async fn lists_filter_sort_and_page(backend: Backend) {
     assert!(ids(&all).contains(&b));
     let one = api.call("GET", &format!("/api/admin/tasks?user_id={}", w.alice_id), Some(&w.root), None).await;
     assert_eq!(one.body["data"]["total"], 3);
-    assert_envelope(&api.call("GET", "/api/admin/tasks", Some(&w.alice), None).await, StatusCode::FORBIDDEN, "ACCESS_DENIED", "user on admin list");
+    assert_envelope(
+        &api.call("GET", "/api/admin/tasks", Some(&w.alice), None).await,
+        StatusCode::FORBIDDEN,
+        "ACCESS_DENIED",
+        "user on admin list",
+    );
     assert_envelope(&api.call("GET", "/api/tasks", None, None).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", "no token");
 }
 
@@ -152,8 +167,23 @@ async fn details_are_for_owners_and_admins(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let d = &r.body["data"];
     for key in [
-        "id", "title", "description", "task_type", "status", "progress", "priority", "gpu_server_id", "config", "result",
-        "error_message", "cost", "estimated_duration", "started_at", "completed_at", "created_at", "updated_at",
+        "id",
+        "title",
+        "description",
+        "task_type",
+        "status",
+        "progress",
+        "priority",
+        "gpu_server_id",
+        "config",
+        "result",
+        "error_message",
+        "cost",
+        "estimated_duration",
+        "started_at",
+        "completed_at",
+        "created_at",
+        "updated_at",
     ] {
         assert!(d.get(key).is_some(), "002 detail field {key}: {d}");
     }
@@ -161,11 +191,21 @@ async fn details_are_for_owners_and_admins(backend: Backend) {
     assert_eq!((d["config"]["quality_level"].as_str(), d["config"]["scale"].as_u64()), (Some("fast"), Some(4)));
 
     // Someone else's task is missing, for reads and for every change.
-    for (method, path) in [("GET", format!("/api/tasks/{id}")), ("POST", format!("/api/tasks/{id}/cancel")), ("POST", format!("/api/tasks/{id}/retry")), ("DELETE", format!("/api/tasks/{id}"))] {
+    for (method, path) in [
+        ("GET", format!("/api/tasks/{id}")),
+        ("POST", format!("/api/tasks/{id}/cancel")),
+        ("POST", format!("/api/tasks/{id}/retry")),
+        ("DELETE", format!("/api/tasks/{id}")),
+    ] {
         let r = api.call(method, &path, Some(&w.bob), None).await;
         assert_envelope(&r, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", &format!("bob {method} {path}"));
     }
-    assert_envelope(&api.call("GET", "/api/tasks/nope", Some(&w.alice), None).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "unknown");
+    assert_envelope(
+        &api.call("GET", "/api/tasks/nope", Some(&w.alice), None).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "unknown",
+    );
 
     // Completed: percent progress, result, worker shown to admins only, times.
     finish(api, &id, true).await;
@@ -188,7 +228,12 @@ async fn cancel_retry_and_delete(backend: Backend) {
     let id = submit(api, &w.alice, &[]).await;
     assert_eq!(balance(api, &w.alice).await["held"], 1.0);
     let c = api.call("POST", &format!("/api/tasks/{id}/cancel"), Some(&w.alice), None).await;
-    assert_eq!((c.status, c.body["data"]["outcome"].as_str(), c.body["data"]["task"]["status"].as_str()), (StatusCode::OK, Some("cancelled"), Some("cancelled")), "{}", c.body);
+    assert_eq!(
+        (c.status, c.body["data"]["outcome"].as_str(), c.body["data"]["task"]["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"), Some("cancelled")),
+        "{}",
+        c.body
+    );
     let again = api.call("POST", &format!("/api/tasks/{id}/cancel"), Some(&w.alice), None).await;
     assert_eq!(again.body["data"]["outcome"], "already_finished");
     api.stack.state.credits.sweep().await;
@@ -228,9 +273,19 @@ async fn cancel_retry_and_delete(backend: Backend) {
     assert_envelope(&refused, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "deleting a queued task");
     let del = api.call("DELETE", &format!("/api/tasks/{third}"), Some(&w.alice), None).await;
     assert_eq!((del.status, del.body["data"]["deleted"].as_bool()), (StatusCode::OK, Some(true)), "{}", del.body);
-    assert_envelope(&api.call("GET", &format!("/api/tasks/{third}"), Some(&w.alice), None).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "deleted");
+    assert_envelope(
+        &api.call("GET", &format!("/api/tasks/{third}"), Some(&w.alice), None).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "deleted",
+    );
     assert!(!ids(&api.call("GET", "/api/tasks?page_size=100", Some(&w.alice), None).await).contains(&third));
-    assert_envelope(&api.call("DELETE", &format!("/api/tasks/{third}"), Some(&w.alice), None).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "deleted twice");
+    assert_envelope(
+        &api.call("DELETE", &format!("/api/tasks/{third}"), Some(&w.alice), None).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "deleted twice",
+    );
     // An admin may cancel anyone's task.
     let c = api.call("POST", &format!("/api/tasks/{running}/cancel"), Some(&w.root), None).await;
     assert_eq!(c.body["data"]["outcome"], "cancelled", "{}", c.body);
@@ -249,8 +304,7 @@ async fn queue_position_follows_dispatch(backend: Backend) {
         submit(api, &w.alice, &[]).await;
     }
     submit(api, &w.bob, &[]).await;
-    let order: Vec<Option<String>> =
-        api.stack.state.tasks.db().queued_tasks(100).await.unwrap().into_iter().map(|t| t.user_id).collect();
+    let order: Vec<Option<String>> = api.stack.state.tasks.db().queued_tasks(100).await.unwrap().into_iter().map(|t| t.user_id).collect();
     let (a, b) = (stats(w.alice.clone()).await, stats(w.bob.clone()).await);
     assert_eq!((a["position"].as_u64(), b["position"].as_u64()), (Some(0), Some(1)), "dispatch order {order:?}");
     assert_eq!((a["queue_length"].as_u64(), a["running"].as_u64(), a["my_active_tasks"].as_u64()), (Some(4), Some(0), Some(3)));
@@ -310,7 +364,12 @@ async fn maintenance_mode_pauses_writes_of_non_admins(backend: Backend) {
         "SERVER_UNAVAILABLE",
         "cancel in maintenance",
     );
-    assert_envelope(&api.upload(&[("file", Some("a.png"), &small_photo_png(8, 8))]).await, StatusCode::SERVICE_UNAVAILABLE, "SERVER_UNAVAILABLE", "anonymous");
+    assert_envelope(
+        &api.upload(&[("file", Some("a.png"), &small_photo_png(8, 8))]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVER_UNAVAILABLE",
+        "anonymous",
+    );
     // Reads and logins keep working; admins keep writing.
     assert_eq!(api.call("GET", "/api/tasks", Some(&w.alice), None).await.status, StatusCode::OK);
     assert_eq!(api.call("GET", &format!("/api/tasks/{id}"), Some(&w.alice), None).await.status, StatusCode::OK);
@@ -330,23 +389,53 @@ async fn admin_config_is_typed_and_all_or_nothing(backend: Backend) {
     for k in ["price_enhance", "max_concurrent_tasks_per_user", "default_task_timeout", "maintenance_mode", "packages"] {
         assert!(keys.contains(&k), "{k} in {keys:?}");
     }
-    let value = |r: &Reply, key: &str| r.body["data"].as_array().unwrap().iter().find(|i| i["key"] == key).map(|i| i["value"].clone()).unwrap();
+    let value =
+        |r: &Reply, key: &str| r.body["data"].as_array().unwrap().iter().find(|i| i["key"] == key).map(|i| i["value"].clone()).unwrap();
     assert_eq!(value(&get, "default_task_timeout"), 300, "the configured deadline");
 
     // One bad key: nothing changes, each bad key named.
     let bad = api
-        .call("PUT", "/api/admin/config", Some(&w.root), Some(json!({"default_task_timeout": 3600, "maintenance_mode": "yes", "colour": 1})))
+        .call(
+            "PUT",
+            "/api/admin/config",
+            Some(&w.root),
+            Some(json!({"default_task_timeout": 3600, "maintenance_mode": "yes", "colour": 1})),
+        )
         .await;
     assert_envelope(&bad, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "mixed");
-    assert!(bad.body["details"]["field_errors"]["maintenance_mode"].is_array() && bad.body["details"]["field_errors"]["colour"].is_array(), "{}", bad.body);
+    assert!(
+        bad.body["details"]["field_errors"]["maintenance_mode"].is_array() && bad.body["details"]["field_errors"]["colour"].is_array(),
+        "{}",
+        bad.body
+    );
     assert_eq!(value(&api.call("GET", "/api/admin/config", Some(&w.root), None).await, "default_task_timeout"), 300);
-    assert_envelope(&api.call("PUT", "/api/admin/config/colour", Some(&w.root), Some(json!({"value": 1}))).await, StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", "unknown key");
-    assert_envelope(&api.call("PUT", "/api/admin/config", Some(&w.alice), Some(json!({"maintenance_mode": true}))).await, StatusCode::FORBIDDEN, "ACCESS_DENIED", "user");
+    assert_envelope(
+        &api.call("PUT", "/api/admin/config/colour", Some(&w.root), Some(json!({"value": 1}))).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "unknown key",
+    );
+    assert_envelope(
+        &api.call("PUT", "/api/admin/config", Some(&w.alice), Some(json!({"maintenance_mode": true}))).await,
+        StatusCode::FORBIDDEN,
+        "ACCESS_DENIED",
+        "user",
+    );
 
     // Several keys at once; the timeout is the deadline of new tasks.
-    let ok = api.call("PUT", "/api/admin/config", Some(&w.root), Some(json!({"default_task_timeout": 3600, "max_concurrent_tasks_per_user": 5, "price_enhance": "0.50"}))).await;
+    let ok = api
+        .call(
+            "PUT",
+            "/api/admin/config",
+            Some(&w.root),
+            Some(json!({"default_task_timeout": 3600, "max_concurrent_tasks_per_user": 5, "price_enhance": "0.50"})),
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
-    assert_eq!((value(&ok, "default_task_timeout"), value(&ok, "max_concurrent_tasks_per_user"), value(&ok, "price_enhance")), (json!(3600), json!(5), json!(0.5)));
+    assert_eq!(
+        (value(&ok, "default_task_timeout"), value(&ok, "max_concurrent_tasks_per_user"), value(&ok, "price_enhance")),
+        (json!(3600), json!(5), json!(0.5))
+    );
     let free = api.call("PUT", "/api/admin/config/price_enhance", Some(&w.root), Some(json!({"value": 0}))).await;
     assert_eq!(free.body["data"]["value"], 0.0, "{}", free.body);
     let id = submit(api, &w.root, &[]).await;
@@ -361,7 +450,14 @@ async fn admin_config_is_typed_and_all_or_nothing(backend: Backend) {
     let names: Vec<&str> = on_sale.body["data"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(names, ["basic", "mega"], "{}", on_sale.body);
     assert_eq!(on_sale.body["data"][1]["price_fen"], 18800);
-    let bad_pkg = api.call("PUT", "/api/admin/config/packages", Some(&w.root), Some(json!({"value": [{"id": "x", "name": "x", "price": 0, "credits": 1}]}))).await;
+    let bad_pkg = api
+        .call(
+            "PUT",
+            "/api/admin/config/packages",
+            Some(&w.root),
+            Some(json!({"value": [{"id": "x", "name": "x", "price": 0, "credits": 1}]})),
+        )
+        .await;
     assert_envelope(&bad_pkg, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "free package");
 }
 
@@ -372,7 +468,13 @@ async fn callback_urls_are_checked(backend: Backend) {
     let d = api.call("GET", &format!("/api/tasks/{id}"), Some(&w.alice), None).await;
     assert_eq!(d.body["data"]["callback_url"], "https://hooks.example.com/done");
     let uploads_before = api.stored_uploads();
-    for bad in ["ftp://hooks.example.com/x", "http://169.254.169.254/latest/meta-data", "http://127.0.0.1:8080/x", "http://[::ffff:127.0.0.1]/x", "nonsense"] {
+    for bad in [
+        "ftp://hooks.example.com/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:8080/x",
+        "http://[::ffff:127.0.0.1]/x",
+        "nonsense",
+    ] {
         let r = submit_reply(api, &w.alice, &[("callback_url", None, bad.as_bytes())]).await;
         assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", bad);
         assert!(r.body["details"]["field_errors"]["callback_url"].is_array(), "{bad}: {}", r.body);
@@ -426,15 +528,24 @@ async fn tasks_are_created_from_uploaded_files(backend: Backend) {
     // 002: title, description, task_type, priority, config; admins may raise priority.
     let admin_file = upload_file(api, &w.root, &photo).await;
     let r = api
-        .call("POST", "/api/tasks", Some(&w.root),
-              Some(json!({"title": "batch", "description": "d", "task_type": "enhance", "priority": 50, "estimated_duration": 30,
-                          "config": {"file_id": admin_file, "scale": 2}})))
+        .call(
+            "POST",
+            "/api/tasks",
+            Some(&w.root),
+            Some(json!({"title": "batch", "description": "d", "task_type": "enhance", "priority": 50, "estimated_duration": 30,
+                          "config": {"file_id": admin_file, "scale": 2}})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    assert_eq!((r.body["data"]["priority"].as_i64(), r.body["data"]["estimated_duration"].as_i64()), (Some(10), Some(30)), "clamped to the admin ceiling");
+    assert_eq!(
+        (r.body["data"]["priority"].as_i64(), r.body["data"]["estimated_duration"].as_i64()),
+        (Some(10), Some(30)),
+        "clamped to the admin ceiling"
+    );
 
     // Refusals: unknown kind (listing those served), another user's file, no file, bad params.
-    let unknown = api.call("POST", "/api/tasks", Some(&w.alice), Some(json!({"task_type": "video_analysis", "config": {"file_id": file}}))).await;
+    let unknown =
+        api.call("POST", "/api/tasks", Some(&w.alice), Some(json!({"task_type": "video_analysis", "config": {"file_id": file}}))).await;
     assert_envelope(&unknown, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", "unknown task_type");
     assert!(unknown.body["message"].as_str().unwrap().contains("served: enhance"), "{}", unknown.body);
     for (body, field) in [
@@ -448,7 +559,14 @@ async fn tasks_are_created_from_uploaded_files(backend: Backend) {
         assert_envelope(&r, StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", &body.to_string());
         assert!(r.body["details"]["field_errors"][field].is_array(), "{body}: {}", r.body);
     }
-    let with_hook = api.call("POST", "/api/tasks", Some(&w.alice), Some(json!({"config": {"file_id": file}, "callback_url": "https://hooks.example.com/x"}))).await;
+    let with_hook = api
+        .call(
+            "POST",
+            "/api/tasks",
+            Some(&w.alice),
+            Some(json!({"config": {"file_id": file}, "callback_url": "https://hooks.example.com/x"})),
+        )
+        .await;
     assert_eq!(with_hook.body["data"]["callback_url"], "https://hooks.example.com/x", "{}", with_hook.body);
 
     // The limit applies here too.

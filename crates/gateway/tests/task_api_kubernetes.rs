@@ -34,10 +34,19 @@ async fn cancel_and_retry_go_through_the_custom_resources() {
     let port = free_port();
     let storage = format!("file://{}", dir.path().join("storage").display());
     let args = kubernetes_gateway_args(port, &dir.path().join("gw"), &storage);
-    let proc = Proc::spawn("gateway", PathBuf::from(env!("CARGO_BIN_EXE_purrify-gateway")).as_path(), &args, &[("KUBECONFIG", &kubeconfig)], dir.path());
+    let proc = Proc::spawn(
+        "gateway",
+        PathBuf::from(env!("CARGO_BIN_EXE_purrify-gateway")).as_path(),
+        &args,
+        &[("KUBECONFIG", &kubeconfig)],
+        dir.path(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    eventually(30, "the gateway is ready", || async { http.get(format!("{base}/readyz")).send().await.ok()?.status().is_success().then_some(()) }).await;
+    eventually(30, "the gateway is ready", || async {
+        http.get(format!("{base}/readyz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
 
     let reg: Value = http
         .post(format!("{base}/api/auth/register"))
@@ -52,7 +61,8 @@ async fn cancel_and_retry_go_through_the_custom_resources() {
     let form = reqwest::multipart::Form::new()
         .part("file", reqwest::multipart::Part::bytes(support::small_photo_png(64, 48)).file_name("cat.png"))
         .text("scale", "4");
-    let up: Value = http.post(format!("{base}/api/v1/enhance")).bearer_auth(&token).multipart(form).send().await.unwrap().json().await.unwrap();
+    let up: Value =
+        http.post(format!("{base}/api/v1/enhance")).bearer_auth(&token).multipart(form).send().await.unwrap().json().await.unwrap();
     let id = up["task_id"].as_str().unwrap_or_else(|| panic!("{up}\n{}", proc.log())).to_owned();
     let detail = |id: String| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
@@ -86,6 +96,7 @@ async fn cancel_and_retry_go_through_the_custom_resources() {
     tasks.patch_status(&again, &PatchParams::default(), &Patch::Merge(&running)).await.unwrap();
     let d = eventually(20, "the retry reads running", || async { detail(again.clone()).await.filter(|d| d["status"] == "running") }).await;
     assert!(d["progress"].as_f64().unwrap() > 0.0, "{d}");
-    let again_twice: Value = http.post(format!("{base}/api/tasks/{id}/retry")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let again_twice: Value =
+        http.post(format!("{base}/api/tasks/{id}/retry")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(again_twice["error_code"], "VALIDATION_ERROR", "{again_twice}");
 }

@@ -305,7 +305,8 @@ pub(crate) async fn replace_packages_in(tx: &mut crate::WriteTx, packages: &[Pac
         .execute(&mut **tx)
         .await?;
     }
-    let ids: Vec<String> = sqlx::query("SELECT id FROM packages").fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+    let ids: Vec<String> =
+        sqlx::query("SELECT id FROM packages").fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
     for id in ids.iter().filter(|id| !packages.iter().any(|p| &p.id == *id)) {
         sqlx::query("UPDATE packages SET active = 0 WHERE id = $1").bind(id).execute(&mut **tx).await?;
     }

@@ -106,10 +106,7 @@ pub struct QueueFigures {
 
 macro_rules! record_columns {
     () => {
-        concat!(
-            task_columns!(),
-            ", kind, title, description, scene_id, callback_url, retry_of, estimated_seconds, cost, hidden_at"
-        )
+        concat!(task_columns!(), ", kind, title, description, scene_id, callback_url, retry_of, estimated_seconds, cost, hidden_at")
     };
 }
 
@@ -133,7 +130,8 @@ fn record_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
 impl Db {
     /// A task with its detail, hidden or not (callers decide what a hidden task reads as).
     pub async fn task_record(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", record_columns!(), " FROM tasks WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query(concat!("SELECT ", record_columns!(), " FROM tasks WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(record_from_row).transpose()
     }
 
@@ -141,7 +139,13 @@ impl Db {
     /// Only the filters given reach the SQL, so each query has the plan of its index
     /// (`tasks_user_status_updated`, `tasks_user_updated`, `tasks_status_updated`,
     /// `tasks_updated`, `tasks_created`).
-    pub async fn task_page(&self, filter: &TaskFilter, sort: TaskSort, ascending: bool, page: PageRequest) -> Result<Page<TaskRecord>, StoreError> {
+    pub async fn task_page(
+        &self,
+        filter: &TaskFilter,
+        sort: TaskSort,
+        ascending: bool,
+        page: PageRequest,
+    ) -> Result<Page<TaskRecord>, StoreError> {
         let mut clauses = vec!["hidden_at IS NULL".to_string()];
         let mut binds: Vec<String> = Vec::new();
         if let Some(user) = &filter.user_id {

@@ -21,7 +21,12 @@ async fn insert_at(db: &Db, t: &NewTask, at: i64) {
     db.insert_task_at(t, DEADLINE, at).await.unwrap();
 }
 
-purrify_store::on_both_databases!(details_pages_and_hiding, active_limit_holds_under_concurrency, queue_position_follows_dispatch_order, scenes_round_trip);
+purrify_store::on_both_databases!(
+    details_pages_and_hiding,
+    active_limit_holds_under_concurrency,
+    queue_position_follows_dispatch_order,
+    scenes_round_trip
+);
 
 async fn details_pages_and_hiding(t: TestDb) {
     let db = &t.db;
@@ -42,7 +47,10 @@ async fn details_pages_and_hiding(t: TestDb) {
     insert_at(db, &task("d", "u2", 0), 4_000).await;
     let rec = db.task_record("a").await.unwrap().unwrap();
     assert_eq!(rec.meta.kind, "enhance");
-    assert_eq!((rec.meta.title.as_deref(), rec.meta.scene_id.as_deref(), rec.meta.estimated_seconds), (Some("holiday"), Some("portrait"), Some(30)));
+    assert_eq!(
+        (rec.meta.title.as_deref(), rec.meta.scene_id.as_deref(), rec.meta.estimated_seconds),
+        (Some("holiday"), Some("portrait"), Some(30))
+    );
     assert_eq!(rec.meta.callback_url.as_deref(), Some("https://example.com/hook"));
     assert_eq!((rec.cost, rec.hidden_at), (0, None));
 
@@ -111,7 +119,10 @@ async fn active_limit_holds_under_concurrency(t: TestDb) {
     let mut other = task("o", "u2", 0);
     other.max_active = Some(3);
     db.insert_task(&other, DEADLINE).await.unwrap();
-    let queued = db.task_page(&TaskFilter { user_id: Some("u1".into()), ..Default::default() }, TaskSort::CreatedAt, true, PageRequest::default()).await.unwrap();
+    let queued = db
+        .task_page(&TaskFilter { user_id: Some("u1".into()), ..Default::default() }, TaskSort::CreatedAt, true, PageRequest::default())
+        .await
+        .unwrap();
     assert!(db.cancel_task(&queued.items[0].task.id, Guard::Queued).await.unwrap());
     let mut next = task("next", "u1", 0);
     next.max_active = Some(3);

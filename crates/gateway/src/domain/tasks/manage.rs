@@ -297,7 +297,8 @@ impl TaskService {
     /// Copies an object to `uploads/{task_id}.{ext}`: a task's own input, which housekeeping
     /// may delete with the task without touching the original.
     pub async fn copy_input(&self, from: &str, task_id: &str) -> DomainResult<String> {
-        let ext = from.rsplit_once('.').map(|(_, e)| e).filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric())).unwrap_or("bin");
+        let ext =
+            from.rsplit_once('.').map(|(_, e)| e).filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric())).unwrap_or("bin");
         let to = self.inner.storage.uri_for(&format!("uploads/{task_id}.{ext}"));
         let storage = &self.inner.storage;
         let copied = match storage.get_stream(from).await {
@@ -357,7 +358,6 @@ pub(super) fn kube_create_error(e: KubeError) -> DomainError {
     DomainError::Unavailable("the cluster did not accept the task; try again shortly".into())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,8 +366,15 @@ mod tests {
     fn callback_urls_follow_the_webhook_policy() {
         assert_eq!(check_callback_url("https://example.com/hook", true, false).unwrap(), "https://example.com/hook");
         assert!(check_callback_url("https://example.com/hook", false, false).is_err(), "no signing key");
-        for bad in ["ftp://example.com/x", "not a url", "http://169.254.169.254/latest", "http://127.0.0.1:9/x", "http://[::1]/x",
-                    "http://user:pw@example.com/x", "http://0.0.0.0/x"] {
+        for bad in [
+            "ftp://example.com/x",
+            "not a url",
+            "http://169.254.169.254/latest",
+            "http://127.0.0.1:9/x",
+            "http://[::1]/x",
+            "http://user:pw@example.com/x",
+            "http://0.0.0.0/x",
+        ] {
             assert!(check_callback_url(bad, true, false).is_err(), "{bad}");
         }
         assert!(check_callback_url("http://127.0.0.1:9/x", true, true).is_ok(), "development allows loopback");

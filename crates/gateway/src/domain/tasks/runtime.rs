@@ -174,7 +174,8 @@ impl RuntimeSettings {
             return Ok(snap);
         }
         let number = |name: &'static str, v: Option<String>| -> DomainResult<Option<u64>> {
-            v.map(|v| v.parse::<u64>().map_err(|_| DomainError::Internal(format!("setting {name} is not a whole number: {v:?}")))).transpose()
+            v.map(|v| v.parse::<u64>().map_err(|_| DomainError::Internal(format!("setting {name} is not a whole number: {v:?}"))))
+                .transpose()
         };
         let snap = Snapshot {
             max_concurrent_tasks_per_user: number(MAX_CONCURRENT, self.db.get_setting(MAX_CONCURRENT).await?)?

@@ -131,7 +131,8 @@ mod tests {
         let Err(DomainError::Fields(f)) = check_scene(bad) else { panic!("refused") };
         let names: Vec<&str> = f.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["name", "cover_url", "task_type", "scale", "price"]);
-        let ok = check_scene(SceneInput { name: "Portrait".into(), cover_url: Some("/static/p.jpg".into()), ..SceneInput::default() }).unwrap();
+        let ok =
+            check_scene(SceneInput { name: "Portrait".into(), cover_url: Some("/static/p.jpg".into()), ..SceneInput::default() }).unwrap();
         assert_eq!((ok.kind.as_str(), ok.active, ok.sort_order), ("enhance", true, 0));
     }
 }

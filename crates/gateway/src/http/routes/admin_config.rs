@@ -77,8 +77,11 @@ pub async fn put_many(
             map.insert(k.clone(), Value::Array(vec![Value::String(m.clone())]));
         }
         let names: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
-        return Err(ApiError::new(crate::http::error::ErrorCode::ValidationError, format!("nothing changed; invalid: {}", names.join(", ")))
-            .with_details(serde_json::json!({ "field_errors": map })));
+        return Err(ApiError::new(
+            crate::http::error::ErrorCode::ValidationError,
+            format!("nothing changed; invalid: {}", names.join(", ")),
+        )
+        .with_details(serde_json::json!({ "field_errors": map })));
     }
     Ok(Envelope::ok("settings updated", apply(&state, &admin.user_id, changes).await?))
 }
@@ -101,6 +104,7 @@ pub async fn put_config(
 ) -> ApiResult<Envelope<ConfigItem>> {
     // An unknown key is a 404, a bad value a 422 naming it.
     let c = ConfigChange::parse(&key, &body.value)?;
-    let item = apply(&state, &admin.user_id, vec![c]).await?.pop().ok_or_else(|| ApiError::internal(format!("setting {key} not listed")))?;
+    let item =
+        apply(&state, &admin.user_id, vec![c]).await?.pop().ok_or_else(|| ApiError::internal(format!("setting {key} not listed")))?;
     Ok(Envelope::ok("setting updated", item))
 }

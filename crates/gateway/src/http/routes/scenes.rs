@@ -120,7 +120,11 @@ pub struct ListQuery {
 
 #[utoipa::path(get, path = "/api/scenes", tag = "scenes", params(ListQuery), security((), ("bearer" = [])),
     responses((status = 200, description = "Active scenes in their order (all for admins asking include_inactive)", body = Envelope<Vec<SceneView>>)))]
-pub async fn list(State(state): State<AppState>, MaybeUser(viewer): MaybeUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Envelope<Vec<SceneView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    MaybeUser(viewer): MaybeUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Envelope<Vec<SceneView>>> {
     let all = q.include_inactive == Some(true) && viewer.as_ref().is_some_and(|v| v.is_admin());
     let mut out = Vec::new();
     for s in state.tasks.scenes(all).await? {
@@ -131,7 +135,11 @@ pub async fn list(State(state): State<AppState>, MaybeUser(viewer): MaybeUser, A
 
 #[utoipa::path(get, path = "/api/scenes/{scene_id}", tag = "scenes", params(("scene_id" = String, Path)), security((), ("bearer" = [])),
     responses((status = 200, body = Envelope<SceneView>), (status = 404, body = ErrorBody)))]
-pub async fn get_one(State(state): State<AppState>, MaybeUser(viewer): MaybeUser, Path(scene_id): Path<String>) -> ApiResult<Envelope<SceneView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    MaybeUser(viewer): MaybeUser,
+    Path(scene_id): Path<String>,
+) -> ApiResult<Envelope<SceneView>> {
     let admin = viewer.as_ref().is_some_and(|v| v.is_admin());
     let s = state.tasks.scene(&scene_id, admin).await?;
     Ok(Envelope::ok("ok", view(&state, &s).await?))
@@ -179,7 +187,11 @@ impl SceneBody {
 
 #[utoipa::path(post, path = "/api/scenes", tag = "scenes", request_body = SceneBody, security(("bearer" = [])),
     responses((status = 201, body = Envelope<SceneView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn create(State(state): State<AppState>, AdminUser(admin): AdminUser, ApiJson(body): ApiJson<SceneBody>) -> ApiResult<(StatusCode, Envelope<SceneView>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiJson(body): ApiJson<SceneBody>,
+) -> ApiResult<(StatusCode, Envelope<SceneView>)> {
     let s = state.tasks.create_scene(body.input()?).await?;
     tracing::info!(admin = %admin.user_id, scene = %s.id, "scene created");
     Ok((StatusCode::CREATED, Envelope::ok("scene created", view(&state, &s).await?)))
@@ -207,7 +219,11 @@ pub struct SceneDeleted {
 
 #[utoipa::path(delete, path = "/api/scenes/{scene_id}", tag = "scenes", params(("scene_id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = Envelope<SceneDeleted>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, AdminUser(admin): AdminUser, Path(scene_id): Path<String>) -> ApiResult<Envelope<SceneDeleted>> {
+pub async fn delete(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(scene_id): Path<String>,
+) -> ApiResult<Envelope<SceneDeleted>> {
     state.tasks.delete_scene(&scene_id).await?;
     tracing::info!(admin = %admin.user_id, scene = %scene_id, "scene deleted");
     Ok(Envelope::ok("scene deleted", SceneDeleted { id: scene_id, deleted: true }))

@@ -31,7 +31,11 @@ pub struct CancelView {
 
 #[utoipa::path(post, path = "/api/tasks/{task_id}/cancel", tag = "tasks", security(("bearer" = [])), params(("task_id" = String, Path)),
     responses((status = 200, body = Envelope<CancelView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, CurrentUser(user): CurrentUser, Path(task_id): Path<String>) -> ApiResult<Envelope<CancelView>> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(task_id): Path<String>,
+) -> ApiResult<Envelope<CancelView>> {
     let (outcome, message) = match state.tasks.cancel(&task_id, &user).await? {
         Cancelled::Done => ("cancelled", "task cancelled"),
         Cancelled::Requested => ("cancel_requested", "cancellation requested"),
@@ -65,7 +69,11 @@ pub struct DeletedView {
 #[utoipa::path(delete, path = "/api/tasks/{task_id}", tag = "tasks", security(("bearer" = [])), params(("task_id" = String, Path)),
     responses((status = 200, body = Envelope<DeletedView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 422, description = "Not finished yet", body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, CurrentUser(user): CurrentUser, Path(task_id): Path<String>) -> ApiResult<Envelope<DeletedView>> {
+pub async fn delete(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(task_id): Path<String>,
+) -> ApiResult<Envelope<DeletedView>> {
     state.tasks.delete(&task_id, &user).await?;
     Ok(Envelope::ok("task deleted", DeletedView { id: task_id, deleted: true }))
 }

@@ -120,7 +120,8 @@ async fn create(state: &AppState, user: &Principal, spec: Spec, request_id: &str
         return Err(ApiError::field("file_id", "send the id of an uploaded image (file_id), and a scene_id or parameters"));
     }
     let params = spec.params.apply(scene.as_ref().map(|s| s.params).unwrap_or_default())?;
-    let file_id = spec.file_id.filter(|f| !f.is_empty()).ok_or_else(|| ApiError::field("file_id", "the id of an uploaded image is required"))?;
+    let file_id =
+        spec.file_id.filter(|f| !f.is_empty()).ok_or_else(|| ApiError::field("file_id", "the id of an uploaded image is required"))?;
     let file = state
         .uploads
         .resolve(&user.user_id, &file_id)
@@ -211,4 +212,3 @@ pub async fn create_002(
     };
     create(&state, &user, spec, &request_id.0).await
 }
-

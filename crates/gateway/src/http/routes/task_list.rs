@@ -117,7 +117,9 @@ impl TaskView {
                 faces: r.faces,
                 face_restoration: r.face_restoration.as_str().to_string(),
             }),
-            error_message: failure.map(|f| f.message.to_string()).or_else(|| (status == TaskStatus::Cancelled).then(|| "the task was cancelled".into())),
+            error_message: failure
+                .map(|f| f.message.to_string())
+                .or_else(|| (status == TaskStatus::Cancelled).then(|| "the task was cancelled".into())),
             error_code: failure.map(|f| f.code.to_string()),
             cost: decimal(rec.cost),
             estimated_duration: rec.meta.estimated_seconds,
@@ -186,7 +188,9 @@ impl ListQuery {
         let status = self.status.as_deref().filter(|s| !s.is_empty()).map(status_word).transpose()?;
         let sort = match self.sort_by.as_deref().filter(|s| !s.is_empty()) {
             None => TaskSort::CreatedAt,
-            Some(s) => TaskSort::parse(s).ok_or_else(|| ApiError::field("sort_by", format!("{s:?} is not created_at, updated_at or priority")))?,
+            Some(s) => {
+                TaskSort::parse(s).ok_or_else(|| ApiError::field("sort_by", format!("{s:?} is not created_at, updated_at or priority")))?
+            }
         };
         let ascending = match self.sort_order.as_deref().filter(|s| !s.is_empty()) {
             None | Some("desc") => false,
@@ -207,27 +211,43 @@ async fn page_of(state: &AppState, q: &ListQuery, user_id: Option<String>, viewe
 #[utoipa::path(get, path = "/api/tasks/{task_id}", tag = "tasks", security(("bearer" = [])),
     params(("task_id" = String, Path)),
     responses((status = 200, body = Envelope<TaskView>), (status = 401, body = ErrorBody), (status = 404, description = "Missing, deleted, or someone else's", body = ErrorBody)))]
-pub async fn detail(State(state): State<AppState>, CurrentUser(user): CurrentUser, Path(task_id): Path<String>) -> ApiResult<Envelope<TaskView>> {
+pub async fn detail(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(task_id): Path<String>,
+) -> ApiResult<Envelope<TaskView>> {
     let d = state.tasks.detail(&task_id, &user).await?;
     Ok(Envelope::ok("ok", TaskView::of(&d, &user)))
 }
 
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, description = "The caller's tasks", body = Envelope<TaskPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Envelope<TaskPage>> {
+pub async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Envelope<TaskPage>> {
     page_of(&state, &q, Some(user.user_id.clone()), &user).await
 }
 
 #[utoipa::path(get, path = "/api/tasks/user/list", tag = "tasks", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, description = "The caller's tasks (seed 001)", body = Envelope<TaskPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn user_list(State(state): State<AppState>, CurrentUser(user): CurrentUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Envelope<TaskPage>> {
+pub async fn user_list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Envelope<TaskPage>> {
     page_of(&state, &q, Some(user.user_id.clone()), &user).await
 }
 
 #[utoipa::path(get, path = "/api/admin/tasks", tag = "admin", params(ListQuery), security(("bearer" = [])),
     responses((status = 200, description = "Every user's tasks, or one user's with user_id", body = Envelope<TaskPage>),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn admin_list(State(state): State<AppState>, AdminUser(admin): AdminUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Envelope<TaskPage>> {
+pub async fn admin_list(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Envelope<TaskPage>> {
     let user = q.user_id.clone().filter(|u| !u.is_empty());
     page_of(&state, &q, user, &admin).await
 }
