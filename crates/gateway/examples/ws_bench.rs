@@ -48,11 +48,7 @@ fn args() -> Args {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
 }
 
 fn png() -> Vec<u8> {
@@ -102,8 +98,11 @@ fn idle(mut ws: Ws, received: std::sync::Arc<std::sync::atomic::AtomicU64>) {
 /// One latency round: a task of `token`'s user held at 50 %, released; the time until its
 /// task_complete arrives on `ws`.
 async fn round(http: &reqwest::Client, base: &str, token: &str, ws: &mut Ws, worker: &FakeWorker, started: usize) -> Duration {
-    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(png()).file_name("a.png")).text("quality_level", "fast");
-    let r: Value = http.post(format!("{base}/api/v1/enhance")).bearer_auth(token).multipart(form).send().await.unwrap().json().await.unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(png()).file_name("a.png"))
+        .text("quality_level", "fast");
+    let r: Value =
+        http.post(format!("{base}/api/v1/enhance")).bearer_auth(token).multipart(form).send().await.unwrap().json().await.unwrap();
     let id = r["task_id"].as_str().unwrap_or_else(|| panic!("upload: {r}")).to_owned();
     worker.wait_started(started).await;
     // Wait until the 50 % mark arrived, so that only the completion is timed.
@@ -157,7 +156,13 @@ async fn main() {
     let base = format!("http://127.0.0.1:{port}");
     purrify_testkit::gateway_client::wait_ready(&http, &format!("{base}/readyz"), &proc).await;
     let worker = FakeWorker::start(4, Behavior::Hold).await;
-    let r = http.post(format!("{base}/api/v1/config/backend")).bearer_auth("admin-token").json(&json!({"backend_url": worker.url})).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/config/backend"))
+        .bearer_auth("admin-token")
+        .json(&json!({"backend_url": worker.url}))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 
     let url = format!("ws://127.0.0.1:{port}/ws");

@@ -262,7 +262,8 @@ async fn refusals_timeouts_heartbeats_and_revocation(backend: Backend) {
     // A revoked token (logout on all devices) closes the connection at the next heartbeat.
     let bob = gw.register("bob@example.com").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}?token={bob}", gw.ws_url())).await.unwrap();
-    let r = gw.http.post(format!("{}/api/auth/logout", gw.base)).bearer_auth(&bob).json(&json!({"all_devices": true})).send().await.unwrap();
+    let r =
+        gw.http.post(format!("{}/api/auth/logout", gw.base)).bearer_auth(&bob).json(&json!({"all_devices": true})).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let (code, _, before) = close_of(&mut ws).await;
     assert_eq!(code, 4001);
@@ -275,7 +276,12 @@ type Received = Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>;
 /// A callback receiver: `/ok/*` answers 200; `/flaky/*` answers 500 twice, then 204.
 async fn callback_server() -> (u16, Received) {
     let got: Received = Arc::default();
-    async fn hook(State(got): State<Received>, UrlPath((kind, rest)): UrlPath<(String, String)>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    async fn hook(
+        State(got): State<Received>,
+        UrlPath((kind, rest)): UrlPath<(String, String)>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
         let mut g = got.lock().unwrap();
         let path = format!("/{kind}/{rest}");
         let earlier = g.iter().filter(|(p, _, _)| *p == path).count();
@@ -335,7 +341,10 @@ async fn callbacks_are_signed_retried_and_refused_for_private_hosts(backend: Bac
     let id = gw.upload(&alice, Some(&format!("http://127.0.0.1:{port}/ok/one?client=7"))).await;
     let (headers, body) = eventually("the callback", &gw, || posts_to(&got, "/ok/one").pop()).await;
     let v = verified(&headers, &body);
-    assert_eq!((v["event"].as_str(), v["task_id"].as_str(), v["status"].as_str()), (Some("task.completed"), Some(id.as_str()), Some("completed")));
+    assert_eq!(
+        (v["event"].as_str(), v["task_id"].as_str(), v["status"].as_str()),
+        (Some("task.completed"), Some(id.as_str()), Some("completed"))
+    );
     assert_eq!(v["result"]["download_url"], format!("/api/v1/download/{id}"));
     assert!(v["result"]["width"].as_u64().unwrap() > 0, "{v}");
     let row = wait_settled(&db, &id, &gw).await;
@@ -396,4 +405,8 @@ macro_rules! on_both {
     )*};
 }
 
-on_both!(two_users_receive_only_their_own_tasks, refusals_timeouts_heartbeats_and_revocation, callbacks_are_signed_retried_and_refused_for_private_hosts);
+on_both!(
+    two_users_receive_only_their_own_tasks,
+    refusals_timeouts_heartbeats_and_revocation,
+    callbacks_are_signed_retried_and_refused_for_private_hosts
+);

@@ -70,8 +70,7 @@ impl Db {
              ORDER BY t.finished_at LIMIT $3 \
              ON CONFLICT (task_id) DO NOTHING"
         );
-        let done =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since).bind(now).bind(i64::from(limit)).execute(&self.pool).await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since).bind(now).bind(i64::from(limit)).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
 
@@ -112,7 +111,13 @@ impl Db {
 
     /// Records how claimed attempt number `attempt` ended; ignored (false) if the delivery
     /// moved on meanwhile (settled, or a later attempt claimed after the lease ran out).
-    pub async fn record_callback_attempt(&self, task_id: &str, attempt: u32, outcome: &AttemptOutcome, now: i64) -> Result<bool, StoreError> {
+    pub async fn record_callback_attempt(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let q = match outcome {
             AttemptOutcome::Delivered { status } => sqlx::query(
                 "UPDATE callback_deliveries SET delivered_at = $3, last_status = $4, last_error = NULL \

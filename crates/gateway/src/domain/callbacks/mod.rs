@@ -135,7 +135,9 @@ impl CallbackService {
                 let body = payload(&task, timestamp).to_string().into_bytes();
                 match self.inner.sender.post(&d.url, &s.secret, timestamp, body).await {
                     Sent::Answered(status) if (200..300).contains(&status) => AttemptOutcome::Delivered { status },
-                    Sent::Answered(status) => AttemptOutcome::Failed { status: Some(status), error: format!("HTTP {status}"), retry_at: retry_at() },
+                    Sent::Answered(status) => {
+                        AttemptOutcome::Failed { status: Some(status), error: format!("HTTP {status}"), retry_at: retry_at() }
+                    }
                     Sent::Refused(why) => AttemptOutcome::Failed { status: None, error: why, retry_at: None },
                     Sent::Failed(why) => AttemptOutcome::Failed { status: None, error: why, retry_at: retry_at() },
                 }
@@ -153,7 +155,11 @@ impl CallbackService {
 
     /// Delivers callbacks until `stop` turns true: on each task end seen in `changes`, and on
     /// every sweep.
-    pub fn spawn(&self, changes: impl Stream<Item = TaskSnapshot> + Send + 'static, mut stop: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
+    pub fn spawn(
+        &self,
+        changes: impl Stream<Item = TaskSnapshot> + Send + 'static,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut changes = std::pin::pin!(changes);

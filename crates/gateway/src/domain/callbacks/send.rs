@@ -85,7 +85,10 @@ async fn resolve_checked(host: &str, allow_private: bool) -> Result<Vec<SocketAd
 
 fn check(ip: IpAddr, allow_private: bool) -> Result<(), Refused> {
     match refuse_address(ip, allow_private) {
-        Some(why) => Err(Refused(format!("address {ip} refused: {}", why.replace("GPU servers", "callback targets").replace("a GPU server", "a callback target")))),
+        Some(why) => Err(Refused(format!(
+            "address {ip} refused: {}",
+            why.replace("GPU servers", "callback targets").replace("a GPU server", "a callback target")
+        ))),
         None => Ok(()),
     }
 }
