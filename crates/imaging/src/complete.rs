@@ -15,8 +15,9 @@ use crate::{Format, ImageError};
 /// The container structures the checker knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Container {
-    /// Marker segments up to the scan, then EOI (`FF D9`) at the end; trailing zero or
-    /// whitespace padding (some phones write it) is allowed.
+    /// Marker segments up to the scan, then EOI (`FF D9`) after it. The bytes after EOI are
+    /// not looked at: zero or whitespace padding some phones write, Samsung's trailer, and
+    /// the MP4 of a Google "motion photo" all follow a complete image.
     Jpeg,
     /// Ends with the IEND chunk.
     Png,
@@ -83,7 +84,7 @@ enum Step {
 pub struct Completeness {
     container: Container,
     len: u64,
-    /// Last (up to 12) bytes seen; for JPEG, the last bytes that are not padding.
+    /// PNG: the last (up to 12) bytes seen.
     tail: Vec<u8>,
     /// Absolute offset of the next header, while headers are being walked.
     next: u64,
@@ -91,18 +92,19 @@ pub struct Completeness {
     header: Vec<u8>,
     /// The walk reached a point past which no header follows.
     stopped: bool,
-    /// JPEG only: the scan (SOS) was reached.
+    /// JPEG only: the scan (SOS) was reached; the EOI search starts at `eoi_from`.
     scan: bool,
+    eoi_from: u64,
+    /// JPEG: the previous byte of the scan was FF.
+    after_ff: bool,
+    /// JPEG: EOI was found after the scan.
+    eoi: bool,
     boxes: Vec<BoxPos>,
     error: Option<ImageError>,
 }
 
 fn incomplete(what: impl std::fmt::Display) -> ImageError {
     ImageError::Malformed(format!("the file is incomplete: {what}"))
-}
-
-fn is_padding(b: u8) -> bool {
-    matches!(b, 0 | b' ' | b'\t' | b'\r' | b'\n')
 }
 
 impl Completeness {
@@ -115,6 +117,9 @@ impl Completeness {
             header: Vec::with_capacity(16),
             stopped: matches!(container, Container::Png),
             scan: false,
+            eoi_from: 0,
+            after_ff: false,
+            eoi: false,
             boxes: Vec::new(),
             error: None,
         }
@@ -151,24 +156,34 @@ impl Completeness {
         }
         let base = self.len;
         self.len += chunk.len() as u64;
-        self.keep_tail(chunk);
+        if self.container == Container::Png {
+            self.keep_tail(chunk);
+        }
         if let Err(e) = self.walk(base, chunk) {
             self.error = Some(e.clone());
             return Err(e);
         }
+        if self.scan && !self.eoi {
+            self.find_eoi(base, chunk);
+        }
         Ok(())
     }
 
-    fn keep_tail(&mut self, chunk: &[u8]) {
-        let chunk = if self.container == Container::Jpeg {
-            match chunk.iter().rposition(|&b| !is_padding(b)) {
-                Some(i) => &chunk[..=i],
-                None => return,
+    /// Looks for `FF D9` in the scan data. Entropy-coded data never holds it (an FF byte
+    /// there is followed by 00 or a restart marker), so the first one ends the image.
+    fn find_eoi(&mut self, base: u64, chunk: &[u8]) {
+        let start = usize::try_from(self.eoi_from.saturating_sub(base)).unwrap_or(usize::MAX).min(chunk.len());
+        for &b in &chunk[start..] {
+            if self.after_ff && b == 0xD9 {
+                self.eoi = true;
+                return;
             }
-        } else {
-            chunk
-        };
-        let keep = if self.container == Container::Jpeg { 2 } else { PNG_IEND.len() };
+            self.after_ff = b == 0xFF;
+        }
+    }
+
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        let keep = PNG_IEND.len();
         if chunk.len() >= keep {
             self.tail.clear();
             self.tail.extend_from_slice(&chunk[chunk.len() - keep..]);
@@ -240,6 +255,7 @@ impl Completeness {
                     0x01 | 0xD0..=0xD7 => Step::Next(2),
                     0xDA => {
                         self.scan = true;
+                        self.eoi_from = self.next + 2;
                         Step::Stop
                     }
                     0xD8 | 0xD9 | 0x00 => Step::Bad(format!("unexpected marker FF {:02X} before the image data", h[1])),
@@ -294,7 +310,7 @@ impl Completeness {
                 if !self.scan {
                     return Err(incomplete(format!("the JPEG ends after {len} bytes, before its image data")));
                 }
-                if self.tail != [0xFF, 0xD9] {
+                if !self.eoi {
                     return Err(incomplete(format!("the JPEG ends after {len} bytes without its end-of-image marker")));
                 }
             }
@@ -393,6 +409,10 @@ mod tests {
         let mut padded = full.clone();
         padded.extend_from_slice(&[0, 0, 0, b'\n', b' ']);
         verdict(Container::Jpeg, &padded).unwrap();
+        // Data after EOI (a Samsung trailer, a motion photo's MP4) follows a whole image.
+        let mut motion = full.clone();
+        motion.extend_from_slice(b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom and the video...");
+        verdict(Container::Jpeg, &motion).unwrap();
         // Cut after 1.5 kB, cut one byte short, cut inside the headers.
         for cut in [1536, full.len() - 1, full.len() - 2, 20, 3] {
             let e = verdict(Container::Jpeg, &full[..cut]).unwrap_err();
