@@ -14,9 +14,9 @@ use crate::app::AppState;
 use crate::http::auth::bearer;
 use crate::http::error::ApiError;
 
-/// Writes that stay open during maintenance, by path prefix.
-const ALWAYS_OPEN: &[&str] = &[
-    // Logins and token refreshes of every surface.
+/// Writes that stay open during maintenance: logins and token refreshes of every surface (so
+/// admins can get a token), and seed 000's admin-token configuration.
+const OPEN_PATHS: &[&str] = &[
     "/api/auth/login",
     "/api/auth/admin/login",
     "/api/auth/wechat/login",
@@ -24,12 +24,13 @@ const ALWAYS_OPEN: &[&str] = &[
     "/api/v1/auth/login",
     "/api/v1/auth/refresh",
     "/api/v1/users/login",
-    // GPU servers (webhook secret) and the admin-token configuration of seed 000.
-    "/webhook/",
-    "/api/v1/config",
-    // Payment notifications: WeChat Pay retries, but a paid order must be credited.
-    "/api/wechat/pay/notify",
+    "/api/v1/config/backend",
+    "/api/v1/config/multi-backend",
 ];
+
+/// ...and by prefix: GPU servers (webhook secret) and payment notifications (WeChat Pay
+/// retries them, but a paid order must be credited).
+const OPEN_PREFIXES: &[&str] = &["/webhook/", "/api/wechat/pay/notify"];
 
 /// What a refused write reads.
 pub const MESSAGE: &str = "the service is under maintenance: changes are paused for now (reading still works); try again later";
@@ -39,7 +40,8 @@ fn is_write(m: &Method) -> bool {
 }
 
 pub async fn maintenance(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_write(req.method()) || ALWAYS_OPEN.iter().any(|p| req.uri().path().starts_with(p)) {
+    let path = req.uri().path();
+    if !is_write(req.method()) || OPEN_PATHS.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
         return next.run(req).await;
     }
     let on = match state.tasks.runtime().snapshot().await {
