@@ -46,6 +46,7 @@ on_both!(
     a_day_is_downloaded_as_a_file,
     retention_deletes_old_rows,
     log_routes_are_for_admins,
+    events_past_a_full_queue_are_counted,
 );
 
 async fn system_logs_are_captured_filtered_and_never_hold_secrets(backend: Backend) {
@@ -378,4 +379,23 @@ async fn log_routes_are_for_admins(backend: Backend) {
         assert_envelope(&api.call("GET", uri, Some(&alice), None).await, StatusCode::FORBIDDEN, "ACCESS_DENIED", uri);
         assert_envelope(&api.call("GET", uri, None, None).await, StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS", uri);
     }
+}
+
+async fn events_past_a_full_queue_are_counted(backend: Backend) {
+    let api = api_with(backend, admin_config).await;
+    let (capture, feed) = system_log_channel();
+    let capacity = purrify_gateway::domain::logs::capture::CAPACITY;
+    // No writer yet: the queue fills, and what does not fit is dropped, never waited for.
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..capacity + 25 {
+            tracing::info!(target: "purrify_gateway::test", i, "burst");
+        }
+    });
+    api.stack.state.logs.attach_system_logs(feed);
+    capture.flush().await;
+    let db = api.stack.state.tasks.db().clone();
+    let stored = db.list_system_logs(&SystemLogFilter::default(), PageRequest::new(Some(1), Some(1))).await.unwrap();
+    assert_eq!(stored.total, capacity as u64);
+    assert_eq!(api.metric(r#"purrify_gateway_log_records_lost_total{table="system_logs",reason="queue_full"}"#).await, 25.0);
 }
