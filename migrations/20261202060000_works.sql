@@ -38,14 +38,15 @@ CREATE TABLE works (
     deleted_at      BIGINT
 );
 
--- A user's list (newest first, optionally by status or kind), the admin list, works whose
--- task has moved on, thumbnails due, and deleted works to purge.
-CREATE INDEX works_user_created ON works (user_id, created_at);
-CREATE INDEX works_user_status_created ON works (user_id, status, created_at);
-CREATE INDEX works_created ON works (created_at);
+-- A user's list (newest first, optionally by status) and the admin list, over visible works
+-- only (partial indexes: a list's count then never visits the rows); works whose task has
+-- moved on, thumbnails due, and deleted works to purge.
+CREATE INDEX works_user_created ON works (user_id, created_at) WHERE deleted_at IS NULL;
+CREATE INDEX works_user_status_created ON works (user_id, status, created_at) WHERE deleted_at IS NULL;
+CREATE INDEX works_created ON works (created_at) WHERE deleted_at IS NULL;
 CREATE INDEX works_status ON works (status);
 CREATE INDEX works_thumb_retry ON works (thumb_retry_at);
-CREATE INDEX works_deleted ON works (deleted_at);
+CREATE INDEX works_deleted ON works (deleted_at) WHERE deleted_at IS NOT NULL;
 
 -- Storage objects to delete, with retries: a row leaves only once its object is gone.
 CREATE TABLE storage_deletions (

@@ -132,6 +132,12 @@ pub struct PendingDeletion {
     pub last_error: Option<String>,
 }
 
+/// A value bound to a list query.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
 const COLUMNS: &str = "id, user_id, task_id, kind, title, status, error_message, media_key, output_uri, content_type, \
      width, height, file_size, thumbnail_uri, thumb_attempts, is_favorite, is_public, created_at, updated_at";
 
@@ -189,36 +195,54 @@ impl Db {
 
     /// A page of visible works, newest first.
     pub async fn works(&self, filter: &WorkFilter, page: PageRequest) -> Result<Page<Work>, StoreError> {
-        let pattern = filter.keyword.as_deref().filter(|k| !k.is_empty()).map(|k| format!("%{}%", escape_like(&k.to_lowercase())));
-        let mut cond = String::from(
-            "deleted_at IS NULL AND ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR kind = $2) \
-             AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4) \
-             AND ($5 IS NULL OR LOWER(title) LIKE $5 ESCAPE '\\') AND ($6 IS NULL OR is_favorite = $6)",
-        );
-        if !filter.statuses.is_empty() {
-            let list: Vec<String> = (0..filter.statuses.len()).map(|i| format!("${}", 7 + i)).collect();
-            cond.push_str(&format!(" AND status IN ({})", list.join(", ")));
+        // Only the filters given reach the SQL, so each query is one the indexes serve (a
+        // catch-all `($1 IS NULL OR user_id = $1)` would scan every work).
+        let mut clauses = vec!["deleted_at IS NULL".to_owned()];
+        let mut binds: Vec<Bind> = Vec::new();
+        let mut arg = |value: Bind| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        if let Some(user) = &filter.user_id {
+            clauses.push(format!("user_id = {}", arg(Bind::Text(user.clone()))));
         }
-        let n = 7 + filter.statuses.len();
-        let bind_filter = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
-            let mut q = q
-                .bind(filter.user_id.as_deref())
-                .bind(filter.kind.map(WorkKind::as_str))
-                .bind(filter.created_from)
-                .bind(filter.created_before)
-                .bind(pattern.as_deref())
-                .bind(filter.favorite.map(i64::from));
-            for s in &filter.statuses {
-                q = q.bind(s.as_str());
+        if !filter.statuses.is_empty() {
+            let list: Vec<String> = filter.statuses.iter().map(|s| arg(Bind::Text(s.as_str().to_owned()))).collect();
+            clauses.push(format!("status IN ({})", list.join(", ")));
+        }
+        if let Some(kind) = filter.kind {
+            clauses.push(format!("kind = {}", arg(Bind::Text(kind.as_str().to_owned()))));
+        }
+        if let Some(from) = filter.created_from {
+            clauses.push(format!("created_at >= {}", arg(Bind::Int(from))));
+        }
+        if let Some(before) = filter.created_before {
+            clauses.push(format!("created_at < {}", arg(Bind::Int(before))));
+        }
+        if let Some(k) = filter.keyword.as_deref().filter(|k| !k.is_empty()) {
+            let pattern = format!("%{}%", escape_like(&k.to_lowercase()));
+            clauses.push(format!("LOWER(title) LIKE {} ESCAPE '\\'", arg(Bind::Text(pattern))));
+        }
+        if let Some(favorite) = filter.favorite {
+            clauses.push(format!("is_favorite = {}", arg(Bind::Int(i64::from(favorite)))));
+        }
+        let cond = clauses.join(" AND ");
+        let n = binds.len() + 1;
+        let bind_all = |mut q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
+            for b in &binds {
+                q = match b {
+                    Bind::Text(t) => q.bind(t.clone()),
+                    Bind::Int(i) => q.bind(*i),
+                };
             }
             q
         };
-        let total: i64 = bind_filter(sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM works WHERE {cond}"))))
+        let total: i64 = bind_all(sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM works WHERE {cond}"))))
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?;
         let sql = format!("SELECT {COLUMNS} FROM works WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ${n} OFFSET ${}", n + 1);
-        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql))).bind(page.limit()).bind(page.offset()).fetch_all(&self.pool).await?;
+        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql))).bind(page.limit()).bind(page.offset()).fetch_all(&self.pool).await?;
         let items = rows.iter().map(work_from_row).collect::<Result<_, _>>()?;
         Ok(Page::new(items, u64::try_from(total).unwrap_or(0), page))
     }
