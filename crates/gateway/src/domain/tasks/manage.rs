@@ -109,9 +109,10 @@ pub struct QueueStats {
 pub const MAX_CALLBACK_URL: usize = 2048;
 
 /// Checks a task's `callback_url`: only when callbacks can be signed (`secret_set`), http or
-/// https, and a host that is a name or an address `/webhook/register` would accept
-/// (`refuse_address`: no metadata, unspecified or, unless `allow_private`, private
-/// addresses). Names are resolved and checked again when the callback is sent.
+/// https, and a host that is a name or an address `/webhook/register` accepts without its
+/// development switch (`refuse_address`: no metadata, link-local, loopback, unspecified,
+/// multicast or broadcast; `allow_private` lets loopback through for local testing). Names
+/// are resolved and checked again when the callback is sent.
 pub fn check_callback_url(url: &str, secret_set: bool, allow_private: bool) -> DomainResult<String> {
     let field = "callback_url";
     if !secret_set {
@@ -134,8 +135,11 @@ pub fn check_callback_url(url: &str, secret_set: bool, allow_private: bool) -> D
         Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
         Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
     };
+    // The webhook policy without its development exception, except for loopback: a
+    // development callback may go to this machine, never to link-local or metadata addresses.
     if let Some(ip) = ip
-        && let Some(why) = crate::domain::fleet::refuse_address(ip, allow_private)
+        && let Some(why) = crate::domain::fleet::refuse_address(ip, false)
+        && !(allow_private && ip.is_loopback())
     {
         return Err(DomainError::invalid(field, format!("{ip} is refused: {}", why.replace("GPU servers", "callback targets"))));
     }

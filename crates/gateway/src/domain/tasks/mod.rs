@@ -31,13 +31,13 @@ pub use gpu_view::{GpuReading, WorkerOrigin, WorkerTelemetry};
 pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use kubernetes::KubeBackend;
 pub use manage::{Cancelled, QueueStats, TASK_KINDS, TaskDetail, TaskOptions};
-pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, TaskSnapshot, WorkerLine, valid_task_id};
+pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use servers::{ServerLine, ServersOverview};
 pub use standalone::{CancelOutcome, DispatchConfig, DispatchMetrics, DispatchStats, Dispatcher};
 
-use crate::domain::credits::CreditService;
 use crate::domain::DomainResult;
+use crate::domain::credits::CreditService;
 use crate::metrics::{Metrics, OutcomeLabels};
 
 /// What the task service needs to know from the configuration.
