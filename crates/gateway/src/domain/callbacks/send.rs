@@ -156,14 +156,14 @@ impl Sender {
             .await;
         match sent {
             Ok(r) => Sent::Answered(r.status().as_u16()),
-            Err(e) => Sent::Failed(describe(&e)),
+            Err(e) => Sent::Failed(describe(e.without_url())),
         }
     }
 }
 
 /// A client error for the delivery record: its kind and innermost cause, never the URL's
 /// query (which may hold the client's own secrets).
-fn describe(e: &reqwest::Error) -> String {
+fn describe(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {
@@ -171,13 +171,11 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut inner: &(dyn std::error::Error + 'static) = e;
+    let mut inner: &(dyn std::error::Error + 'static) = &e;
     while let Some(next) = inner.source() {
         inner = next;
     }
-    let mut s = format!("{kind}: {inner}");
-    s.truncate(300);
-    s
+    format!("{kind}: {inner}").chars().take(300).collect()
 }
 
 #[cfg(test)]
@@ -206,6 +204,14 @@ mod tests {
             other => panic!("a name resolving to loopback is refused, got {other:?}"),
         }
         assert!(matches!(sender.post("ftp://example.com/x", b"k", 1, vec![]).await, Sent::Refused(_)));
+        // Allowed for local testing: a closed port is a failure worth retrying, described
+        // without the URL (its query may carry the client's secrets).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let local = Sender::new(Duration::from_secs(2), true).unwrap();
+        match local.post(&format!("http://127.0.0.1:{port}/hook?key=s3cr3t"), b"k", 1, b"{}".to_vec()).await {
+            Sent::Failed(why) => assert!(why.starts_with("connection failed") && !why.contains("s3cr3t"), "{why}"),
+            other => panic!("a closed port is a retryable failure, got {other:?}"),
+        }
         assert!(matches!(sender.post("not a url", b"k", 1, vec![]).await, Sent::Refused(_)));
     }
 }
