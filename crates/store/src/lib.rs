@@ -29,6 +29,7 @@ pub mod refunds;
 pub mod scenes;
 pub mod settings;
 pub mod stats;
+pub mod storage_deletions;
 pub mod system_logs;
 pub mod task_events;
 pub mod task_history;
@@ -64,6 +65,7 @@ pub use refresh_tokens::{NewRefreshToken, Rotation};
 pub use refunds::{BeginRefund, RefundRow, SettledRefund};
 pub use scenes::{Scene, SceneFields};
 pub use stats::{Revenue, UserCounts};
+pub use storage_deletions::PendingDeletion;
 pub use system_logs::{NewSystemLog, SystemLog, SystemLogFilter};
 pub use task_events::TaskEvent;
 pub use task_history::UserTaskStats;
@@ -73,7 +75,7 @@ pub use time::{duration_ms, now_ms};
 pub use uploads::{Upload, UploadKind};
 pub use user_actions::{NewUserAction, UserAction, UserActionFilter};
 pub use users::{AdminChange, NewUser, ProfileChange, Role, TokenState, User, UserFilter, WeChatIdentity};
-pub use works::{DeleteWorks, NewWork, PendingDeletion, Work, WorkChange, WorkFile, WorkFilter, WorkKind};
+pub use works::{DeleteWorks, NewWork, Work, WorkChange, WorkFile, WorkFilter, WorkKind};
 
 /// A write transaction; commit it, or it rolls back when dropped.
 pub type WriteTx = sqlx::Transaction<'static, sqlx::Any>;

@@ -1,10 +1,13 @@
 //! The `uploads` table (seeds 001 and 003): files users uploaded, each owned by one user and
 //! counted against that user's storage quota. The insert that checks the quota runs under the
 //! user's write lock ([`Db::begin_write`]), so concurrent uploads cannot overrun it together.
+//! Deleting one queues its objects in [`storage_deletions`](crate::storage_deletions).
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::storage_deletions::queue_deletion_in;
+use crate::time::now_ms;
 use crate::{Db, StoreError};
 
 /// What an upload holds.
@@ -176,8 +179,10 @@ impl Db {
         rows.iter().map(from_row).collect()
     }
 
-    /// Deletes `user_id`'s upload `id` and returns the row it was (its objects are the
-    /// caller's to delete); `None` when there is no such upload of that user.
+    /// Deletes `user_id`'s upload `id` and queues its file and thumbnail for deletion from
+    /// storage, in one transaction: the row is gone (and its bytes off the quota) at once, and
+    /// its objects are never left unreferenced without being queued. Returns the row it was;
+    /// `None` when there is no such upload of that user.
     pub async fn delete_user_upload(&self, user_id: &str, id: &str) -> Result<Option<Upload>, StoreError> {
         let mut tx = self.begin_write(&format!("uploads:{user_id}")).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM uploads WHERE id = $1 AND user_id = $2")))
@@ -189,6 +194,10 @@ impl Db {
             return Ok(None);
         };
         sqlx::query("DELETE FROM uploads WHERE id = $1 AND user_id = $2").bind(id).bind(user_id).execute(&mut *tx).await?;
+        let now = now_ms();
+        for uri in std::iter::once(&upload.uri).chain(&upload.thumbnail_uri) {
+            queue_deletion_in(&mut tx, uri, None, now).await?;
+        }
         tx.commit().await?;
         Ok(Some(upload))
     }

@@ -1,5 +1,5 @@
-//! The `works` table (what users keep of their tasks) and `storage_deletions` (objects of
-//! deleted works still to be removed from storage). A work's row is written once per task
+//! The `works` table (what users keep of their tasks); a deleted work's objects go to the
+//! [`storage_deletions`](crate::storage_deletions) queue. A work's row is written once per task
 //! (`task_id` is unique), follows its task's status by conditional updates, and is hidden the
 //! moment it is deleted: every read here skips rows with `deleted_at` set. Deleting queues the
 //! work's objects in the same transaction, so a row is never hidden without its objects
@@ -12,6 +12,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::page::{Page, PageRequest};
+use crate::storage_deletions::queue_deletion_in;
 use crate::time::now_ms;
 use crate::users::escape_like;
 use crate::{Db, StoreError};
@@ -120,16 +121,6 @@ pub enum DeleteWorks {
     Deleted { works: usize, objects: usize },
     /// Nothing was deleted: these ids are not the user's visible works.
     Missing(Vec<String>),
-}
-
-/// A storage object waiting to be deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingDeletion {
-    pub uri: String,
-    pub work_id: Option<String>,
-    pub attempts: u32,
-    pub next_attempt_at: i64,
-    pub last_error: Option<String>,
 }
 
 /// A value bound to a list query.
@@ -388,47 +379,6 @@ impl Db {
         Ok(DeleteWorks::Deleted { works: found.len(), objects })
     }
 
-    /// Queues an object for deletion (an object a deleted work's task stored too late).
-    pub async fn queue_deletion(&self, uri: &str, work_id: Option<&str>) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        queue_deletion_in(&mut conn, uri, work_id, now_ms()).await
-    }
-
-    /// Deletions due at `now`, longest waiting first.
-    pub async fn deletions_due(&self, now: i64, limit: u32) -> Result<Vec<PendingDeletion>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT uri, work_id, attempts, next_attempt_at, last_error FROM storage_deletions \
-             WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, uri LIMIT $2",
-        )
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(deletion_from_row).collect()
-    }
-
-    /// Every pending deletion (tests, admin views).
-    pub async fn pending_deletions(&self) -> Result<Vec<PendingDeletion>, StoreError> {
-        self.deletions_due(i64::MAX, u32::MAX).await
-    }
-
-    /// The object is gone.
-    pub async fn deletion_done(&self, uri: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM storage_deletions WHERE uri = $1").bind(uri).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Deleting the object failed; try again at `retry_at`.
-    pub async fn deletion_failed(&self, uri: &str, retry_at: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE storage_deletions SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE uri = $1")
-            .bind(uri)
-            .bind(retry_at)
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Removes the rows of works deleted before `settled_before` whose objects are all gone
     /// and whose task the recorder can no longer see (unfinished, or finished at or after
     /// `settled_before`): a purged work's task must not be recorded again.
@@ -478,19 +428,6 @@ impl Db {
     }
 }
 
-async fn queue_deletion_in(conn: &mut sqlx::AnyConnection, uri: &str, work_id: Option<&str>, now: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO storage_deletions (uri, work_id, attempts, next_attempt_at, created_at) VALUES ($1, $2, 0, $3, $3) \
-         ON CONFLICT (uri) DO NOTHING",
-    )
-    .bind(uri)
-    .bind(work_id)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("work {id}: {what}"))
 }
@@ -529,16 +466,5 @@ fn work_from_row(row: &AnyRow) -> Result<Work, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         id,
-    })
-}
-
-fn deletion_from_row(row: &AnyRow) -> Result<PendingDeletion, StoreError> {
-    let attempts: i64 = row.try_get("attempts")?;
-    Ok(PendingDeletion {
-        uri: row.try_get("uri")?,
-        work_id: row.try_get("work_id")?,
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        last_error: row.try_get("last_error")?,
     })
 }

@@ -68,11 +68,21 @@ async fn only_the_owner_reads_or_deletes(t: TestDb) {
     assert!(db.user_upload("bob", "a1").await.unwrap().is_none());
     assert!(db.delete_user_upload("bob", "a1").await.unwrap().is_none());
     assert!(db.upload("a1").await.unwrap().is_some(), "bob's delete touched nothing");
+    assert!(db.pending_deletions().await.unwrap().is_empty(), "nor queued anything");
     let gone = db.delete_user_upload("alice", "a1").await.unwrap().expect("alice's own");
     assert_eq!(gone.uri, "file:///s/files/a1.jpg");
     assert!(db.upload("a1").await.unwrap().is_none());
     assert!(db.delete_user_upload("alice", "a1").await.unwrap().is_none(), "a second delete finds nothing");
     assert_eq!(db.upload_bytes_used("alice").await.unwrap(), 0);
+    // Its file and thumbnail were queued with the delete, for the sweeper, due at once.
+    let mut queued: Vec<(String, Option<String>, u32)> =
+        db.pending_deletions().await.unwrap().into_iter().map(|p| (p.uri, p.work_id, p.attempts)).collect();
+    queued.sort();
+    assert_eq!(
+        queued,
+        [("file:///s/files/a1.jpg".to_owned(), None, 0), ("file:///s/files/a1.thumb.jpg".to_owned(), None, 0)]
+    );
+    assert_eq!(db.deletions_due(purrify_store::now_ms(), 10).await.unwrap().len(), 2);
 }
 
 async fn concurrent_uploads_cannot_overrun_the_quota(t: TestDb) {
