@@ -161,6 +161,7 @@ impl LogService {
         if events.is_empty() {
             events = timeline::events_from_row(&task, purrify_store::now_ms());
         }
+        events.sort_by_key(timeline::sequence);
         Ok(Timeline { task_id: task.id, status: task.status, events })
     }
 

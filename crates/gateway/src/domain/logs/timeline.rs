@@ -100,6 +100,19 @@ fn outcome_from_snapshot(task: &Task, s: &TaskSnapshot, now: i64) -> Option<Task
     Some(end)
 }
 
+/// Where an event stands in its task's story: the queueing before attempt n+1, attempt n's
+/// dispatch, its progress marks, and last the outcome. Times alone cannot say it: an event is
+/// stamped when a gateway observes it, and a busy listener may observe a progress mark after
+/// the row already says the task finished.
+pub fn sequence(e: &TaskEvent) -> (i64, u8, u32, i64) {
+    match e.kind.as_str() {
+        "queued" => (e.attempt + 1, 0, 0, e.created_at),
+        "dispatched" => (e.attempt, 1, 0, e.created_at),
+        "progress" => (e.attempt, 2, (e.progress.unwrap_or(0.0) * 100.0).round() as u32, e.created_at),
+        _ => (i64::MAX, 3, 0, e.created_at),
+    }
+}
+
 /// Progress marks crossed by `progress` (0..=1) beyond those already recorded: 1..=3.
 fn marks_crossed(progress: f64, recorded: u8) -> std::ops::RangeInclusive<u8> {
     let reached = ((progress.clamp(0.0, 1.0) * 4.0).floor() as u8).min(3);
@@ -189,6 +202,32 @@ async fn observe(db: &Db, queue: &Queue<TaskEvent>, followed: &mut HashMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timelines_follow_the_story_not_the_clock() {
+        let e = |kind: &str, key: &str, attempt: i64, at: i64, progress: Option<f64>| TaskEvent {
+            task_id: "t".into(),
+            event_key: key.into(),
+            kind: kind.into(),
+            created_at: at,
+            attempt,
+            worker: None,
+            progress,
+            error_code: None,
+            message: None,
+        };
+        let mut events = vec![
+            e("completed", "completed", 2, 50, Some(1.0)),
+            e("progress", "progress:2:50", 2, 60, Some(0.5)),
+            e("queued", "queued:1", 1, 30, None),
+            e("dispatched", "dispatched:2", 2, 40, None),
+            e("dispatched", "dispatched:1", 1, 20, None),
+            e("queued", "queued:0", 0, 10, None),
+        ];
+        events.sort_by_key(sequence);
+        let keys: Vec<&str> = events.iter().map(|x| x.event_key.as_str()).collect();
+        assert_eq!(keys, ["queued:0", "dispatched:1", "queued:1", "dispatched:2", "progress:2:50", "completed"]);
+    }
 
     #[test]
     fn marks_are_crossed_once_each() {
