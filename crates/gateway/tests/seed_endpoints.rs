@@ -54,8 +54,7 @@ fn endpoints_of(file: &str, text: &str) -> Vec<(String, String)> {
     let base = if file.starts_with("003_") { "/api/v1" } else { "" };
     let mut out = Vec::new();
     for line in text.lines() {
-        let tokens: Vec<&str> =
-            line.split(|c: char| c.is_whitespace() || c == '`' || c == '*').filter(|t| !t.is_empty()).collect();
+        let tokens: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == '`' || c == '*').filter(|t| !t.is_empty()).collect();
         for pair in tokens.windows(2) {
             let (method, path) = (pair[0], pair[1]);
             if !METHODS.contains(&method) || !path.starts_with('/') {
@@ -141,9 +140,7 @@ fn the_readme_lists_every_documented_route() {
     let start = readme.find("\n## The API by seed").expect("README has a section \"## The API by seed\"");
     let section = &readme[start + 1..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
-    let unlisted: Vec<String> = purrify_gateway::http::openapi::endpoints()
-        .into_iter()
-        .filter(|e| !section.contains(&format!("`{e}`")))
-        .collect();
+    let unlisted: Vec<String> =
+        purrify_gateway::http::openapi::endpoints().into_iter().filter(|e| !section.contains(&format!("`{e}`"))).collect();
     assert!(unlisted.is_empty(), "routes missing from the README's API section:\n{}", unlisted.join("\n"));
 }
