@@ -1,11 +1,14 @@
 //! Uploads through the real router on SQLite and PostgreSQL: truncated files refused on
 //! `/api/v1/enhance` by their container's completeness, and seed 001's and seed 003's upload
-//! routes (ownership, quota, base64, bad files), each refusal leaving no object and no row.
+//! routes (ownership, quota, base64, bad files), each refusal leaving no object and no row, and
+//! deletion that frees the row and the quota at once while the sweeper removes the objects,
+//! retrying while storage refuses.
 
 mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use purrify_testkit::eventually;
 use serde_json::{Value, json};
 use support::client::*;
 use support::*;
@@ -25,6 +28,7 @@ on_both!(
     bad_files_and_batches_leave_nothing_behind,
     seed_003_image_and_video_uploads,
     uploads_share_the_per_client_rate_limit,
+    a_deleted_upload_leaves_no_object_even_while_storage_refuses,
 );
 
 async fn truncated_images_are_refused_on_enhance(backend: Backend) {
@@ -75,6 +79,16 @@ async fn post_files(api: &Api, path: &str, token: Option<&str>, parts: &[(&str, 
 /// Objects in the uploads' storage directory (files and thumbnails).
 fn stored_files(api: &Api) -> usize {
     std::fs::read_dir(api._dir.path().join("storage").join("files")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Waits until the deletion sweeper (the gateway's background loop) has emptied its queue and
+/// `n` objects are left in the uploads' directory.
+async fn objects_settle(api: &Api, n: usize) {
+    let db = api.stack.state.tasks.db();
+    eventually(30, &format!("{n} stored objects and no deletion pending"), || async {
+        (db.pending_deletions().await.unwrap().is_empty() && stored_files(api) == n).then_some(())
+    })
+    .await;
 }
 
 async fn rows(api: &Api, user_id: &str) -> usize {
@@ -144,7 +158,8 @@ async fn seed_001_uploads_are_owned_served_and_deleted(backend: Backend) {
     assert_eq!(mine.body["data"]["deleted"], true);
     assert!(api.stack.state.storage.get(&copy.uri, 1 << 20).await.is_ok(), "the task's copy outlives the upload");
     assert_eq!(api.get(&url).await.status, StatusCode::NOT_FOUND);
-    assert_eq!((rows(&api, &alice_id).await, stored_files(&api)), (3, 3), "row and object gone");
+    assert_eq!(rows(&api, &alice_id).await, 3, "the row is gone at once");
+    objects_settle(&api, 3).await;
     let again = api.call("DELETE", &format!("/api/upload/{filename}"), Some(&alice), None).await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
     // By id alone works too.
@@ -244,7 +259,8 @@ async fn the_storage_quota_refuses_and_stores_nothing(backend: Backend) {
     let batch =
         post_files(&api, "/api/upload/multiple", Some(&token), &[("files", Some("a.png"), &png), ("files", Some("b.png"), &png)]).await;
     assert_envelope(&batch, StatusCode::PAYLOAD_TOO_LARGE, "STORAGE_QUOTA_EXCEEDED", "batch over the quota");
-    assert_eq!((rows(&api, &user_id).await, stored_files(&api)), (1, 1));
+    assert_eq!(rows(&api, &user_id).await, 1);
+    objects_settle(&api, 1).await;
     // Deleting made room; other users have their own quota.
     assert_eq!(post_files(&api, "/api/upload/single", Some(&token), &[("file", Some("p.png"), &png)]).await.status, StatusCode::OK);
     assert_eq!(post_files(&api, "/api/upload/single", Some(&other), &[("file", Some("p.png"), &png)]).await.status, StatusCode::OK);
@@ -410,4 +426,57 @@ async fn uploads_share_the_per_client_rate_limit(backend: Backend) {
     assert_envelope(&r, StatusCode::TOO_MANY_REQUESTS, "TASK_LIMIT_EXCEEDED", "third upload in a minute");
     assert!(r.headers.contains_key(header::RETRY_AFTER));
     assert_eq!(rows(&api, &user_id).await, 2);
+}
+
+fn path_of(uri: &str) -> std::path::PathBuf {
+    url::Url::parse(uri).unwrap().to_file_path().unwrap()
+}
+
+async fn a_deleted_upload_leaves_no_object_even_while_storage_refuses(backend: Backend) {
+    let api = api(backend).await;
+    let (token, user_id) = user(&api, "ivan").await;
+    let png = small_photo_png(350, 250);
+    let r = post_files(&api, "/api/v1/upload/image", Some(&token), &[("file", Some("big.png"), &png)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (url, thumb_url) = (r.body["data"]["url"].as_str().unwrap().to_owned(), r.body["data"]["thumbnail"].as_str().unwrap().to_owned());
+    let state = &api.stack.state;
+    let db = state.tasks.db();
+    let row = db.user_uploads(&user_id, 10).await.unwrap().pop().expect("the upload's row");
+    let (file, thumbnail) = (path_of(&row.uri), path_of(row.thumbnail_uri.as_deref().expect("a thumbnail")));
+    assert!(file.is_file() && thumbnail.is_file());
+    assert!(state.uploads.usage(&user_id).await.unwrap().0 > 0);
+
+    // Storage refuses to delete the file: it is a non-empty directory now.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("stuck")).unwrap();
+    let name = format!("{}.png", row.id);
+    let del = api.call("DELETE", &format!("/api/upload/{name}"), Some(&token), None).await;
+    assert_eq!((del.status, &del.body["data"]["deleted"]), (StatusCode::OK, &json!(true)), "{}", del.body);
+    // Gone from the API at once, and off the quota.
+    assert_eq!(api.get(&url).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.get(&thumb_url).await.status, StatusCode::NOT_FOUND);
+    assert_envelope(
+        &api.call("DELETE", &format!("/api/upload/{name}"), Some(&token), None).await,
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        "twice",
+    );
+    assert_eq!(rows(&api, &user_id).await, 0);
+    assert_eq!(state.uploads.usage(&user_id).await.unwrap().0, 0, "the quota is freed at once");
+
+    // The sweeper deletes the thumbnail; the file fails and waits for a retry.
+    let failing = eventually(30, "a failed attempt on the file", || async {
+        let pending = db.pending_deletions().await.unwrap();
+        (!thumbnail.exists() && pending.len() == 1 && pending[0].attempts >= 1).then(|| pending[0].clone())
+    })
+    .await;
+    assert_eq!((failing.uri.as_str(), failing.work_id.as_deref()), (row.uri.as_str(), None), "{failing:?}");
+    assert!(failing.last_error.is_some());
+    assert!(file.exists(), "storage refused: the object is still there");
+
+    // Storage recovers; the retry deletes it and nothing of the upload is left.
+    std::fs::remove_dir_all(&file).unwrap();
+    std::fs::write(&file, b"still here").unwrap();
+    objects_settle(&api, 0).await;
+    assert!(!file.exists() && !thumbnail.exists());
 }

@@ -25,7 +25,12 @@ pub struct PendingDeletion {
 
 /// Queues `uri` for deletion, due at `now`, inside the caller's transaction. An object queued
 /// already stays queued once.
-pub(crate) async fn queue_deletion_in(conn: &mut sqlx::AnyConnection, uri: &str, work_id: Option<&str>, now: i64) -> Result<(), StoreError> {
+pub(crate) async fn queue_deletion_in(
+    conn: &mut sqlx::AnyConnection,
+    uri: &str,
+    work_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO storage_deletions (uri, work_id, attempts, next_attempt_at, created_at) VALUES ($1, $2, 0, $3, $3) \
          ON CONFLICT (uri) DO NOTHING",

@@ -78,10 +78,7 @@ async fn only_the_owner_reads_or_deletes(t: TestDb) {
     let mut queued: Vec<(String, Option<String>, u32)> =
         db.pending_deletions().await.unwrap().into_iter().map(|p| (p.uri, p.work_id, p.attempts)).collect();
     queued.sort();
-    assert_eq!(
-        queued,
-        [("file:///s/files/a1.jpg".to_owned(), None, 0), ("file:///s/files/a1.thumb.jpg".to_owned(), None, 0)]
-    );
+    assert_eq!(queued, [("file:///s/files/a1.jpg".to_owned(), None, 0), ("file:///s/files/a1.thumb.jpg".to_owned(), None, 0)]);
     assert_eq!(db.deletions_due(purrify_store::now_ms(), 10).await.unwrap().len(), 2);
 }
 

@@ -15,6 +15,7 @@ pub mod monitoring;
 pub mod payments;
 pub mod quotas;
 pub mod recharge;
+pub mod storage_deletions;
 pub mod tasks;
 pub mod uploads;
 pub mod works;

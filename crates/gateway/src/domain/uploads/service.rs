@@ -14,6 +14,7 @@ use purrify_store::{Db, StoreError, Upload, UploadKind};
 use rand::TryRngCore;
 
 use super::ingest::{self, Accept, IngestError, Ingested, Media, Rules};
+use crate::domain::storage_deletions::DeletionSweeper;
 use crate::domain::{DomainError, DomainResult};
 
 /// Settings from the configuration.
@@ -159,11 +160,13 @@ struct Inner {
     db: Db,
     storage: Arc<Storage>,
     settings: UploadSettings,
+    deletions: DeletionSweeper,
 }
 
 impl UploadService {
     pub fn new(db: Db, storage: Arc<Storage>, settings: UploadSettings) -> Self {
-        UploadService { inner: Arc::new(Inner { db, storage, settings }) }
+        let deletions = DeletionSweeper::new(db.clone(), storage.clone());
+        UploadService { inner: Arc::new(Inner { db, storage, settings, deletions }) }
     }
 
     pub fn settings(&self) -> &UploadSettings {
@@ -292,10 +295,19 @@ impl UploadService {
         }
     }
 
+    /// Deletes objects no row references (a refused upload's); one storage refuses now is
+    /// queued for the deletion sweeper, which retries it.
     async fn delete_objects(&self, uris: &[&str]) {
         for uri in uris.iter().filter(|u| !u.is_empty()) {
-            if let Err(e) = self.inner.storage.delete(uri).await {
-                tracing::warn!(error = %e, "cannot delete an upload's object");
+            match self.inner.storage.delete(uri).await {
+                Ok(()) => {}
+                Err(e) if e.is_client_error() => tracing::warn!(error = %e, "an upload's object cannot be deleted here"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete an upload's object now; queued for the sweeper");
+                    if let Err(e) = self.inner.deletions.queue(uri, None).await {
+                        tracing::error!(uri = %uri, error = %e, "cannot queue an upload's object for deletion; it is left in storage");
+                    }
+                }
             }
         }
     }
@@ -311,8 +323,10 @@ impl UploadService {
     }
 
     /// Deletes `owner`'s file and its thumbnail. `false` when there is none of theirs (another
-    /// user's file is reported the same way, so ids cannot be probed). The row goes first: a
-    /// failed object delete leaves an unreferenced object (logged), never a row without a file.
+    /// user's file is reported the same way, so ids cannot be probed). The row goes (and its
+    /// bytes leave the quota) at once, in the transaction that queues its objects; the
+    /// [`DeletionSweeper`] removes them from storage, retrying while storage refuses, so a
+    /// deleted upload never leaves an object behind.
     pub async fn delete(&self, owner: &str, file_id: &str) -> DomainResult<bool> {
         let id = file_id.split_once('.').map_or(file_id, |(id, _)| id);
         if !plausible_id(id) {
@@ -321,7 +335,7 @@ impl UploadService {
         let Some(row) = self.inner.db.delete_user_upload(owner, id).await? else {
             return Ok(false);
         };
-        self.delete_objects(&[&row.uri, row.thumbnail_uri.as_deref().unwrap_or_default()]).await;
+        tracing::info!(upload = %row.id, "upload deleted; its objects are queued for deletion");
         Ok(true)
     }
 

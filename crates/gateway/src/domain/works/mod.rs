@@ -11,8 +11,10 @@
 //!   sweep with backoff and never hold a work back from the lists (it shows no thumbnail).
 //! - File and thumbnail are served under the work's random media key, so image tags load them
 //!   without a token; downloads by id check the owner.
-//! - Deleting hides works at once and queues their objects; the [`cleanup`] sweeper deletes
-//!   them from storage, retrying failures with backoff, and then purges the rows.
+//! - Deleting hides works at once and queues their objects; the shared
+//!   [`DeletionSweeper`] deletes them from storage, retrying failures with backoff, and
+//!   [`cleanup`] then purges the rows. The recorder's tick runs it for every queued object,
+//!   uploads' too.
 
 mod cleanup;
 mod recorder;
@@ -29,6 +31,7 @@ pub use purrify_store::{Work, WorkFilter, WorkKind};
 pub use recorder::spawn_recorder;
 
 use crate::domain::accounts::{Page, PageRequest};
+use crate::domain::storage_deletions::{DeletionSweeper, backoff};
 use crate::domain::{DomainError, DomainResult};
 
 /// Most works one delete request takes.
@@ -73,6 +76,7 @@ pub struct WorkService {
     db: Db,
     storage: Arc<Storage>,
     settings: Arc<WorkSettings>,
+    deletions: DeletionSweeper,
 }
 
 /// What a user may change about a work.
@@ -101,7 +105,8 @@ pub struct MediaStream {
 
 impl WorkService {
     pub fn new(db: Db, storage: Arc<Storage>, settings: WorkSettings) -> Self {
-        Self { db, storage, settings: Arc::new(settings) }
+        let deletions = DeletionSweeper::new(db.clone(), storage.clone());
+        Self { db, storage, settings: Arc::new(settings), deletions }
     }
 
     /// A page of works, newest first (`filter.user_id` narrows it to one user's).
@@ -217,21 +222,9 @@ fn extension(content_type: &str) -> &'static str {
     }
 }
 
-/// Exponential backoff from one second, capped at ten minutes.
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.min(10)).min(Duration::from_secs(600))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_a_cap() {
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(40), Duration::from_secs(600));
-    }
 
     #[test]
     fn extensions_follow_content_types() {

@@ -158,7 +158,7 @@ impl WorkService {
             // Completed by another replica (the same key, the same bytes), or deleted meanwhile:
             // then the copy just stored is nobody's.
             if self.db.work(&work.id).await?.is_none() {
-                self.db.queue_deletion(&uri, Some(&work.id)).await?;
+                self.deletions.queue(&uri, Some(&work.id)).await?;
             }
             return Ok(());
         }
@@ -205,7 +205,7 @@ impl WorkService {
             // Deleted meanwhile (a work that has one keeps it: the same key was rewritten).
             Ok(false) => match self.db.work(work_id).await {
                 Ok(Some(_)) => Ok(()),
-                _ => self.db.queue_deletion(&uri, Some(work_id)).await.map_err(|e| e.to_string()),
+                _ => self.deletions.queue(&uri, Some(work_id)).await.map_err(|e| e.to_string()),
             },
             Err(e) => Err(e.to_string()),
         }
