@@ -216,7 +216,7 @@ mod tests {
             error_code: None,
             message: None,
         };
-        let mut events = vec![
+        let mut events = [
             e("completed", "completed", 2, 50, Some(1.0)),
             e("progress", "progress:2:50", 2, 60, Some(0.5)),
             e("queued", "queued:1", 1, 30, None),
