@@ -4,11 +4,43 @@
 
 use serde::Serialize;
 
-use crate::domain::accounts::{Account, Session};
+use purrify_api::TaskStatus;
+
+use crate::domain::accounts::{Account, Page, Session};
 
 /// Unix milliseconds as `2024-01-15T10:30:00Z`.
 pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+}
+
+/// Seeds 001/002's page of a list: `{items, total, page, page_size, total_pages}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PageView<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+    pub page: u32,
+    pub page_size: u32,
+    pub total_pages: u64,
+}
+
+impl<T> PageView<T> {
+    /// The page with each row shown by `view`.
+    pub fn of<R>(page: Page<R>, view: impl FnMut(R) -> T) -> Self {
+        let total_pages = page.total_pages();
+        let (total, number, size) = (page.total, page.page, page.page_size);
+        Self { items: page.items.into_iter().map(view).collect(), total, page: number, page_size: size, total_pages }
+    }
+}
+
+/// Seed 002's word for a task's (or a work's) status.
+pub fn status_word(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Queued => "pending",
+        TaskStatus::Processing => "running",
+        TaskStatus::Completed => "completed",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Cancelled => "cancelled",
+    }
 }
 
 /// Hundredths as a decimal number for display (never used for arithmetic).

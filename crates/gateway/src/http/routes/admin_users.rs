@@ -3,7 +3,7 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,7 +16,7 @@ use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::middleware::RequestId;
-use crate::http::views::UserView;
+use crate::http::views::{PageView, UserView};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_users)).routes(routes!(update_user))
@@ -34,44 +34,24 @@ pub struct UserQuery {
     pub search: Option<String>,
 }
 
-/// Seed 002's page.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UserPage {
-    pub items: Vec<UserView>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
 fn role(v: &str) -> Result<Role, ApiError> {
     Role::parse(v).ok_or_else(|| ApiError::field("role", format!("{v:?} is not user or admin")))
 }
 
 #[utoipa::path(get, path = "/api/admin/users", tag = "admin", params(UserQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<UserPage>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Envelope<PageView<UserView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_users(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<UserQuery>,
-) -> ApiResult<Envelope<UserPage>> {
+) -> ApiResult<Envelope<PageView<UserView>>> {
     let filter = AccountFilter {
         role: q.role.as_deref().filter(|r| !r.is_empty()).map(role).transpose()?,
         active: q.is_active,
         search: q.search.filter(|s| !s.trim().is_empty()).map(|s| s.trim().chars().take(100).collect()),
     };
     let page = state.accounts.list(&filter, PageRequest::new(q.page, q.page_size)).await?;
-    let total_pages = page.total_pages();
-    Ok(Envelope::ok(
-        "ok",
-        UserPage {
-            items: page.items.iter().map(UserView::from).collect(),
-            total: page.total,
-            page: page.page,
-            page_size: page.page_size,
-            total_pages,
-        },
-    ))
+    Ok(Envelope::ok("ok", PageView::of(page, |a| UserView::from(&a))))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

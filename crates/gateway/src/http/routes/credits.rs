@@ -13,7 +13,7 @@ use crate::http::auth::CurrentUser;
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
-use crate::http::views::{decimal, iso};
+use crate::http::views::{PageView, decimal, iso};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(balance)).routes(routes!(records)).routes(routes!(stats))
@@ -76,38 +76,19 @@ impl From<&LedgerEntry> for RecordView {
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecordPage {
-    pub items: Vec<RecordView>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
 #[utoipa::path(get, path = "/api/credits/records", tag = "credits", params(RecordsQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<RecordPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Envelope<PageView<RecordView>>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn records(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<RecordsQuery>,
-) -> ApiResult<Envelope<RecordPage>> {
+) -> ApiResult<Envelope<PageView<RecordView>>> {
     let kind = match q.kind.as_deref().filter(|k| !k.is_empty()) {
         None => None,
         Some(k) => Some(LedgerKind::parse(k).ok_or_else(|| ApiError::field("type", format!("{k:?} is not a record type")))?),
     };
     let page = state.credits.records(&user.user_id, kind, PageRequest::new(q.page, q.page_size)).await?;
-    let total_pages = page.total_pages();
-    Ok(Envelope::ok(
-        "ok",
-        RecordPage {
-            items: page.items.iter().map(RecordView::from).collect(),
-            total: page.total,
-            page: page.page,
-            page_size: page.page_size,
-            total_pages,
-        },
-    ))
+    Ok(Envelope::ok("ok", PageView::of(page, |e| RecordView::from(&e))))
 }
 
 /// Totals per kind of movement, from the ledger.

@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use purrify_api::TaskStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,34 +14,16 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::domain::audit::actions;
 use crate::domain::logs::{
-    LogKind, Page, PageRequest, SystemLog, SystemLogFilter, TaskEvent, UserAction, UserActionFilter, parse_date, parse_level,
+    LogKind, PageRequest, SystemLog, SystemLogFilter, TaskEvent, UserAction, UserActionFilter, parse_date, parse_level,
 };
 use crate::http::auth::{AdminUser, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
-use crate::http::views::iso;
+use crate::http::views::{PageView, iso, status_word};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(system)).routes(routes!(user_actions)).routes(routes!(task)).routes(routes!(download))
-}
-
-/// Seed 002's page.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LogPage<T> {
-    pub items: Vec<T>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
-impl<T> LogPage<T> {
-    fn of<R>(page: Page<R>, view: impl FnMut(R) -> T) -> Self {
-        let total_pages = page.total_pages();
-        let (total, number, size) = (page.total, page.page, page.page_size);
-        Self { items: page.items.into_iter().map(view).collect(), total, page: number, page_size: size, total_pages }
-    }
 }
 
 fn json_object(text: &str) -> Value {
@@ -103,18 +84,18 @@ impl From<SystemLog> for SystemLogView {
 }
 
 #[utoipa::path(get, path = "/api/logs/system", tag = "logs", params(SystemQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<LogPage<SystemLogView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = Envelope<PageView<SystemLogView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub async fn system(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<SystemQuery>,
-) -> ApiResult<Envelope<LogPage<SystemLogView>>> {
+) -> ApiResult<Envelope<PageView<SystemLogView>>> {
     let level = q.level.as_deref().filter(|l| !l.trim().is_empty()).map(parse_level).transpose()?;
     let (from, until) = date_range(q.start_date.as_deref(), q.end_date.as_deref())?;
     let filter = SystemLogFilter { level: level.map(str::to_owned), from, until, search: q.search };
     let page = state.logs.system_logs(&filter, PageRequest::new(q.page, q.page_size)).await?;
-    Ok(Envelope::ok("ok", LogPage::of(page, SystemLogView::from)))
+    Ok(Envelope::ok("ok", PageView::of(page, SystemLogView::from)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -171,13 +152,13 @@ impl From<UserAction> for UserActionView {
 }
 
 #[utoipa::path(get, path = "/api/logs/user-actions", tag = "logs", params(ActionsQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<LogPage<UserActionView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = Envelope<PageView<UserActionView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub async fn user_actions(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<ActionsQuery>,
-) -> ApiResult<Envelope<LogPage<UserActionView>>> {
+) -> ApiResult<Envelope<PageView<UserActionView>>> {
     let action = match q.action.as_deref().map(str::trim).filter(|a| !a.is_empty()) {
         None => None,
         Some(a) if actions::ALL.contains(&a) => Some(a.to_owned()),
@@ -187,7 +168,7 @@ pub async fn user_actions(
     let user_id = q.user_id.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
     let filter = UserActionFilter { user_id, action, from, until, search: q.search };
     let page = state.logs.user_actions(&filter, PageRequest::new(q.page, q.page_size)).await?;
-    Ok(Envelope::ok("ok", LogPage::of(page, UserActionView::from)))
+    Ok(Envelope::ok("ok", PageView::of(page, UserActionView::from)))
 }
 
 /// One event of a task's timeline.
@@ -229,15 +210,6 @@ pub struct TaskLogView {
     pub events: Vec<TaskEventView>,
 }
 
-fn status_word(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Queued => "pending",
-        TaskStatus::Processing => "running",
-        TaskStatus::Completed => "completed",
-        TaskStatus::Failed => "failed",
-        TaskStatus::Cancelled => "cancelled",
-    }
-}
 
 #[utoipa::path(get, path = "/api/logs/tasks/{task_id}", tag = "logs", params(("task_id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = Envelope<TaskLogView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]

@@ -8,12 +8,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::domain::payments::{Checkout, Order, OrderStatus, Package, Page, PageRequest, RefundRow, RequestPayment};
+use crate::domain::payments::{Checkout, Order, OrderStatus, Package, PageRequest, RefundRow, RequestPayment};
 use crate::http::auth::{AdminUser, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::views::{decimal, iso};
+use crate::http::views::{PageView, decimal, iso};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -155,22 +155,6 @@ impl From<Checkout> for CheckoutView {
     }
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct OrderPage {
-    pub items: Vec<OrderView>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
-impl From<Page<Order>> for OrderPage {
-    fn from(p: Page<Order>) -> Self {
-        let total_pages = p.total_pages();
-        Self { items: p.items.iter().map(OrderView::from).collect(), total: p.total, page: p.page, page_size: p.page_size, total_pages }
-    }
-}
-
 #[utoipa::path(get, path = "/api/credits/packages", tag = "payments",
     responses((status = 200, body = Envelope<Vec<PackageView>>)))]
 pub async fn packages(State(state): State<AppState>) -> ApiResult<Envelope<Vec<PackageView>>> {
@@ -216,25 +200,25 @@ fn status_filter(q: &OrdersQuery) -> ApiResult<Option<OrderStatus>> {
 }
 
 #[utoipa::path(get, path = "/api/credits/orders", tag = "payments", params(OrdersQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<OrderPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = Envelope<PageView<OrderView>>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn own_orders(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<OrdersQuery>,
-) -> ApiResult<Envelope<OrderPage>> {
+) -> ApiResult<Envelope<PageView<OrderView>>> {
     let page = state.payments.orders(Some(&user.user_id), status_filter(&q)?, PageRequest::new(q.page, q.page_size)).await?;
-    Ok(Envelope::ok("ok", page.into()))
+    Ok(Envelope::ok("ok", PageView::of(page, |o| OrderView::from(&o))))
 }
 
 #[utoipa::path(get, path = "/api/admin/orders", tag = "admin", params(OrdersQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<OrderPage>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Envelope<PageView<OrderView>>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn admin_orders(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<OrdersQuery>,
-) -> ApiResult<Envelope<OrderPage>> {
+) -> ApiResult<Envelope<PageView<OrderView>>> {
     let page = state.payments.orders(None, status_filter(&q)?, PageRequest::new(q.page, q.page_size)).await?;
-    Ok(Envelope::ok("ok", page.into()))
+    Ok(Envelope::ok("ok", PageView::of(page, |o| OrderView::from(&o))))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

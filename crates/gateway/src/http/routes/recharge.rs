@@ -15,7 +15,7 @@ use crate::http::auth::{AdminUser, ClientAddr, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::views::{decimal, iso};
+use crate::http::views::{PageView, decimal, iso};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_codes, create_codes)).routes(routes!(redeem)).routes(routes!(records))
@@ -136,39 +136,19 @@ pub struct CodeQuery {
     pub batch_id: Option<String>,
 }
 
-/// Seed 002's page.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PageOf<T> {
-    pub items: Vec<T>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
 #[utoipa::path(get, path = "/api/recharge/codes", tag = "recharge", params(CodeQuery), security(("bearer" = [])),
-    responses((status = 200, body = Envelope<PageOf<CodeView>>),
+    responses((status = 200, body = Envelope<PageView<CodeView>>),
               (status = 422, description = "Unknown status", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 pub async fn list_codes(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<CodeQuery>,
-) -> ApiResult<Envelope<PageOf<CodeView>>> {
+) -> ApiResult<Envelope<PageView<CodeView>>> {
     let batch_id = q.batch_id.filter(|b| !b.trim().is_empty());
     let page = state.recharge.list_codes(q.status.as_deref(), batch_id, PageRequest::new(q.page, q.page_size)).await?;
     let now = now_ms();
-    let total_pages = page.total_pages();
-    Ok(Envelope::ok(
-        "ok",
-        PageOf {
-            items: page.items.iter().map(|c| CodeView::new(c, now)).collect(),
-            total: page.total,
-            page: page.page,
-            page_size: page.page_size,
-            total_pages,
-        },
-    ))
+    Ok(Envelope::ok("ok", PageView::of(page, |c| CodeView::new(&c, now))))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -236,23 +216,13 @@ impl From<&RedemptionRecord> for RecordView {
 }
 
 #[utoipa::path(get, path = "/api/recharge/records", tag = "recharge", params(RecordQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The user's own redemptions, newest first", body = Envelope<PageOf<RecordView>>),
+    responses((status = 200, description = "The user's own redemptions, newest first", body = Envelope<PageView<RecordView>>),
               (status = 401, body = ErrorBody)))]
 pub async fn records(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<RecordQuery>,
-) -> ApiResult<Envelope<PageOf<RecordView>>> {
+) -> ApiResult<Envelope<PageView<RecordView>>> {
     let page = state.recharge.records(&user, PageRequest::new(q.page, q.page_size)).await?;
-    let total_pages = page.total_pages();
-    Ok(Envelope::ok(
-        "ok",
-        PageOf {
-            items: page.items.iter().map(RecordView::from).collect(),
-            total: page.total,
-            page: page.page,
-            page_size: page.page_size,
-            total_pages,
-        },
-    ))
+    Ok(Envelope::ok("ok", PageView::of(page, |r| RecordView::from(&r))))
 }

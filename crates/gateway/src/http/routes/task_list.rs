@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::domain::accounts::{Page, PageRequest, Principal};
+use crate::domain::accounts::{PageRequest, Principal};
 use crate::domain::tasks::manage::status_word;
 use crate::domain::tasks::{TaskDetail, TaskFilter, TaskRecord, TaskSort};
 use crate::http::auth::{AdminUser, CurrentUser};
@@ -19,7 +19,7 @@ use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
 use crate::http::routes::tasks::download_url;
-use crate::http::views::{decimal, iso};
+use crate::http::views::{self, PageView, decimal, iso};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -28,17 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(user_list))
         .routes(routes!(admin_list))
         .routes(routes!(queue_stats))
-}
-
-/// Seed 002's status word of a task.
-pub fn status_text(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Queued => "pending",
-        TaskStatus::Processing => "running",
-        TaskStatus::Completed => "completed",
-        TaskStatus::Failed => "failed",
-        TaskStatus::Cancelled => "cancelled",
-    }
 }
 
 /// A completed task's output.
@@ -104,7 +93,7 @@ impl TaskView {
             title: rec.meta.title.clone(),
             description: rec.meta.description.clone(),
             task_type: rec.meta.kind.clone(),
-            status: status_text(status),
+            status: views::status_word(status),
             progress: (progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0,
             priority: t.priority,
             gpu_server_id: t.worker.clone().filter(|_| viewer.is_admin()),
@@ -140,29 +129,6 @@ impl TaskView {
 
     fn listed(rec: &TaskRecord, viewer: &Principal) -> Self {
         Self::new(rec, rec.task.status, rec.task.progress, viewer)
-    }
-}
-
-/// Seed 002's page.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TaskPage {
-    pub items: Vec<TaskView>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
-}
-
-impl TaskPage {
-    fn new(page: Page<TaskRecord>, viewer: &Principal) -> Self {
-        let total_pages = page.total_pages();
-        Self {
-            items: page.items.iter().map(|r| TaskView::listed(r, viewer)).collect(),
-            total: page.total,
-            page: page.page,
-            page_size: page.page_size,
-            total_pages,
-        }
     }
 }
 
@@ -202,10 +168,10 @@ impl ListQuery {
     }
 }
 
-async fn page_of(state: &AppState, q: &ListQuery, user_id: Option<String>, viewer: &Principal) -> ApiResult<Envelope<TaskPage>> {
+async fn page_of(state: &AppState, q: &ListQuery, user_id: Option<String>, viewer: &Principal) -> ApiResult<Envelope<PageView<TaskView>>> {
     let (filter, sort, ascending, page) = q.parts(user_id)?;
     let page = state.tasks.list(&filter, sort, ascending, page).await?;
-    Ok(Envelope::ok("ok", TaskPage::new(page, viewer)))
+    Ok(Envelope::ok("ok", PageView::of(page, |r| TaskView::listed(&r, viewer))))
 }
 
 #[utoipa::path(get, path = "/api/tasks/{task_id}", tag = "tasks", security(("bearer" = [])),
@@ -221,33 +187,33 @@ pub async fn detail(
 }
 
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The caller's tasks", body = Envelope<TaskPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "The caller's tasks", body = Envelope<PageView<TaskView>>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Envelope<TaskPage>> {
+) -> ApiResult<Envelope<PageView<TaskView>>> {
     page_of(&state, &q, Some(user.user_id.clone()), &user).await
 }
 
 #[utoipa::path(get, path = "/api/tasks/user/list", tag = "tasks", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The caller's tasks (seed 001)", body = Envelope<TaskPage>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, description = "The caller's tasks (seed 001)", body = Envelope<PageView<TaskView>>), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn user_list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Envelope<TaskPage>> {
+) -> ApiResult<Envelope<PageView<TaskView>>> {
     page_of(&state, &q, Some(user.user_id.clone()), &user).await
 }
 
 #[utoipa::path(get, path = "/api/admin/tasks", tag = "admin", params(ListQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Every user's tasks, or one user's with user_id", body = Envelope<TaskPage>),
+    responses((status = 200, description = "Every user's tasks, or one user's with user_id", body = Envelope<PageView<TaskView>>),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn admin_list(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Envelope<TaskPage>> {
+) -> ApiResult<Envelope<PageView<TaskView>>> {
     let user = q.user_id.clone().filter(|u| !u.is_empty());
     page_of(&state, &q, user, &admin).await
 }
