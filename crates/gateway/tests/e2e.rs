@@ -164,7 +164,9 @@ async fn standalone_gateway_enhances_a_real_photo_with_live_progress() {
     let d = c.http.get(format!("{base}{}", s["download_url"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(d.status(), 200);
     assert_eq!(d.headers()["content-type"], "image/jpeg");
-    assert!(d.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    assert_eq!(d.headers()["content-disposition"], format!("attachment; filename=\"purrify-{id}.jpg\"").as_str());
+    // A task retried under its id gets a new result: private caches revalidate, shared never keep it.
+    assert_eq!(d.headers()["cache-control"], "private, no-cache");
     let img = image::load_from_memory(&d.bytes().await.unwrap()).unwrap();
     assert_eq!((img.width(), img.height()), (240, 180));
 

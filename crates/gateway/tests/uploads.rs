@@ -124,6 +124,10 @@ async fn seed_001_uploads_are_owned_served_and_deleted(backend: Backend) {
     assert_eq!(served.raw, png);
     assert_eq!(served.headers[header::CONTENT_TYPE], "image/png");
     assert_eq!(served.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    // A capability URL: the user's own cache keeps it, shared caches never.
+    assert_eq!(served.headers[header::CACHE_CONTROL], "private, max-age=86400, immutable");
+    assert_eq!(served.headers[header::CONTENT_LENGTH], png.len().to_string().as_str());
+    assert_eq!(served.headers[header::CONTENT_DISPOSITION], format!("inline; filename=\"{filename}\"").as_str());
     assert_eq!(api.get(&format!("/api/upload/files/{file_id}.jpg")).await.status, StatusCode::NOT_FOUND, "wrong extension");
     assert_eq!(api.get("/api/upload/files/AAAAAAAAAAAAAAAAAAAAAA.png").await.status, StatusCode::NOT_FOUND);
     // The tasks helper's entry point finds it for its owner only.

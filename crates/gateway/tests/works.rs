@@ -180,6 +180,7 @@ async fn a_finished_task_becomes_one_work_with_a_thumbnail(backend: Backend) {
     assert_eq!((dl.status, dl.raw == output), (StatusCode::OK, true));
     assert_eq!(dl.headers["content-disposition"].to_str().unwrap(), format!("attachment; filename=\"purrify-{id}.jpg\""));
     assert_eq!(dl.headers["content-length"].to_str().unwrap(), output.len().to_string());
+    assert_eq!(dl.headers["cache-control"], "private, max-age=3600");
 
     // Someone else's work does not exist for them, on either surface.
     let (bob, _) = register(&api, "bob@example.com").await;

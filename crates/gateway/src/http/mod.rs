@@ -6,6 +6,7 @@ pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;

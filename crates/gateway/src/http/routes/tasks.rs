@@ -9,9 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -24,6 +22,7 @@ use crate::domain::accounts::Principal;
 use crate::domain::tasks::{PublicStatus, TaskSnapshot};
 use crate::http::auth::MaybeUser;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::http::files::{Caching, Disposition, FileHead, stream_file};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(status)).routes(routes!(events)).routes(routes!(download))
@@ -137,14 +136,11 @@ pub async fn download(State(state): State<AppState>, MaybeUser(viewer): MaybeUse
             ApiError::internal(e)
         }
     })?;
-    let mut resp = Body::from_stream(stream).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"purrify-{task_id}.jpg\"")) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    // A task retried under its id gets a new result: the browser asks again each time.
+    let name = format!("purrify-{task_id}.jpg");
+    let head =
+        FileHead { content_type: "image/jpeg", size, file_name: &name, disposition: Disposition::Attachment, caching: Caching::Revalidate };
+    Ok(stream_file(head, stream))
 }
 
 /// Live messages, shaped as seeds 001/003 send them over WebSocket (also the SSE payloads).

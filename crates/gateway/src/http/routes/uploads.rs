@@ -6,11 +6,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,6 +25,7 @@ use crate::domain::uploads::{Staged, UploadError, UploadedFile};
 use crate::http::auth::CurrentUser;
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::http::files::{Caching, Disposition, FileHead, stream_file};
 use crate::http::middleware::client_ip;
 use crate::http::views::iso;
 
@@ -439,12 +440,7 @@ pub async fn file(State(state): State<AppState>, Path(key): Path<String>) -> Api
     let Some((content_type, size, body)) = state.uploads.open(&key).await? else {
         return Err(ApiError::not_found("no such file"));
     };
-    let mut resp = Body::from_stream(body).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     // The URL is the capability: private caches only; the content never changes.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    Ok(resp)
+    let caching = Caching::Private { max_age: 86_400, immutable: true };
+    Ok(stream_file(FileHead { content_type: &content_type, size, file_name: &key, disposition: Disposition::Inline, caching }, body))
 }

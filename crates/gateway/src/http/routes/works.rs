@@ -8,10 +8,8 @@
 //! cancelled. A work is `running` until its file is stored; only completed works have a
 //! file and (once made) a thumbnail.
 
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use purrify_api::TaskStatus;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +23,7 @@ use crate::http::auth::{AdminUser, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::files::{self, Caching, Disposition, FileHead};
 use crate::http::views::iso;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -319,19 +318,16 @@ pub async fn media_thumbnail(State(state): State<AppState>, Path(key): Path<Stri
     Ok(stream_file(state.works.media(&key, Media::Thumbnail).await?, false))
 }
 
-/// Streams a stored object (never buffered whole), inline or as an attachment. Media URLs
-/// are capabilities: they may be cached privately, never by shared caches.
+/// Streams a work's object, inline or as an attachment. Media URLs are capabilities: the
+/// user's own cache may keep them for an hour, shared caches never.
 pub fn stream_file(m: MediaStream, attachment: bool) -> Response {
-    let mut resp = Body::from_stream(m.body).into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&m.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
-    let disposition = if attachment { "attachment" } else { "inline" };
-    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{}\"", m.file_name)) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    resp
+    let disposition = if attachment { Disposition::Attachment } else { Disposition::Inline };
+    let head = FileHead {
+        content_type: &m.content_type,
+        size: m.size,
+        file_name: &m.file_name,
+        disposition,
+        caching: Caching::Private { max_age: 3600, immutable: false },
+    };
+    files::stream_file(head, m.body)
 }
