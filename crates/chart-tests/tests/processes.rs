@@ -52,6 +52,7 @@ fn secret_value(name: &str, key: &str, database_url: &str) -> String {
         (_, "DATABASE_URL") | ("pg-cluster-app", "uri") => database_url.to_owned(),
         ("purrify-webhook", _) => "webhook-secret-for-tests".into(),
         ("purrify-admin", _) => "admin-token-for-tests".into(),
+        ("purrify-callbacks", "hmac") => "callback-signing-key-for-tests".into(),
         ("purrify-s3", "AWS_ACCESS_KEY_ID") => "minio-test".into(),
         ("purrify-s3", "AWS_SECRET_ACCESS_KEY") => "minio-test-secret".into(),
         ("purrify-jwt", "PURRIFY_JWT_KEY") => JWT_KEY.into(),

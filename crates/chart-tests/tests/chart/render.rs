@@ -343,9 +343,14 @@ fn defaults_run_two_gateways_and_two_leader_elected_operators_from_the_app_versi
     // Accounts: the signing key from its required Secret, nothing optional, anonymous
     // uploads off (the binary's default is on), the binary's other defaults.
     assert_eq!(secret_ref(gwc, "PURRIFY_JWT_KEY"), pair("purrify-jwt", "PURRIFY_JWT_KEY"));
-    for name in
-        ["PURRIFY_JWT_PREVIOUS_KEYS", "WECHAT_APPID", "WECHAT_SECRET", "PURRIFY_BOOTSTRAP_ADMIN_EMAIL", "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"]
-    {
+    for name in [
+        "PURRIFY_JWT_PREVIOUS_KEYS",
+        "WECHAT_APPID",
+        "WECHAT_SECRET",
+        "PURRIFY_BOOTSTRAP_ADMIN_EMAIL",
+        "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD",
+        "PURRIFY_CALLBACK_SECRET",
+    ] {
         assert!(env_of(gwc, name).is_none(), "{name} is set without its Secret");
     }
     for (name, expected) in [
@@ -357,6 +362,13 @@ fn defaults_run_two_gateways_and_two_leader_elected_operators_from_the_app_versi
         ("PURRIFY_LOGINS_PER_MINUTE_PER_ACCOUNT", "5"),
         ("PURRIFY_ARGON2_MEMORY_KIB", "19456"),
         ("PURRIFY_ARGON2_ITERATIONS", "2"),
+        ("PURRIFY_UPLOAD_QUOTA_BYTES", "1073741824"),
+        ("PURRIFY_LOG_RETENTION_DAYS", "30"),
+        ("PURRIFY_WS_PING_INTERVAL_MS", "30000"),
+        ("PURRIFY_WS_AUTH_TIMEOUT_MS", "10000"),
+        ("PURRIFY_CALLBACK_MAX_ATTEMPTS", "8"),
+        ("PURRIFY_CALLBACK_RETRY_BASE_MS", "10000"),
+        ("PURRIFY_CALLBACK_TIMEOUT_SECONDS", "10"),
     ] {
         assert_eq!(value(gwc, name).as_deref(), Some(expected), "{name}");
     }
@@ -404,6 +416,7 @@ fn everything_on_renders_each_optional_object_with_its_settings() {
     // The account Secrets under their own names and keys, and the account settings.
     assert_eq!(secret_ref(c, "PURRIFY_JWT_KEY"), pair("purrify-signing", "current"));
     assert_eq!(secret_ref(c, "PURRIFY_JWT_PREVIOUS_KEYS"), pair("purrify-signing", "previous"));
+    assert_eq!(secret_ref(c, "PURRIFY_CALLBACK_SECRET"), pair("purrify-callbacks", "hmac"));
     // WeChat Pay's app id is the one WECHAT_APPID (login's too); the login secret stays.
     assert_eq!(value(c, "WECHAT_APPID").as_deref(), Some("wx0123456789abcdef"));
     assert_eq!(c.env.iter().flatten().filter(|e| e.name == "WECHAT_APPID").count(), 1);
@@ -441,6 +454,13 @@ fn everything_on_renders_each_optional_object_with_its_settings() {
         ("PURRIFY_LOGINS_PER_MINUTE_PER_ACCOUNT", "3"),
         ("PURRIFY_ARGON2_MEMORY_KIB", "32768"),
         ("PURRIFY_ARGON2_ITERATIONS", "3"),
+        ("PURRIFY_UPLOAD_QUOTA_BYTES", "5368709120"),
+        ("PURRIFY_LOG_RETENTION_DAYS", "90"),
+        ("PURRIFY_WS_PING_INTERVAL_MS", "20000"),
+        ("PURRIFY_WS_AUTH_TIMEOUT_MS", "5000"),
+        ("PURRIFY_CALLBACK_MAX_ATTEMPTS", "5"),
+        ("PURRIFY_CALLBACK_RETRY_BASE_MS", "2000"),
+        ("PURRIFY_CALLBACK_TIMEOUT_SECONDS", "15"),
     ] {
         assert_eq!(value(c, name).as_deref(), Some(expected), "{name}");
     }

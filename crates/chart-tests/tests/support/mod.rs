@@ -173,6 +173,7 @@ gateway:
   secrets:
     webhookSecret: {name: purrify-webhook, key: WEBHOOK_SECRET}
     adminToken: {name: purrify-admin, key: token}
+    callbackSecret: {name: purrify-callbacks, key: hmac}
     # The signing key and the one it replaced, in one Secret.
     jwtKey: {name: purrify-signing, key: current}
     jwtPreviousKeys: {name: purrify-signing, key: previous}
@@ -215,6 +216,13 @@ gateway:
     loginsPerMinutePerAccount: 3
     argon2MemoryKib: 32768
     argon2Iterations: 3
+    uploadQuotaBytes: 5368709120
+    logRetentionDays: 90
+    wsPingIntervalMs: 20000
+    wsAuthTimeoutMs: 5000
+    callbackMaxAttempts: 5
+    callbackRetryBaseMs: 2000
+    callbackTimeoutSeconds: 15
   autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 6, targetCPUUtilizationPercentage: 60}
   podDisruptionBudget: {enabled: true, maxUnavailable: 1}
   podAnnotations: {example.com/team: photos}
@@ -281,6 +289,7 @@ const EVERYTHING_SECRETS: &[(&str, &[&str])] = &[
     ("purrify-database", &["DATABASE_URL"]),
     ("purrify-webhook", &["WEBHOOK_SECRET"]),
     ("purrify-admin", &["token"]),
+    ("purrify-callbacks", &["hmac"]),
     ("purrify-s3", &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
     ("purrify-signing", &["current", "previous"]),
     ("purrify-wechat", &["appid", "secret"]),
