@@ -35,10 +35,10 @@ pub mod task_events;
 pub mod task_history;
 pub mod task_lists;
 pub mod tasks;
-pub mod uploads;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod time;
+pub mod uploads;
 pub mod user_actions;
 pub mod users;
 pub mod works;

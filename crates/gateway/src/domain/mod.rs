@@ -4,8 +4,8 @@
 //! the database only through `purrify-store`.
 
 pub mod accounts;
-pub mod callbacks;
 pub mod audit;
+pub mod callbacks;
 pub mod credits;
 pub mod error;
 pub mod fleet;

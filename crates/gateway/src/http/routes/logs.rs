@@ -210,7 +210,6 @@ pub struct TaskLogView {
     pub events: Vec<TaskEventView>,
 }
 
-
 #[utoipa::path(get, path = "/api/logs/tasks/{task_id}", tag = "logs", params(("task_id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = Envelope<TaskLogView>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn task(
