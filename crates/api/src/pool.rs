@@ -257,9 +257,17 @@ pub struct WorkerStatus {
     /// Jobs running or queued on it.
     #[serde(default)]
     pub in_flight: u32,
-    /// GPU telemetry the worker reports (`/v1/info`); absent on CPU workers.
+    /// GPU telemetry the worker reports (`/v1/info`): its first GPU, kept for readers that
+    /// know only this field; absent on CPU workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuStatus>,
+    /// Every GPU the worker reports, in device order (the first is `gpu`); empty on CPU
+    /// workers and when written by an operator that knew only `gpu`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuStatus>,
+    /// CPU and memory load of the worker's host, when the worker reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostStatus>,
     /// RFC 3339 time of the last successful health probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<String>,
@@ -274,5 +282,17 @@ pub struct GpuStatus {
     /// Bytes.
     pub memory_used: u64,
     /// Bytes.
+    pub memory_total: u64,
+}
+
+/// A worker host's CPU and memory load.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    /// Busy CPU time, percent 0..100.
+    pub cpu_usage: f32,
+    /// Memory in use, bytes.
+    pub memory_used: u64,
+    /// Memory installed, bytes.
     pub memory_total: u64,
 }

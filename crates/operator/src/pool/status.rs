@@ -4,7 +4,7 @@
 //! Status writes cost etcd writes and wake every watcher of the pool, so the status is built
 //! to be equal from one reconcile to the next unless something a reader cares about changed:
 //! condition transition times are carried over while a condition keeps its status, and a
-//! healthy worker's telemetry (in-flight, GPU numbers, heartbeat) is refreshed at most once
+//! healthy worker's telemetry (in-flight, GPU numbers, host load, heartbeat) is refreshed at most once
 //! per `telemetry_refresh` unless its health changes.
 
 use std::time::{Duration, SystemTime};
@@ -116,7 +116,14 @@ fn coalesce(fresh: WorkerStatus, prev: Option<&WorkerStatus>, now: SystemTime, r
     let Some(p) = prev else { return fresh };
     let recent = p.last_heartbeat.as_deref().and_then(parse_rfc3339).is_some_and(|t| now.duration_since(t).unwrap_or_default() < refresh);
     if p.healthy == fresh.healthy && p.name == fresh.name && recent {
-        WorkerStatus { in_flight: p.in_flight, gpu: p.gpu.clone(), last_heartbeat: p.last_heartbeat.clone(), ..fresh }
+        WorkerStatus {
+            in_flight: p.in_flight,
+            gpu: p.gpu.clone(),
+            gpus: p.gpus.clone(),
+            host: p.host.clone(),
+            last_heartbeat: p.last_heartbeat.clone(),
+            ..fresh
+        }
     } else {
         fresh
     }
@@ -219,7 +226,7 @@ pub fn transitions(prev: Option<&GpuPoolStatus>, next: &GpuPoolStatus, unready_p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use purrify_api::GpuStatus;
+    use purrify_api::{GpuStatus, HostStatus};
     use purrify_inference::client::format_rfc3339;
 
     fn worker(name: &str, healthy: bool, at: SystemTime, util: f32) -> WorkerStatus {
@@ -229,6 +236,11 @@ mod tests {
             healthy,
             in_flight: 1,
             gpu: Some(GpuStatus { utilization: util, memory_used: 1 << 30, memory_total: 8 << 30 }),
+            gpus: vec![
+                GpuStatus { utilization: util, memory_used: 1 << 30, memory_total: 8 << 30 },
+                GpuStatus { utilization: util / 2.0, memory_used: 2 << 30, memory_total: 8 << 30 },
+            ],
+            host: Some(HostStatus { cpu_usage: util, memory_used: 4 << 30, memory_total: 32 << 30 }),
             last_heartbeat: healthy.then(|| format_rfc3339(at)),
         }
     }
@@ -271,6 +283,9 @@ mod tests {
         let third = compute(input(Some(&second), vec![worker("a", true, t2, 43.0)], t2));
         assert_ne!(third, second);
         assert_eq!(third.workers[0].gpu.as_ref().unwrap().utilization, 43.0);
+        let utils: Vec<_> = third.workers[0].gpus.iter().map(|g| g.utilization).collect();
+        assert_eq!(utils, [43.0, 21.5], "every GPU moves with the refresh");
+        assert_eq!(third.workers[0].host.as_ref().unwrap().cpu_usage, 43.0, "so does the host load");
         assert_eq!(cond(&third, READY).last_transition_time, cond(&first, READY).last_transition_time);
     }
 

@@ -2,8 +2,9 @@
 //! how a fleet member reads in `status.workers`. Pure.
 
 use k8s_openapi::api::core::v1::Pod;
-use purrify_api::{GpuStatus, WorkerStatus};
+use purrify_api::{GpuStatus, HostStatus, WorkerStatus};
 use purrify_inference::client::{WorkerSnapshot, WorkerSpec, format_rfc3339};
+use purrify_inference::protocol::GpuInfo;
 
 use super::builder::{CONTAINER_NAME, WORKER_PORT, WORKER_PORT_NAME};
 
@@ -60,21 +61,31 @@ fn worker_port(pod: &Pod) -> i32 {
         .unwrap_or(WORKER_PORT)
 }
 
-/// A fleet member as `status.workers[]` shows it. Utilisation is rounded to whole percent:
-/// finer changes are noise that would only cost status writes.
+/// A fleet member as `status.workers[]` shows it. Utilisation and CPU usage are rounded to
+/// whole percent: finer changes are noise that would only cost status writes.
 pub fn worker_status(w: &WorkerSnapshot) -> WorkerStatus {
     WorkerStatus {
         name: w.name.clone(),
         endpoint: w.endpoint.clone(),
         healthy: w.healthy,
         in_flight: w.in_flight,
-        gpu: w.gpu.as_ref().map(|g| GpuStatus {
-            utilization: g.utilization.clamp(0.0, 100.0).round(),
-            memory_used: g.memory_used,
-            memory_total: g.memory_total,
+        gpu: w.gpu.as_ref().map(gpu_status),
+        gpus: w.gpus.iter().map(gpu_status).collect(),
+        host: w.host.as_ref().map(|h| HostStatus {
+            cpu_usage: whole_percent(h.cpu_usage),
+            memory_used: h.memory_used,
+            memory_total: h.memory_total,
         }),
         last_heartbeat: w.last_heartbeat.map(format_rfc3339),
     }
+}
+
+fn gpu_status(g: &GpuInfo) -> GpuStatus {
+    GpuStatus { utilization: whole_percent(g.utilization), memory_used: g.memory_used, memory_total: g.memory_total }
+}
+
+fn whole_percent(p: f32) -> f32 {
+    p.clamp(0.0, 100.0).round()
 }
 
 #[cfg(test)]
@@ -113,6 +124,34 @@ mod tests {
         assert_eq!(w.ready[0].name.as_deref(), Some("a"));
         assert_eq!(w.ready[0].capacity, Some(2));
         assert_eq!(w.unready, ["pending", "starting"]);
+    }
+
+    #[test]
+    fn every_gpu_and_the_host_load_are_shown_in_whole_percent() {
+        let snap: WorkerSnapshot = serde_json::from_value(json!({
+            "name": "a", "endpoint": "http://10.0.0.1:8000", "healthy": true, "available": true,
+            "in_flight": 1, "local_in_flight": 1, "capacity": 2, "breaker": "closed",
+            "consecutive_failures": 0, "breaker_trips": 0,
+            "gpu": {"name": "T4", "utilization": 12.4, "memory_used": 1, "memory_total": 16},
+            "gpus": [
+                {"name": "T4", "utilization": 12.4, "memory_used": 1, "memory_total": 16},
+                {"name": "T4", "utilization": 100.7, "memory_used": 3, "memory_total": 16}
+            ],
+            "host": {"cpu_usage": 37.6, "memory_used": 5, "memory_total": 64},
+            "dispatched": 0, "succeeded": 0, "failed": 0, "busy": 0
+        }))
+        .unwrap();
+        let s = worker_status(&snap);
+        assert_eq!(s.gpu, Some(GpuStatus { utilization: 12.0, memory_used: 1, memory_total: 16 }));
+        let utils: Vec<_> = s.gpus.iter().map(|g| (g.utilization, g.memory_used)).collect();
+        assert_eq!(utils, [(12.0, 1), (100.0, 3)]);
+        assert_eq!(s.host, Some(HostStatus { cpu_usage: 38.0, memory_used: 5, memory_total: 64 }));
+
+        let cpu_only = WorkerSnapshot { gpu: None, gpus: vec![], host: None, ..snap };
+        let s = worker_status(&cpu_only);
+        assert!(s.gpu.is_none() && s.gpus.is_empty() && s.host.is_none());
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v.get("gpus").is_none() && v.get("host").is_none(), "{v}");
     }
 
     #[test]
