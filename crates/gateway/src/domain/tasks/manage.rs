@@ -52,7 +52,7 @@ pub fn task_kind(kind: &str) -> DomainResult<&'static str> {
 }
 
 /// A status word of seeds 001/002 (`pending`, `running`) or the core's (`queued`, `processing`).
-pub fn status_word(word: &str) -> DomainResult<TaskStatus> {
+pub fn parse_status_word(word: &str) -> DomainResult<TaskStatus> {
     match word {
         "pending" | "queued" => Ok(TaskStatus::Queued),
         "running" | "processing" => Ok(TaskStatus::Processing),
@@ -391,9 +391,9 @@ mod tests {
         let Err(DomainError::Invalid { field, message }) = task_kind("video_analysis") else { panic!() };
         assert_eq!(field, "task_type");
         assert!(message.contains("served: enhance"), "{message}");
-        assert_eq!(status_word("pending").unwrap(), TaskStatus::Queued);
-        assert_eq!(status_word("running").unwrap(), TaskStatus::Processing);
-        assert!(status_word("done").is_err());
+        assert_eq!(parse_status_word("pending").unwrap(), TaskStatus::Queued);
+        assert_eq!(parse_status_word("running").unwrap(), TaskStatus::Processing);
+        assert!(parse_status_word("done").is_err());
         assert_eq!((max_priority(Role::User), max_priority(Role::Admin)), (0, 10));
     }
 }

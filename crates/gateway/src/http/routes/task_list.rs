@@ -12,13 +12,13 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::accounts::{PageRequest, Principal};
-use crate::domain::tasks::manage::status_word;
+use crate::domain::tasks::manage::parse_status_word;
 use crate::domain::tasks::{TaskDetail, TaskFilter, TaskRecord, TaskSort};
 use crate::http::auth::{AdminUser, CurrentUser};
 use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::ApiQuery;
-use crate::http::routes::tasks::download_url;
+use crate::http::routes::tasks::{ResultInfo, download_url};
 use crate::http::views::{self, PageView, decimal, iso};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -30,16 +30,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(queue_stats))
 }
 
-/// A completed task's output.
+/// A completed task's output: where to download it, and seed 000's result fields.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskResultView {
     pub download_url: String,
-    pub width: u32,
-    pub height: u32,
-    pub bytes: u64,
-    pub faces: u32,
-    /// `applied`, `disabled`, `not_configured` or `no_faces`.
-    pub face_restoration: String,
+    #[serde(flatten)]
+    pub info: ResultInfo,
 }
 
 /// Seed 002's task detail (also 001's `/api/tasks/{task_id}`, whose `task_id` it repeats).
@@ -98,14 +94,11 @@ impl TaskView {
             priority: t.priority,
             gpu_server_id: t.worker.clone().filter(|_| viewer.is_admin()),
             config,
-            result: t.result.as_ref().filter(|_| completed).map(|r| TaskResultView {
-                download_url: download_url(&t.id),
-                width: r.width,
-                height: r.height,
-                bytes: r.bytes,
-                faces: r.faces,
-                face_restoration: r.face_restoration.as_str().to_string(),
-            }),
+            result: t
+                .result
+                .as_ref()
+                .filter(|_| completed)
+                .map(|r| TaskResultView { download_url: download_url(&t.id), info: ResultInfo::from(r) }),
             error_message: failure
                 .map(|f| f.message.to_string())
                 .or_else(|| (status == TaskStatus::Cancelled).then(|| "the task was cancelled".into())),
@@ -151,7 +144,7 @@ pub struct ListQuery {
 
 impl ListQuery {
     fn parts(&self, user_id: Option<String>) -> ApiResult<(TaskFilter, TaskSort, bool, PageRequest)> {
-        let status = self.status.as_deref().filter(|s| !s.is_empty()).map(status_word).transpose()?;
+        let status = self.status.as_deref().filter(|s| !s.is_empty()).map(parse_status_word).transpose()?;
         let sort = match self.sort_by.as_deref().filter(|s| !s.is_empty()) {
             None => TaskSort::CreatedAt,
             Some(s) => {

@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use purrify_api::JobResult;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -59,6 +60,12 @@ pub struct StatusResponse {
     pub result: Option<ResultInfo>,
 }
 
+impl From<&JobResult> for ResultInfo {
+    fn from(r: &JobResult) -> Self {
+        Self { width: r.width, height: r.height, bytes: r.bytes, faces: r.faces, face_restoration: r.face_restoration.as_str().to_string() }
+    }
+}
+
 pub fn download_url(task_id: &str) -> String {
     format!("/api/v1/download/{task_id}")
 }
@@ -73,13 +80,7 @@ impl From<&TaskSnapshot> for StatusResponse {
             download_url: completed.then(|| download_url(&t.id)),
             error: t.error.clone(),
             error_code: t.error_code.clone(),
-            result: t.result.as_ref().filter(|_| completed).map(|r| ResultInfo {
-                width: r.width,
-                height: r.height,
-                bytes: r.bytes,
-                faces: r.faces,
-                face_restoration: r.face_restoration.as_str().to_string(),
-            }),
+            result: t.result.as_ref().filter(|_| completed).map(ResultInfo::from),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::http::envelope::Envelope;
 use crate::http::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::files::{self, Caching, Disposition, FileHead};
-use crate::http::views::iso;
+use crate::http::views::{PageView, iso, status_word};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,17 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin_list))
         .routes(routes!(media_file))
         .routes(routes!(media_thumbnail))
-}
-
-/// Seed 002's words for a work's status.
-pub fn status_word(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Queued => "pending",
-        TaskStatus::Processing => "running",
-        TaskStatus::Completed => "completed",
-        TaskStatus::Failed => "failed",
-        TaskStatus::Cancelled => "cancelled",
-    }
 }
 
 const STATUS_WORDS: [TaskStatus; 5] =
@@ -110,15 +99,6 @@ impl From<&Work> for WorkView {
             updated_at: iso(w.updated_at),
         }
     }
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct WorkPage {
-    pub items: Vec<WorkView>,
-    pub total: u64,
-    pub page: u32,
-    pub page_size: u32,
-    pub total_pages: u64,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -189,26 +169,19 @@ fn filter_of(q: &WorksQuery, user_id: Option<String>) -> ApiResult<WorkFilter> {
     })
 }
 
-async fn page_of(state: &AppState, filter: WorkFilter, q: &WorksQuery) -> ApiResult<WorkPage> {
+async fn page_of(state: &AppState, filter: WorkFilter, q: &WorksQuery) -> ApiResult<PageView<WorkView>> {
     let page = state.works.list(&filter, PageRequest::new(q.page, q.page_size)).await?;
-    let total_pages = page.total_pages();
-    Ok(WorkPage {
-        items: page.items.iter().map(WorkView::from).collect(),
-        total: page.total,
-        page: page.page,
-        page_size: page.page_size,
-        total_pages,
-    })
+    Ok(PageView::of(page, |w| WorkView::from(&w)))
 }
 
 #[utoipa::path(get, path = "/api/works", tag = "works", params(WorksQuery), security(("bearer" = [])),
-    responses((status = 200, description = "The user's works, newest first", body = Envelope<WorkPage>),
+    responses((status = 200, description = "The user's works, newest first", body = Envelope<PageView<WorkView>>),
               (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     ApiQuery(q): ApiQuery<WorksQuery>,
-) -> ApiResult<Envelope<WorkPage>> {
+) -> ApiResult<Envelope<PageView<WorkView>>> {
     let filter = filter_of(&q, Some(user.user_id))?;
     Ok(Envelope::ok("ok", page_of(&state, filter, &q).await?))
 }
@@ -293,14 +266,14 @@ pub async fn batch_delete(
 }
 
 #[utoipa::path(get, path = "/api/admin/works", tag = "admin", params(AdminWorksQuery, WorksQuery), security(("bearer" = [])),
-    responses((status = 200, description = "Every user's works, newest first", body = Envelope<WorkPage>),
+    responses((status = 200, description = "Every user's works, newest first", body = Envelope<PageView<WorkView>>),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn admin_list(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     ApiQuery(who): ApiQuery<AdminWorksQuery>,
     ApiQuery(q): ApiQuery<WorksQuery>,
-) -> ApiResult<Envelope<WorkPage>> {
+) -> ApiResult<Envelope<PageView<WorkView>>> {
     let user = who.user_id.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
     let filter = filter_of(&q, user)?;
     Ok(Envelope::ok("ok", page_of(&state, filter, &q).await?))
