@@ -267,7 +267,10 @@ async fn kubernetes_gpu_servers_come_from_the_gpupool_status() {
     pools.create(&PostParams::default(), &pool).await.unwrap();
     let status = json!({"status": {"healthyWorkers": 1, "workers": [
         {"name": "gpu-pod-0", "endpoint": "http://203.0.113.7:8000", "healthy": true, "inFlight": 1,
-         "lastHeartbeat": "2026-01-15T10:45:00Z", "gpu": {"utilization": 62.5, "memoryUsed": 6 * GIB, "memoryTotal": 16 * GIB}},
+         "lastHeartbeat": "2026-01-15T10:45:00Z", "gpu": {"utilization": 62.5, "memoryUsed": 6 * GIB, "memoryTotal": 16 * GIB},
+         "gpus": [{"utilization": 62.5, "memoryUsed": 6 * GIB, "memoryTotal": 16 * GIB},
+                  {"utilization": 5.0, "memoryUsed": 2 * GIB, "memoryTotal": 16 * GIB}],
+         "host": {"cpuUsage": 37.0, "memoryUsed": 8 * GIB, "memoryTotal": 32 * GIB}},
         {"name": "cpu-pod-1", "endpoint": "http://203.0.113.8:8000", "healthy": false, "inFlight": 0},
     ]}});
     pools.patch_status("default", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
@@ -331,8 +334,8 @@ async fn kubernetes_gpu_servers_come_from_the_gpupool_status() {
         *gpu_server,
         json!({
             "id": id, "name": "gpu-pod-0", "host": "203.0.113.7", "endpoint": "http://203.0.113.7:8000", "source": "pool",
-            "status": "online", "current_tasks": 1, "max_concurrent_tasks": null, "total_memory": 16.0, "used_memory": 6.0,
-            "gpu_count": 1, "cpu_usage": null, "memory_usage": null, "last_heartbeat": "2026-01-15T10:45:00Z",
+            "status": "online", "current_tasks": 1, "max_concurrent_tasks": null, "total_memory": 32.0, "used_memory": 8.0,
+            "gpu_count": 2, "cpu_usage": 37.0, "memory_usage": 25.0, "last_heartbeat": "2026-01-15T10:45:00Z",
         })
     );
     assert_eq!((&servers[1]["name"], &servers[1]["status"], &servers[1]["gpu_count"]), (&json!("cpu-pod-1"), &json!("offline"), &json!(0)));
@@ -342,13 +345,21 @@ async fn kubernetes_gpu_servers_come_from_the_gpupool_status() {
         (s["running_tasks"] == json!([{"task_id": task, "progress": 25.0}])).then_some(s)
     })
     .await;
-    assert_eq!(status["gpu_usage"], json!([{"gpu_id": 0, "name": null, "usage": 62.5, "memory_used": 6.0, "memory_total": 16.0}]));
+    assert_eq!(
+        status["gpu_usage"],
+        json!([
+            {"gpu_id": 0, "name": null, "usage": 62.5, "memory_used": 6.0, "memory_total": 16.0},
+            {"gpu_id": 1, "name": null, "usage": 5.0, "memory_used": 2.0, "memory_total": 16.0},
+        ])
+    );
+    assert_eq!((&status["cpu_usage"], &status["memory_usage"]), (&json!(37.0), &json!(25.0)), "the host load as the worker reports it");
     let overview = get("/api/gpu/cluster/overview".into()).await;
     assert_eq!(
         (&overview["total_servers"], &overview["online_servers"], &overview["total_gpus"], &overview["busy_gpus"]),
-        (&json!(2), &json!(1), &json!(1), &json!(1))
+        (&json!(2), &json!(1), &json!(2), &json!(1))
     );
-    assert_eq!((&overview["average_gpu_usage"], &overview["total_running_tasks"]), (&json!(62.5), &json!(1)));
+    assert_eq!((&overview["idle_gpus"], &overview["total_memory"], &overview["used_memory"]), (&json!(1), &json!(32.0), &json!(8.0)));
+    assert_eq!((&overview["average_gpu_usage"], &overview["total_running_tasks"]), (&json!(33.75), &json!(1)));
     let stats = get("/api/admin/stats".into()).await;
     assert_eq!((&stats["total_gpu_servers"], &stats["online_gpu_servers"]), (&json!(2), &json!(1)));
 }

@@ -1,7 +1,11 @@
 //! The workers' load for GPU monitoring, in one shape whichever backend runs: in standalone
 //! mode from the fleet (probes of `/v1/info`: every GPU, the host's CPU and memory); in
 //! Kubernetes mode from the status the operator keeps on the GpuPool uploads are routed to
-//! (health, in-flight jobs, last heartbeat, one GPU's telemetry; no host load, no capacity).
+//! (health, in-flight jobs, last heartbeat, every GPU and the host's load as the workers
+//! report them; no capacity). A status written by an older operator carries only `gpu`, the
+//! first GPU, and no host load.
+
+use purrify_inference::protocol::HostInfo;
 
 use super::{Backend, TaskService, kubernetes};
 
@@ -102,8 +106,7 @@ impl TaskService {
                         in_flight: w.in_flight,
                         capacity: None,
                         last_heartbeat: w.last_heartbeat,
-                        gpus: w
-                            .gpu
+                        gpus: if w.gpus.is_empty() { w.gpu.into_iter().collect() } else { w.gpus }
                             .into_iter()
                             .map(|g| GpuReading {
                                 name: None,
@@ -112,8 +115,10 @@ impl TaskService {
                                 memory_total: g.memory_total,
                             })
                             .collect(),
-                        cpu_usage: None,
-                        memory_usage: None,
+                        cpu_usage: w.host.as_ref().map(|h| h.cpu_usage),
+                        memory_usage: w.host.map(|h| {
+                            HostInfo { cpu_usage: h.cpu_usage, memory_used: h.memory_used, memory_total: h.memory_total }.memory_usage()
+                        }),
                     })
                     .collect()
             }
