@@ -13,6 +13,7 @@ pub mod live;
 pub mod logs;
 pub mod monitoring;
 pub mod payments;
+pub mod providers;
 pub mod quotas;
 pub mod recharge;
 pub mod storage_deletions;
