@@ -15,19 +15,23 @@
 //! with "database is locked" under WAL when another writer got there first.
 
 pub mod callbacks;
+pub mod conversations;
 mod error;
+pub mod generation;
 pub mod gpu_servers;
 pub mod holds;
 pub mod ledger;
 mod migrate;
 pub mod orders;
 pub mod page;
+pub mod providers;
 pub mod quotas;
 pub mod recharge_codes;
 pub mod refresh_tokens;
 pub mod refunds;
 pub mod scenes;
 pub mod settings;
+pub mod square;
 pub mod stats;
 pub mod storage_deletions;
 pub mod system_logs;
@@ -64,12 +68,14 @@ pub use recharge_codes::{Batch, CodeFilter, CodeStatus, NewBatch, RechargeCode, 
 pub use refresh_tokens::{NewRefreshToken, Rotation};
 pub use refunds::{BeginRefund, RefundRow, SettledRefund};
 pub use scenes::{Scene, SceneFields};
+pub use square::{Author, FeedFilter, FeedSort, NewPost, Post, Publish, Reaction, ReactionKind, ReactionOp, SquareItem};
 pub use stats::{Revenue, UserCounts};
 pub use storage_deletions::PendingDeletion;
 pub use system_logs::{NewSystemLog, SystemLog, SystemLogFilter};
 pub use task_events::TaskEvent;
 pub use task_history::UserTaskStats;
-pub use task_lists::{QueueFigures, TaskFilter, TaskMeta, TaskRecord, TaskSort};
+pub use providers::{ProviderChange, ProviderRow};
+pub use task_lists::{Generation, QueueFigures, Runner, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use tasks::{Failure, FinishedObjects, Guard, Mirror, NewTask, StatusCounts, Task};
 pub use time::{duration_ms, now_ms};
 pub use uploads::{Upload, UploadKind};

@@ -29,6 +29,41 @@ pub struct TaskMeta {
     pub retry_of: Option<String>,
     /// The client's estimate, in seconds (seed 002's `estimated_duration`).
     pub estimated_seconds: Option<i64>,
+    /// A generation task's provider, model and request (`None`: an enhancement task).
+    pub generation: Option<Generation>,
+}
+
+/// Who runs a task (see the `providers` migration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// The enhancement engine: the dispatcher or the EnhanceTask CRs.
+    Engine,
+    /// The gateway's provider runner, calling an outside service.
+    Provider,
+}
+
+impl Runner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Engine => "engine",
+            Self::Provider => "provider",
+        }
+    }
+}
+
+/// What a generation task asks of which provider, and (read back) how it went there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub runner: Runner,
+    pub provider: String,
+    pub model: String,
+    /// The request in the domain's terms, JSON.
+    pub job: String,
+    /// Set by the runner: the provider that served it (a fallback's id when the first was
+    /// down), the provider's job id while pending, the stored files (JSON list).
+    pub served_by: Option<String>,
+    pub remote_id: Option<String>,
+    pub outputs: Option<String>,
 }
 
 impl Default for TaskMeta {
@@ -41,6 +76,7 @@ impl Default for TaskMeta {
             callback_url: None,
             retry_of: None,
             estimated_seconds: None,
+            generation: None,
         }
     }
 }
@@ -106,7 +142,11 @@ pub struct QueueFigures {
 
 macro_rules! record_columns {
     () => {
-        concat!(task_columns!(), ", kind, title, description, scene_id, callback_url, retry_of, estimated_seconds, cost, hidden_at")
+        concat!(
+            task_columns!(),
+            ", kind, title, description, scene_id, callback_url, retry_of, estimated_seconds, cost, hidden_at, \
+             runner, provider, model, job, served_by, remote_id, outputs"
+        )
     };
 }
 
@@ -121,10 +161,29 @@ fn record_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
             callback_url: row.try_get("callback_url")?,
             retry_of: row.try_get("retry_of")?,
             estimated_seconds: row.try_get("estimated_seconds")?,
+            generation: generation_from_row(row)?,
         },
         cost: row.try_get("cost")?,
         hidden_at: row.try_get("hidden_at")?,
     })
+}
+
+fn generation_from_row(row: &AnyRow) -> Result<Option<Generation>, StoreError> {
+    let Some(provider) = row.try_get::<Option<String>, _>("provider")? else { return Ok(None) };
+    let runner = match row.try_get::<String, _>("runner")?.as_str() {
+        "engine" => Runner::Engine,
+        "provider" => Runner::Provider,
+        other => return Err(StoreError::Corrupt(format!("task runner {other:?}"))),
+    };
+    Ok(Some(Generation {
+        runner,
+        provider,
+        model: row.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+        job: row.try_get::<Option<String>, _>("job")?.unwrap_or_default(),
+        served_by: row.try_get("served_by")?,
+        remote_id: row.try_get("remote_id")?,
+        outputs: row.try_get("outputs")?,
+    }))
 }
 
 impl Db {

@@ -215,10 +215,10 @@ impl Db {
             "INSERT INTO tasks (id, status, progress, input_uri, output_uri, content_type, \
              input_bytes, params, priority, user_id, fair_group, fair_tag, attempts, request_id, \
              created_at, updated_at, deadline_at, kind, title, description, scene_id, callback_url, \
-             retry_of, estimated_seconds) \
+             retry_of, estimated_seconds, runner, provider, model, job) \
              SELECT $1, 'queued', 0, $2, $3, $4, $5, $6, $7, $8, $12, \
                     CASE WHEN v.vt > v.ut THEN v.vt ELSE v.ut END, 0, $9, $10, $10, $11, \
-                    $13, $14, $15, $16, $17, $18, $19 \
+                    $13, $14, $15, $16, $17, $18, $19, $21, $22, $23, $24 \
              FROM (SELECT \
                  COALESCE((SELECT MIN(fair_tag) FROM tasks WHERE status = 'queued' AND priority = $7), \
                           (SELECT MAX(fair_tag) FROM tasks WHERE priority = $7), 0) AS vt, \
@@ -246,7 +246,11 @@ impl Db {
         .bind(meta.callback_url.as_deref())
         .bind(meta.retry_of.as_deref())
         .bind(meta.estimated_seconds)
-        .bind(limited.map_or(-1, |(limit, _)| limit));
+        .bind(limited.map_or(-1, |(limit, _)| limit))
+        .bind(meta.generation.as_ref().map_or(crate::task_lists::Runner::Engine, |g| g.runner).as_str())
+        .bind(meta.generation.as_ref().map(|g| g.provider.as_str()))
+        .bind(meta.generation.as_ref().map(|g| g.model.as_str()))
+        .bind(meta.generation.as_ref().map(|g| g.job.as_str()));
         let inserted = match tx.as_mut() {
             Some(tx) => query.execute(&mut **tx).await,
             None => query.execute(&self.pool).await,
@@ -298,7 +302,8 @@ impl Db {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    /// Queued tasks in dispatch order: priority (highest first), then fair tag, then age.
+    /// The engine's queued tasks (not the provider runner's) in dispatch order: priority
+    /// (highest first), then fair tag, then age.
     /// Within a priority this interleaves users: each group's tasks carry consecutive tags
     /// from where the queue stood when they arrived, so one user's burst waits behind other
     /// users' tasks instead of in front of them, while a retried task keeps its place.
@@ -306,7 +311,7 @@ impl Db {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE status = 'queued' \
+            " FROM tasks WHERE status = 'queued' AND runner = 'engine' \
              ORDER BY priority DESC, fair_tag, created_at, id LIMIT $1"
         ))
         .bind(i64::from(limit))
@@ -315,20 +320,21 @@ impl Db {
         rows.iter().map(task_from_row).collect()
     }
 
-    /// Tasks being processed (to re-attach to after a restart), oldest attempt first.
+    /// The engine's tasks being processed (to re-attach to after a restart), oldest attempt
+    /// first.
     pub async fn processing_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE status = 'processing' ORDER BY started_at, id"))
+        let rows = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE status = 'processing' AND runner = 'engine' ORDER BY started_at, id"))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(task_from_row).collect()
     }
 
-    /// Queued or processing tasks whose deadline is at or before `now`.
+    /// The engine's queued or processing tasks whose deadline is at or before `now`.
     pub async fn tasks_past_deadline(&self, now: i64, limit: u32) -> Result<Vec<Task>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE status IN ('queued', 'processing') AND deadline_at <= $1 \
+            " FROM tasks WHERE status IN ('queued', 'processing') AND deadline_at <= $1 AND runner = 'engine' \
              ORDER BY deadline_at, id LIMIT $2"
         ))
         .bind(now)

@@ -3,3 +3,5 @@
 
 pub mod adapter;
 pub mod adapters;
+pub mod keys;
+pub mod policy;

@@ -151,6 +151,7 @@ async fn create(state: &AppState, user: &Principal, spec: Spec, request_id: &str
         callback_url,
         retry_of: None,
         estimated_seconds: spec.estimated,
+        generation: None,
     };
     let options = TaskOptions { meta, priority: priority_for(user, spec.priority), price: scene.as_ref().and_then(|s| s.price) };
     let id = match state.tasks.create_task_with(upload, options).await {
