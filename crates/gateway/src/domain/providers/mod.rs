@@ -5,3 +5,10 @@ pub mod adapter;
 pub mod adapters;
 pub mod keys;
 pub mod policy;
+pub mod catalog;
+pub mod service;
+
+pub use adapter::{ChatMessage, Protocol, ProviderError};
+pub use catalog::{BUILTIN_ID, Kind, Provider};
+pub use policy::{BreakerState, PolicySettings};
+pub use service::{Accepted, ChainError, ChatReply, Choice, CustomProvider, ProviderService, ProviderSettings, ProviderUpdate, Selection};
