@@ -130,6 +130,21 @@ impl Db {
         }
     }
 
+    /// Gives back one use counted in a window (a generation refused after it was counted:
+    /// a refused request costs nothing). Never below zero.
+    pub async fn return_quota(&self, user_id: &str, bucket: &str, window_start: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE quota_counters SET count = count - 1 \
+             WHERE user_id = $1 AND bucket = $2 AND window_start = $3 AND count > 0",
+        )
+        .bind(user_id)
+        .bind(bucket)
+        .bind(window_start)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// One bucket's count in one window (0 when nothing was counted there).
     pub async fn quota_count(&self, user_id: &str, bucket: &str, window_start: i64) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT count FROM quota_counters WHERE user_id = $1 AND bucket = $2 AND window_start = $3")

@@ -172,6 +172,15 @@ pub struct FinishedObjects {
     pub id: String,
     pub input_uri: String,
     pub output_uri: String,
+    /// A generation task's further files (the `uri`s of its `outputs` list besides the
+    /// first, which is `output_uri`).
+    pub extra_uris: Vec<String>,
+}
+
+/// The `uri` of every file in a task's `outputs` list other than `output_uri`.
+fn extra_uris(outputs: Option<&str>, output_uri: &str) -> Vec<String> {
+    let Some(list) = outputs.and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(o).ok()) else { return Vec::new() };
+    list.iter().filter_map(|f| f.get("uri")?.as_str()).filter(|u| *u != output_uri).map(str::to_owned).collect()
 }
 
 macro_rules! task_columns {
@@ -520,7 +529,7 @@ impl Db {
     /// housekeeping that also deletes from storage.
     pub async fn finished_before(&self, cutoff: i64, limit: u32) -> Result<Vec<FinishedObjects>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, input_uri, output_uri FROM tasks \
+            "SELECT id, input_uri, output_uri, outputs FROM tasks \
              WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 \
              ORDER BY finished_at, id LIMIT $2",
         )
@@ -529,7 +538,16 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok(FinishedObjects { id: r.try_get("id")?, input_uri: r.try_get("input_uri")?, output_uri: r.try_get("output_uri")? }))
+            .map(|r| {
+                let output_uri: String = r.try_get("output_uri")?;
+                let outputs: Option<String> = r.try_get("outputs")?;
+                Ok(FinishedObjects {
+                    id: r.try_get("id")?,
+                    input_uri: r.try_get("input_uri")?,
+                    extra_uris: extra_uris(outputs.as_deref(), &output_uri),
+                    output_uri,
+                })
+            })
             .collect()
     }
 

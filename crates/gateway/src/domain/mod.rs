@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod credits;
 pub mod error;
 pub mod fleet;
+pub mod generation;
 pub mod live;
 pub mod logs;
 pub mod monitoring;

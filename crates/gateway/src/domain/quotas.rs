@@ -238,6 +238,14 @@ impl QuotaService {
         }
     }
 
+    /// Gives back a generation counted at `counted_at` by [`Self::consume`] whose request was
+    /// then refused (no balance, invalid for the provider): a refused request costs nothing.
+    pub async fn give_back(&self, user: &Principal, kind: Generation, counted_at: i64) -> DomainResult<()> {
+        let counter: Counter = kind.into();
+        self.inner.db.return_quota(&user.user_id, counter.bucket(), counter.window().start(counted_at)).await?;
+        Ok(())
+    }
+
     /// The user's plan and counters now.
     pub async fn report(&self, user: &Principal) -> DomainResult<QuotaReport> {
         self.report_at(user, purrify_store::now_ms()).await

@@ -15,8 +15,8 @@ use crate::domain::{DomainError, DomainResult};
 /// Largest amount one entry may move (hundredths): ten million credits.
 pub const MAX_AMOUNT: i64 = 1_000_000_000;
 
-/// The task kinds with a price.
-pub const PRICED_KINDS: &[&str] = &["enhance"];
+/// The task kinds with a price: every kind.
+pub const PRICED_KINDS: &[&str] = crate::domain::tasks::TASK_KINDS;
 
 #[derive(Clone)]
 pub struct CreditService {

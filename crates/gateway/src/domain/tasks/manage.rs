@@ -14,7 +14,7 @@
 //!   users' tasks cannot be probed.
 
 use purrify_api::TaskStatus;
-use purrify_store::{NewTask, Page, PageRequest, StoreError, TaskFilter, TaskMeta, TaskRecord, TaskSort};
+use purrify_store::{Guard, NewTask, Page, PageRequest, Runner, StoreError, Task, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 
 use super::kubernetes::KubeError;
 use super::model::{self, NewUpload};
@@ -23,8 +23,15 @@ use super::{Backend, TaskService};
 use crate::domain::accounts::{Principal, Role};
 use crate::domain::{DomainError, DomainResult};
 
-/// The task kinds served today (the generation kinds come with their providers).
-pub const TASK_KINDS: &[&str] = &["enhance"];
+/// Every task kind (DESIGN section 13): `enhance` on the engine; the generation kinds, run
+/// by providers (or, for image-to-image on the built-in provider, the engine); `workflow`,
+/// seed 001's scene tasks handed to a webhook; `postcard`, seed 004's.
+pub const TASK_KINDS: &[&str] =
+    &["enhance", "text_to_image", "image_to_image", "text_to_video", "image_to_video", "workflow", "postcard"];
+
+/// The kinds the task surfaces (seeds 001/002 create, scenes) make; the generation kinds
+/// and postcards have their own endpoints.
+pub const CREATABLE_KINDS: &[&str] = &["enhance", "workflow"];
 
 /// Highest priority a role may ask for; higher requests are clamped to it (users cannot jump
 /// the queue; admins may, within bounds).
@@ -42,13 +49,20 @@ pub const MIN_PRIORITY: i32 = -10;
 const WAIT_WINDOW_MS: i64 = 3_600_000;
 const WAIT_SAMPLE: u32 = 100;
 
-/// A checked task kind, or a validation error listing the kinds served.
+/// A kind a task or scene may be created with, or a validation error listing them.
 pub fn task_kind(kind: &str) -> DomainResult<&'static str> {
+    CREATABLE_KINDS.iter().find(|k| **k == kind).copied().ok_or_else(|| {
+        DomainError::invalid("task_type", format!("unknown task type {kind:?}; served: {}", CREATABLE_KINDS.join(", ")))
+    })
+}
+
+/// Any task kind (list filters).
+pub fn listed_kind(kind: &str) -> DomainResult<&'static str> {
     TASK_KINDS
         .iter()
         .find(|k| **k == kind)
         .copied()
-        .ok_or_else(|| DomainError::invalid("task_type", format!("unknown task type {kind:?}; served: {}", TASK_KINDS.join(", "))))
+        .ok_or_else(|| DomainError::invalid("task_type", format!("unknown task type {kind:?}; kinds: {}", TASK_KINDS.join(", "))))
 }
 
 /// A status word of seeds 001/002 (`pending`, `running`) or the core's (`queued`, `processing`).
@@ -227,7 +241,7 @@ impl TaskService {
     /// A page of tasks: `filter.user_id` names whose (admins may pass `None` for everyone's).
     pub async fn list(&self, filter: &TaskFilter, sort: TaskSort, ascending: bool, page: PageRequest) -> DomainResult<Page<TaskRecord>> {
         if let Some(kind) = &filter.kind {
-            task_kind(kind)?;
+            listed_kind(kind)?;
         }
         Ok(self.inner.db.task_page(filter, sort, ascending, page).await?)
     }
@@ -237,6 +251,9 @@ impl TaskService {
         let rec = self.record_for(id, viewer).await?;
         if rec.task.status.is_finished() {
             return Ok(Cancelled::AlreadyFinished(rec.task.status));
+        }
+        if rec.meta.generation.as_ref().is_some_and(|g| g.runner == Runner::Provider) {
+            return self.cancel_provider_task(&rec.task).await;
         }
         match &self.inner.backend {
             Backend::Standalone(d) => match d.cancel(id).await? {
@@ -395,5 +412,29 @@ mod tests {
         assert_eq!(parse_status_word("running").unwrap(), TaskStatus::Processing);
         assert!(parse_status_word("done").is_err());
         assert_eq!((max_priority(Role::User), max_priority(Role::Admin)), (0, 10));
+    }
+}
+
+impl TaskService {
+    /// Cancels a provider task: a queued one at once; a running one through the replica that
+    /// runs it (which also asks the provider to stop); one this replica does not run (another
+    /// replica's, or one waiting for a workflow's callback) by a conditional update naming
+    /// its attempt, so a late result cannot complete it afterwards.
+    async fn cancel_provider_task(&self, task: &Task) -> DomainResult<Cancelled> {
+        let done = match task.status {
+            TaskStatus::Queued => self.inner.db.cancel_task(&task.id, Guard::Queued).await?,
+            _ if self.inner.provider_queue.cancel(&task.id) => return Ok(Cancelled::Requested),
+            _ => match task.job_id.as_deref() {
+                Some(job) => self.inner.db.cancel_task(&task.id, Guard::Job(job)).await?,
+                None => false,
+            },
+        };
+        let now = self.inner.db.get_task(&task.id).await?.ok_or_else(|| not_found(&task.id))?;
+        self.inner.hub.publish(super::TaskView::from_task(&now));
+        if done {
+            Ok(Cancelled::Done)
+        } else {
+            Ok(Cancelled::AlreadyFinished(now.status))
+        }
     }
 }

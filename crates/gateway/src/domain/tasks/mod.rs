@@ -12,6 +12,7 @@ pub mod hub;
 pub mod kubernetes;
 pub mod manage;
 pub mod model;
+mod provider_queue;
 pub mod runtime;
 pub mod scenes;
 mod servers;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use futures::Stream;
 use purrify_inference::client::Fleet;
 use purrify_inference::storage::Storage;
-use purrify_store::{Db, NewTask, StatusCounts};
+use purrify_store::{Db, NewTask, Runner, StatusCounts};
 use tokio::sync::{Mutex, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -33,6 +34,7 @@ pub use kubernetes::KubeBackend;
 pub use manage::{Cancelled, QueueStats, TASK_KINDS, TaskDetail, TaskOptions};
 pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, TaskSnapshot, WorkerLine, valid_task_id};
 pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
+pub use provider_queue::ProviderQueue;
 pub use servers::{ServerLine, ServersOverview};
 pub use standalone::{CancelOutcome, DispatchConfig, DispatchMetrics, DispatchStats, Dispatcher};
 
@@ -81,6 +83,8 @@ struct Inner {
     credits: CreditService,
     /// Admin settings of tasks (limits, timeout, maintenance), cached.
     runtime: runtime::RuntimeSettings,
+    /// Tasks that outside providers run (the provider runner takes them from here).
+    provider_queue: ProviderQueue,
 }
 
 /// Cheap to clone; clones share one service.
@@ -137,6 +141,7 @@ impl TaskService {
                 settings,
                 credits,
                 runtime,
+                provider_queue: ProviderQueue::default(),
             }),
         };
         let mut handles = vec![prober];
@@ -239,7 +244,20 @@ impl TaskService {
         &self.inner.runtime
     }
 
+    /// The provider runner's side of the task core.
+    pub fn provider_queue(&self) -> &ProviderQueue {
+        &self.inner.provider_queue
+    }
+
     async fn submit(&self, task: &NewTask) -> DomainResult<()> {
+        if task.meta.generation.as_ref().is_some_and(|g| g.runner == Runner::Provider) {
+            // Run by the provider runner in both modes: never a GPU worker's job or a CR.
+            let row = self.inner.db.insert_task(task, self.inner.settings.deadline).await?;
+            self.inner.hub.publish(TaskView::from_task(&row));
+            tracing::info!(task_id = %row.id, kind = %task.meta.kind, "provider task queued");
+            self.inner.provider_queue.notify();
+            return Ok(());
+        }
         match &self.inner.backend {
             Backend::Standalone(d) => {
                 d.enqueue(task.clone()).await?;

@@ -125,6 +125,16 @@ fn be64(d: &[u8], at: usize) -> Option<u64> {
     d.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
+/// What a whole MP4/MOV file held in memory states (a provider's result): its top-level
+/// `moov` parsed; `None` when it has none.
+pub fn probe(file: &[u8]) -> Option<VideoInfo> {
+    let (_, content) = children(file).find(|(kind, _)| *kind == b"moov")?;
+    // The content's place in the file, less its 8-byte header (a `moov` never needs the
+    // 64-bit size form).
+    let start = (content.as_ptr() as usize - file.as_ptr() as usize).checked_sub(8)?;
+    Some(parse_moov(file.get(start..start + 8 + content.len())?))
+}
+
 /// Parses a whole `moov` box (header included).
 pub fn parse_moov(moov: &[u8]) -> VideoInfo {
     let Some((_, content)) = children(moov).next() else {

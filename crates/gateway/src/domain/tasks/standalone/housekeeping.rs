@@ -26,7 +26,7 @@ impl Inner {
             let mut stuck = false;
             for objects in &batch {
                 let mut objects_gone = true;
-                for uri in [&objects.input_uri, &objects.output_uri] {
+                for uri in [&objects.input_uri, &objects.output_uri].into_iter().chain(&objects.extra_uris) {
                     match storage.delete(uri).await {
                         Ok(()) => {}
                         // A foreign or malformed URI is nothing we could delete anyway.
