@@ -129,7 +129,7 @@ enum Bind {
     Int(i64),
 }
 
-const COLUMNS: &str = "id, user_id, task_id, kind, title, status, error_message, media_key, output_uri, content_type, \
+pub(crate) const COLUMNS: &str = "id, user_id, task_id, kind, title, status, error_message, media_key, output_uri, content_type, \
      width, height, file_size, thumbnail_uri, thumb_attempts, is_favorite, is_public, created_at, updated_at";
 
 /// Statuses of works still waiting for their task (or for their file to be stored).
@@ -313,9 +313,12 @@ impl Db {
         rows.iter().map(work_from_row).collect()
     }
 
-    /// Edits a visible work of `user_id` (any user's when `None`). `None`: no such work.
+    /// Edits a visible work of `user_id` (any user's when `None`). `None`: no such work. An
+    /// `is_public` change shares the work on the square or withdraws it, in the same
+    /// transaction (see [`crate::square`]).
     pub async fn update_work(&self, user_id: Option<&str>, id: &str, change: &WorkChange) -> Result<Option<Work>, StoreError> {
-        let done = sqlx::query(
+        let now = now_ms();
+        let update = sqlx::query(
             "UPDATE works SET title = COALESCE($3, title), is_favorite = COALESCE($4, is_favorite), \
              is_public = COALESCE($5, is_public), updated_at = $6 \
              WHERE id = $1 AND ($2 IS NULL OR user_id = $2) AND deleted_at IS NULL",
@@ -325,9 +328,19 @@ impl Db {
         .bind(change.title.as_deref())
         .bind(change.is_favorite.map(i64::from))
         .bind(change.is_public.map(i64::from))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .bind(now);
+        let done = match change.is_public {
+            None => update.execute(&self.pool).await?,
+            Some(public) => {
+                let mut tx = self.begin_write(&format!("square:{id}")).await?;
+                let done = update.execute(&mut *tx).await?;
+                if done.rows_affected() == 1 {
+                    crate::square::set_public_in(&mut tx, id, public, now).await?;
+                }
+                tx.commit().await?;
+                done
+            }
+        };
         if done.rows_affected() == 0 {
             return Ok(None);
         }
@@ -370,6 +383,8 @@ impl Db {
         let mut objects = 0;
         for (id, output, thumb) in &found {
             sqlx::query("UPDATE works SET deleted_at = $2, updated_at = $2 WHERE id = $1").bind(id).bind(now).execute(&mut *tx).await?;
+            // Off the square with it (the work's row is locked first, as every square writer does).
+            crate::square::remove_post_in(&mut tx, id).await?;
             for uri in [output, thumb].into_iter().flatten() {
                 queue_deletion_in(&mut tx, uri, Some(id), now).await?;
                 objects += 1;
@@ -432,7 +447,7 @@ fn corrupt(id: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("work {id}: {what}"))
 }
 
-fn work_from_row(row: &AnyRow) -> Result<Work, StoreError> {
+pub(crate) fn work_from_row(row: &AnyRow) -> Result<Work, StoreError> {
     let id: String = row.try_get("id")?;
     let kind: String = row.try_get("kind")?;
     let kind = WorkKind::parse(&kind).ok_or_else(|| corrupt(&id, format!("kind {kind:?}")))?;

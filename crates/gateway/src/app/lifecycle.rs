@@ -21,6 +21,7 @@ use crate::domain::live::{LiveHub, LiveSettings};
 use crate::domain::logs::{LogService, LogSettings};
 use crate::domain::quotas::{Limits, QuotaService, QuotaSettings};
 use crate::domain::recharge::{RechargeService, RechargeSettings};
+use crate::domain::square::{SquareService, SquareSettings};
 use crate::domain::tasks::{BackendChoice, TaskService, TaskSettings};
 use crate::domain::uploads::{UploadService, UploadSettings};
 use crate::domain::works::{WorkService, WorkSettings};
@@ -43,6 +44,8 @@ impl Stack {
     pub async fn shutdown(self, grace: Duration) {
         self.state.draining.cancel();
         let _ = self.stop_tx.send(true);
+        // The square's last plays, before the flusher is aborted with the other loops.
+        let _ = tokio::time::timeout(grace, self.state.square.flush_now()).await;
         if tokio::time::timeout(grace, self.state.tasks.stopped()).await.is_err() {
             tracing::warn!("dispatcher did not stop within the grace period");
         }
@@ -116,6 +119,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let image_limits = purrify_imaging::Limits { max_pixels: config.max_pixels, ..Default::default() };
     let works = WorkService::new(tasks.db().clone(), storage.clone(), WorkSettings { image_limits, ..WorkSettings::default() });
     let recorder = crate::domain::works::spawn_recorder(works.clone(), tasks.watch_all(), stop_rx.clone());
+    let square = SquareService::new(tasks.db().clone(), SquareSettings::default());
+    let square_flusher = square.spawn_flusher(stop_rx.clone());
     let log_settings = LogSettings { retention: Duration::from_secs(config.log_retention_days * 86_400) };
     let (logs, log_loops) = LogService::start(tasks.db().clone(), metrics.clone(), log_settings, tasks.watch_all(), stop_rx.clone());
     let uploads = UploadService::new(
@@ -169,6 +174,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         uploads,
         live,
         works,
+        square,
         config: config.clone(),
     };
 
@@ -193,7 +199,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    let mut background = vec![sweeper, settler, live_feed, recorder];
+    let mut background = vec![sweeper, settler, live_feed, recorder, square_flusher];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
     background.extend(callbacks);
     background.push(audit_writer);

@@ -27,6 +27,7 @@ use crate::domain::logs::LogService;
 use crate::domain::payments::PaymentService;
 use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
+use crate::domain::square::SquareService;
 use crate::domain::tasks::TaskService;
 use crate::domain::uploads::UploadService;
 use crate::domain::works::WorkService;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// What users keep of their tasks (seeds 001 and 003), thumbnails and object deletion.
     pub works: WorkService,
+    /// Seed 003's square: shared works, likes, favorites, plays counted in memory.
+    pub square: SquareService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,

@@ -17,6 +17,7 @@ pub mod payments;
 pub mod providers;
 pub mod quotas;
 pub mod recharge;
+pub mod square;
 pub mod storage_deletions;
 pub mod tasks;
 pub mod uploads;

@@ -134,6 +134,11 @@ impl WorkService {
                 Some(t)
             }
         };
+        // `is_public` shares the work on the square (or withdraws it): only a finished work
+        // can be shared, the same rule as `POST /api/v1/square`.
+        if edit.is_public == Some(true) && self.get(user_id, id).await?.status != purrify_api::TaskStatus::Completed {
+            return Err(DomainError::Conflict(format!("work {id} is not completed; only finished works can be made public")));
+        }
         let change = WorkChange { title, is_favorite: edit.is_favorite, is_public: edit.is_public };
         self.db.update_work(Some(user_id), id, &change).await?.ok_or_else(|| not_found(id))
     }

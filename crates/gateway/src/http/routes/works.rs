@@ -204,6 +204,8 @@ pub struct WorkUpdate {
     /// 1 to 100 characters.
     pub title: Option<String>,
     pub is_favorite: Option<bool>,
+    /// true shares the work on the square (completed works only; seed 003's
+    /// `POST /api/v1/square`), false withdraws it.
     pub is_public: Option<bool>,
 }
 

@@ -5,6 +5,7 @@
 mod accounts;
 mod quota;
 mod recharge;
+mod square;
 pub mod uploads;
 mod works;
 
@@ -17,6 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(accounts::router())
         .merge(quota::router())
         .merge(recharge::router())
+        .merge(square::router())
         .merge(works::router())
         .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
