@@ -193,6 +193,8 @@ pub struct Config {
     pub quotas: QuotaConfig,
     #[command(flatten)]
     pub payments: PaymentConfig,
+    #[command(flatten)]
+    pub providers: ProviderConfig,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -217,6 +219,44 @@ pub struct QuotaConfig {
     pub vip_videos_per_day: i64,
     #[arg(long, env = "PURRIFY_QUOTA_VIP_API_CALLS_PER_HOUR", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(0..))]
     pub vip_api_calls_per_hour: i64,
+}
+
+/// Outside AI providers (DESIGN section 13): the key that seals their API keys, and the call
+/// policy around every call (deadline, retries, breaker).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProviderConfig {
+    /// Seals providers' API keys at rest (AES-256-GCM): 32 bytes as 64 hex digits or base64.
+    /// Without it no API key can be stored, so only the built-in provider works.
+    #[arg(long, env = "PURRIFY_PROVIDER_KEY", hide_env_values = true)]
+    pub provider_key: Option<String>,
+    /// The gateway's public base URL (e.g. https://api.example.com): where a workflow calls
+    /// back (`/api/callback/task-complete|failed`). Workflow tasks fail without it.
+    #[arg(long, env = "PURRIFY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Tries of one provider call before the fallback (1 = no retry).
+    #[arg(long, env = "PURRIFY_PROVIDER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub provider_attempts: u32,
+    /// First retry wait in milliseconds (doubling, ±20%); a provider's Retry-After wins.
+    #[arg(long, env = "PURRIFY_PROVIDER_RETRY_BASE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub provider_retry_base_ms: u64,
+    /// Longest single provider HTTP exchange, in seconds.
+    #[arg(long, env = "PURRIFY_PROVIDER_TIMEOUT_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub provider_timeout_seconds: u64,
+    /// Provider faults in a row that open its circuit breaker.
+    #[arg(long, env = "PURRIFY_PROVIDER_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub provider_breaker_failures: u32,
+    /// Seconds an open breaker refuses calls before one probe.
+    #[arg(long, env = "PURRIFY_PROVIDER_BREAKER_COOLDOWN_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub provider_breaker_cooldown_seconds: u64,
+    /// Milliseconds between polls of a pending provider job (video APIs).
+    #[arg(long, env = "PURRIFY_PROVIDER_POLL_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub provider_poll_ms: u64,
+    /// Provider tasks one gateway runs at once.
+    #[arg(long, env = "PURRIFY_PROVIDER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub provider_concurrency: u64,
+    /// Largest result file copied in from a provider, in bytes.
+    #[arg(long, env = "PURRIFY_PROVIDER_MAX_RESULT_BYTES", default_value_t = 200 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub provider_max_result_bytes: u64,
 }
 
 /// Recharge orders and WeChat Pay. The merchant itself is configured with seed 000's

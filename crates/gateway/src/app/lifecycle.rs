@@ -120,6 +120,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let works = WorkService::new(tasks.db().clone(), storage.clone(), WorkSettings { image_limits, ..WorkSettings::default() });
     let recorder = crate::domain::works::spawn_recorder(works.clone(), tasks.watch_all(), stop_rx.clone());
     let square = SquareService::new(tasks.db().clone(), SquareSettings::default());
+    let (providers, generation, runner) = super::generation::start(&config, &tasks, &quotas, image_limits, stop_rx.clone()).await?;
     let square_flusher = square.spawn_flusher(stop_rx.clone());
     let log_settings = LogSettings { retention: Duration::from_secs(config.log_retention_days * 86_400) };
     let (logs, log_loops) = LogService::start(tasks.db().clone(), metrics.clone(), log_settings, tasks.watch_all(), stop_rx.clone());
@@ -177,6 +178,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         square,
         config: config.clone(),
     };
+        providers,
+        generation,
 
     let sweeper = {
         let state = state.clone();
@@ -199,7 +202,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
             }
         })
     };
-    let mut background = vec![sweeper, settler, live_feed, recorder, square_flusher];
+    let mut background = vec![sweeper, settler, live_feed, recorder, square_flusher, runner];
     background.extend(state.payments.spawn_reconciler(stop_rx.clone()));
     background.extend(callbacks);
     background.push(audit_writer);

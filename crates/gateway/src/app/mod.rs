@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod cli;
 mod embedded;
+mod generation;
 mod lifecycle;
 mod payments;
 mod router;
@@ -23,9 +24,11 @@ use crate::domain::accounts::AccountService;
 use crate::domain::audit::AuditLog;
 use crate::domain::credits::CreditService;
 use crate::domain::live::LiveHub;
+use crate::domain::generation::GenerationService;
 use crate::domain::logs::LogService;
 use crate::domain::payments::PaymentService;
 use crate::domain::quotas::QuotaService;
+use crate::domain::providers::ProviderService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::square::SquareService;
 use crate::domain::tasks::TaskService;
@@ -68,6 +71,10 @@ pub struct AppState {
     /// Seed 003's square: shared works, likes, favorites, plays counted in memory.
     pub square: SquareService,
     /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
+    /// Outside AI providers: configuration, the call policy, chat (seeds 003 and 004).
+    pub providers: ProviderService,
+    /// Generation tasks through providers and workflow callbacks (seeds 001, 003, 004).
+    pub generation: GenerationService,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,
 }
