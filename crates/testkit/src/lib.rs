@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod fake_worker;
 #[cfg(feature = "gateway-client")]
 pub mod gateway_client;
+#[cfg(feature = "providers")]
+pub mod providers;
 #[cfg(feature = "wechat")]
 pub mod wechat;
 #[cfg(feature = "wechatpay")]
