@@ -379,6 +379,31 @@ pub(super) fn kube_create_error(e: KubeError) -> DomainError {
     DomainError::Unavailable("the cluster did not accept the task; try again shortly".into())
 }
 
+impl TaskService {
+    /// Cancels a provider task: a queued one at once; a running one through the replica that
+    /// runs it (which also asks the provider to stop); one this replica does not run (another
+    /// replica's, or one waiting for a workflow's callback) by a conditional update naming
+    /// its attempt, so a late result cannot complete it afterwards.
+    async fn cancel_provider_task(&self, task: &Task) -> DomainResult<Cancelled> {
+        let done = match task.status {
+            TaskStatus::Queued => self.inner.db.cancel_task(&task.id, Guard::Queued).await?,
+            _ if self.inner.provider_queue.cancel(&task.id) => return Ok(Cancelled::Requested),
+            _ => match task.job_id.as_deref() {
+                Some(job) => self.inner.db.cancel_task(&task.id, Guard::Job(job)).await?,
+                None => false,
+            },
+        };
+        let now = self.inner.db.get_task(&task.id).await?.ok_or_else(|| not_found(&task.id))?;
+        self.inner.hub.publish(super::TaskView::from_task(&now));
+        if done {
+            Ok(Cancelled::Done)
+        } else {
+            Ok(Cancelled::AlreadyFinished(now.status))
+        }
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,29 +437,5 @@ mod tests {
         assert_eq!(parse_status_word("running").unwrap(), TaskStatus::Processing);
         assert!(parse_status_word("done").is_err());
         assert_eq!((max_priority(Role::User), max_priority(Role::Admin)), (0, 10));
-    }
-}
-
-impl TaskService {
-    /// Cancels a provider task: a queued one at once; a running one through the replica that
-    /// runs it (which also asks the provider to stop); one this replica does not run (another
-    /// replica's, or one waiting for a workflow's callback) by a conditional update naming
-    /// its attempt, so a late result cannot complete it afterwards.
-    async fn cancel_provider_task(&self, task: &Task) -> DomainResult<Cancelled> {
-        let done = match task.status {
-            TaskStatus::Queued => self.inner.db.cancel_task(&task.id, Guard::Queued).await?,
-            _ if self.inner.provider_queue.cancel(&task.id) => return Ok(Cancelled::Requested),
-            _ => match task.job_id.as_deref() {
-                Some(job) => self.inner.db.cancel_task(&task.id, Guard::Job(job)).await?,
-                None => false,
-            },
-        };
-        let now = self.inner.db.get_task(&task.id).await?.ok_or_else(|| not_found(&task.id))?;
-        self.inner.hub.publish(super::TaskView::from_task(&now));
-        if done {
-            Ok(Cancelled::Done)
-        } else {
-            Ok(Cancelled::AlreadyFinished(now.status))
-        }
     }
 }

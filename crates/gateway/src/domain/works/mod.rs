@@ -122,6 +122,11 @@ impl WorkService {
         }
     }
 
+    /// The work a task of `user_id` made, if it has one yet.
+    pub async fn of_task(&self, user_id: &str, task_id: &str) -> DomainResult<Option<Work>> {
+        Ok(self.db.work_of_task(task_id).await?.filter(|w| w.user_id == user_id))
+    }
+
     /// Edits one of `user_id`'s works.
     pub async fn update(&self, user_id: &str, id: &str, edit: WorkEdit) -> DomainResult<Work> {
         let title = match edit.title {

@@ -28,9 +28,9 @@ const OPEN_PATHS: &[&str] = &[
     "/api/v1/config/multi-backend",
 ];
 
-/// ...and by prefix: GPU servers (webhook secret) and payment notifications (WeChat Pay
-/// retries them, but a paid order must be credited).
-const OPEN_PREFIXES: &[&str] = &["/webhook/", "/api/wechat/pay/notify"];
+/// ...and by prefix: GPU servers (webhook secret), payment notifications (WeChat Pay
+/// retries them, but a paid order must be credited) and workflows reporting their tasks.
+const OPEN_PREFIXES: &[&str] = &["/webhook/", "/api/wechat/pay/notify", "/api/callback/"];
 
 /// What a refused write reads.
 pub const MESSAGE: &str = "the service is under maintenance: changes are paused for now (reading still works); try again later";

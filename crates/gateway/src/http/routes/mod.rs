@@ -24,6 +24,7 @@ pub mod tasks;
 pub mod uploads;
 pub mod users;
 pub mod webhook;
+pub mod workflow_callbacks;
 pub mod wechat_pay;
 pub mod works;
 
@@ -42,6 +43,8 @@ pub fn all(max_upload_bytes: u64) -> OpenApiRouter<AppState> {
         .merge(live::router())
         .merge(system::router())
         .merge(webhook::router())
+        .merge(workflow_callbacks::router())
+        .merge(generation::generate::router(max_upload_bytes))
         .merge(auth::router())
         .merge(users::router())
         .merge(admin_users::router())

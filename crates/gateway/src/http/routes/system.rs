@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_multi_backend))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(actuator_health))
         .routes(routes!(metrics))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
 }
@@ -92,6 +93,47 @@ async fn health_report(state: &AppState) -> (bool, HealthResponse) {
         timestamp: now_rfc3339(),
     };
     (healthy, body)
+}
+
+/// One component of seed 004's health report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Component {
+    /// UP or DOWN.
+    pub status: &'static str,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// Seed 004's gateway health (`/actuator/health`, the Spring Boot shape its probes expect):
+/// UP while the database answers. Workers and providers are reported but do not make the
+/// gateway DOWN: tasks queue while workers come back, and providers have fallbacks.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActuatorHealth {
+    pub status: &'static str,
+    pub components: std::collections::BTreeMap<&'static str, Component>,
+}
+
+#[utoipa::path(get, path = "/actuator/health", tag = "system",
+    responses((status = 200, description = "UP: the database answers", body = ActuatorHealth),
+              (status = 503, description = "DOWN: the database does not answer", body = ActuatorHealth)))]
+pub async fn actuator_health(State(state): State<AppState>) -> (StatusCode, Json<ActuatorHealth>) {
+    let up = |ok: bool| if ok { "UP" } else { "DOWN" };
+    let db_ok = state.tasks.db_ping().await;
+    let workers = state.tasks.workers().await;
+    let healthy_workers = workers.iter().filter(|w| w.healthy).count();
+    let mut components = std::collections::BTreeMap::new();
+    components.insert("db", Component { status: up(db_ok), details: serde_json::json!({}) });
+    components.insert(
+        "workers",
+        Component { status: up(healthy_workers > 0), details: serde_json::json!({"healthy": healthy_workers, "total": workers.len()}) },
+    );
+    if let Ok(providers) = state.providers.list().await {
+        let open: Vec<&str> = providers.iter().filter(|(_, c)| *c != crate::domain::providers::BreakerState::Closed).map(|(p, _)| p.id.as_str()).collect();
+        let usable = providers.iter().filter(|(p, _)| p.usable()).count();
+        components.insert("providers", Component { status: up(open.is_empty()), details: serde_json::json!({"usable": usable, "circuitsOpen": open}) });
+    }
+    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(ActuatorHealth { status: up(db_ok), components }))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "The process is alive", body = String, content_type = "text/plain")))]

@@ -3,6 +3,8 @@
 //! [`crate::http::envelope::v1_errors`].
 
 mod accounts;
+pub mod generate;
+mod providers;
 mod quota;
 mod recharge;
 mod square;
@@ -22,3 +24,4 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(works::router())
         .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
+        .merge(providers::router())
