@@ -20,6 +20,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202070000_task_management.sql", include_str!("../../../migrations/20261202070000_task_management.sql")),
     ("20261202080000_logs.sql", include_str!("../../../migrations/20261202080000_logs.sql")),
     ("20261202090000_callbacks.sql", include_str!("../../../migrations/20261202090000_callbacks.sql")),
+    ("20261202100000_providers.sql", include_str!("../../../migrations/20261202100000_providers.sql")),
     ("20261202110000_square.sql", include_str!("../../../migrations/20261202110000_square.sql")),
 ];
 
