@@ -249,7 +249,7 @@ impl GenerationService {
     /// when it is refused.
     pub async fn create(&self, user: &Principal, req: GenerateRequest) -> DomainResult<Created> {
         req.spec.validate()?;
-        if req.spec.needs_input() != req.input.is_some() {
+        if req.spec.needs_input() && req.input.is_none() {
             return Err(DomainError::invalid("image", "send the picture in the `image` field"));
         }
         let chain = self.chain_for(&req.spec, req.provider.as_deref()).await?;

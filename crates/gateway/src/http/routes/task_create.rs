@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::accounts::Principal;
+use crate::domain::generation::{GenerateRequest, JobSpec};
 use crate::domain::tasks::manage::{MIN_PRIORITY, check_callback_url, max_priority, task_kind};
 use crate::domain::tasks::{NewUpload, TaskMeta, TaskOptions};
 use crate::http::auth::CurrentUser;
@@ -116,6 +117,12 @@ async fn create(state: &AppState, user: &Principal, spec: Spec, request_id: &str
         None => None,
         Some(id) => Some(state.tasks.scene(id, false).await.map_err(|_| ApiError::field("scene_id", format!("no active scene {id}")))?),
     };
+    // A scene makes tasks of its own kind (seed 001 sends no task type; a workflow scene's
+    // tasks go to the workflow).
+    let kind = match &scene {
+        Some(s) if kind == "enhance" => task_kind(&s.kind)?,
+        _ => kind,
+    };
     if scene.is_none() && spec.params.is_empty() && spec.file_id.is_none() {
         return Err(ApiError::field("file_id", "send the id of an uploaded image (file_id), and a scene_id or parameters"));
     }
@@ -133,6 +140,30 @@ async fn create(state: &AppState, user: &Principal, spec: Spec, request_id: &str
     let task_id = uuid::Uuid::new_v4().simple().to_string();
     // The task works on its own copy: its housekeeping never deletes the user's upload.
     let input_uri = state.tasks.copy_input(&file.uri, &task_id).await?;
+    if kind == "workflow" {
+        // Seed 001's scene tasks handed to a workflow (n8n) and finished by its callback.
+        let workflow = scene.as_ref().map_or_else(|| "default".to_string(), |s| s.id.clone());
+        let req = GenerateRequest {
+            spec: JobSpec::Workflow { workflow, params: serde_json::to_value(params).unwrap_or_default() },
+            input: Some((input_uri.clone(), file.content_type.clone(), file.bytes)),
+            provider: None,
+            model: None,
+            task_id,
+            request_id: request_id.to_string(),
+            title: title.or_else(|| scene.as_ref().map(|s| s.name.clone())),
+            scene_id: scene.as_ref().map(|s| s.id.clone()),
+            price: scene.as_ref().and_then(|s| s.price),
+        };
+        let id = match state.generation.create(user, req).await {
+            Ok(c) => c.task_id,
+            Err(e) => {
+                let _ = state.storage.delete(&input_uri).await;
+                return Err(e.into());
+            }
+        };
+        let d = state.tasks.detail(&id, user).await?;
+        return Ok((StatusCode::CREATED, Envelope::ok("task created", TaskView::of(&d, user))));
+    }
     let upload = NewUpload {
         task_id,
         input_uri: input_uri.clone(),
