@@ -22,6 +22,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202090000_callbacks.sql", include_str!("../../../migrations/20261202090000_callbacks.sql")),
     ("20261202100000_providers.sql", include_str!("../../../migrations/20261202100000_providers.sql")),
     ("20261202110000_square.sql", include_str!("../../../migrations/20261202110000_square.sql")),
+    ("20261202120000_assistant.sql", include_str!("../../../migrations/20261202120000_assistant.sql")),
 ];
 
 /// The migrator for `/migrations`.
