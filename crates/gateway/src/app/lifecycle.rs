@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::embedded::start_embedded_worker;
 use super::{AppState, router};
 use crate::config::Config;
+use crate::domain::assistant::{AssistantService, AssistantSettings};
 use crate::domain::audit::AuditLog;
 use crate::domain::callbacks::{CallbackService, CallbackSettings};
 use crate::domain::credits::CreditService;
@@ -119,8 +120,9 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let image_limits = purrify_imaging::Limits { max_pixels: config.max_pixels, ..Default::default() };
     let works = WorkService::new(tasks.db().clone(), storage.clone(), WorkSettings { image_limits, ..WorkSettings::default() });
     let recorder = crate::domain::works::spawn_recorder(works.clone(), tasks.watch_all(), stop_rx.clone());
-    let square = SquareService::new(tasks.db().clone(), SquareSettings::default());
     let (providers, generation, runner) = super::generation::start(&config, &tasks, &quotas, image_limits, stop_rx.clone()).await?;
+    let assistant = AssistantService::new(tasks.db().clone(), Arc::new(providers.clone()), AssistantSettings::default());
+    let square = SquareService::new(tasks.db().clone(), SquareSettings::default());
     let square_flusher = square.spawn_flusher(stop_rx.clone());
     let log_settings = LogSettings { retention: Duration::from_secs(config.log_retention_days * 86_400) };
     let (logs, log_loops) = LogService::start(tasks.db().clone(), metrics.clone(), log_settings, tasks.watch_all(), stop_rx.clone());
@@ -176,10 +178,11 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         live,
         works,
         square,
+        providers,
+        assistant,
+        generation,
         config: config.clone(),
     };
-        providers,
-        generation,
 
     let sweeper = {
         let state = state.clone();

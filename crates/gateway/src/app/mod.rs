@@ -21,14 +21,15 @@ pub use router::router;
 
 use crate::config::Config;
 use crate::domain::accounts::AccountService;
+use crate::domain::assistant::AssistantService;
 use crate::domain::audit::AuditLog;
 use crate::domain::credits::CreditService;
-use crate::domain::live::LiveHub;
 use crate::domain::generation::GenerationService;
+use crate::domain::live::LiveHub;
 use crate::domain::logs::LogService;
 use crate::domain::payments::PaymentService;
-use crate::domain::quotas::QuotaService;
 use crate::domain::providers::ProviderService;
+use crate::domain::quotas::QuotaService;
 use crate::domain::recharge::RechargeService;
 use crate::domain::square::SquareService;
 use crate::domain::tasks::TaskService;
@@ -70,11 +71,13 @@ pub struct AppState {
     pub works: WorkService,
     /// Seed 003's square: shared works, likes, favorites, plays counted in memory.
     pub square: SquareService,
-    /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// Outside AI providers: configuration, the call policy, chat (seeds 003 and 004).
     pub providers: ProviderService,
+    /// Seed 003's AI assistant: chat answers relayed from the assistant provider, conversations kept.
+    pub assistant: AssistantService,
     /// Generation tasks through providers and workflow callbacks (seeds 001, 003, 004).
     pub generation: GenerationService,
+    /// Cancelled when the gateway starts shutting down: long-lived responses (SSE streams,
     /// WebSocket sessions) end on it, or they would hold the shutdown open for ever.
     pub draining: CancellationToken,
 }

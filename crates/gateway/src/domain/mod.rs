@@ -4,6 +4,7 @@
 //! the database only through `purrify-store`.
 
 pub mod accounts;
+pub mod assistant;
 pub mod audit;
 pub mod callbacks;
 pub mod credits;

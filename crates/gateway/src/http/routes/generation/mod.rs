@@ -3,6 +3,7 @@
 //! [`crate::http::envelope::v1_errors`].
 
 mod accounts;
+mod assistant;
 pub mod generate;
 mod providers;
 mod quota;
@@ -18,10 +19,11 @@ use crate::app::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(accounts::router())
+        .merge(assistant::router())
         .merge(quota::router())
         .merge(recharge::router())
         .merge(square::router())
         .merge(works::router())
+        .merge(providers::router())
         .layer(axum::middleware::from_fn(crate::http::envelope::v1_errors))
 }
-        .merge(providers::router())
