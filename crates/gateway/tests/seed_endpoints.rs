@@ -23,23 +23,10 @@ const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "WS"];
 const PENDING: &[(&str, &str)] = &[
     // Issue 13: generation through providers, the square, the assistant, provider settings,
     // postcards, and the task callbacks of webhook-driven processing.
-    ("POST", "/api/v1/generate/text-to-image"),
-    ("POST", "/api/v1/generate/image-to-image"),
-    ("GET", "/api/v1/generate/task/:taskId"),
-    ("POST", "/api/v1/generate/text-to-video"),
-    ("POST", "/api/v1/generate/image-to-video"),
-    ("GET", "/api/v1/generate/video-task/:taskId"),
-    ("GET", "/api/v1/config/providers"),
-    ("GET", "/api/v1/config/current"),
-    ("PUT", "/api/v1/config/providers"),
-    ("POST", "/api/v1/config/providers/custom"),
     ("POST", "/api/v1/postcards/create"),
     ("GET", "/api/v1/postcards/status/{taskId}"),
     ("GET", "/api/v1/postcards/{postcardId}"),
     ("GET", "/api/v1/postcards/me"),
-    ("GET", "/actuator/health"),
-    ("POST", "/api/callback/task-complete"),
-    ("POST", "/api/callback/task-failed"),
 ];
 
 /// `(method, path)` pairs a seed document names. Seed 003 writes its paths relative to its

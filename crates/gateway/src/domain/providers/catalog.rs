@@ -134,7 +134,7 @@ pub fn builtins() -> Vec<ProviderRow> {
         row("stability", Kind::Image, "Stability AI", Protocol::Stability, "https://api.stability.ai", &["stable-image-core", "sd3.5-large"]),
         row("dalle", Kind::Image, "DALL-E", Protocol::Openai, "https://api.openai.com/v1", &["dall-e-3", "gpt-image-1"]),
         row("sora", Kind::Video, "SORA (OpenAI)", Protocol::Openai, "https://api.openai.com/v1", &["sora-2"]),
-        row("runway", Kind::Video, "Runway ML", Protocol::Runway, "https://api.dev.runwayml.com", &["gen4_turbo"]),
+        row("runway", Kind::Video, "Runway ML", Protocol::Runway, "https://api.dev.runwayml.com", &["gen4.5", "gen4_turbo", "veo3.1"]),
         row("openai", Kind::Assistant, "OpenAI", Protocol::Openai, "https://api.openai.com/v1", &["gpt-4o-mini", "gpt-4o"]),
     ]
 }
@@ -171,8 +171,8 @@ pub fn check_name(name: &str) -> DomainResult<String> {
 }
 
 /// A provider's base URL: http(s), no credentials, no query; a host that is a name or an
-/// address the GPU-server policy accepts (`allow_private` lets loopback and private
-/// networks through, as for workers in development). Returned without a trailing slash.
+/// address the GPU-server policy accepts without its development switch (`allow_private`
+/// lets loopback through, nothing else). Returned without a trailing slash.
 pub fn check_base_url(url: &str, allow_private: bool) -> DomainResult<String> {
     let field = "apiUrl";
     let url = url.trim();
@@ -195,8 +195,12 @@ pub fn check_base_url(url: &str, allow_private: bool) -> DomainResult<String> {
         Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
         Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
     };
+    // The webhook policy without its development exception, except for loopback: a local
+    // provider (development, tests) may be on this machine, never on link-local or metadata
+    // addresses.
     if let Some(ip) = ip
-        && let Some(why) = crate::domain::fleet::refuse_address(ip, allow_private)
+        && let Some(why) = crate::domain::fleet::refuse_address(ip, false)
+        && !(allow_private && ip.is_loopback())
     {
         return Err(DomainError::invalid(field, format!("{ip} is refused: {}", why.replace("GPU servers", "providers"))));
     }
