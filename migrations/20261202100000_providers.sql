@@ -18,8 +18,9 @@ ALTER TABLE tasks ADD COLUMN outputs TEXT;
 
 -- The provider runner's queue and its restart recovery, apart from the engine's.
 CREATE INDEX tasks_runner_status ON tasks (runner, status, priority, created_at);
--- Estimated times from measured history: recent completed tasks per provider and model.
-CREATE INDEX tasks_provider_finished ON tasks (provider, model, finished_at) WHERE runner = 'provider';
+-- Estimated times from measured history: recent completed tasks per provider and model
+-- (the built-in provider's run on the engine and count too).
+CREATE INDEX tasks_provider_finished ON tasks (provider, model, finished_at) WHERE provider IS NOT NULL;
 
 CREATE TABLE providers (
     -- `stability`, `dalle`, an admin's custom id.

@@ -108,11 +108,11 @@ impl Db {
     }
 
     /// How long (ms, start to finish) the last `limit` completed tasks of this kind took on
-    /// this provider and model, newest first.
+    /// this provider and model (on either runner), newest first.
     pub async fn provider_durations(&self, provider: &str, model: &str, kind: &str, limit: u32) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query(
             "SELECT finished_at - started_at AS ms FROM tasks \
-             WHERE runner = 'provider' AND provider = $1 AND model = $2 AND kind = $3 \
+             WHERE provider IS NOT NULL AND provider = $1 AND model = $2 AND kind = $3 \
                AND status = $4 AND started_at IS NOT NULL AND finished_at IS NOT NULL \
              ORDER BY finished_at DESC LIMIT $5",
         )

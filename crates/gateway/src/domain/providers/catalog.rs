@@ -130,7 +130,8 @@ pub fn builtins() -> Vec<ProviderRow> {
         updated_at: 0,
     };
     vec![
-        row(BUILTIN_ID, Kind::Image, "Purrify (built-in restoration and upscaling)", Protocol::Purrify, "", &["purrify-enhance"]),
+        // Its models are the engine's quality levels (fast: seconds per photo on a CPU).
+        row(BUILTIN_ID, Kind::Image, "Purrify (built-in restoration and upscaling)", Protocol::Purrify, "", &["fast", "medium", "high"]),
         row("stability", Kind::Image, "Stability AI", Protocol::Stability, "https://api.stability.ai", &["stable-image-core", "sd3.5-large"]),
         row("dalle", Kind::Image, "DALL-E", Protocol::Openai, "https://api.openai.com/v1", &["dall-e-3", "gpt-image-1"]),
         row("sora", Kind::Video, "SORA (OpenAI)", Protocol::Openai, "https://api.openai.com/v1", &["sora-2"]),
