@@ -40,7 +40,9 @@ async fn admin(api: &Api) -> String {
 
 /// A seed 003 user: (token, id).
 async fn user(api: &Api, name: &str) -> (String, String) {
-    let r = api.post_json("/api/v1/auth/register", json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}), &[]).await;
+    let r = api
+        .post_json("/api/v1/auth/register", json!({"username": name, "email": format!("{name}@example.com"), "password": PASSWORD}), &[])
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     (r.body["data"]["token"].as_str().unwrap().to_owned(), r.body["data"]["user"]["id"].as_str().unwrap().to_owned())
 }
@@ -100,7 +102,11 @@ async fn provider_settings_are_for_admins_and_keys_are_write_only(backend: Backe
     let fake = FakeOpenAi::start("sk-live-abcdef").await;
     let body = json!({"type": "assistant", "name": "Deep Seek", "apiUrl": fake.base_url(), "apiKey": "sk-live-abcdef",
                       "config": {"protocol": "openai", "models": ["deepseek-chat", "deepseek-reasoner"]}});
-    v1_error(&api.call("POST", "/api/v1/config/providers/custom", Some(&alice), Some(body.clone())).await, StatusCode::FORBIDDEN, "users may not add");
+    v1_error(
+        &api.call("POST", "/api/v1/config/providers/custom", Some(&alice), Some(body.clone())).await,
+        StatusCode::FORBIDDEN,
+        "users may not add",
+    );
     let created = api.call("POST", "/api/v1/config/providers/custom", Some(&root), Some(body.clone())).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     assert_eq!((created.body["data"]["id"].as_str(), created.body["data"]["hasKey"].as_bool()), (Some("deep-seek"), Some(true)));
@@ -113,10 +119,18 @@ async fn provider_settings_are_for_admins_and_keys_are_write_only(backend: Backe
     assert!(row.api_key_sealed.as_deref().is_some_and(|s| !s.contains("sk-live")), "sealed at rest");
 
     let chosen = api
-        .call("PUT", "/api/v1/config/providers", Some(&root), Some(json!({"assistantProvider": "deep-seek", "assistantModel": "deepseek-reasoner"})))
+        .call(
+            "PUT",
+            "/api/v1/config/providers",
+            Some(&root),
+            Some(json!({"assistantProvider": "deep-seek", "assistantModel": "deepseek-reasoner"})),
+        )
         .await;
     assert_eq!(chosen.status, StatusCode::OK, "{}", chosen.body);
-    assert_eq!((chosen.body["data"]["assistantProvider"].as_str(), chosen.body["data"]["assistantModel"].as_str()), (Some("deep-seek"), Some("deepseek-reasoner")));
+    assert_eq!(
+        (chosen.body["data"]["assistantProvider"].as_str(), chosen.body["data"]["assistantModel"].as_str()),
+        (Some("deep-seek"), Some("deepseek-reasoner"))
+    );
     for (bad, what) in [
         (json!({"imageProvider": "deep-seek"}), "a provider of another kind"),
         (json!({"assistantProvider": "deep-seek", "assistantModel": "gpt-9"}), "a model it does not have"),
@@ -128,21 +142,37 @@ async fn provider_settings_are_for_admins_and_keys_are_write_only(backend: Backe
     for (bad, what) in [
         (json!({"type": "image", "name": "x", "apiUrl": "http://169.254.169.254/v1", "config": {"models": ["m"]}}), "metadata address"),
         (json!({"type": "image", "name": "x", "apiUrl": "ftp://example.com", "config": {"models": ["m"]}}), "not http"),
-        (json!({"type": "video", "name": "x", "apiUrl": "https://example.com", "config": {"protocol": "stability", "models": ["m"]}}), "a protocol that cannot make videos"),
+        (
+            json!({"type": "video", "name": "x", "apiUrl": "https://example.com", "config": {"protocol": "stability", "models": ["m"]}}),
+            "a protocol that cannot make videos",
+        ),
         (json!({"type": "image", "name": "x", "apiUrl": "https://example.com", "config": {}}), "no models"),
         (json!({"type": "music", "name": "x", "apiUrl": "https://example.com", "config": {"models": ["m"]}}), "an unknown type"),
     ] {
-        v1_error(&api.call("POST", "/api/v1/config/providers/custom", Some(&root), Some(bad)).await, StatusCode::UNPROCESSABLE_ENTITY, what);
+        v1_error(
+            &api.call("POST", "/api/v1/config/providers/custom", Some(&root), Some(bad)).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            what,
+        );
     }
 
     // The built-in providers take a key, a fallback, or are turned off.
-    let edit = api.call("PUT", "/api/v1/config/providers/stability", Some(&root), Some(json!({"apiKey": "sk-stab", "fallback": "purrify"}))).await;
+    let edit =
+        api.call("PUT", "/api/v1/config/providers/stability", Some(&root), Some(json!({"apiKey": "sk-stab", "fallback": "purrify"}))).await;
     assert_eq!(edit.status, StatusCode::OK, "{}", edit.body);
     assert_eq!((edit.body["data"]["hasKey"].as_bool(), edit.body["data"]["fallback"].as_str()), (Some(true), Some("purrify")));
     let off = api.call("PUT", "/api/v1/config/providers/stability", Some(&root), Some(json!({"enabled": false, "apiKey": ""}))).await;
     assert_eq!((off.body["data"]["enabled"].as_bool(), off.body["data"]["hasKey"].as_bool()), (Some(false), Some(false)), "{}", off.body);
-    v1_error(&api.call("PUT", "/api/v1/config/providers/stability", Some(&root), Some(json!({"fallback": "runway"}))).await, StatusCode::UNPROCESSABLE_ENTITY, "a fallback of another kind");
-    v1_error(&api.call("PUT", "/api/v1/config/providers/nobody", Some(&root), Some(json!({"enabled": true}))).await, StatusCode::NOT_FOUND, "no such provider");
+    v1_error(
+        &api.call("PUT", "/api/v1/config/providers/stability", Some(&root), Some(json!({"fallback": "runway"}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a fallback of another kind",
+    );
+    v1_error(
+        &api.call("PUT", "/api/v1/config/providers/nobody", Some(&root), Some(json!({"enabled": true}))).await,
+        StatusCode::NOT_FOUND,
+        "no such provider",
+    );
 
     // Without a sealing key configured, no key can be stored.
     let plain = api_with(backend, |c| {
@@ -152,7 +182,12 @@ async fn provider_settings_are_for_admins_and_keys_are_write_only(backend: Backe
     .await;
     let root2 = admin(&plain).await;
     let refused = plain
-        .call("POST", "/api/v1/config/providers/custom", Some(&root2), Some(json!({"type": "image", "name": "y", "apiUrl": "https://example.com", "apiKey": "k", "config": {"models": ["m"]}})))
+        .call(
+            "POST",
+            "/api/v1/config/providers/custom",
+            Some(&root2),
+            Some(json!({"type": "image", "name": "y", "apiUrl": "https://example.com", "apiKey": "k", "config": {"models": ["m"]}})),
+        )
         .await;
     v1_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "no PURRIFY_PROVIDER_KEY");
 }
@@ -173,12 +208,21 @@ async fn refused_generations_cost_nothing(backend: Backend) {
         (json!({"prompt": "x", "width": 99999}), "too wide"),
         (json!({"prompt": "x", "numImages": 9}), "too many images"),
     ] {
-        v1_error(&api.call("POST", "/api/v1/generate/text-to-image", Some(&alice), Some(bad)).await, StatusCode::UNPROCESSABLE_ENTITY, what);
+        v1_error(
+            &api.call("POST", "/api/v1/generate/text-to-image", Some(&alice), Some(bad)).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            what,
+        );
     }
     assert_eq!(quota(alice.clone()).await, 0, "nothing was counted");
 
     let fake = FakeOpenAi::start("sk-img").await;
-    let id = add(&api, &root, json!({"type": "image", "name": "img", "apiUrl": fake.base_url(), "apiKey": "sk-img", "config": {"models": ["gpt-image-1"]}})).await;
+    let id = add(
+        &api,
+        &root,
+        json!({"type": "image", "name": "img", "apiUrl": fake.base_url(), "apiKey": "sk-img", "config": {"models": ["gpt-image-1"]}}),
+    )
+    .await;
     api.call("PUT", "/api/v1/config/providers", Some(&root), Some(json!({"imageProvider": id}))).await;
     let price = api.call("PUT", "/api/admin/config/price_text_to_image", Some(&root), Some(json!({"value": 2}))).await;
     assert_eq!(price.status, StatusCode::OK, "{}", price.body);
@@ -189,13 +233,25 @@ async fn refused_generations_cost_nothing(backend: Backend) {
 
     // Paid and counted, it runs: the hold is captured when it succeeds.
     api.call("PUT", &format!("/api/admin/users/{alice_id}"), Some(&root), Some(json!({"balance": 10}))).await;
-    let ok = api.call("POST", "/api/v1/generate/text-to-image", Some(&alice), Some(json!({"prompt": "a cat", "numImages": 2, "width": 512, "height": 512}))).await;
+    let ok = api
+        .call(
+            "POST",
+            "/api/v1/generate/text-to-image",
+            Some(&alice),
+            Some(json!({"prompt": "a cat", "numImages": 2, "width": 512, "height": 512})),
+        )
+        .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     let task = ok.body["data"]["taskId"].as_str().unwrap().to_owned();
     assert_eq!(ended(&api, &task).await, TaskStatus::Completed);
     assert_eq!(quota(alice.clone()).await, 1);
     let view = api.call("GET", &format!("/api/v1/generate/task/{task}"), Some(&alice), None).await;
-    assert_eq!((view.body["data"]["status"].as_str(), view.body["data"]["progress"].as_u64()), (Some("completed"), Some(100)), "{}", view.body);
+    assert_eq!(
+        (view.body["data"]["status"].as_str(), view.body["data"]["progress"].as_u64()),
+        (Some("completed"), Some(100)),
+        "{}",
+        view.body
+    );
     let images = view.body["data"]["result"]["images"].as_array().unwrap();
     assert_eq!(images.len(), 2);
     for (n, img) in images.iter().enumerate() {
@@ -204,7 +260,11 @@ async fn refused_generations_cost_nothing(backend: Backend) {
         assert!(file.raw.starts_with(b"\x89PNG"));
     }
     let (bob, _) = user(&api, "bob").await;
-    v1_error(&api.call("GET", &format!("/api/v1/generate/task/{task}"), Some(&bob), None).await, StatusCode::NOT_FOUND, "another user's task");
+    v1_error(
+        &api.call("GET", &format!("/api/v1/generate/task/{task}"), Some(&bob), None).await,
+        StatusCode::NOT_FOUND,
+        "another user's task",
+    );
     v1_error(&api.call("GET", images[0]["url"].as_str().unwrap(), Some(&bob), None).await, StatusCode::NOT_FOUND, "another user's file");
     api.stack.state.credits.sweep().await;
     let balance = api.stack.state.credits.balance(&alice_id).await.unwrap();
@@ -216,9 +276,12 @@ async fn videos_follow_the_providers_task_and_cancellation_is_passed_on(backend:
     let root = admin(&api).await;
     let (alice, _) = user(&api, "alice").await;
     let runway = FakeRunway::start("key_runway").await;
-    api.call("PUT", "/api/v1/config/providers/runway", Some(&root), Some(json!({"apiUrl": runway.base_url(), "apiKey": "key_runway"}))).await;
+    api.call("PUT", "/api/v1/config/providers/runway", Some(&root), Some(json!({"apiUrl": runway.base_url(), "apiKey": "key_runway"})))
+        .await;
     runway.plan_task(Plan { queued_polls: 1, running_polls: 3, outcome: Outcome::Succeed }, true);
-    let r = api.call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "waves", "model": "runway", "duration": 5}))).await;
+    let r = api
+        .call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "waves", "model": "runway", "duration": 5})))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["data"]["estimatedTime"], 120, "the seed's figure until durations are measured");
     let task = r.body["data"]["taskId"].as_str().unwrap().to_owned();
@@ -250,7 +313,11 @@ async fn videos_follow_the_providers_task_and_cancellation_is_passed_on(backend:
     purrify_testkit::eventually(30, "the provider's job is cancelled", || async { runway.cancelled(&remote).then_some(()) }).await;
     let bad = api.call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "x", "resolution": "8k"}))).await;
     v1_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "an unknown resolution");
-    v1_error(&api.call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "x", "model": "stability"}))).await, StatusCode::UNPROCESSABLE_ENTITY, "an image provider for a video");
+    v1_error(
+        &api.call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "x", "model": "stability"}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an image provider for a video",
+    );
 }
 
 async fn image_to_image_on_the_builtin_provider_goes_to_the_engine(backend: Backend) {
@@ -269,7 +336,9 @@ async fn image_to_image_on_the_builtin_provider_goes_to_the_engine(backend: Back
             api.send(req).await
         }
     };
-    let r = send(vec![("prompt", None, b"sharper".to_vec()), ("strength", None, b"0.5".to_vec()), ("image", Some("cat.png"), png(64, 48, 3))]).await;
+    let r =
+        send(vec![("prompt", None, b"sharper".to_vec()), ("strength", None, b"0.5".to_vec()), ("image", Some("cat.png"), png(64, 48, 3))])
+            .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["data"]["provider"], "purrify");
     let task = r.body["data"]["taskId"].as_str().unwrap();
@@ -283,7 +352,8 @@ async fn image_to_image_on_the_builtin_provider_goes_to_the_engine(backend: Back
     v1_error(&none, StatusCode::UNPROCESSABLE_ENTITY, "no picture");
     let not_image = send(vec![("prompt", None, b"x".to_vec()), ("image", Some("a.txt"), b"hello there, not a picture".to_vec())]).await;
     assert!(not_image.status.is_client_error(), "{}", not_image.body);
-    let strength = send(vec![("prompt", None, b"x".to_vec()), ("strength", None, b"2".to_vec()), ("image", Some("c.png"), png(8, 8, 1))]).await;
+    let strength =
+        send(vec![("prompt", None, b"x".to_vec()), ("strength", None, b"2".to_vec()), ("image", Some("c.png"), png(8, 8, 1))]).await;
     v1_error(&strength, StatusCode::UNPROCESSABLE_ENTITY, "strength above 1");
     let inputs = api.stack.state.storage.list(&api.stack.state.storage.uri_for("inputs/")).await.unwrap_or_default();
     assert_eq!(inputs.len(), 1, "a refused request leaves no picture behind: {inputs:?}");
@@ -294,25 +364,30 @@ async fn workflow_callbacks_are_authentic_fresh_once_and_idempotent(backend: Bac
     let root = admin(&api).await;
     let (alice, _) = user(&api, "alice").await;
     let n8n = FakeN8n::start("wf-secret").await;
-    let id = add(&api, &root, json!({"type": "workflow", "name": "flows", "apiUrl": n8n.base_url(), "apiKey": "wf-secret", "config": {"models": ["default"]}})).await;
+    let id = add(
+        &api,
+        &root,
+        json!({"type": "workflow", "name": "flows", "apiUrl": n8n.base_url(), "apiKey": "wf-secret", "config": {"models": ["default"]}}),
+    )
+    .await;
     api.call("PUT", "/api/v1/config/providers", Some(&root), Some(json!({"workflowProvider": id}))).await;
     let generation = &api.stack.state.generation;
     let principal = api.stack.state.accounts.authenticate(&alice).await.unwrap();
     let make = |n: u32| {
         let principal = principal.clone();
         async move {
-        let req = purrify_gateway::domain::generation::GenerateRequest {
-            spec: purrify_gateway::domain::generation::JobSpec::Workflow { workflow: "cards".into(), params: json!({"n": n}) },
-            input: None,
-            provider: None,
-            model: None,
-            task_id: format!("wf-task-{n}"),
-            request_id: "r".into(),
-            title: None,
-            scene_id: None,
-            price: None,
-        };
-        generation.create(&principal, req).await.unwrap().task_id
+            let req = purrify_gateway::domain::generation::GenerateRequest {
+                spec: purrify_gateway::domain::generation::JobSpec::Workflow { workflow: "cards".into(), params: json!({"n": n}) },
+                input: None,
+                provider: None,
+                model: None,
+                task_id: format!("wf-task-{n}"),
+                request_id: "r".into(),
+                title: None,
+                scene_id: None,
+                price: None,
+            };
+            generation.create(&principal, req).await.unwrap().task_id
         }
     };
     let one = make(1).await;
@@ -350,13 +425,20 @@ async fn workflow_callbacks_are_authentic_fresh_once_and_idempotent(backend: Bac
     assert_eq!((r.status, r.body["data"]["status"].as_str()), (StatusCode::OK, Some("failed")), "{}", r.body);
     let replay = post("/api/callback/task-failed", failed.clone(), now, "wf-secret").await;
     assert_eq!(replay.status, StatusCode::UNPROCESSABLE_ENTITY, "the same signed call twice is a replay: {}", replay.body);
-    let later = post("/api/callback/task-complete", json!({"taskId": one, "outputUrl": "http://127.0.0.1:9/x.png"}), now + 1, "wf-secret").await;
-    assert_eq!((later.status, later.body["data"]["status"].as_str()), (StatusCode::OK, Some("failed")), "an ended task stays as it is: {}", later.body);
+    let later =
+        post("/api/callback/task-complete", json!({"taskId": one, "outputUrl": "http://127.0.0.1:9/x.png"}), now + 1, "wf-secret").await;
+    assert_eq!(
+        (later.status, later.body["data"]["status"].as_str()),
+        (StatusCode::OK, Some("failed")),
+        "an ended task stays as it is: {}",
+        later.body
+    );
     let rec = api.stack.state.tasks.db().get_task(&one).await.unwrap().unwrap();
     assert_eq!(rec.error_message.as_deref(), Some("the workflow's model crashed"));
 
     let no_output = post("/api/callback/task-complete", json!({"taskId": two}), now, "wf-secret").await;
     assert_eq!(no_output.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", no_output.body);
-    let unreachable = post("/api/callback/task-complete", json!({"taskId": two, "outputUrl": "http://127.0.0.1:9/x.png"}), now + 2, "wf-secret").await;
+    let unreachable =
+        post("/api/callback/task-complete", json!({"taskId": two, "outputUrl": "http://127.0.0.1:9/x.png"}), now + 2, "wf-secret").await;
     assert_eq!((unreachable.status, unreachable.body["data"]["status"].as_str()), (StatusCode::OK, Some("failed")), "{}", unreachable.body);
 }

@@ -111,7 +111,12 @@ async fn generation_retries_falls_back_and_finishes_workflows_by_callback() {
     let (_, login) = gw.call("POST", "/api/auth/login", "", Some(json!({"email": ADMIN.0, "password": ADMIN.1}))).await;
     let admin = login["data"]["access_token"].as_str().unwrap_or_else(|| panic!("{login}")).to_owned();
     let (status, reg) = gw
-        .call("POST", "/api/v1/auth/register", "", Some(json!({"username": "alice", "email": "alice@example.com", "password": "correct horse 42"})))
+        .call(
+            "POST",
+            "/api/v1/auth/register",
+            "",
+            Some(json!({"username": "alice", "email": "alice@example.com", "password": "correct horse 42"})),
+        )
         .await;
     assert_eq!(status, 201, "{reg}");
     let alice = reg["data"]["token"].as_str().unwrap().to_owned();
@@ -123,12 +128,15 @@ async fn generation_retries_falls_back_and_finishes_workflows_by_callback() {
                "config": {"protocol": "openai", "models": ["dall-e-3"]}}),
     )
     .await;
-    let (status, v) = gw.call("PUT", "/api/v1/config/providers", &admin, Some(json!({"imageProvider": dalle, "imageModel": "dall-e-3"}))).await;
+    let (status, v) =
+        gw.call("PUT", "/api/v1/config/providers", &admin, Some(json!({"imageProvider": dalle, "imageModel": "dall-e-3"}))).await;
     assert_eq!(status, 200, "{v}");
 
     // 1. Two 503s, then an image: the policy retries and the task completes.
     openai.fail_next(2, Fault::status(503));
-    let (status, started) = gw.call("POST", "/api/v1/generate/text-to-image", &alice, Some(json!({"prompt": "a cat in a teacup", "width": 512, "height": 512}))).await;
+    let (status, started) = gw
+        .call("POST", "/api/v1/generate/text-to-image", &alice, Some(json!({"prompt": "a cat in a teacup", "width": 512, "height": 512})))
+        .await;
     assert_eq!(status, 200, "{started}");
     assert_eq!((started["data"]["status"].as_str(), started["data"]["estimatedTime"].as_u64()), (Some("processing"), Some(30)));
     let first = started["data"]["taskId"].as_str().unwrap().to_owned();
@@ -153,7 +161,8 @@ async fn generation_retries_falls_back_and_finishes_workflows_by_callback() {
     gw.call("PUT", "/api/v1/config/providers", &admin, Some(json!({"imageProvider": sd}))).await;
     stability.set_down(true);
     let before = openai.requests_to("/images/generations").len();
-    let (_, started) = gw.call("POST", "/api/v1/generate/text-to-image", &alice, Some(json!({"prompt": "a fox", "width": 512, "height": 512}))).await;
+    let (_, started) =
+        gw.call("POST", "/api/v1/generate/text-to-image", &alice, Some(json!({"prompt": "a fox", "width": 512, "height": 512}))).await;
     let second = started["data"]["taskId"].as_str().unwrap_or_else(|| panic!("{started}")).to_owned();
     let done = gw.finished(&alice, &second).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -172,11 +181,22 @@ async fn generation_retries_falls_back_and_finishes_workflows_by_callback() {
     let (status, scene) = gw.call("POST", "/api/scenes", &admin, Some(json!({"name": "Postcard workflow", "task_type": "workflow"}))).await;
     assert_eq!(status, 201, "{scene}");
     let scene_id = scene["data"]["id"].as_str().unwrap().to_owned();
-    let (status, login) = gw.call("POST", "/api/auth/login", "", Some(json!({"email": "alice@example.com", "password": "correct horse 42"}))).await;
+    let (status, login) =
+        gw.call("POST", "/api/auth/login", "", Some(json!({"email": "alice@example.com", "password": "correct horse 42"}))).await;
     assert_eq!(status, 200, "{login}");
     let alice001 = login["data"]["access_token"].as_str().unwrap().to_owned();
     let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(png(40, 30, 10)).file_name("in.png"));
-    let up: Value = gw.http.post(format!("{}/api/upload/single", gw.base)).bearer_auth(&alice001).multipart(form).send().await.unwrap().json().await.unwrap();
+    let up: Value = gw
+        .http
+        .post(format!("{}/api/upload/single", gw.base))
+        .bearer_auth(&alice001)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let file_id = up["data"]["id"].as_str().or_else(|| up["data"]["file_id"].as_str()).unwrap_or_else(|| panic!("{up}")).to_owned();
     let (status, task) = gw.call("POST", "/api/tasks/create", &alice001, Some(json!({"file_id": file_id, "scene_id": scene_id}))).await;
     assert_eq!(status, 201, "{task}");

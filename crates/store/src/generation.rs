@@ -72,7 +72,14 @@ impl Db {
     /// Moves a processing task whose row was not touched since `stale_before` from attempt
     /// `old_job` to `new_job` on `worker` (its runner died); `false` when it moved or was
     /// touched meanwhile.
-    pub async fn take_over_provider_task(&self, id: &str, old_job: &str, new_job: &str, worker: &str, stale_before: i64) -> Result<bool, StoreError> {
+    pub async fn take_over_provider_task(
+        &self,
+        id: &str,
+        old_job: &str,
+        new_job: &str,
+        worker: &str,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE tasks SET job_id = $3, worker = $4, updated_at = $6 \
              WHERE id = $1 AND runner = 'provider' AND status = 'processing' AND job_id = $2 AND updated_at < $5",

@@ -332,9 +332,13 @@ impl Db {
     /// The engine's tasks being processed (to re-attach to after a restart), oldest attempt
     /// first.
     pub async fn processing_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", task_columns!(), " FROM tasks WHERE status = 'processing' AND runner = 'engine' ORDER BY started_at, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE status = 'processing' AND runner = 'engine' ORDER BY started_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(task_from_row).collect()
     }
 

@@ -7,9 +7,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::domain::generation::GenerationService;
 use crate::domain::generation::outputs::CopyRules;
 use crate::domain::generation::runner::{self, RunnerSettings};
-use crate::domain::generation::GenerationService;
 use crate::domain::providers::{PolicySettings, ProviderService, ProviderSettings};
 use crate::domain::quotas::QuotaService;
 use crate::domain::tasks::TaskService;

@@ -74,7 +74,11 @@ async fn download(http: &reqwest::Client, url: &str, max_bytes: u64, timeout: Du
         return Err(OutputError::Bad("the provider's result URL points at an address that is refused".into()));
     }
     let fetch = async {
-        let resp = http.get(parsed).send().await.map_err(|e| OutputError::Bad(format!("cannot download the provider's result: {}", e.without_url())))?;
+        let resp = http
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| OutputError::Bad(format!("cannot download the provider's result: {}", e.without_url())))?;
         if !resp.status().is_success() {
             return Err(OutputError::Bad(format!("downloading the provider's result answered {}", resp.status().as_u16())));
         }

@@ -59,7 +59,8 @@ fn unauthorized() -> DomainError {
 impl GenerationService {
     /// Applies a workflow's callback; returns the task's status afterwards.
     pub async fn workflow_callback(&self, outcome: Outcome, signed: Signed<'_>, body: &[u8]) -> DomainResult<TaskStatus> {
-        let cb: CallbackBody = serde_json::from_slice(body).map_err(|e| DomainError::invalid("body", format!("expected {{taskId, outputUrl | error}}: {e}")))?;
+        let cb: CallbackBody = serde_json::from_slice(body)
+            .map_err(|e| DomainError::invalid("body", format!("expected {{taskId, outputUrl | error}}: {e}")))?;
         let db = self.tasks.db();
         let rec = match db.task_record(&cb.task_id).await? {
             Some(r) => r,

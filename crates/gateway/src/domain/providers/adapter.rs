@@ -191,7 +191,9 @@ pub enum Submitted {
 #[derive(Debug, Clone)]
 pub enum Remote {
     /// Still working; `progress` in 0..=1 when the provider reports it.
-    Running { progress: Option<f64> },
+    Running {
+        progress: Option<f64>,
+    },
     Finished(Vec<Output>),
     /// The provider gave up; the message is client-safe.
     Failed(String),

@@ -132,7 +132,14 @@ pub fn builtins() -> Vec<ProviderRow> {
     vec![
         // Its models are the engine's quality levels (fast: seconds per photo on a CPU).
         row(BUILTIN_ID, Kind::Image, "Purrify (built-in restoration and upscaling)", Protocol::Purrify, "", &["fast", "medium", "high"]),
-        row("stability", Kind::Image, "Stability AI", Protocol::Stability, "https://api.stability.ai", &["stable-image-core", "sd3.5-large"]),
+        row(
+            "stability",
+            Kind::Image,
+            "Stability AI",
+            Protocol::Stability,
+            "https://api.stability.ai",
+            &["stable-image-core", "sd3.5-large"],
+        ),
         row("dalle", Kind::Image, "DALL-E", Protocol::Openai, "https://api.openai.com/v1", &["dall-e-3", "gpt-image-1"]),
         row("sora", Kind::Video, "SORA (OpenAI)", Protocol::Openai, "https://api.openai.com/v1", &["sora-2"]),
         row("runway", Kind::Video, "Runway ML", Protocol::Runway, "https://api.dev.runwayml.com", &["gen4.5", "gen4_turbo", "veo3.1"]),

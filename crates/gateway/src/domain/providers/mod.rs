@@ -3,9 +3,9 @@
 
 pub mod adapter;
 pub mod adapters;
+pub mod catalog;
 pub mod keys;
 pub mod policy;
-pub mod catalog;
 pub mod service;
 
 pub use adapter::{ChatMessage, Protocol, ProviderError};

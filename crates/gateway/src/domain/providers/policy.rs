@@ -73,8 +73,12 @@ impl CallError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { faults: u32 },
-    Open { until: Instant },
+    Closed {
+        faults: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is out; others are refused until it reports.
     HalfOpen,
 }
@@ -190,7 +194,9 @@ impl Policy {
             let budget = deadline.saturating_duration_since(now).min(self.settings.call_timeout);
             let outcome = match tokio::time::timeout(budget, call()).await {
                 Ok(r) => r,
-                Err(_) => Err(ProviderError::Transient { status: None, retry_after: None, message: "the provider did not answer in time".into() }),
+                Err(_) => {
+                    Err(ProviderError::Transient { status: None, retry_after: None, message: "the provider did not answer in time".into() })
+                }
             };
             let error = match outcome {
                 Ok(v) => {
@@ -263,7 +269,11 @@ mod tests {
 
     #[test]
     fn backoff_is_the_providers_retry_after_or_doubling_with_jitter_capped() {
-        let p = Policy::new(PolicySettings { retry_base: Duration::from_millis(100), retry_max: Duration::from_secs(5), ..PolicySettings::default() });
+        let p = Policy::new(PolicySettings {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            ..PolicySettings::default()
+        });
         assert_eq!(p.backoff(1, Some(Duration::from_secs(2))), Duration::from_secs(2));
         assert_eq!(p.backoff(1, Some(Duration::from_secs(60))), Duration::from_secs(5), "capped");
         for (retry, nominal) in [(1, 100), (2, 200), (3, 400)] {

@@ -129,12 +129,9 @@ impl ProviderService {
         for row in catalog::builtins() {
             db.ensure_provider(&row).await?;
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let adapters =
-            Protocol::ALL.into_iter().filter_map(|p| super::adapters::for_protocol(p, http.clone()).map(|a| (p, a))).collect();
+        let http =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none()).build()?;
+        let adapters = Protocol::ALL.into_iter().filter_map(|p| super::adapters::for_protocol(p, http.clone()).map(|a| (p, a))).collect();
         Ok(Self { inner: Arc::new(Inner { policy: Policy::new(settings.policy), db, keys, adapters, settings }) })
     }
 
@@ -210,10 +207,9 @@ impl ProviderService {
     fn seal(&self, id: &str, key: &ApiKey) -> DomainResult<String> {
         match &self.inner.keys {
             Some(kb) => Ok(kb.seal(id, key)),
-            None => Err(DomainError::invalid(
-                "apiKey",
-                "API keys cannot be stored: the server has no PURRIFY_PROVIDER_KEY to seal them with",
-            )),
+            None => {
+                Err(DomainError::invalid("apiKey", "API keys cannot be stored: the server has no PURRIFY_PROVIDER_KEY to seal them with"))
+            }
         }
     }
 
@@ -414,7 +410,8 @@ impl ProviderService {
 
     /// A pending job's state at `provider`, through the policy.
     pub async fn poll(&self, provider: &Provider, model: &str, remote_id: &str, deadline: Instant) -> Result<Remote, CallError> {
-        let adapter = self.adapter(provider).ok_or_else(|| CallError::Failed(super::adapter::ProviderError::Unsupported("no adapter".into())))?;
+        let adapter =
+            self.adapter(provider).ok_or_else(|| CallError::Failed(super::adapter::ProviderError::Unsupported("no adapter".into())))?;
         let ep = self
             .endpoint(provider, model)
             .map_err(|e| CallError::Failed(super::adapter::ProviderError::Auth { status: 0, message: e.to_string() }))?;
@@ -431,9 +428,10 @@ impl ProviderService {
     pub async fn cancel(&self, provider: &Provider, model: &str, remote_id: &str) {
         let Some(adapter) = self.adapter(provider) else { return };
         let Ok(ep) = self.endpoint(provider, model) else { return };
-        if let Err(e) = tokio::time::timeout(self.inner.policy.settings().call_timeout, adapter.cancel(&ep, remote_id)).await.unwrap_or(Err(
-            super::adapter::ProviderError::Transient { status: None, retry_after: None, message: "timed out".into() },
-        )) {
+        if let Err(e) = tokio::time::timeout(self.inner.policy.settings().call_timeout, adapter.cancel(&ep, remote_id))
+            .await
+            .unwrap_or(Err(super::adapter::ProviderError::Transient { status: None, retry_after: None, message: "timed out".into() }))
+        {
             tracing::warn!(provider = %provider.id, error = %e, "cannot cancel the provider's job");
         }
     }

@@ -26,8 +26,7 @@ use crate::domain::{DomainError, DomainResult};
 /// Every task kind (DESIGN section 13): `enhance` on the engine; the generation kinds, run
 /// by providers (or, for image-to-image on the built-in provider, the engine); `workflow`,
 /// seed 001's scene tasks handed to a webhook; `postcard`, seed 004's.
-pub const TASK_KINDS: &[&str] =
-    &["enhance", "text_to_image", "image_to_image", "text_to_video", "image_to_video", "workflow", "postcard"];
+pub const TASK_KINDS: &[&str] = &["enhance", "text_to_image", "image_to_image", "text_to_video", "image_to_video", "workflow", "postcard"];
 
 /// The kinds the task surfaces (seeds 001/002 create, scenes) make; the generation kinds
 /// and postcards have their own endpoints.
@@ -51,9 +50,11 @@ const WAIT_SAMPLE: u32 = 100;
 
 /// A kind a task or scene may be created with, or a validation error listing them.
 pub fn task_kind(kind: &str) -> DomainResult<&'static str> {
-    CREATABLE_KINDS.iter().find(|k| **k == kind).copied().ok_or_else(|| {
-        DomainError::invalid("task_type", format!("unknown task type {kind:?}; served: {}", CREATABLE_KINDS.join(", ")))
-    })
+    CREATABLE_KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .ok_or_else(|| DomainError::invalid("task_type", format!("unknown task type {kind:?}; served: {}", CREATABLE_KINDS.join(", "))))
 }
 
 /// Any task kind (list filters).
@@ -395,14 +396,9 @@ impl TaskService {
         };
         let now = self.inner.db.get_task(&task.id).await?.ok_or_else(|| not_found(&task.id))?;
         self.inner.hub.publish(super::TaskView::from_task(&now));
-        if done {
-            Ok(Cancelled::Done)
-        } else {
-            Ok(Cancelled::AlreadyFinished(now.status))
-        }
+        if done { Ok(Cancelled::Done) } else { Ok(Cancelled::AlreadyFinished(now.status)) }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -33,8 +33,8 @@ pub use hub::{HubConfig, ProgressHub, TaskView};
 pub use kubernetes::KubeBackend;
 pub use manage::{Cancelled, QueueStats, TASK_KINDS, TaskDetail, TaskOptions};
 pub use model::{MAX_TASK_ID_LEN, NewUpload, PublicStatus, Routing, TaskFailure, TaskSnapshot, WorkerLine, valid_task_id};
-pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use provider_queue::ProviderQueue;
+pub use purrify_store::{Scene, TaskFilter, TaskMeta, TaskRecord, TaskSort};
 pub use servers::{ServerLine, ServersOverview};
 pub use standalone::{CancelOutcome, DispatchConfig, DispatchMetrics, DispatchStats, Dispatcher};
 

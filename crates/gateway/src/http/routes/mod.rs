@@ -24,8 +24,8 @@ pub mod tasks;
 pub mod uploads;
 pub mod users;
 pub mod webhook;
-pub mod workflow_callbacks;
 pub mod wechat_pay;
+pub mod workflow_callbacks;
 pub mod works;
 
 use utoipa::OpenApi;

@@ -128,9 +128,13 @@ pub async fn actuator_health(State(state): State<AppState>) -> (StatusCode, Json
         Component { status: up(healthy_workers > 0), details: serde_json::json!({"healthy": healthy_workers, "total": workers.len()}) },
     );
     if let Ok(providers) = state.providers.list().await {
-        let open: Vec<&str> = providers.iter().filter(|(_, c)| *c != crate::domain::providers::BreakerState::Closed).map(|(p, _)| p.id.as_str()).collect();
+        let open: Vec<&str> =
+            providers.iter().filter(|(_, c)| *c != crate::domain::providers::BreakerState::Closed).map(|(p, _)| p.id.as_str()).collect();
         let usable = providers.iter().filter(|(p, _)| p.usable()).count();
-        components.insert("providers", Component { status: up(open.is_empty()), details: serde_json::json!({"usable": usable, "circuitsOpen": open}) });
+        components.insert(
+            "providers",
+            Component { status: up(open.is_empty()), details: serde_json::json!({"usable": usable, "circuitsOpen": open}) },
+        );
     }
     let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(ActuatorHealth { status: up(db_ok), components }))

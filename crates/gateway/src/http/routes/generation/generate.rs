@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Request, State};
-use axum::extract::Multipart;
-use axum::response::Response;
 use axum::Extension;
+use axum::extract::Multipart;
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
 use purrify_api::TaskStatus;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -225,7 +225,12 @@ async fn receive_form(state: &AppState, user: &Principal, req: Request, task_id:
 }
 
 /// Creates the task of a form, deleting the stored picture when it is refused.
-async fn create_from_form(state: &AppState, user: &Principal, form: &Form, req: Result<GenerateRequest, ApiError>) -> ApiResult<V1<Started>> {
+async fn create_from_form(
+    state: &AppState,
+    user: &Principal,
+    form: &Form,
+    req: Result<GenerateRequest, ApiError>,
+) -> ApiResult<V1<Started>> {
     let created = match req {
         Ok(req) => state.generation.create(user, req).await.map_err(ApiError::from),
         Err(e) => Err(e),
@@ -372,7 +377,11 @@ pub struct VideoTask {
 }
 
 /// A generation task of the caller, with its stored files and request.
-async fn generation_task(state: &AppState, user: &Principal, id: &str) -> ApiResult<(TaskDetail, Vec<StoredFile>, Option<JobSpec>, Option<String>)> {
+async fn generation_task(
+    state: &AppState,
+    user: &Principal,
+    id: &str,
+) -> ApiResult<(TaskDetail, Vec<StoredFile>, Option<JobSpec>, Option<String>)> {
     let d = state.tasks.detail(id, user).await?;
     let Some(g) = d.record.meta.generation.as_ref() else {
         return Err(ApiError::not_found(format!("no generation task {id}")));
@@ -380,7 +389,13 @@ async fn generation_task(state: &AppState, user: &Principal, id: &str) -> ApiRes
     let files: Vec<StoredFile> = g.outputs.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or_else(|| {
         // Image-to-image on the built-in provider ends like any engine task: one file.
         d.record.task.result.as_ref().map_or_else(Vec::new, |r| {
-            vec![StoredFile { uri: r.output_uri.clone(), content_type: r.content_type.clone(), width: r.width, height: r.height, bytes: r.bytes }]
+            vec![StoredFile {
+                uri: r.output_uri.clone(),
+                content_type: r.content_type.clone(),
+                width: r.width,
+                height: r.height,
+                bytes: r.bytes,
+            }]
         })
     });
     let spec = serde_json::from_str(&g.job).ok();
@@ -404,7 +419,12 @@ pub async fn image_task(State(state): State<AppState>, CurrentUser(user): Curren
         images: files
             .iter()
             .enumerate()
-            .map(|(i, f)| ResultImage { url: file_url(&id, i), thumbnail: if i == 0 { thumbnail.clone() } else { None }, width: f.width, height: f.height })
+            .map(|(i, f)| ResultImage {
+                url: file_url(&id, i),
+                thumbnail: if i == 0 { thumbnail.clone() } else { None },
+                width: f.width,
+                height: f.height,
+            })
             .collect(),
     });
     Ok(V1::ok(ImageTask {
@@ -425,9 +445,10 @@ pub async fn video_task(State(state): State<AppState>, CurrentUser(user): Curren
         Some(JobSpec::TextToVideo(v) | JobSpec::ImageToVideo(v)) => (v.duration, v.resolution),
         _ => (0, String::new()),
     };
-    let result = files.first().filter(|_| done).map(|f| VideoResult {
-        video: ResultVideo { url: file_url(&id, 0), thumbnail, duration, resolution, file_size: f.bytes },
-    });
+    let result = files
+        .first()
+        .filter(|_| done)
+        .map(|f| VideoResult { video: ResultVideo { url: file_url(&id, 0), thumbnail, duration, resolution, file_size: f.bytes } });
     Ok(V1::ok(VideoTask {
         task_id: id,
         status: word(d.status),
@@ -440,10 +461,18 @@ pub async fn video_task(State(state): State<AppState>, CurrentUser(user): Curren
 #[utoipa::path(get, path = "/api/v1/generate/task/{taskId}/files/{n}", tag = "generation", security(("bearer" = [])),
     params(("taskId" = String, Path), ("n" = usize, Path, description = "0 for the first file")),
     responses((status = 200, description = "The file"), (status = 401, body = V1Error), (status = 404, body = V1Error)))]
-pub async fn task_file(State(state): State<AppState>, CurrentUser(user): CurrentUser, Path((id, n)): Path<(String, usize)>) -> ApiResult<Response> {
+pub async fn task_file(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path((id, n)): Path<(String, usize)>,
+) -> ApiResult<Response> {
     let (d, files, ..) = generation_task(&state, &user, &id).await?;
-    let f = files.get(n).filter(|_| d.status == TaskStatus::Completed).ok_or_else(|| ApiError::not_found(format!("task {id} has no file {n}")))?;
-    let (size, stream) = state.storage.get_stream(&f.uri).await.map_err(|e| ApiError::unavailable(format!("the file cannot be read now: {e}")))?;
+    let f = files
+        .get(n)
+        .filter(|_| d.status == TaskStatus::Completed)
+        .ok_or_else(|| ApiError::not_found(format!("task {id} has no file {n}")))?;
+    let (size, stream) =
+        state.storage.get_stream(&f.uri).await.map_err(|e| ApiError::unavailable(format!("the file cannot be read now: {e}")))?;
     let ext = f.uri.rsplit('.').next().filter(|e| e.len() <= 4).unwrap_or("bin");
     let head = FileHead {
         content_type: &f.content_type,

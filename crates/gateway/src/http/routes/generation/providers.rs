@@ -17,11 +17,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(list, select))
-        .routes(routes!(current))
-        .routes(routes!(add_custom))
-        .routes(routes!(update))
+    OpenApiRouter::new().routes(routes!(list, select)).routes(routes!(current)).routes(routes!(add_custom)).routes(routes!(update))
 }
 
 /// One provider (seed 003's fields, plus what an admin needs to see).
@@ -125,7 +121,11 @@ pub async fn current(State(state): State<AppState>, AdminUser(_admin): AdminUser
 #[utoipa::path(put, path = "/api/v1/config/providers", tag = "generation", security(("bearer" = [])), request_body = CurrentConfig,
     responses((status = 200, body = V1<CurrentConfig>), (status = 400, description = "An unknown provider or model, or one of another kind", body = V1Error),
               (status = 401, body = V1Error), (status = 403, body = V1Error)))]
-pub async fn select(State(state): State<AppState>, AdminUser(_admin): AdminUser, ApiJson(body): ApiJson<CurrentConfig>) -> ApiResult<V1<CurrentConfig>> {
+pub async fn select(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    ApiJson(body): ApiJson<CurrentConfig>,
+) -> ApiResult<V1<CurrentConfig>> {
     let mut choices = Vec::new();
     for (kind, provider, model) in [
         (Kind::Image, body.image_provider, body.image_model),
@@ -178,7 +178,11 @@ fn string_list(v: &serde_json::Value, field: &str) -> ApiResult<Vec<String>> {
 #[utoipa::path(post, path = "/api/v1/config/providers/custom", tag = "generation", security(("bearer" = [])), request_body = NewCustom,
     responses((status = 201, body = V1<V1Provider>), (status = 400, body = V1Error), (status = 401, body = V1Error),
               (status = 403, body = V1Error), (status = 409, description = "A provider with that id exists", body = V1Error)))]
-pub async fn add_custom(State(state): State<AppState>, AdminUser(_admin): AdminUser, ApiJson(body): ApiJson<NewCustom>) -> ApiResult<V1<V1Provider>> {
+pub async fn add_custom(
+    State(state): State<AppState>,
+    AdminUser(_admin): AdminUser,
+    ApiJson(body): ApiJson<NewCustom>,
+) -> ApiResult<V1<V1Provider>> {
     let kind = parse_kind(&body.kind)?;
     let mut options = body.config;
     let default_protocol = if kind == Kind::Workflow { "webhook" } else { "openai" };
@@ -187,7 +191,8 @@ pub async fn add_custom(State(state): State<AppState>, AdminUser(_admin): AdminU
         Some(serde_json::Value::String(s)) => s,
         Some(_) => return Err(ApiError::field("config.protocol", "must be a string")),
     };
-    let protocol = Protocol::parse(&protocol).ok_or_else(|| ApiError::field("config.protocol", "must be openai, stability, runway or webhook"))?;
+    let protocol =
+        Protocol::parse(&protocol).ok_or_else(|| ApiError::field("config.protocol", "must be openai, stability, runway or webhook"))?;
     let models = match options.remove("models") {
         Some(v) => string_list(&v, "config.models")?,
         None => match options.remove("model") {
