@@ -63,7 +63,7 @@ pub fn listed_kind(kind: &str) -> DomainResult<&'static str> {
         .iter()
         .find(|k| **k == kind)
         .copied()
-        .ok_or_else(|| DomainError::invalid("task_type", format!("unknown task type {kind:?}; kinds: {}", TASK_KINDS.join(", "))))
+        .ok_or_else(|| DomainError::invalid("task_type", format!("unknown task type {kind:?}; served: {}", TASK_KINDS.join(", "))))
 }
 
 /// A status word of seeds 001/002 (`pending`, `running`) or the core's (`queued`, `processing`).
