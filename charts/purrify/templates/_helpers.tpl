@@ -161,6 +161,18 @@ http://{{ include "purrify.operator.fullname" . }}.{{ .Release.Namespace }}.svc:
 {{- end -}}
 {{- end -}}
 
+{{/*
+PURRIFY_PUBLIC_URL: gateway.config.publicUrl, or the Ingress's host (https:// with the chart's TLS,
+http:// without); empty when neither, and the variable is then left out.
+*/}}
+{{- define "purrify.publicUrl" -}}
+{{- if .Values.gateway.config.publicUrl -}}
+{{- .Values.gateway.config.publicUrl -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.host -}}
+{{- printf "%s://%s" (ternary "https" "http" .Values.ingress.tls.enabled) .Values.ingress.host -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the WeChat Pay certificates Secret is mounted (WECHAT_CERT_DIR). */}}
 {{- define "purrify.wechatPayCertDir" -}}/etc/purrify/wechatpay{{- end -}}
 

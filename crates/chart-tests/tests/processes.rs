@@ -3,11 +3,11 @@
 //! exactly the args and env the chart gives their containers, against `purrify-kubesim`
 //! (KUBECONFIG) and a PostgreSQL database of their own, and their readiness probes' paths
 //! answer 200. Then what the values said shows in what they do (lease, limits, secrets, the
-//! first admin, the JWT signing key, WeChat login against a fake, anonymous uploads,
-//! the default pool's workers). The `helm test` pod's script runs against the live gateway.
-//! And the release installs into kubesim with the real `kubectl apply` (client-side
-//! validation against the server's OpenAPI, and server-side apply), after which the
-//! operator reconciles the default pool.
+//! first admin, the JWT signing key, WeChat login against a fake, anonymous uploads, a
+//! provider's API key sealed with the provider-key Secret, the default pool's workers).
+//! The `helm test` pod's script runs against the live gateway. And the release installs
+//! into kubesim with the real `kubectl apply` (client-side validation against the server's
+//! OpenAPI, and server-side apply), after which the operator reconciles the default pool.
 //!
 //! How a container becomes a process here: the image's entrypoint is the binary (the
 //! workspace's build of it), `args` as rendered, an environment of exactly the rendered
@@ -42,6 +42,11 @@ const JWT_KEYS_PREVIOUS: &str = "chart-k0:00112233445566778899aabbccddeeff-chart
 /// The WeChat app of the tests, which the fake jscode2session knows.
 const WECHAT_APPID: &str = "wx0123456789abcdef";
 const WECHAT_SECRET: &str = "wechat-app-secret-for-tests";
+/// Keys that seal providers' API keys (32 bytes), in the two forms the gateway reads.
+const PROVIDER_KEY_HEX: &str = "8f2a4c6e0b1d3f5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a";
+const PROVIDER_KEY_BASE64: &str = "cHVycmlmeS1jaGFydC10ZXN0cy1wcm92aWRlci1rZXk=";
+/// The API key an admin gives a provider in the Secret cases; never answered back.
+const PROVIDER_API_KEY: &str = "sk-chart-tests-provider-api-key";
 /// The first admin of the Secret cases.
 const ADMIN_EMAIL: &str = "first-admin@example.com";
 const ADMIN_PASSWORD: &str = "Chart-admin-pass-42";
@@ -53,6 +58,8 @@ fn secret_value(name: &str, key: &str, database_url: &str) -> String {
         ("purrify-webhook", _) => "webhook-secret-for-tests".into(),
         ("purrify-admin", _) => "admin-token-for-tests".into(),
         ("purrify-callbacks", "hmac") => "callback-signing-key-for-tests".into(),
+        ("purrify-providers", "sealing-key") => PROVIDER_KEY_HEX.into(),
+        ("purrify-provider-key", "PURRIFY_PROVIDER_KEY") => PROVIDER_KEY_BASE64.into(),
         ("purrify-s3", "AWS_ACCESS_KEY_ID") => "minio-test".into(),
         ("purrify-s3", "AWS_SECRET_ACCESS_KEY") => "minio-test-secret".into(),
         ("purrify-jwt", "PURRIFY_JWT_KEY") => JWT_KEY.into(),
@@ -469,6 +476,26 @@ async fn run_case(case: &Case) {
         assert_eq!(status, 401, "{}: no admin without the bootstrap Secret: {body}", case.name);
         None
     };
+    // A provider's API key is sealed with the key from the provider-key Secret, which the
+    // gateway took at start (hex in everything-on, base64 in external-database), and is never
+    // answered back. (Without that Secret no key can be stored: the gateway's own tests.)
+    if let (Some(token), true) = (&token, gw.env.contains_key("PURRIFY_PROVIDER_KEY")) {
+        let put = r
+            .http
+            .put(url("/api/v1/config/providers/stability"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"apiKey": PROVIDER_API_KEY}))
+            .send()
+            .await
+            .unwrap();
+        let status = put.status();
+        let body: Value = put.json().await.unwrap();
+        assert_eq!(status, 200, "{}: a provider's API key: {body}\n{}", case.name, logs(&r));
+        assert_eq!(body["data"]["hasKey"], true, "{}: {body}", case.name);
+        assert!(!body.to_string().contains(PROVIDER_API_KEY), "{}: the API key is answered back: {body}", case.name);
+        let list = r.http.get(url("/api/v1/config/providers")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+        assert!(list.contains("\"hasKey\":true") && !list.contains(PROVIDER_API_KEY), "{}: {list}", case.name);
+    }
     // Anonymous uploads as rendered (off by default): refused before anything is read.
     let anonymous = r.http.post(url("/api/v1/enhance")).send().await.unwrap().status();
     match gw.env["PURRIFY_ALLOW_ANONYMOUS_UPLOADS"].as_str() {

@@ -6,6 +6,7 @@
 mod support;
 
 mod objects;
+mod providers;
 mod render;
 mod schema;
 mod sources;

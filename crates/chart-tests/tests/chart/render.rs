@@ -273,7 +273,7 @@ fn selectors_and_references_resolve() {
     });
 }
 
-fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a k8s_openapi::api::core::v1::EnvVar> {
+pub(crate) fn env_of<'a>(c: &'a Container, name: &str) -> Option<&'a k8s_openapi::api::core::v1::EnvVar> {
     c.env.iter().flatten().find(|e| e.name == name)
 }
 
@@ -281,17 +281,17 @@ fn field_ref(c: &Container, name: &str) -> Option<String> {
     env_of(c, name)?.value_from.as_ref()?.field_ref.as_ref().map(|f| f.field_path.clone())
 }
 
-fn value(c: &Container, name: &str) -> Option<String> {
+pub(crate) fn value(c: &Container, name: &str) -> Option<String> {
     env_of(c, name)?.value.clone()
 }
 
 /// The Secret and key a variable comes from.
-fn secret_ref(c: &Container, name: &str) -> Option<(String, String)> {
+pub(crate) fn secret_ref(c: &Container, name: &str) -> Option<(String, String)> {
     let r = env_of(c, name)?.value_from.as_ref()?.secret_key_ref.as_ref()?;
     Some((r.name.clone(), r.key.clone()))
 }
 
-fn pair(name: &str, key: &str) -> Option<(String, String)> {
+pub(crate) fn pair(name: &str, key: &str) -> Option<(String, String)> {
     Some((name.to_owned(), key.to_owned()))
 }
 

@@ -174,6 +174,7 @@ gateway:
     webhookSecret: {name: purrify-webhook, key: WEBHOOK_SECRET}
     adminToken: {name: purrify-admin, key: token}
     callbackSecret: {name: purrify-callbacks, key: hmac}
+    providerKey: {name: purrify-providers, key: sealing-key}
     # The signing key and the one it replaced, in one Secret.
     jwtKey: {name: purrify-signing, key: current}
     jwtPreviousKeys: {name: purrify-signing, key: previous}
@@ -223,6 +224,15 @@ gateway:
     callbackMaxAttempts: 5
     callbackRetryBaseMs: 2000
     callbackTimeoutSeconds: 15
+    # publicUrl stays empty: it comes from ingress.host (and none in the no-ingress case).
+    providerAttempts: 4
+    providerRetryBaseMs: 250
+    providerTimeoutSeconds: 600
+    providerBreakerFailures: 8
+    providerBreakerCooldownSeconds: 45
+    providerPollMs: 1500
+    providerConcurrency: 64
+    providerMaxResultBytes: 524288000
   autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 6, targetCPUUtilizationPercentage: 60}
   podDisruptionBudget: {enabled: true, maxUnavailable: 1}
   podAnnotations: {example.com/team: photos}
@@ -290,6 +300,7 @@ const EVERYTHING_SECRETS: &[(&str, &[&str])] = &[
     ("purrify-webhook", &["WEBHOOK_SECRET"]),
     ("purrify-admin", &["token"]),
     ("purrify-callbacks", &["hmac"]),
+    ("purrify-providers", &["sealing-key"]),
     ("purrify-s3", &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
     ("purrify-signing", &["current", "previous"]),
     ("purrify-wechat", &["appid", "secret"]),
@@ -303,8 +314,8 @@ const EVERYTHING_SECRETS: &[(&str, &[&str])] = &[
 /// The Secrets of the defaults: the database URL and the JWT signing key, both required.
 pub const DEFAULT_SECRETS: &[(&str, &[&str])] = &[("purrify-database", &["DATABASE_URL"]), ("purrify-jwt", &["PURRIFY_JWT_KEY"])];
 
-/// An external database, and the optional account Secrets under their default keys (the
-/// previous signing keys next to the current one in the JWT Secret).
+/// An external database, and the optional account Secrets and the provider key under their
+/// default keys (the previous signing keys next to the current one in the JWT Secret).
 const EXTERNAL_DATABASE: &str = r#"
 gateway:
   secrets:
@@ -312,6 +323,7 @@ gateway:
     jwtPreviousKeys: {name: purrify-jwt}
     wechat: {name: purrify-wechat}
     bootstrapAdmin: {name: purrify-bootstrap-admin}
+    providerKey: {name: purrify-provider-key}
 "#;
 
 /// The values matrix: defaults, everything on, an external database, GPU pools, no ingress.
@@ -328,6 +340,7 @@ pub fn matrix() -> Vec<Case> {
                 ("purrify-jwt", &["PURRIFY_JWT_KEY", "PURRIFY_JWT_PREVIOUS_KEYS"]),
                 ("purrify-wechat", &["WECHAT_APPID", "WECHAT_SECRET"]),
                 ("purrify-bootstrap-admin", &["PURRIFY_BOOTSTRAP_ADMIN_EMAIL", "PURRIFY_BOOTSTRAP_ADMIN_PASSWORD"]),
+                ("purrify-provider-key", &["PURRIFY_PROVIDER_KEY"]),
             ],
         },
         Case {
