@@ -23,10 +23,6 @@ const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "WS"];
 const PENDING: &[(&str, &str)] = &[
     // Issue 13: generation through providers, the square, the assistant, provider settings,
     // postcards, and the task callbacks of webhook-driven processing.
-    ("POST", "/api/v1/postcards/create"),
-    ("GET", "/api/v1/postcards/status/{taskId}"),
-    ("GET", "/api/v1/postcards/{postcardId}"),
-    ("GET", "/api/v1/postcards/me"),
 ];
 
 /// `(method, path)` pairs a seed document names. Seed 003 writes its paths relative to its

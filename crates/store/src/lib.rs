@@ -24,6 +24,7 @@ pub mod ledger;
 mod migrate;
 pub mod orders;
 pub mod page;
+pub mod postcards;
 pub mod providers;
 pub mod quotas;
 pub mod recharge_codes;

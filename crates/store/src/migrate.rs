@@ -23,6 +23,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("20261202100000_providers.sql", include_str!("../../../migrations/20261202100000_providers.sql")),
     ("20261202110000_square.sql", include_str!("../../../migrations/20261202110000_square.sql")),
     ("20261202120000_assistant.sql", include_str!("../../../migrations/20261202120000_assistant.sql")),
+    ("20261202130000_postcards.sql", include_str!("../../../migrations/20261202130000_postcards.sql")),
 ];
 
 /// The migrator for `/migrations`.

@@ -159,6 +159,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         None => None,
     };
 
+    let postcards = crate::domain::postcards::PostcardService::new(tasks.clone(), uploads.clone(), generation.clone());
     let state = AppState {
         draining: CancellationToken::new(),
         storage,
@@ -175,6 +176,7 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
         logs,
         audit,
         uploads,
+        postcards,
         live,
         works,
         square,

@@ -63,6 +63,8 @@ pub struct AppState {
     pub live: LiveHub,
     /// Uploaded files (seeds 001 and 003): storage, quota, ownership.
     pub uploads: UploadService,
+    /// Seed 004's AI postcards: creation (a provider task), status, detail, lists, pictures.
+    pub postcards: crate::domain::postcards::PostcardService,
     /// System logs, task timelines and retention (seed 002's /api/logs).
     pub logs: LogService,
     /// Records what users did (logins, admin actions, payments, deletions, every write).

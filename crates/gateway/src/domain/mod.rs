@@ -15,6 +15,7 @@ pub mod live;
 pub mod logs;
 pub mod monitoring;
 pub mod payments;
+pub mod postcards;
 pub mod providers;
 pub mod quotas;
 pub mod recharge;

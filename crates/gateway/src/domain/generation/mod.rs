@@ -19,6 +19,7 @@ use purrify_store::{Generation, Runner, TaskMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::accounts::Principal;
+use crate::domain::postcards::PostcardSpec;
 use crate::domain::providers::adapter::{ImageJob, InputImage, Job, VideoJob, WorkflowJob};
 use crate::domain::providers::{BUILTIN_ID, Kind, Provider, ProviderService};
 use crate::domain::quotas::{self, QuotaService};
@@ -34,6 +35,8 @@ pub enum JobSpec {
     TextToVideo(VideoSpec),
     ImageToVideo(VideoSpec),
     Workflow { workflow: String, params: serde_json::Value },
+    /// Seed 004's postcard: run by `postcards::run` (text, then picture, then card).
+    Postcard(PostcardSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,13 +78,14 @@ impl JobSpec {
             Self::TextToVideo(_) => "text_to_video",
             Self::ImageToVideo(_) => "image_to_video",
             Self::Workflow { .. } => "workflow",
+            Self::Postcard(_) => "postcard",
         }
     }
 
     /// The kind of provider that serves it.
     pub fn provider_kind(&self) -> Kind {
         match self {
-            Self::TextToImage(_) | Self::ImageToImage(_) => Kind::Image,
+            Self::TextToImage(_) | Self::ImageToImage(_) | Self::Postcard(_) => Kind::Image,
             Self::TextToVideo(_) | Self::ImageToVideo(_) => Kind::Video,
             Self::Workflow { .. } => Kind::Workflow,
         }
@@ -142,6 +146,7 @@ impl JobSpec {
                     errors.push(("workflow", "must name the workflow".into()));
                 }
             }
+            Self::Postcard(p) => p.check(&mut errors),
         }
         if errors.is_empty() { Ok(()) } else { Err(DomainError::Fields(errors)) }
     }
@@ -171,6 +176,7 @@ impl JobSpec {
                 image: if matches!(self, Self::ImageToVideo(_)) { Some(input.ok_or_else(missing)?) } else { None },
             }),
             Self::Workflow { .. } => Job::Workflow(workflow.ok_or_else(|| DomainError::Internal("workflow details missing".into()))?),
+            Self::Postcard(_) => return Err(DomainError::Internal("postcards are run by postcards::run, not as one job".into())),
         })
     }
 }
@@ -222,7 +228,7 @@ impl GenerationService {
     }
 
     /// The providers that may serve `spec`, first choice first.
-    async fn chain_for(&self, spec: &JobSpec, asked: Option<&str>) -> DomainResult<Vec<Provider>> {
+    async fn chain_for(&self, spec: &JobSpec, asked: Option<&str>, with_input: bool) -> DomainResult<Vec<Provider>> {
         let kind = spec.provider_kind();
         if let Some(id) = asked {
             let p = self.providers.provider(id).await.map_err(|_| DomainError::invalid("model", format!("no provider {id:?}")))?;
@@ -232,7 +238,7 @@ impl GenerationService {
         }
         let mut chain = self.providers.chain(kind, asked).await?;
         // The built-in provider only transforms a picture.
-        if !matches!(spec, JobSpec::ImageToImage(_)) {
+        if !(matches!(spec, JobSpec::ImageToImage(_)) || (matches!(spec, JobSpec::Postcard(_)) && with_input)) {
             chain.retain(|p| p.id != BUILTIN_ID);
         }
         if chain.is_empty() {
@@ -252,10 +258,12 @@ impl GenerationService {
         if req.spec.needs_input() && req.input.is_none() {
             return Err(DomainError::invalid("image", "send the picture in the `image` field"));
         }
-        let chain = self.chain_for(&req.spec, req.provider.as_deref()).await?;
+        let chain = self.chain_for(&req.spec, req.provider.as_deref(), req.input.is_some()).await?;
         let first = &chain[0];
         let model = first.model_or_default(req.model.as_deref());
-        let runner = if first.id == BUILTIN_ID { Runner::Engine } else { Runner::Provider };
+        // A postcard runs on the provider runner even with the built-in provider first: its
+        // photo goes to the engine as a child task of it.
+        let runner = if first.id == BUILTIN_ID && !matches!(req.spec, JobSpec::Postcard(_)) { Runner::Engine } else { Runner::Provider };
         let quota = match req.spec.provider_kind() {
             Kind::Image => Some(quotas::Generation::Image),
             Kind::Video => Some(quotas::Generation::Video),

@@ -47,12 +47,14 @@ pub struct RunnerSettings {
 }
 
 /// How one run ended.
-enum Ending {
+pub(crate) enum Ending {
     Done { files: Vec<StoredFile>, model: String, started: Instant },
     Failed(FailReason, String),
     /// A workflow accepted it; its callback ends it.
     AwaitingCallback,
     Cancelled,
+    /// The run recorded its end itself (a postcard: completion and postcard row together).
+    Recorded,
 }
 
 /// Which provider job a run follows, shared with its cancellation path.
@@ -222,7 +224,7 @@ impl Runner {
                 done
             }
             Ending::Failed(reason, message) => db.fail_task(id, Guard::Job(job_id), reason, &message).await,
-            Ending::AwaitingCallback => return self.publish(id).await,
+            Ending::AwaitingCallback | Ending::Recorded => return self.publish(id).await,
             Ending::Cancelled => {
                 let pending = following.lock().expect("following lock").clone();
                 if let Some((p, model, remote)) = pending {
@@ -251,6 +253,11 @@ impl Runner {
         let spec: JobSpec = serde_json::from_str(&g.job).map_err(|e| internal(format!("stored request unreadable: {e}")))?;
         let deadline = Instant::now() + Duration::from_millis(u64::try_from(rec.task.deadline_at - now_ms()).unwrap_or(0));
         let started = Instant::now();
+        if let JobSpec::Postcard(p) = &spec {
+            use crate::domain::postcards::run::{RunCtx, run};
+            let cx = RunCtx { tasks: &self.tasks, providers: &self.providers, http: &self.http, settings: &self.settings };
+            return Ok(run(cx, id, job_id, &rec.task, &g, p, deadline).await);
+        }
 
         let resumed = following.lock().expect("following lock").clone();
         let (provider, model, remote) = match resumed {

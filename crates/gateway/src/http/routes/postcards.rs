@@ -11,8 +11,10 @@ use crate::http::auth::ClientAddr;
 use crate::http::error::{ApiResult, ErrorBody};
 use crate::http::extract::ApiJson;
 
+mod cards;
+
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(login))
+    OpenApiRouter::new().routes(routes!(login)).merge(cards::router())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
