@@ -14,6 +14,7 @@ pub mod generation;
 pub mod live;
 pub mod logs;
 pub mod monitoring;
+pub mod outbound;
 pub mod payments;
 pub mod postcards;
 pub mod providers;

@@ -34,7 +34,10 @@ pub enum JobSpec {
     ImageToImage(ImageSpec),
     TextToVideo(VideoSpec),
     ImageToVideo(VideoSpec),
-    Workflow { workflow: String, params: serde_json::Value },
+    Workflow {
+        workflow: String,
+        params: serde_json::Value,
+    },
     /// Seed 004's postcard: run by `postcards::run` (text, then picture, then card).
     Postcard(PostcardSpec),
 }
@@ -219,7 +222,8 @@ pub struct GenerationService {
 
 impl GenerationService {
     pub fn new(tasks: TaskService, providers: ProviderService, quotas: QuotaService, copy: outputs::CopyRules) -> Self {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().expect("a default HTTP client builds");
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().expect("a default HTTP client builds");
         Self { tasks, providers, quotas, copy, http }
     }
 
@@ -273,16 +277,24 @@ impl GenerationService {
         if let Some(q) = quota {
             self.quotas.consume(user, q).await?;
         }
-        let estimated =
-            self.providers.estimate_seconds(req.spec.task_kind(), &first.id, &model, req.spec.default_estimate()).await.unwrap_or(req.spec.default_estimate());
+        let estimated = self
+            .providers
+            .estimate_seconds(req.spec.task_kind(), &first.id, &model, req.spec.default_estimate())
+            .await
+            .unwrap_or(req.spec.default_estimate());
         let job = serde_json::to_string(&req.spec).map_err(|e| DomainError::Internal(e.to_string()))?;
         let (input_uri, content_type, bytes) = req.input.clone().unwrap_or_default();
+        // The built-in provider's models are the engine's quality levels.
+        let mut params = EnhanceParams::default();
+        if runner == Runner::Engine {
+            params.quality_level = serde_json::from_value(serde_json::Value::String(model.clone())).unwrap_or_default();
+        }
         let upload = NewUpload {
             task_id: req.task_id.clone(),
             input_uri,
             content_type: if content_type.is_empty() { "application/json".into() } else { content_type },
             bytes,
-            params: EnhanceParams::default(),
+            params,
             request_id: req.request_id.clone(),
             owner: Some(user.user_id.clone()),
             client: String::new(),

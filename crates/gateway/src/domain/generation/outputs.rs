@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use purrify_api::{FaceRestoration, JobResult};
 use purrify_inference::storage::Storage;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,21 @@ pub struct StoredFile {
     pub width: u32,
     pub height: u32,
     pub bytes: u64,
+}
+
+/// The task result of a generation: its first file (all of them are in `tasks.outputs`).
+pub fn job_result(first: &StoredFile, model: String, elapsed_ms: u64) -> JobResult {
+    JobResult {
+        output_uri: first.uri.clone(),
+        content_type: first.content_type.clone(),
+        width: first.width,
+        height: first.height,
+        bytes: first.bytes,
+        faces: 0,
+        face_restoration: FaceRestoration::Disabled,
+        model,
+        elapsed_ms,
+    }
 }
 
 /// Why outputs could not be stored. The message is client-safe.
@@ -58,21 +74,8 @@ fn describe(bytes: &[u8], limits: &purrify_imaging::Limits) -> Result<(String, &
 
 /// Fetches `url` with at most `max_bytes`.
 async fn download(http: &reqwest::Client, url: &str, max_bytes: u64, timeout: Duration, allow_private: bool) -> Result<Bytes, OutputError> {
-    let parsed = url::Url::parse(url).map_err(|_| OutputError::Bad("the provider returned an invalid result URL".into()))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(OutputError::Bad("the provider returned a result URL that is not http(s)".into()));
-    }
-    let ip = match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
-        _ => None,
-    };
-    if let Some(ip) = ip
-        && crate::domain::fleet::refuse_address(ip, false).is_some()
-        && !(allow_private && ip.is_loopback())
-    {
-        return Err(OutputError::Bad("the provider's result URL points at an address that is refused".into()));
-    }
+    let parsed = crate::domain::outbound::check_url(url, "outputUrl", allow_private, "result downloads")
+        .map_err(|e| OutputError::Bad(format!("the provider's result URL is refused: {e}")))?;
     let fetch = async {
         let resp = http
             .get(parsed)

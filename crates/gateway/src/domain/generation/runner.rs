@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use purrify_api::{FailReason, FaceRestoration, JobResult, TaskStatus};
+use purrify_api::{FailReason, TaskStatus};
 use purrify_store::{Db, Guard, Task, now_ms};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -48,7 +48,11 @@ pub struct RunnerSettings {
 
 /// How one run ended.
 pub(crate) enum Ending {
-    Done { files: Vec<StoredFile>, model: String, started: Instant },
+    Done {
+        files: Vec<StoredFile>,
+        model: String,
+        started: Instant,
+    },
     Failed(FailReason, String),
     /// A workflow accepted it; its callback ends it.
     AwaitingCallback,
@@ -71,7 +75,12 @@ struct Runner {
 
 /// Starts the runner; it stops when `stop` changes (running tasks stay `processing` and are
 /// taken over after a restart).
-pub fn spawn(tasks: TaskService, providers: ProviderService, settings: RunnerSettings, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    tasks: TaskService,
+    providers: ProviderService,
+    settings: RunnerSettings,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let runner = Runner {
         tasks,
         providers,
@@ -168,7 +177,12 @@ impl Runner {
             (_, Some(job)) => Guard::Job(job),
             _ => return,
         };
-        if self.db().fail_task(&t.id, guard, FailReason::DeadlineExceeded, "the provider did not finish before the task's deadline").await.unwrap_or(false) {
+        if self
+            .db()
+            .fail_task(&t.id, guard, FailReason::DeadlineExceeded, "the provider did not finish before the task's deadline")
+            .await
+            .unwrap_or(false)
+        {
             tracing::warn!(task = %t.id, "provider task past its deadline");
             self.tasks.provider_queue().cancel(&t.id);
             if let Ok(Some(rec)) = self.db().task_record(&t.id).await
@@ -201,18 +215,7 @@ impl Runner {
         let db = self.db();
         let changed = match ending {
             Ending::Done { files, model, started } => {
-                let first = &files[0];
-                let result = JobResult {
-                    output_uri: first.uri.clone(),
-                    content_type: first.content_type.clone(),
-                    width: first.width,
-                    height: first.height,
-                    bytes: first.bytes,
-                    faces: 0,
-                    face_restoration: FaceRestoration::Disabled,
-                    model,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                };
+                let result = outputs::job_result(&files[0], model, started.elapsed().as_millis() as u64);
                 let list = serde_json::to_string(&files).unwrap_or_else(|_| "[]".into());
                 let done = db.complete_provider_task(id, job_id, &result, &list).await;
                 if !matches!(done, Ok(true)) {
@@ -281,7 +284,8 @@ impl Runner {
                         if !self.providers.polls(&accepted.provider) {
                             return Ok(Ending::AwaitingCallback);
                         }
-                        *following.lock().expect("following lock") = Some((accepted.provider.clone(), accepted.model.clone(), remote_id.clone()));
+                        *following.lock().expect("following lock") =
+                            Some((accepted.provider.clone(), accepted.model.clone(), remote_id.clone()));
                         (accepted.provider, accepted.model, remote_id)
                     }
                 }
@@ -301,7 +305,9 @@ impl Runner {
                 Ok(Remote::Finished(outs)) => return self.store(id, &rec.task.output_uri, outs, model, started).await,
                 Ok(Remote::Failed(m)) => return Ok(Ending::Failed(FailReason::InferenceFailed, m)),
                 Err(CallError::Open { .. }) => {}
-                Err(CallError::Failed(e)) if e.retryable() => tracing::info!(task = %id, error = %e, "polling the provider failed; polling on"),
+                Err(CallError::Failed(e)) if e.retryable() => {
+                    tracing::info!(task = %id, error = %e, "polling the provider failed; polling on")
+                }
                 Err(CallError::Failed(e)) => return Ok(Ending::Failed(FailReason::WorkerUnavailable, e.to_string())),
             }
         }

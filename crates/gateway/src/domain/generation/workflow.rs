@@ -11,7 +11,7 @@
 //! - **idempotent**: a workflow that reports again (a new signature) about a task that has
 //!   already ended changes nothing and is told the task's status.
 
-use purrify_api::{FaceRestoration, FailReason, JobResult, TaskStatus};
+use purrify_api::{FailReason, TaskStatus};
 use purrify_store::{Guard, now_ms};
 use serde::Deserialize;
 
@@ -19,6 +19,7 @@ use super::GenerationService;
 use super::outputs::{self, OutputError};
 use crate::domain::providers::adapter::Output;
 use crate::domain::providers::adapters::webhook::{DEFAULT_TOLERANCE, verify};
+use crate::domain::providers::{Kind, Protocol};
 use crate::domain::tasks::TaskView;
 use crate::domain::{DomainError, DomainResult};
 
@@ -67,18 +68,28 @@ impl GenerationService {
             None => return Err(unauthorized()),
         };
         let Some(g) = rec.meta.generation.as_ref() else { return Err(unauthorized()) };
-        let Some(served_by) = g.served_by.as_deref() else { return Err(unauthorized()) };
-        let provider = self.providers.provider(served_by).await.map_err(|_| unauthorized())?;
-        if provider.protocol != crate::domain::providers::Protocol::Webhook {
+        // The provider that took the task; while the runner has not recorded it yet (a
+        // workflow can call back before our POST to it has returned), any webhook provider
+        // of the task's chain.
+        let candidates = match g.served_by.as_deref() {
+            Some(p) => vec![self.providers.provider(p).await.map_err(|_| unauthorized())?],
+            None => self.providers.chain(Kind::Workflow, Some(&g.provider)).await?,
+        };
+        let now = now_ms() / 1000;
+        let mut verified = false;
+        for provider in candidates.iter().filter(|p| p.protocol == Protocol::Webhook) {
+            let Some(key) = self.providers.endpoint(provider, &g.model)?.api_key else { continue };
+            match verify(key.expose().as_bytes(), signed.timestamp, body, signed.signature, now, DEFAULT_TOLERANCE) {
+                Ok(()) => {
+                    verified = true;
+                    break;
+                }
+                Err(why) => tracing::warn!(task = %cb.task_id, provider = %provider.id, why, "workflow callback refused"),
+            }
+        }
+        if !verified {
             return Err(unauthorized());
         }
-        let ep = self.providers.endpoint(&provider, &g.model)?;
-        let key = ep.api_key.ok_or_else(unauthorized)?;
-        let now = now_ms() / 1000;
-        verify(key.expose().as_bytes(), signed.timestamp, body, signed.signature, now, DEFAULT_TOLERANCE).map_err(|why| {
-            tracing::warn!(task = %cb.task_id, why, "workflow callback refused");
-            unauthorized()
-        })?;
         if !db.note_signature(signed.signature.trim(), now_ms()).await? {
             return Err(DomainError::Conflict("this callback was already received (a replay)".into()));
         }
@@ -101,18 +112,8 @@ impl GenerationService {
                 }
                 match outputs::store(self.tasks.storage(), &self.http, &task.id, &task.output_uri, urls, self.copy).await {
                     Ok(files) => {
-                        let first = &files[0];
-                        let result = JobResult {
-                            output_uri: first.uri.clone(),
-                            content_type: first.content_type.clone(),
-                            width: first.width,
-                            height: first.height,
-                            bytes: first.bytes,
-                            faces: 0,
-                            face_restoration: FaceRestoration::Disabled,
-                            model: g.model.clone(),
-                            elapsed_ms: u64::try_from(now_ms() - task.started_at.unwrap_or(task.created_at)).unwrap_or(0),
-                        };
+                        let elapsed = u64::try_from(now_ms() - task.started_at.unwrap_or(task.created_at)).unwrap_or(0);
+                        let result = outputs::job_result(&files[0], g.model.clone(), elapsed);
                         let list = serde_json::to_string(&files).unwrap_or_else(|_| "[]".into());
                         if !db.complete_provider_task(&task.id, job_id, &result, &list).await? {
                             for f in &files {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use purrify_api::{EnhanceParams, FaceRestoration, FailReason, JobResult};
+use purrify_api::{EnhanceParams, FailReason};
 use purrify_store::postcards::Postcard;
 use purrify_store::{Generation, Runner, Task, TaskMeta, now_ms};
 use tokio::time::Instant;
@@ -165,17 +165,7 @@ async fn execute(
         frontend_code,
         created_at: now_ms(),
     };
-    let result = JobResult {
-        output_uri: file.uri.clone(),
-        content_type: file.content_type.clone(),
-        width: file.width,
-        height: file.height,
-        bytes: file.bytes,
-        faces: 0,
-        face_restoration: FaceRestoration::Disabled,
-        model,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    };
+    let result = outputs::job_result(&file, model, started.elapsed().as_millis() as u64);
     let list = serde_json::to_string(&[&file]).unwrap_or_else(|_| "[]".into());
     let recorded = cx.tasks.db().complete_postcard_task(id, job_id, &result, &list, &postcard).await;
     if !matches!(recorded, Ok(true)) {

@@ -150,7 +150,6 @@ pub fn builtins() -> Vec<ProviderRow> {
 /// Longest id, name, URL and model name accepted.
 const MAX_ID: usize = 40;
 const MAX_NAME: usize = 100;
-const MAX_URL: usize = 2048;
 const MAX_MODELS: usize = 50;
 
 /// A provider id from its name: lowercase letters, digits and dashes.
@@ -178,39 +177,14 @@ pub fn check_name(name: &str) -> DomainResult<String> {
     Ok(name.to_string())
 }
 
-/// A provider's base URL: http(s), no credentials, no query; a host that is a name or an
-/// address the GPU-server policy accepts without its development switch (`allow_private`
-/// lets loopback through, nothing else). Returned without a trailing slash.
+/// A provider's base URL: the outbound URL rules ([`crate::domain::outbound::check_url`];
+/// `allow_private` lets loopback through, nothing else), no query or fragment. Returned
+/// without a trailing slash.
 pub fn check_base_url(url: &str, allow_private: bool) -> DomainResult<String> {
     let field = "apiUrl";
-    let url = url.trim();
-    if url.len() > MAX_URL {
-        return Err(DomainError::invalid(field, format!("must be at most {MAX_URL} characters")));
-    }
-    let parsed = url::Url::parse(url).map_err(|e| DomainError::invalid(field, format!("not a valid URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(DomainError::invalid(field, "must be an http or https URL"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(DomainError::invalid(field, "must not carry credentials (send the key as apiKey)"));
-    }
+    let parsed = crate::domain::outbound::check_url(url, field, allow_private, "providers")?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(DomainError::invalid(field, "must not have a query or fragment"));
-    }
-    let ip = match parsed.host() {
-        None => return Err(DomainError::invalid(field, "must name a host")),
-        Some(url::Host::Domain(_)) => None,
-        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
-    };
-    // The webhook policy without its development exception, except for loopback: a local
-    // provider (development, tests) may be on this machine, never on link-local or metadata
-    // addresses.
-    if let Some(ip) = ip
-        && let Some(why) = crate::domain::fleet::refuse_address(ip, false)
-        && !(allow_private && ip.is_loopback())
-    {
-        return Err(DomainError::invalid(field, format!("{ip} is refused: {}", why.replace("GPU servers", "providers"))));
     }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }

@@ -121,44 +121,18 @@ pub struct QueueStats {
 }
 
 /// Longest callback URL accepted.
-pub const MAX_CALLBACK_URL: usize = 2048;
+pub const MAX_CALLBACK_URL: usize = crate::domain::outbound::MAX_URL;
 
-/// Checks a task's `callback_url`: only when callbacks can be signed (`secret_set`), http or
-/// https, and a host that is a name or an address `/webhook/register` accepts without its
-/// development switch (`refuse_address`: no metadata, link-local, loopback, unspecified,
-/// multicast or broadcast; `allow_private` lets loopback through for local testing). Names
-/// are resolved and checked again when the callback is sent.
+/// Checks a task's `callback_url`: only when callbacks can be signed (`secret_set`), then the
+/// outbound URL rules ([`crate::domain::outbound::check_url`]; `allow_private` lets loopback
+/// through for local testing). Names are resolved and checked again when the callback is
+/// sent.
 pub fn check_callback_url(url: &str, secret_set: bool, allow_private: bool) -> DomainResult<String> {
     let field = "callback_url";
     if !secret_set {
         return Err(DomainError::invalid(field, "callbacks are not enabled on this server (no callback signing key is configured)"));
     }
-    let url = url.trim();
-    if url.len() > MAX_CALLBACK_URL {
-        return Err(DomainError::invalid(field, format!("must be at most {MAX_CALLBACK_URL} characters")));
-    }
-    let parsed = url::Url::parse(url).map_err(|e| DomainError::invalid(field, format!("not a valid URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(DomainError::invalid(field, "must be an http or https URL"));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(DomainError::invalid(field, "must not carry credentials"));
-    }
-    let ip = match parsed.host() {
-        None => return Err(DomainError::invalid(field, "must name a host")),
-        Some(url::Host::Domain(_)) => None,
-        Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
-    };
-    // The webhook policy without its development exception, except for loopback: a
-    // development callback may go to this machine, never to link-local or metadata addresses.
-    if let Some(ip) = ip
-        && let Some(why) = crate::domain::fleet::refuse_address(ip, false)
-        && !(allow_private && ip.is_loopback())
-    {
-        return Err(DomainError::invalid(field, format!("{ip} is refused: {}", why.replace("GPU servers", "callback targets"))));
-    }
-    Ok(parsed.to_string())
+    Ok(crate::domain::outbound::check_url(url, field, allow_private, "callback targets")?.to_string())
 }
 
 fn visible(rec: &TaskRecord, viewer: &Principal) -> bool {

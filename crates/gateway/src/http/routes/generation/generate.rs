@@ -406,6 +406,16 @@ async fn generation_task(
     Ok((d, files, spec, thumbnail))
 }
 
+/// Seed 003's progress, 0..=100.
+fn percent(d: &TaskDetail) -> u32 {
+    (d.progress * 100.0).round().clamp(0.0, 100.0) as u32
+}
+
+/// Why it failed, once it has.
+fn failure(d: &TaskDetail) -> Option<String> {
+    d.record.task.error_message.clone().filter(|_| d.status.is_finished() && d.status != TaskStatus::Completed)
+}
+
 fn file_url(task_id: &str, n: usize) -> String {
     format!("/api/v1/generate/task/{task_id}/files/{n}")
 }
@@ -427,13 +437,7 @@ pub async fn image_task(State(state): State<AppState>, CurrentUser(user): Curren
             })
             .collect(),
     });
-    Ok(V1::ok(ImageTask {
-        task_id: id,
-        status: word(d.status),
-        progress: (d.progress * 100.0).round().clamp(0.0, 100.0) as u32,
-        result,
-        error: d.record.task.error_message.clone().filter(|_| d.status.is_finished() && !done),
-    }))
+    Ok(V1::ok(ImageTask { task_id: id, status: word(d.status), progress: percent(&d), result, error: failure(&d) }))
 }
 
 #[utoipa::path(get, path = "/api/v1/generate/video-task/{taskId}", tag = "generation", security(("bearer" = [])), params(("taskId" = String, Path)),
@@ -449,13 +453,7 @@ pub async fn video_task(State(state): State<AppState>, CurrentUser(user): Curren
         .first()
         .filter(|_| done)
         .map(|f| VideoResult { video: ResultVideo { url: file_url(&id, 0), thumbnail, duration, resolution, file_size: f.bytes } });
-    Ok(V1::ok(VideoTask {
-        task_id: id,
-        status: word(d.status),
-        progress: (d.progress * 100.0).round().clamp(0.0, 100.0) as u32,
-        result,
-        error: d.record.task.error_message.clone().filter(|_| d.status.is_finished() && !done),
-    }))
+    Ok(V1::ok(VideoTask { task_id: id, status: word(d.status), progress: percent(&d), result, error: failure(&d) }))
 }
 
 #[utoipa::path(get, path = "/api/v1/generate/task/{taskId}/files/{n}", tag = "generation", security(("bearer" = [])),
