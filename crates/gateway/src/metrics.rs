@@ -96,9 +96,20 @@ pub struct LogLossLabels {
     pub reason: &'static str,
 }
 
+/// One provider call's outcome (`provider`: a configured provider's id, so bounded by the
+/// admin's configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    pub provider: String,
+    /// ok, transient, rate_limited, rejected, auth, protocol, unsupported, circuit_open
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub log_records_lost: Family<LogLossLabels, Counter>,
+    /// Calls to outside AI providers (each attempt), by provider and outcome.
+    pub provider_calls: Family<ProviderCallLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram>,
     pub upload_bytes: Counter,
@@ -140,9 +151,12 @@ impl Metrics {
         registry.register("healthy_workers", "Workers passing health checks", healthy_workers.clone());
         let log_records_lost = Family::<LogLossLabels, Counter>::default();
         registry.register("log_records_lost", "Log rows never stored, by table and reason", log_records_lost.clone());
+        let provider_calls = Family::<ProviderCallLabels, Counter>::default();
+        registry.register("provider_calls", "Attempts of calls to outside AI providers, by provider and outcome", provider_calls.clone());
         Self {
             registry,
             log_records_lost,
+            provider_calls,
             requests,
             request_duration,
             upload_bytes,

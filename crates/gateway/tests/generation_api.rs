@@ -294,6 +294,8 @@ async fn videos_follow_the_providers_task_and_cancellation_is_passed_on(backend:
     assert_eq!(file.headers[header::CONTENT_TYPE], "video/mp4");
     assert_eq!(video["fileSize"].as_u64(), Some(file.raw.len() as u64));
     assert!(!String::from_utf8_lossy(&view.raw).contains(&runway.base_url()), "provider URLs never reach clients");
+    let calls = api.metric(r#"purrify_gateway_provider_calls_total{provider="runway",outcome="ok"}"#).await;
+    assert!(calls >= 2.0, "the submission and the polls are counted: {calls}");
     let again = api.call("POST", "/api/v1/generate/text-to-video", Some(&alice), Some(json!({"prompt": "rain", "model": "runway"}))).await;
     assert!(again.body["data"]["estimatedTime"].as_u64().unwrap() >= 1, "now from the measured duration: {}", again.body);
     assert_eq!(ended(&api, again.body["data"]["taskId"].as_str().unwrap()).await, TaskStatus::Completed);

@@ -13,11 +13,13 @@ use crate::domain::generation::runner::{self, RunnerSettings};
 use crate::domain::providers::{PolicySettings, ProviderService, ProviderSettings};
 use crate::domain::quotas::QuotaService;
 use crate::domain::tasks::TaskService;
+use crate::metrics::Metrics;
 
 pub async fn start(
     config: &Config,
     tasks: &TaskService,
     quotas: &QuotaService,
+    metrics: &Metrics,
     image_limits: purrify_imaging::Limits,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(ProviderService, GenerationService, JoinHandle<()>)> {
@@ -36,7 +38,7 @@ pub async fn start(
         allow_private: config.allow_private_workers,
         sealing_key: p.provider_key.clone(),
     };
-    let providers = ProviderService::start(tasks.db().clone(), settings).await?;
+    let providers = ProviderService::start(tasks.db().clone(), settings, metrics.provider_calls.clone()).await?;
     let copy = CopyRules {
         max_bytes: p.provider_max_result_bytes,
         timeout: Duration::from_secs(p.provider_timeout_seconds),

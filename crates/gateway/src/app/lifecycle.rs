@@ -120,7 +120,8 @@ pub async fn build(config: Config) -> anyhow::Result<Stack> {
     let image_limits = purrify_imaging::Limits { max_pixels: config.max_pixels, ..Default::default() };
     let works = WorkService::new(tasks.db().clone(), storage.clone(), WorkSettings { image_limits, ..WorkSettings::default() });
     let recorder = crate::domain::works::spawn_recorder(works.clone(), tasks.watch_all(), stop_rx.clone());
-    let (providers, generation, runner) = super::generation::start(&config, &tasks, &quotas, image_limits, stop_rx.clone()).await?;
+    let (providers, generation, runner) =
+        super::generation::start(&config, &tasks, &quotas, &metrics, image_limits, stop_rx.clone()).await?;
     let assistant = AssistantService::new(tasks.db().clone(), Arc::new(providers.clone()), AssistantSettings::default());
     let square = SquareService::new(tasks.db().clone(), SquareSettings::default());
     let square_flusher = square.spawn_flusher(stop_rx.clone());

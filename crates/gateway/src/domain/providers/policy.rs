@@ -15,10 +15,13 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rand::Rng as _;
 use tokio::time::Instant;
 
 use super::adapter::ProviderError;
+use crate::metrics::ProviderCallLabels;
 
 /// Tunables of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +104,28 @@ impl BreakerState {
     }
 }
 
+/// Counts attempts by provider and outcome (the gateway's Prometheus family).
+pub type CallCounter = Family<ProviderCallLabels, Counter>;
+
 /// The policy with one breaker per provider id.
 #[derive(Debug)]
 pub struct Policy {
     settings: PolicySettings,
     breakers: Mutex<HashMap<String, State>>,
+    calls: CallCounter,
 }
 
 impl Policy {
     pub fn new(settings: PolicySettings) -> Self {
-        Self { settings, breakers: Mutex::new(HashMap::new()) }
+        Self::with_counter(settings, CallCounter::default())
+    }
+
+    pub fn with_counter(settings: PolicySettings, calls: CallCounter) -> Self {
+        Self { settings, breakers: Mutex::new(HashMap::new()), calls }
+    }
+
+    fn count(&self, provider: &str, outcome: &'static str) {
+        self.calls.get_or_create(&ProviderCallLabels { provider: provider.to_string(), outcome }).inc();
     }
 
     pub fn settings(&self) -> PolicySettings {
@@ -189,7 +204,10 @@ impl Policy {
         let attempts = self.settings.attempts.max(1);
         let mut attempt = 1;
         loop {
-            self.admit(provider, Instant::now()).map_err(|retry_in| CallError::Open { retry_in })?;
+            if let Err(retry_in) = self.admit(provider, Instant::now()) {
+                self.count(provider, "circuit_open");
+                return Err(CallError::Open { retry_in });
+            }
             let now = Instant::now();
             let budget = deadline.saturating_duration_since(now).min(self.settings.call_timeout);
             let outcome = match tokio::time::timeout(budget, call()).await {
@@ -201,10 +219,12 @@ impl Policy {
             let error = match outcome {
                 Ok(v) => {
                     self.report(provider, Some(true), Instant::now());
+                    self.count(provider, "ok");
                     return Ok(v);
                 }
                 Err(e) => e,
             };
+            self.count(provider, error.category());
             self.report(provider, if error.provider_fault() { Some(false) } else { None }, Instant::now());
             if !error.retryable() || attempt >= attempts {
                 return Err(CallError::Failed(error));
@@ -265,6 +285,8 @@ mod tests {
             .unwrap();
         assert_eq!((out, calls.load(Ordering::SeqCst)), (7, 3));
         assert_eq!(p.state("a"), BreakerState::Closed, "a success resets the faults");
+        let n = |outcome| p.calls.get_or_create(&ProviderCallLabels { provider: "a".into(), outcome }).get();
+        assert_eq!((n("rate_limited"), n("transient"), n("ok")), (1, 1, 1), "every attempt is counted");
     }
 
     #[test]

@@ -123,8 +123,9 @@ pub struct ProviderService {
 }
 
 impl ProviderService {
-    /// Ensures the built-in providers exist and makes the adapters.
-    pub async fn start(db: Db, settings: ProviderSettings) -> anyhow::Result<Self> {
+    /// Ensures the built-in providers exist and makes the adapters; every attempt is counted
+    /// in `calls`.
+    pub async fn start(db: Db, settings: ProviderSettings, calls: super::policy::CallCounter) -> anyhow::Result<Self> {
         let keys = settings.sealing_key.as_deref().map(KeyBox::from_config).transpose().map_err(anyhow::Error::msg)?;
         for row in catalog::builtins() {
             db.ensure_provider(&row).await?;
@@ -132,7 +133,7 @@ impl ProviderService {
         let http =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none()).build()?;
         let adapters = Protocol::ALL.into_iter().filter_map(|p| super::adapters::for_protocol(p, http.clone()).map(|a| (p, a))).collect();
-        Ok(Self { inner: Arc::new(Inner { policy: Policy::new(settings.policy), db, keys, adapters, settings }) })
+        Ok(Self { inner: Arc::new(Inner { policy: Policy::with_counter(settings.policy, calls), db, keys, adapters, settings }) })
     }
 
     pub fn settings(&self) -> &ProviderSettings {
