@@ -34,6 +34,8 @@ struct Env {
 
 impl Env {
     fn new(name: &str) -> Env {
+        // `make images` installs podman on a fresh machine: before the first podman call.
+        ensure_images();
         let prefix = format!("purrify-it-{}-{name}", std::process::id());
         podman(&["network", "create", &prefix]);
         podman(&["volume", "create", &format!("{prefix}-storage")]);

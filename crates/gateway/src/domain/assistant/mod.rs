@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use purrify_store::conversations::{Conversation, ConversationMessage, ConversationSummary, MessageRole, NewMessage};
+use purrify_store::conversations::{Conversation, MessageRole, NewMessage};
+pub use purrify_store::conversations::{ConversationMessage, ConversationSummary};
 use purrify_store::{Db, StoreError, now_ms};
 use tokio_util::sync::CancellationToken;
 

@@ -15,14 +15,13 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use purrify_store::conversations::{ConversationMessage, ConversationSummary};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::domain::accounts::PageRequest;
-use crate::domain::assistant::ChatEvent;
+use crate::domain::assistant::{ChatEvent, ConversationMessage, ConversationSummary};
 use crate::http::auth::CurrentUser;
 use crate::http::envelope::{V1, V1Error};
 use crate::http::error::{ApiError, ApiResult};
