@@ -98,20 +98,8 @@ impl Db {
     /// Processing (`job_id`) -> completed with `result` (the first file) and every stored
     /// file (`outputs`, JSON).
     pub async fn complete_provider_task(&self, id: &str, job_id: &str, result: &JobResult, outputs: &str) -> Result<bool, StoreError> {
-        let result = serde_json::to_string(result).map_err(|e| StoreError::Invalid(format!("result: {e}")))?;
-        let done = sqlx::query(
-            "UPDATE tasks SET status = 'completed', progress = 1, result = $3, outputs = $4, \
-             error_code = NULL, error_message = NULL, finished_at = $5, updated_at = $5 \
-             WHERE id = $1 AND status = 'processing' AND job_id = $2",
-        )
-        .bind(id)
-        .bind(job_id)
-        .bind(&result)
-        .bind(outputs)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await?;
+        complete_provider_task_in(&mut conn, id, job_id, result, outputs, now_ms()).await
     }
 
     /// How long (ms, start to finish) the last `limit` completed tasks of this kind took on
@@ -148,4 +136,30 @@ impl Db {
         let done = sqlx::query("DELETE FROM webhook_replays WHERE seen_at < $1").bind(cutoff).execute(&self.pool).await?;
         Ok(done.rows_affected())
     }
+}
+
+/// [`Db::complete_provider_task`] on `conn` (inside a caller's transaction: a postcard is
+/// recorded with its task's completion).
+pub(crate) async fn complete_provider_task_in(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    job_id: &str,
+    result: &JobResult,
+    outputs: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let result = serde_json::to_string(result).map_err(|e| StoreError::Invalid(format!("result: {e}")))?;
+    let done = sqlx::query(
+        "UPDATE tasks SET status = 'completed', progress = 1, result = $3, outputs = $4, \
+         error_code = NULL, error_message = NULL, finished_at = $5, updated_at = $5 \
+         WHERE id = $1 AND status = 'processing' AND job_id = $2",
+    )
+    .bind(id)
+    .bind(job_id)
+    .bind(&result)
+    .bind(outputs)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

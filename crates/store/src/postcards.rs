@@ -66,22 +66,9 @@ impl Db {
         outputs: &str,
         postcard: &Postcard,
     ) -> Result<bool, StoreError> {
-        let result = serde_json::to_string(result).map_err(|e| StoreError::Invalid(format!("result: {e}")))?;
         let now = now_ms();
         let mut tx = self.begin_write(&format!("postcard:{task_id}")).await?;
-        let done = sqlx::query(
-            "UPDATE tasks SET status = 'completed', progress = 1, result = $3, outputs = $4, \
-             error_code = NULL, error_message = NULL, finished_at = $5, updated_at = $5 \
-             WHERE id = $1 AND status = 'processing' AND job_id = $2",
-        )
-        .bind(task_id)
-        .bind(job_id)
-        .bind(&result)
-        .bind(outputs)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        if !crate::generation::complete_provider_task_in(&mut tx, task_id, job_id, result, outputs, now).await? {
             tx.rollback().await?;
             return Ok(false);
         }
