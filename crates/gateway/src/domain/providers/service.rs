@@ -146,6 +146,11 @@ impl ProviderService {
         rows.iter().map(|r| Provider::from_row(r).map(|p| (self.inner.policy.state(&p.id), p)).map(|(s, p)| (p, s))).collect()
     }
 
+    /// The provider's breaker now.
+    pub fn circuit(&self, id: &str) -> BreakerState {
+        self.inner.policy.state(id)
+    }
+
     pub async fn provider(&self, id: &str) -> DomainResult<Provider> {
         match self.inner.db.provider(id).await? {
             Some(row) => Provider::from_row(&row),

@@ -254,6 +254,6 @@ pub async fn update(
         options: body.config,
     };
     let p = state.providers.update(&id, edit).await?;
-    let circuit = state.providers.list().await?.into_iter().find(|(x, _)| x.id == p.id).map_or(BreakerState::Closed, |(_, c)| c);
+    let circuit = state.providers.circuit(&p.id);
     Ok(V1::ok(V1Provider::of(&p, circuit)))
 }
