@@ -96,6 +96,13 @@ async fn provider_settings_are_for_admins_and_keys_are_write_only(backend: Backe
     let stability = image.iter().find(|p| p["id"] == "stability").unwrap();
     assert_eq!((stability["enabled"].as_bool(), stability["hasKey"].as_bool()), (Some(false), Some(false)), "no key yet");
     assert!(list.body["data"]["video"].as_array().unwrap().iter().any(|p| p["id"] == "runway"));
+    // Seed 004's health: UP while the database answers, with workers and providers reported
+    // (no worker here: that does not make the gateway DOWN).
+    let health = api.get("/actuator/health").await;
+    assert_eq!((health.status, health.body["status"].as_str()), (StatusCode::OK, Some("UP")), "{}", health.body);
+    assert_eq!(health.body["components"]["db"]["status"], "UP");
+    assert_eq!(health.body["components"]["workers"]["status"], "DOWN");
+    assert_eq!(health.body["components"]["providers"]["details"]["usable"], 1, "the built-in one: {}", health.body);
     let current = api.call("GET", "/api/v1/config/current", Some(&root), None).await;
     assert_eq!(current.body["data"]["imageProvider"], "purrify", "the built-in serves images out of the box");
 
